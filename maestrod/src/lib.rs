@@ -1,0 +1,12 @@
+//! maestrod: the Maestro daemon.
+//!
+//! Modules in reading order: `ssot` (the revisioned store and its domains),
+//! `api` (the gRPC services), `config` and `server` (wiring and lifecycle).
+
+pub mod api;
+pub mod config;
+pub mod server;
+pub mod ssot;
+
+pub use config::DaemonConfig;
+pub use server::run;

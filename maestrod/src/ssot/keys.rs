@@ -1,0 +1,26 @@
+//! Typed construction of store keys, so no domain spells a key by hand.
+
+/// `projects/<id>`.
+pub fn project(id: &str) -> String {
+    format!("projects/{id}")
+}
+
+pub const PROJECTS: &str = "projects/";
+
+/// `p/<id>/`: everything the project owns.
+pub fn project_data(id: &str) -> String {
+    format!("p/{id}/")
+}
+
+/// A key inside a project: `p/<id>/<path>`.
+pub fn in_project(id: &str, path: &str) -> String {
+    format!("p/{id}/{path}")
+}
+
+/// The resource path of a project key (the part after `p/<id>/`).
+pub fn resource_path<'a>(project: &str, key: &'a str) -> &'a str {
+    key.strip_prefix("p/").and_then(|k| k.strip_prefix(project)).and_then(|k| k.strip_prefix('/')).unwrap_or(key)
+}
+
+/// Resource paths of project data that snapshots cover (diff and restore).
+pub const SNAPSHOT_PATHS: [&str; 3] = ["requirements/", "contracts/", "memory/"];

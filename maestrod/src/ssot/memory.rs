@@ -1,0 +1,177 @@
+//! Per-agent memory: small notes with optional expiry. Each agent holds at
+//! most `Limits::memory_entries_per_agent` entries and
+//! `Limits::memory_bytes_per_agent` bytes; a put beyond that evicts the
+//! agent's least recently written entries (expired ones first).
+
+use serde::{Deserialize, Serialize};
+
+use super::clock::now_ms;
+use super::store::{Compare, Op, Revision, Txn};
+use super::{Meta, Page, Result, Ssot, SsotError, Versioned, check_etag, encode_json, keys, validate};
+
+const KIND: &str = "memory entry";
+const PREFIX: &str = "memory/";
+pub const MAX_VALUE_LEN: usize = 64 << 10;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryEntry {
+    pub agent: String,
+    pub key: String,
+    pub value: String,
+    /// Unix milliseconds; 0 means never.
+    pub expire_time_ms: i64,
+    pub update_time_ms: i64,
+}
+
+impl MemoryEntry {
+    pub fn expired(&self, now: i64) -> bool {
+        self.expire_time_ms != 0 && self.expire_time_ms <= now
+    }
+}
+
+fn agent_prefix(project: &str, agent: &str) -> String {
+    keys::in_project(project, &format!("{PREFIX}{agent}/"))
+}
+
+fn entry_key(project: &str, agent: &str, key: &str) -> String {
+    format!("{}{key}", agent_prefix(project, agent))
+}
+
+fn check_key(key: &str) -> Result<()> {
+    validate::text("key", key, 256, true)?;
+    if key.chars().any(char::is_control) {
+        return Err(SsotError::invalid("key", "must not contain control characters"));
+    }
+    Ok(())
+}
+
+impl Ssot {
+    pub async fn put_memory(
+        &self,
+        project: &str,
+        agent: &str,
+        key: &str,
+        value: &str,
+        ttl_seconds: u64,
+        etag: &str,
+    ) -> Result<Versioned<MemoryEntry>> {
+        validate::ident("agent", agent, 64)?;
+        check_key(key)?;
+        validate::text("value", value, MAX_VALUE_LEN, false)?;
+        if ttl_seconds > 365 * 86_400 {
+            return Err(SsotError::invalid("ttl_seconds", "must be at most one year"));
+        }
+        let expected = validate::etag(etag)?;
+        let id = format!("{agent}/{key}");
+        let own_key = entry_key(project, agent, key);
+        for _ in 0..super::RETRIES {
+            let guard = self.project_guard(project).await?;
+            let now = now_ms();
+            let (entries, _) = self.scan_all::<MemoryEntry>(&agent_prefix(project, agent), 0).await?;
+            let current = entries.iter().find(|e| e.value.key == key);
+            // An expired entry counts as absent, but its revision is what the store compares.
+            let visible_rev = current.filter(|e| !e.value.expired(now)).map_or(0, |e| e.meta.mod_revision);
+            check_etag(KIND, &id, expected, visible_rev)?;
+            let entry = MemoryEntry {
+                agent: agent.to_string(),
+                key: key.to_string(),
+                value: value.to_string(),
+                expire_time_ms: if ttl_seconds == 0 { 0 } else { now + (ttl_seconds as i64) * 1000 },
+                update_time_ms: now,
+            };
+            let mut txn = Txn::new()
+                .when(guard)
+                .when(Compare::mod_revision(own_key.as_str(), current.map_or(0, |e| e.meta.mod_revision)));
+            // Make room: expired entries first, then the least recently written.
+            let mut others: Vec<&Versioned<MemoryEntry>> = entries.iter().filter(|e| e.value.key != key).collect();
+            others.sort_by_key(|e| (!e.value.expired(now), e.value.update_time_ms, e.meta.mod_revision));
+            let mut count = others.len() + 1;
+            let mut bytes: usize = others.iter().map(|e| e.value.value.len()).sum::<usize>() + value.len();
+            if value.len() > self.limits.memory_bytes_per_agent {
+                return Err(SsotError::ResourceExhausted(format!(
+                    "value: {} bytes exceed agent {agent}'s memory limit of {} bytes",
+                    value.len(),
+                    self.limits.memory_bytes_per_agent
+                )));
+            }
+            for victim in others {
+                let over = count > self.limits.memory_entries_per_agent || bytes > self.limits.memory_bytes_per_agent;
+                if !over && !victim.value.expired(now) {
+                    break;
+                }
+                let victim_key = entry_key(project, agent, &victim.value.key);
+                txn = txn.when(Compare::mod_revision(victim_key.as_str(), victim.meta.mod_revision)).then(Op::delete(victim_key));
+                count -= 1;
+                bytes -= victim.value.value.len();
+            }
+            let txn = txn.then(Op::put(own_key.as_str(), encode_json(&entry)));
+            match self.commit(txn).await? {
+                Ok(revision) => {
+                    let meta = match current {
+                        Some(c) => Meta { mod_revision: revision, version: c.meta.version + 1, ..c.meta },
+                        None => Meta::created(revision),
+                    };
+                    return Ok(Versioned { value: entry, meta });
+                }
+                Err((0, _)) => return Err(SsotError::not_found("project", project)),
+                Err((1, current)) if expected.is_some() => {
+                    return Err(SsotError::StaleEtag { kind: KIND, id, expected: expected.unwrap_or_default(), current });
+                }
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+        Err(super::lost_race(KIND, &id))
+    }
+
+    pub async fn get_memory(&self, project: &str, agent: &str, key: &str) -> Result<Versioned<MemoryEntry>> {
+        validate::ident("agent", agent, 64)?;
+        check_key(key)?;
+        self.project_guard(project).await?;
+        self.get::<MemoryEntry>(&entry_key(project, agent, key), 0)
+            .await?
+            .filter(|e| !e.value.expired(now_ms()))
+            .ok_or_else(|| SsotError::not_found(KIND, format!("{agent}/{key}")))
+    }
+
+    pub async fn list_memory(&self, project: &str, agent: &str, page_size: i32, page_token: &str) -> Result<Page<MemoryEntry>> {
+        if !agent.is_empty() {
+            validate::ident("agent", agent, 64)?;
+        }
+        self.project_guard(project).await?;
+        let prefix = if agent.is_empty() { keys::in_project(project, PREFIX) } else { agent_prefix(project, agent) };
+        let now = now_ms();
+        self.page(&prefix, page_size, page_token, 0, |e: &Versioned<MemoryEntry>| !e.value.expired(now)).await
+    }
+
+    pub async fn delete_memory(&self, project: &str, agent: &str, key: &str, etag: &str) -> Result<Revision> {
+        let current = self.get_memory(project, agent, key).await?;
+        let expected = validate::etag(etag)?;
+        let id = format!("{agent}/{key}");
+        check_etag(KIND, &id, expected, current.meta.mod_revision)?;
+        let own_key = entry_key(project, agent, key);
+        let txn = Txn::new().when(Compare::mod_revision(own_key.as_str(), current.meta.mod_revision)).then(Op::delete(own_key));
+        match self.commit(txn).await? {
+            Ok(revision) => Ok(revision),
+            Err((_, 0)) => Err(SsotError::not_found(KIND, id)),
+            Err((_, now)) => Err(SsotError::StaleEtag { kind: KIND, id, expected: current.meta.mod_revision, current: now }),
+        }
+    }
+
+    /// Deletes expired memory entries of every project; returns how many.
+    pub async fn sweep_expired_memory(&self) -> Result<usize> {
+        let now = now_ms();
+        let mut removed = 0;
+        let (projects, _) = self.scan_all::<super::projects::Project>(keys::PROJECTS, 0).await?;
+        for project in projects {
+            let prefix = keys::in_project(&project.value.id, PREFIX);
+            let (entries, _, _) = self.scan::<MemoryEntry>(&prefix, None, 0, 0).await?;
+            for (key, entry) in entries.into_iter().filter(|(_, e)| e.value.expired(now)) {
+                let txn = Txn::new().when(Compare::mod_revision(key.as_str(), entry.meta.mod_revision)).then(Op::delete(key));
+                if self.commit(txn).await?.is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}

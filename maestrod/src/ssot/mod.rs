@@ -1,0 +1,307 @@
+//! The single source of truth: a revisioned store (`store`, `sled_store`) and
+//! the domains on top of it, one module each. Only this module imports sled.
+//!
+//! Key layout (all UTF-8, no NUL bytes):
+//! - `projects/<id>`: the project record;
+//! - `p/<project>/<resource path>`: everything that belongs to a project, e.g.
+//!   `p/demo/requirements/00000003`. Watches and snapshots speak in resource
+//!   paths, the part after `p/<project>/`.
+
+pub mod clock;
+pub mod contracts;
+pub mod error;
+pub mod exec_log;
+pub mod keys;
+pub mod locks;
+pub mod memory;
+pub mod paging;
+pub mod projects;
+pub mod requirements;
+pub mod sled_store;
+pub mod snapshots;
+pub mod store;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use error::{Result, SsotError};
+use paging::PageToken;
+use store::{Compare, KeyValue, Op, RangeRequest, Revision, Store, Txn, TxnResponse, prefix_end};
+
+/// Revision metadata of a stored resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Meta {
+    pub create_revision: Revision,
+    pub mod_revision: Revision,
+    pub version: u64,
+}
+
+impl Meta {
+    /// Metadata of a resource created at `revision`.
+    pub fn created(revision: Revision) -> Self {
+        Self { create_revision: revision, mod_revision: revision, version: 1 }
+    }
+
+    fn of(kv: &KeyValue) -> Self {
+        Self { create_revision: kv.create_revision, mod_revision: kv.mod_revision, version: kv.version }
+    }
+}
+
+/// A resource with the revision metadata it was read at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub meta: Meta,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<Versioned<T>>,
+    pub next_page_token: String,
+    pub revision: Revision,
+}
+
+/// Bounds applied by the domains.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most memory entries one agent may hold; the least recently written go first.
+    pub memory_entries_per_agent: usize,
+    /// Most bytes of memory values one agent may hold.
+    pub memory_bytes_per_agent: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { memory_entries_per_agent: 1000, memory_bytes_per_agent: 4 << 20 }
+    }
+}
+
+/// How many times a write that lost a race (without a client etag) is retried.
+const RETRIES: usize = 64;
+
+/// The domain layer: typed operations on requirements, contracts, the log,
+/// memory, locks and snapshots, all scoped by project.
+pub struct Ssot {
+    store: Arc<dyn Store>,
+    limits: Limits,
+    /// Appends to one project's log are serialized here; the hash chain's
+    /// compare-and-swap still guards against other writers.
+    log_appenders: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Ssot {
+    pub fn new(store: Arc<dyn Store>, limits: Limits) -> Self {
+        Self { store, limits, log_appenders: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    async fn get<T: DeserializeOwned>(&self, key: &str, revision: Revision) -> Result<Option<Versioned<T>>> {
+        let response = self.store.range(RangeRequest::key(key).at(revision)).await?;
+        response.kvs.into_iter().next().map(|kv| decode_versioned(&kv)).transpose()
+    }
+
+    /// Reads up to `limit` resources under `prefix` (0: all) after the key `after`.
+    async fn scan<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        after: Option<&[u8]>,
+        revision: Revision,
+        limit: usize,
+    ) -> Result<(Vec<(String, Versioned<T>)>, bool, Revision)> {
+        let start = match after {
+            Some(after) => {
+                let mut start = after.to_vec();
+                start.push(0);
+                start
+            }
+            None => prefix.as_bytes().to_vec(),
+        };
+        let request = RangeRequest { start, end: prefix_end(prefix.as_bytes()), revision, limit };
+        let response = self.store.range(request).await?;
+        let items = response
+            .kvs
+            .iter()
+            .map(|kv| Ok((String::from_utf8_lossy(&kv.key).into_owned(), decode_versioned(kv)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((items, response.more, response.revision))
+    }
+
+    /// All resources under `prefix` at one revision.
+    async fn scan_all<T: DeserializeOwned>(&self, prefix: &str, revision: Revision) -> Result<(Vec<Versioned<T>>, Revision)> {
+        let (items, _, revision) = self.scan::<T>(prefix, None, revision, 0).await?;
+        Ok((items.into_iter().map(|(_, v)| v).collect(), revision))
+    }
+
+    /// One page of the resources under `prefix` that pass `keep`.
+    async fn page<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        page_size: i32,
+        page_token: &str,
+        revision: Revision,
+        keep: impl Fn(&Versioned<T>) -> bool,
+    ) -> Result<Page<T>> {
+        let size = validate::page_size(page_size)?;
+        let token = PageToken::decode(page_token)?;
+        if let Some(token) = &token
+            && !token.after.starts_with(prefix.as_bytes())
+        {
+            return Err(SsotError::invalid("page_token", "the page token belongs to a different listing"));
+        }
+        let mut revision = token.as_ref().map_or(revision, |t| t.revision);
+        let mut after = token.map(|t| t.after);
+        let mut items = Vec::new();
+        let chunk = (size + 1).max(64);
+        loop {
+            let (batch, more, read_at) = self.scan::<T>(prefix, after.as_deref(), revision, chunk).await?;
+            revision = read_at;
+            let mut rest = batch.into_iter().peekable();
+            while items.len() < size {
+                let Some((key, item)) = rest.next() else { break };
+                after = Some(key.into_bytes());
+                if keep(&item) {
+                    items.push(item);
+                }
+            }
+            if items.len() == size {
+                let remaining = rest.peek().is_some() || more;
+                let next_page_token = match (remaining, after) {
+                    (true, Some(after)) => PageToken { revision, after }.encode(),
+                    _ => String::new(),
+                };
+                return Ok(Page { items, next_page_token, revision });
+            }
+            if !more {
+                return Ok(Page { items, next_page_token: String::new(), revision });
+            }
+        }
+    }
+
+    /// A compare that fails if the project is deleted concurrently; `NotFound` if it does not exist.
+    async fn project_guard(&self, project: &str) -> Result<Compare> {
+        validate::ident("project_id", project, projects::MAX_ID_LEN)?;
+        let key = keys::project(project);
+        let response = self.store.range(RangeRequest::key(key.as_str())).await?;
+        match response.kvs.first() {
+            Some(kv) => Ok(Compare::mod_revision(key, kv.mod_revision)),
+            None => Err(SsotError::not_found("project", project)),
+        }
+    }
+
+    /// Runs a transaction; `Err((index, current_mod_revision))` names the compare that failed.
+    async fn commit(&self, txn: Txn) -> Result<std::result::Result<Revision, (usize, Revision)>> {
+        Ok(match self.store.txn(txn).await? {
+            TxnResponse::Committed { revision } => Ok(revision),
+            TxnResponse::CompareFailed { index, current_mod_revision, .. } => Err((index, current_mod_revision)),
+        })
+    }
+
+    /// Read-modify-write of one resource with optimistic concurrency. With a
+    /// client etag a concurrent change is `StaleEtag`; without one the write is
+    /// retried on fresh data. `edit` may add compares and ops of its own (a
+    /// failure of those is retried too).
+    async fn modify<T>(
+        &self,
+        target: Target<'_>,
+        etag: Option<u64>,
+        mut edit: impl AsyncFnMut(T) -> Result<Edit<T>>,
+    ) -> Result<Versioned<T>>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        let Target { kind, id, key, project } = target;
+        for _ in 0..RETRIES {
+            let guard = match project {
+                Some(project) => Some(self.project_guard(project).await?),
+                None => None,
+            };
+            let current: Versioned<T> = self.get(key, 0).await?.ok_or_else(|| SsotError::not_found(kind, id))?;
+            check_etag(kind, id, etag, current.meta.mod_revision)?;
+            let Edit { value, compares, ops } = edit(current.value).await?;
+            let mut txn = Txn::new();
+            let own = usize::from(guard.is_some());
+            txn.compares.extend(guard);
+            txn.compares.push(Compare::mod_revision(key, current.meta.mod_revision));
+            txn.compares.extend(compares);
+            txn.ops.push(Op::put(key, encode_json(&value)));
+            txn.ops.extend(ops);
+            match self.commit(txn).await? {
+                Ok(revision) => {
+                    let meta = Meta { mod_revision: revision, version: current.meta.version + 1, ..current.meta };
+                    return Ok(Versioned { value, meta });
+                }
+                Err((index, _)) if index < own => return Err(SsotError::not_found("project", project.unwrap_or(""))),
+                Err((index, 0)) if index == own => return Err(SsotError::not_found(kind, id)),
+                Err((index, current)) if index == own => {
+                    if let Some(expected) = etag {
+                        return Err(SsotError::StaleEtag { kind, id: id.to_string(), expected, current });
+                    }
+                }
+                Err(_) => {}
+            }
+            tokio::task::yield_now().await;
+        }
+        Err(lost_race(kind, id))
+    }
+}
+
+/// The resource a [`Ssot::modify`] changes.
+struct Target<'a> {
+    kind: &'static str,
+    id: &'a str,
+    key: &'a str,
+    /// The owning project, guarded against concurrent deletion.
+    project: Option<&'a str>,
+}
+
+/// The new value of a modified resource, plus extra conditions and changes
+/// to commit with it atomically.
+struct Edit<T> {
+    value: T,
+    compares: Vec<Compare>,
+    ops: Vec<Op>,
+}
+
+impl<T> Edit<T> {
+    fn value(value: T) -> Self {
+        Self { value, compares: Vec::new(), ops: Vec::new() }
+    }
+}
+
+fn lost_race(kind: &str, id: &str) -> SsotError {
+    SsotError::Conflict(format!("{kind} {id} kept changing under concurrent writes; try again"))
+}
+
+fn decode_versioned<T: DeserializeOwned>(kv: &KeyValue) -> Result<Versioned<T>> {
+    let value = serde_json::from_slice(&kv.value).map_err(|e| {
+        store::StoreError::Backend(format!("corrupt record at {}: {e}", String::from_utf8_lossy(&kv.key)))
+    })?;
+    Ok(Versioned { value, meta: Meta::of(kv) })
+}
+
+fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Domain records are plain structs of strings and numbers: encoding cannot fail.
+    serde_json::to_vec(value).expect("domain records encode as JSON")
+}
+
+/// Checks a client etag against what was read; the error names the resource.
+fn check_etag(kind: &'static str, id: &str, expected: Option<u64>, current: Revision) -> Result<()> {
+    match expected {
+        Some(expected) if expected != current => {
+            Err(SsotError::StaleEtag { kind, id: id.to_string(), expected, current })
+        }
+        _ => Ok(()),
+    }
+}

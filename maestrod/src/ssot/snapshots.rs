@@ -1,0 +1,195 @@
+//! Snapshots: named, pinned revisions of a project. Taking one is O(1) (it
+//! records the current revision); compaction never drops history a snapshot
+//! needs. Diff and restore cover requirements, contracts and memory; the
+//! execution log is append-only and never rewound.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::clock::now_ms;
+use super::store::{Compare, KeyValue, Op, RangeRequest, Revision, Txn};
+use super::{Page, Result, Ssot, SsotError, keys, validate};
+
+const KIND: &str = "snapshot";
+const PREFIX: &str = "snapshots/";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub name: String,
+    pub revision: Revision,
+    pub git_commit: String,
+    pub description: String,
+    pub create_time_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Added,
+    Removed,
+    Modified,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub kind: ChangeKind,
+    /// Resource path, e.g. `requirements/0000000003`.
+    pub path: String,
+    pub before: String,
+    pub after: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diff {
+    pub from_revision: Revision,
+    pub to_revision: Revision,
+    pub changes: Vec<Change>,
+}
+
+fn snapshot_key(project: &str, name: &str) -> String {
+    keys::in_project(project, &format!("{PREFIX}{name}"))
+}
+
+impl Ssot {
+    pub async fn create_snapshot(&self, project: &str, name: &str, git_commit: &str, description: &str) -> Result<Snapshot> {
+        validate::ident("name", name, 64)?;
+        validate::text("git_commit", git_commit, 64, false)?;
+        if !git_commit.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(SsotError::invalid("git_commit", format!("{git_commit:?} is not a hex commit id")));
+        }
+        validate::text("description", description, 4096, false)?;
+        let guard = self.project_guard(project).await?;
+        let snapshot = Snapshot {
+            name: name.to_string(),
+            // Everything committed so far; the snapshot record itself comes after.
+            revision: self.store.status().revision,
+            git_commit: git_commit.to_string(),
+            description: description.to_string(),
+            create_time_ms: now_ms(),
+        };
+        let key = snapshot_key(project, name);
+        let txn =
+            Txn::new().when(guard).when(Compare::absent(key.as_str())).then(Op::put(key, super::encode_json(&snapshot)));
+        match self.commit(txn).await? {
+            Ok(_) => Ok(snapshot),
+            Err((0, _)) => Err(SsotError::not_found("project", project)),
+            Err(_) => Err(SsotError::AlreadyExists { kind: KIND, id: name.to_string() }),
+        }
+    }
+
+    pub async fn get_snapshot(&self, project: &str, name: &str) -> Result<Snapshot> {
+        validate::ident("name", name, 64)?;
+        self.project_guard(project).await?;
+        self.get::<Snapshot>(&snapshot_key(project, name), 0)
+            .await?
+            .map(|s| s.value)
+            .ok_or_else(|| SsotError::not_found(KIND, name))
+    }
+
+    pub async fn list_snapshots(&self, project: &str, page_size: i32, page_token: &str) -> Result<Page<Snapshot>> {
+        self.project_guard(project).await?;
+        self.page(&keys::in_project(project, PREFIX), page_size, page_token, 0, |_| true).await
+    }
+
+    pub async fn delete_snapshot(&self, project: &str, name: &str) -> Result<()> {
+        self.get_snapshot(project, name).await?;
+        let txn = Txn::new().then(Op::delete(snapshot_key(project, name)));
+        self.commit(txn).await?.map_err(|_| SsotError::not_found(KIND, name))?;
+        Ok(())
+    }
+
+    /// The oldest revision any snapshot of any project pins, if any.
+    pub async fn oldest_pinned_revision(&self) -> Result<Option<Revision>> {
+        let (projects, _) = self.scan_all::<super::projects::Project>(keys::PROJECTS, 0).await?;
+        let mut oldest: Option<Revision> = None;
+        for project in projects {
+            let (snapshots, _) = self.scan_all::<Snapshot>(&keys::in_project(&project.value.id, PREFIX), 0).await?;
+            for snapshot in snapshots {
+                oldest = Some(oldest.map_or(snapshot.value.revision, |o| o.min(snapshot.value.revision)));
+            }
+        }
+        Ok(oldest)
+    }
+
+    /// The snapshot-covered resources of a project at `revision` (0: now), by resource path.
+    async fn covered_state(&self, project: &str, revision: Revision) -> Result<(BTreeMap<String, KeyValue>, Revision)> {
+        let mut state = BTreeMap::new();
+        let mut read_at = revision;
+        for path in keys::SNAPSHOT_PATHS {
+            let prefix = keys::in_project(project, path);
+            let response = self.store.range(RangeRequest::prefix(prefix).at(read_at)).await?;
+            // Read every prefix at the same revision as the first.
+            read_at = response.revision;
+            for kv in response.kvs {
+                let key = String::from_utf8_lossy(&kv.key).into_owned();
+                state.insert(keys::resource_path(project, &key).to_string(), kv);
+            }
+        }
+        Ok((state, read_at))
+    }
+
+    /// Changes from snapshot `from` to snapshot `to` (empty: the current state).
+    pub async fn diff_snapshots(&self, project: &str, from: &str, to: &str) -> Result<Diff> {
+        let from = self.get_snapshot(project, from).await?;
+        let to_revision = if to.is_empty() { 0 } else { self.get_snapshot(project, to).await?.revision };
+        let (before, from_revision) = self.covered_state(project, from.revision.max(1)).await?;
+        let (after, to_revision) = self.covered_state(project, to_revision).await?;
+        let text = |kv: &KeyValue| String::from_utf8_lossy(&kv.value).into_owned();
+        let mut changes = Vec::new();
+        for (path, old) in &before {
+            match after.get(path) {
+                None => changes.push(Change { kind: ChangeKind::Removed, path: path.clone(), before: text(old), after: String::new() }),
+                Some(new) if new.value != old.value => {
+                    changes.push(Change { kind: ChangeKind::Modified, path: path.clone(), before: text(old), after: text(new) })
+                }
+                Some(_) => {}
+            }
+        }
+        for (path, new) in &after {
+            if !before.contains_key(path) {
+                changes.push(Change { kind: ChangeKind::Added, path: path.clone(), before: String::new(), after: text(new) });
+            }
+        }
+        changes.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Diff { from_revision, to_revision, changes })
+    }
+
+    /// Makes the snapshot's requirements, contracts and memory current again,
+    /// as one new revision. Returns the revision and how many resources changed.
+    pub async fn restore_snapshot(&self, project: &str, name: &str) -> Result<(Revision, usize)> {
+        let snapshot = self.get_snapshot(project, name).await?;
+        for _ in 0..super::RETRIES {
+            let guard = self.project_guard(project).await?;
+            let (then, _) = self.covered_state(project, snapshot.revision.max(1)).await?;
+            let (now, _) = self.covered_state(project, 0).await?;
+            let mut txn = Txn::new().when(guard);
+            let mut changed = 0;
+            for (path, current) in &now {
+                txn = txn.when(Compare::mod_revision(current.key.clone(), current.mod_revision));
+                match then.get(path) {
+                    None => {
+                        txn = txn.then(Op::delete(current.key.clone()));
+                        changed += 1;
+                    }
+                    Some(old) if old.value != current.value => {
+                        txn = txn.then(Op::put(current.key.clone(), old.value.clone()));
+                        changed += 1;
+                    }
+                    Some(_) => {}
+                }
+            }
+            for (path, old) in &then {
+                if !now.contains_key(path) {
+                    txn = txn.when(Compare::absent(old.key.clone())).then(Op::put(old.key.clone(), old.value.clone()));
+                    changed += 1;
+                }
+            }
+            match self.commit(txn).await? {
+                Ok(revision) => return Ok((revision, changed)),
+                Err((0, _)) => return Err(SsotError::not_found("project", project)),
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+        Err(super::lost_race(KIND, name))
+    }
+}
