@@ -236,7 +236,7 @@ impl Ssot {
         let key = version_key(project, name, version);
         let id = format!("{name} version {version}");
         let target = Target { kind: KIND, id: &id, key: &key, project: Some(project) };
-        self.modify(target, expected, async |mut c: Contract| {
+        self.modify(target, expected, super::nothing, |mut c: Contract, ()| {
             if c.status != status && !c.status.next().contains(&status) {
                 let allowed: Vec<&str> = c.status.next().iter().map(|s| s.as_str()).collect();
                 return Err(SsotError::FailedPrecondition(format!(

@@ -8,6 +8,7 @@
 //!   paths, the part after `p/<project>/`.
 
 pub mod clock;
+pub mod compaction;
 pub mod contracts;
 pub mod error;
 pub mod exec_log;
@@ -210,16 +211,19 @@ impl Ssot {
 
     /// Read-modify-write of one resource with optimistic concurrency. With a
     /// client etag a concurrent change is `StaleEtag`; without one the write is
-    /// retried on fresh data. `edit` may add compares and ops of its own (a
-    /// failure of those is retried too).
-    async fn modify<T>(
+    /// retried on fresh data. `prepare` reads whatever else `edit` needs (again
+    /// on every try); `edit` may add compares and ops of its own (a failure of
+    /// those is retried too).
+    async fn modify<T, P, F>(
         &self,
         target: Target<'_>,
         etag: Option<u64>,
-        mut edit: impl AsyncFnMut(T) -> Result<Edit<T>>,
+        prepare: impl Fn() -> F,
+        mut edit: impl FnMut(T, P) -> Result<Edit<T>>,
     ) -> Result<Versioned<T>>
     where
         T: Serialize + DeserializeOwned,
+        F: Future<Output = Result<P>>,
     {
         let Target { kind, id, key, project } = target;
         for _ in 0..RETRIES {
@@ -227,9 +231,10 @@ impl Ssot {
                 Some(project) => Some(self.project_guard(project).await?),
                 None => None,
             };
+            let prepared = prepare().await?;
             let current: Versioned<T> = self.get(key, 0).await?.ok_or_else(|| SsotError::not_found(kind, id))?;
             check_etag(kind, id, etag, current.meta.mod_revision)?;
-            let Edit { value, compares, ops } = edit(current.value).await?;
+            let Edit { value, compares, ops } = edit(current.value, prepared)?;
             let mut txn = Txn::new();
             let own = usize::from(guard.is_some());
             txn.compares.extend(guard);
@@ -278,6 +283,11 @@ impl<T> Edit<T> {
     fn value(value: T) -> Self {
         Self { value, compares: Vec::new(), ops: Vec::new() }
     }
+}
+
+/// A `prepare` step for [`Ssot::modify`] that reads nothing.
+async fn nothing() -> Result<()> {
+    Ok(())
 }
 
 fn lost_race(kind: &str, id: &str) -> SsotError {

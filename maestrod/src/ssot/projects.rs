@@ -70,7 +70,7 @@ impl Ssot {
         }
         let key = keys::project(id);
         let target = Target { kind: "project", id, key: &key, project: None };
-        self.modify(target, expected, async |mut project: Project| {
+        self.modify(target, expected, super::nothing, |mut project: Project, ()| {
             if let Some(name) = &update.display_name {
                 project.display_name.clone_from(name);
             }

@@ -270,9 +270,9 @@ impl Ssot {
         if let Some(assignee) = &update.assignee {
             validate::text("assignee", assignee, 128, false)?;
         }
-        let key = key(project, number);
-        let target = Target { kind: KIND, id, key: &key, project: Some(project) };
-        self.modify(target, expected, async |mut r: Requirement| {
+        let own_key = key(project, number);
+        let target = Target { kind: KIND, id, key: &own_key, project: Some(project) };
+        self.modify(target, expected, super::nothing, |mut r: Requirement, ()| {
             if let Some(title) = &update.title {
                 r.title.clone_from(title);
             }
@@ -310,9 +310,13 @@ impl Ssot {
         if status == Status::Claimed && assignee.trim().is_empty() {
             return Err(SsotError::invalid("assignee", "is required when claiming a requirement"));
         }
-        let key = key(project, number);
-        let target = Target { kind: KIND, id, key: &key, project: Some(project) };
-        self.modify(target, expected, async |mut r: Requirement| {
+        let own_key = key(project, number);
+        let target = Target { kind: KIND, id, key: &own_key, project: Some(project) };
+        let prepare = move || async move {
+            // Claiming needs the dependencies' state; other moves need nothing.
+            if status == Status::Claimed { Ok(self.scan_all::<Requirement>(&keys::in_project(project, PREFIX), 0).await?.0) } else { Ok(Vec::new()) }
+        };
+        self.modify(target, expected, prepare, |mut r: Requirement, all: Vec<Versioned<Requirement>>| {
             if !r.status.next().contains(&status) {
                 let allowed: Vec<&str> = r.status.next().iter().map(|s| s.as_str()).collect();
                 return Err(SsotError::FailedPrecondition(format!(
@@ -327,17 +331,14 @@ impl Ssot {
             if status == Status::Claimed {
                 // Only a ready requirement can be claimed; the compares keep it ready until commit.
                 for dep in &r.depends_on {
-                    let found = self.existing(project, "depends_on", dep).await?;
+                    let found = all.iter().find(|n| &n.value.id == dep).ok_or_else(|| SsotError::not_found(KIND, dep))?;
                     if found.value.status != Status::Done {
                         return Err(SsotError::FailedPrecondition(format!(
                             "requirement {id} is not ready: it depends on {dep}, which is {}",
                             found.value.status.as_str()
                         )));
                     }
-                    compares.push(Compare::mod_revision(
-                        keys::in_project(project, &format!("{PREFIX}{:010}", parse_id("depends_on", dep)?)),
-                        found.meta.mod_revision,
-                    ));
+                    compares.push(Compare::mod_revision(key(project, parse_id("depends_on", dep)?), found.meta.mod_revision));
                 }
                 r.assignee = assignee.to_string();
             }
@@ -375,11 +376,14 @@ impl Ssot {
         for dep in remove {
             parse_id("remove", dep)?;
         }
-        let key = key(project, number);
-        let target = Target { kind: KIND, id, key: &key, project: Some(project) };
-        self.modify(target, expected, async |mut r: Requirement| {
+        let own_key = key(project, number);
+        let target = Target { kind: KIND, id, key: &own_key, project: Some(project) };
+        let prepare = move || async move {
             let (structure, structure_rev) = self.structure(project).await?;
             let all = self.scan_all::<Requirement>(&keys::in_project(project, PREFIX), 0).await?.0;
+            Ok((structure, structure_rev, all))
+        };
+        self.modify(target, expected, prepare, |mut r: Requirement, (structure, structure_rev, all)| {
             let mut graph: HashMap<String, Vec<String>> =
                 all.iter().map(|n| (n.value.id.clone(), n.value.depends_on.clone())).collect();
             let mut compares = vec![Compare::mod_revision(keys::in_project(project, STRUCTURE), structure_rev)];
@@ -387,10 +391,7 @@ impl Ssot {
                 let Some(found) = all.iter().find(|n| &n.value.id == dep) else {
                     return Err(SsotError::not_found(KIND, dep));
                 };
-                compares.push(Compare::mod_revision(
-                    keys::in_project(project, &format!("{PREFIX}{:010}", parse_id("add", dep)?)),
-                    found.meta.mod_revision,
-                ));
+                compares.push(Compare::mod_revision(key(project, parse_id("add", dep)?), found.meta.mod_revision));
             }
             r.depends_on.retain(|d| !remove.contains(d));
             for dep in add {

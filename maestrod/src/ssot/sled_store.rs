@@ -318,6 +318,11 @@ impl SledStore {
         &self.path
     }
 
+    /// Ends every watch stream (on shutdown, so connections can drain).
+    pub fn end_watches(&self) {
+        self.cancel.cancel();
+    }
+
     /// Stops accepting writes, lets the writer finish every queued request,
     /// flushes, and ends every watch stream.
     pub async fn close(&self) {

@@ -1,0 +1,55 @@
+//! `maestro.v1.ProjectService`.
+
+use std::sync::Arc;
+
+use maestro_shared::v1::{self, project_service_server::ProjectService};
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::status::IntoStatus;
+use crate::ssot::Ssot;
+use crate::ssot::projects::ProjectUpdate;
+
+pub(crate) struct Projects(pub(crate) Arc<Ssot>);
+
+#[tonic::async_trait]
+impl ProjectService for Projects {
+    async fn create_project(&self, request: Request<v1::CreateProjectRequest>) -> Result<Response<v1::Project>, Status> {
+        let r = request.into_inner();
+        let project = self.0.create_project(&r.id, &r.display_name, &r.workspace).await.status()?;
+        Ok(Response::new(convert::project(project)))
+    }
+
+    async fn get_project(&self, request: Request<v1::GetProjectRequest>) -> Result<Response<v1::Project>, Status> {
+        let project = self.0.get_project(&request.into_inner().id).await.status()?;
+        Ok(Response::new(convert::project(project)))
+    }
+
+    async fn list_projects(
+        &self,
+        request: Request<v1::ListProjectsRequest>,
+    ) -> Result<Response<v1::ListProjectsResponse>, Status> {
+        let r = request.into_inner();
+        let page = self.0.list_projects(r.page_size, &r.page_token).await.status()?;
+        Ok(Response::new(v1::ListProjectsResponse {
+            projects: page.items.into_iter().map(convert::project).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn update_project(&self, request: Request<v1::UpdateProjectRequest>) -> Result<Response<v1::Project>, Status> {
+        let r = request.into_inner();
+        let update = ProjectUpdate { display_name: r.display_name, workspace: r.workspace, etag: r.etag };
+        let project = self.0.update_project(&r.id, update).await.status()?;
+        Ok(Response::new(convert::project(project)))
+    }
+
+    async fn delete_project(
+        &self,
+        request: Request<v1::DeleteProjectRequest>,
+    ) -> Result<Response<v1::DeleteProjectResponse>, Status> {
+        let r = request.into_inner();
+        let revision = self.0.delete_project(&r.id, &r.etag).await.status()?;
+        Ok(Response::new(v1::DeleteProjectResponse { revision }))
+    }
+}

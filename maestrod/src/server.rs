@@ -1,0 +1,86 @@
+//! Daemon lifecycle: open the store, serve the API on a bound listener, run
+//! maintenance, and shut down in order (stop accepting, end watches, let
+//! in-flight writes finish, flush).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::config::DaemonConfig;
+use crate::ssot::Ssot;
+use crate::ssot::sled_store::{SledOptions, SledStore};
+use crate::ssot::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("serving gRPC failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Runs the daemon on `listener` until `shutdown` resolves.
+pub async fn run(config: DaemonConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let store = Arc::new(SledStore::open(&config.data_dir, SledOptions::default())?);
+    let ssot = Arc::new(Ssot::new(store.clone(), config.limits.clone()));
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(maintenance(ssot.clone(), config.clone(), cancel.clone()).instrument(info_span!("maintenance")));
+
+    let routes = crate::api::routes(ssot.clone(), config.data_dir.display().to_string(), config.retention_revisions).await;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let stopping = CancellationToken::new();
+    let serve = Server::builder()
+        .trace_fn(|request| info_span!("rpc", method = %request.uri().path()))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, {
+            let store = store.clone();
+            let stopping = stopping.clone();
+            async move {
+                shutdown.await;
+                info!("shutting down: no new requests; ending watches");
+                // Watch streams never end by themselves; end them so connections can drain.
+                store.end_watches();
+                stopping.cancel();
+            }
+        });
+    tokio::pin!(serve);
+    tokio::select! {
+        result = &mut serve => result?,
+        () = async { stopping.cancelled().await; tokio::time::sleep(config.shutdown_grace).await } => {
+            warn!(grace = ?config.shutdown_grace, "in-flight requests did not finish in time; closing anyway");
+        }
+    }
+    cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
+    store.close().await;
+    info!("store flushed; bye");
+    Ok(())
+}
+
+/// Sweeps expired memory and compacts history to the retention setting.
+async fn maintenance(ssot: Arc<Ssot>, config: DaemonConfig, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(config.maintenance_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = cancel.cancelled() => return,
+        }
+        match ssot.sweep_expired_memory().await {
+            Ok(0) => {}
+            Ok(removed) => info!(removed, "expired memory swept"),
+            Err(error) => warn!(%error, "sweeping expired memory failed"),
+        }
+        if let Err(error) = ssot.compact(0, config.retention_revisions).await {
+            warn!(%error, "compaction failed");
+        }
+    }
+}
