@@ -19,7 +19,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(&files, [&proto_root])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     // Reflection serves the same descriptors the code is generated from.
-    std::fs::write(out_dir.join("maestro_descriptor.bin"), fds.encode_to_vec())?;
+    let descriptors = fds.encode_to_vec();
+    std::fs::write(out_dir.join("maestro_descriptor.bin"), &descriptors)?;
     tonic_prost_build::configure().compile_fds(fds)?;
+    // Canonical proto3 JSON for every message: what `--output json` prints.
+    pbjson_build::Builder::new().register_descriptors(&descriptors)?.build(&[".maestro.v1"])?;
     Ok(())
 }

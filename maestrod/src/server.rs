@@ -26,14 +26,19 @@ pub enum ServerError {
 }
 
 /// Runs the daemon on `listener` until `shutdown` resolves.
-pub async fn run(config: DaemonConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+pub async fn run(
+    config: DaemonConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let store = Arc::new(SledStore::open(&config.data_dir, SledOptions::default())?);
     let ssot = Arc::new(Ssot::new(store.clone(), config.limits.clone()));
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(maintenance(ssot.clone(), config.clone(), cancel.clone()).instrument(info_span!("maintenance")));
 
-    let routes = crate::api::routes(ssot.clone(), config.data_dir.display().to_string(), config.retention_revisions).await;
+    let routes =
+        crate::api::routes(ssot.clone(), config.data_dir.display().to_string(), config.retention_revisions).await;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let stopping = CancellationToken::new();
     let serve = Server::builder()

@@ -5,6 +5,7 @@
 pub mod v1 {
     #![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
     tonic::include_proto!("maestro.v1");
+    include!(concat!(env!("OUT_DIR"), "/maestro.v1.serde.rs"));
 
     /// Encoded `FileDescriptorSet` of the API, served by gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("maestro_descriptor");

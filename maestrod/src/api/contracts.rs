@@ -65,11 +65,8 @@ impl ContractService for Contracts {
     ) -> Result<Response<v1::Contract>, Status> {
         let r = request.into_inner();
         let status = convert::contract_status_from_wire(r.status, None)?;
-        let updated = self
-            .0
-            .set_contract_status(&r.project_id, &r.name, r.version, status, &r.reason, &r.etag)
-            .await
-            .status()?;
+        let updated =
+            self.0.set_contract_status(&r.project_id, &r.name, r.version, status, &r.reason, &r.etag).await.status()?;
         Ok(Response::new(convert::contract(&r.project_id, updated)))
     }
 }

@@ -89,9 +89,9 @@ pub(crate) fn contract_kind_from_wire(raw: i32) -> Result<ContractKind, Status> 
         Ok(v1::ContractKind::Protobuf) => Ok(ContractKind::Protobuf),
         Ok(v1::ContractKind::JsonSchema) => Ok(ContractKind::JsonSchema),
         Ok(v1::ContractKind::FunctionSignature) => Ok(ContractKind::FunctionSignature),
-        Ok(v1::ContractKind::Unspecified) => Err(Status::invalid_argument(
-            "kind: required (openapi, protobuf, json-schema or function-signature)",
-        )),
+        Ok(v1::ContractKind::Unspecified) => {
+            Err(Status::invalid_argument("kind: required (openapi, protobuf, json-schema or function-signature)"))
+        }
         Err(_) => Err(Status::invalid_argument(format!("kind: {raw} is not a contract kind"))),
     }
 }

@@ -50,7 +50,10 @@ impl ExecutionLogService for ExecutionLog {
         }))
     }
 
-    async fn verify_log(&self, request: Request<v1::VerifyLogRequest>) -> Result<Response<v1::VerifyLogResponse>, Status> {
+    async fn verify_log(
+        &self,
+        request: Request<v1::VerifyLogRequest>,
+    ) -> Result<Response<v1::VerifyLogResponse>, Status> {
         let r = request.into_inner();
         let v = self.0.verify_log(&r.project_id).await.status()?;
         Ok(Response::new(v1::VerifyLogResponse {

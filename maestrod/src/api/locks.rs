@@ -52,7 +52,10 @@ impl LockService for Locks {
         Ok(Response::new(v1::ReleaseLockResponse { revision }))
     }
 
-    async fn list_locks(&self, request: Request<v1::ListLocksRequest>) -> Result<Response<v1::ListLocksResponse>, Status> {
+    async fn list_locks(
+        &self,
+        request: Request<v1::ListLocksRequest>,
+    ) -> Result<Response<v1::ListLocksResponse>, Status> {
         let r = request.into_inner();
         let page = self.0.list_locks(&r.project_id, r.page_size, &r.page_token).await.status()?;
         Ok(Response::new(v1::ListLocksResponse {

@@ -15,7 +15,8 @@ pub(crate) struct Memory(pub(crate) Arc<Ssot>);
 impl MemoryService for Memory {
     async fn put_memory(&self, request: Request<v1::PutMemoryRequest>) -> Result<Response<v1::MemoryEntry>, Status> {
         let r = request.into_inner();
-        let entry = self.0.put_memory(&r.project_id, &r.agent, &r.key, &r.value, r.ttl_seconds, &r.etag).await.status()?;
+        let entry =
+            self.0.put_memory(&r.project_id, &r.agent, &r.key, &r.value, r.ttl_seconds, &r.etag).await.status()?;
         Ok(Response::new(convert::memory_entry(&r.project_id, entry)))
     }
 
@@ -25,7 +26,10 @@ impl MemoryService for Memory {
         Ok(Response::new(convert::memory_entry(&r.project_id, entry)))
     }
 
-    async fn list_memory(&self, request: Request<v1::ListMemoryRequest>) -> Result<Response<v1::ListMemoryResponse>, Status> {
+    async fn list_memory(
+        &self,
+        request: Request<v1::ListMemoryRequest>,
+    ) -> Result<Response<v1::ListMemoryResponse>, Status> {
         let r = request.into_inner();
         let page = self.0.list_memory(&r.project_id, &r.agent, r.page_size, &r.page_token).await.status()?;
         Ok(Response::new(v1::ListMemoryResponse {

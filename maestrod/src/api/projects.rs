@@ -14,7 +14,10 @@ pub(crate) struct Projects(pub(crate) Arc<Ssot>);
 
 #[tonic::async_trait]
 impl ProjectService for Projects {
-    async fn create_project(&self, request: Request<v1::CreateProjectRequest>) -> Result<Response<v1::Project>, Status> {
+    async fn create_project(
+        &self,
+        request: Request<v1::CreateProjectRequest>,
+    ) -> Result<Response<v1::Project>, Status> {
         let r = request.into_inner();
         let project = self.0.create_project(&r.id, &r.display_name, &r.workspace).await.status()?;
         Ok(Response::new(convert::project(project)))
@@ -37,7 +40,10 @@ impl ProjectService for Projects {
         }))
     }
 
-    async fn update_project(&self, request: Request<v1::UpdateProjectRequest>) -> Result<Response<v1::Project>, Status> {
+    async fn update_project(
+        &self,
+        request: Request<v1::UpdateProjectRequest>,
+    ) -> Result<Response<v1::Project>, Status> {
         let r = request.into_inner();
         let update = ProjectUpdate { display_name: r.display_name, workspace: r.workspace, etag: r.etag };
         let project = self.0.update_project(&r.id, update).await.status()?;

@@ -13,7 +13,10 @@ pub(crate) struct Snapshots(pub(crate) Arc<Ssot>);
 
 #[tonic::async_trait]
 impl SnapshotService for Snapshots {
-    async fn create_snapshot(&self, request: Request<v1::CreateSnapshotRequest>) -> Result<Response<v1::Snapshot>, Status> {
+    async fn create_snapshot(
+        &self,
+        request: Request<v1::CreateSnapshotRequest>,
+    ) -> Result<Response<v1::Snapshot>, Status> {
         let r = request.into_inner();
         let snapshot = self.0.create_snapshot(&r.project_id, &r.name, &r.git_commit, &r.description).await.status()?;
         Ok(Response::new(convert::snapshot(&r.project_id, snapshot)))

@@ -55,8 +55,11 @@ impl WatchService for Watch {
             let item = match batch {
                 Ok(batch) => {
                     let events: Vec<_> = batch.events.into_iter().filter_map(|e| wire_event(&project, e)).collect();
-                    (!events.is_empty())
-                        .then_some(Ok(v1::WatchResponse { events, revision: batch.revision, start_revision: 0 }))
+                    (!events.is_empty()).then_some(Ok(v1::WatchResponse {
+                        events,
+                        revision: batch.revision,
+                        start_revision: 0,
+                    }))
                 }
                 Err(error) => Some(Err(store_status(&error))),
             };

@@ -134,9 +134,12 @@ impl Ssot {
                 create_time_ms: now_ms(),
             };
             let key = version_key(project, &new.name, version);
-            let txn = Txn::new().when(guard).when(Compare::absent(key.as_str())).then(Op::put(key, encode_json(&contract)));
+            let txn =
+                Txn::new().when(guard).when(Compare::absent(key.as_str())).then(Op::put(key, encode_json(&contract)));
             match self.commit(txn).await? {
-                Ok(revision) => return Ok(Versioned { value: contract, meta: Meta::created(revision) }),
+                Ok(revision) => {
+                    return Ok(Versioned { value: contract, meta: Meta::created(revision) });
+                }
                 Err((0, _)) => return Err(SsotError::not_found("project", project)),
                 Err((_, current)) if expected.is_some() => {
                     return Err(SsotError::StaleEtag {
@@ -177,7 +180,8 @@ impl Ssot {
         let after = if page_token.is_empty() {
             String::new()
         } else {
-            let token = super::paging::PageToken::decode(page_token)?.unwrap_or_else(|| unreachable!("token is not empty"));
+            let token =
+                super::paging::PageToken::decode(page_token)?.unwrap_or_else(|| unreachable!("token is not empty"));
             String::from_utf8(token.after).map_err(|_| SsotError::invalid("page_token", "malformed page token"))?
         };
         let (all, revision) = self.scan_all::<Contract>(&keys::in_project(project, PREFIX), 0).await?;
@@ -228,11 +232,7 @@ impl Ssot {
         validate::ident("name", name, 128)?;
         let expected = validate::etag(etag)?;
         validate::text("reason", reason, 4096, false)?;
-        let version = if version == 0 {
-            self.get_contract(project, name, 0).await?.value.version
-        } else {
-            version
-        };
+        let version = if version == 0 { self.get_contract(project, name, 0).await?.value.version } else { version };
         let key = version_key(project, name, version);
         let id = format!("{name} version {version}");
         let target = Target { kind: KIND, id: &id, key: &key, project: Some(project) };

@@ -107,7 +107,9 @@ impl Ssot {
                 .then(Op::put(head_key, encode_json(&Head { seq, hash })))
                 .then(Op::put(entry_key(project, seq), encode_json(&record)));
             match self.commit(txn).await? {
-                Ok(revision) => return Ok(Versioned { value: record, meta: super::Meta::created(revision) }),
+                Ok(revision) => {
+                    return Ok(Versioned { value: record, meta: super::Meta::created(revision) });
+                }
                 Err((0, _)) => return Err(SsotError::not_found("project", project)),
                 Err(_) => tokio::task::yield_now().await,
             }
@@ -161,10 +163,18 @@ impl Ssot {
                 let entry = &entry.value;
                 let expected_seq = count + 1;
                 if entry.seq != expected_seq {
-                    return Ok(bad(expected_seq, format!("entry {expected_seq} is missing (found {})", entry.seq), count));
+                    return Ok(bad(
+                        expected_seq,
+                        format!("entry {expected_seq} is missing (found {})", entry.seq),
+                        count,
+                    ));
                 }
                 if entry.prev_hash != prev {
-                    return Ok(bad(entry.seq, format!("entry {} does not link to the hash of entry {}", entry.seq, count), count));
+                    return Ok(bad(
+                        entry.seq,
+                        format!("entry {} does not link to the hash of entry {}", entry.seq, count),
+                        count,
+                    ));
                 }
                 if entry_hash(entry.seq, entry.time_ms, &entry.body, &entry.prev_hash) != entry.hash {
                     return Ok(bad(entry.seq, format!("entry {} does not match its hash", entry.seq), count));

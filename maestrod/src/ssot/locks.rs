@@ -108,13 +108,17 @@ impl Ssot {
             }
             return Err(self.held_error(name, &existing.value).await);
         }
-        let lock = Lock { name: name.to_string(), holder: holder.to_string(), lease_id: lease, acquire_time_ms: now_ms() };
-        let txn = Txn::new()
-            .when(guard)
-            .when(Compare::absent(key))
-            .then(Op::Put { key: key.as_bytes().to_vec(), value: super::encode_json(&lock), lease });
+        let lock =
+            Lock { name: name.to_string(), holder: holder.to_string(), lease_id: lease, acquire_time_ms: now_ms() };
+        let txn = Txn::new().when(guard).when(Compare::absent(key)).then(Op::Put {
+            key: key.as_bytes().to_vec(),
+            value: super::encode_json(&lock),
+            lease,
+        });
         match self.store.txn(txn).await.map_err(lease_error)? {
-            super::store::TxnResponse::Committed { revision } => Ok(Versioned { value: lock, meta: Meta::created(revision) }),
+            super::store::TxnResponse::Committed { revision } => {
+                Ok(Versioned { value: lock, meta: Meta::created(revision) })
+            }
             super::store::TxnResponse::CompareFailed { index: 0, .. } => Err(SsotError::not_found("project", project)),
             super::store::TxnResponse::CompareFailed { .. } => match self.get::<Lock>(key, 0).await? {
                 Some(existing) => Err(self.held_error(name, &existing.value).await),
@@ -143,7 +147,8 @@ impl Ssot {
                 existing.value.lease_id, existing.value.holder
             )));
         }
-        let txn = Txn::new().when(Compare::mod_revision(key.as_str(), existing.meta.mod_revision)).then(Op::delete(key));
+        let txn =
+            Txn::new().when(Compare::mod_revision(key.as_str(), existing.meta.mod_revision)).then(Op::delete(key));
         match self.commit(txn).await? {
             Ok(revision) => Ok(revision),
             Err(_) => Err(SsotError::not_found(KIND, name)),

@@ -100,7 +100,9 @@ impl Ssot {
                     break;
                 }
                 let victim_key = entry_key(project, agent, &victim.value.key);
-                txn = txn.when(Compare::mod_revision(victim_key.as_str(), victim.meta.mod_revision)).then(Op::delete(victim_key));
+                txn = txn
+                    .when(Compare::mod_revision(victim_key.as_str(), victim.meta.mod_revision))
+                    .then(Op::delete(victim_key));
                 count -= 1;
                 bytes -= victim.value.value.len();
             }
@@ -115,7 +117,12 @@ impl Ssot {
                 }
                 Err((0, _)) => return Err(SsotError::not_found("project", project)),
                 Err((1, current)) if expected.is_some() => {
-                    return Err(SsotError::StaleEtag { kind: KIND, id, expected: expected.unwrap_or_default(), current });
+                    return Err(SsotError::StaleEtag {
+                        kind: KIND,
+                        id,
+                        expected: expected.unwrap_or_default(),
+                        current,
+                    });
                 }
                 Err(_) => tokio::task::yield_now().await,
             }
@@ -133,7 +140,13 @@ impl Ssot {
             .ok_or_else(|| SsotError::not_found(KIND, format!("{agent}/{key}")))
     }
 
-    pub async fn list_memory(&self, project: &str, agent: &str, page_size: i32, page_token: &str) -> Result<Page<MemoryEntry>> {
+    pub async fn list_memory(
+        &self,
+        project: &str,
+        agent: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<Page<MemoryEntry>> {
         if !agent.is_empty() {
             validate::ident("agent", agent, 64)?;
         }
@@ -149,11 +162,15 @@ impl Ssot {
         let id = format!("{agent}/{key}");
         check_etag(KIND, &id, expected, current.meta.mod_revision)?;
         let own_key = entry_key(project, agent, key);
-        let txn = Txn::new().when(Compare::mod_revision(own_key.as_str(), current.meta.mod_revision)).then(Op::delete(own_key));
+        let txn = Txn::new()
+            .when(Compare::mod_revision(own_key.as_str(), current.meta.mod_revision))
+            .then(Op::delete(own_key));
         match self.commit(txn).await? {
             Ok(revision) => Ok(revision),
             Err((_, 0)) => Err(SsotError::not_found(KIND, id)),
-            Err((_, now)) => Err(SsotError::StaleEtag { kind: KIND, id, expected: current.meta.mod_revision, current: now }),
+            Err((_, now)) => {
+                Err(SsotError::StaleEtag { kind: KIND, id, expected: current.meta.mod_revision, current: now })
+            }
         }
     }
 
@@ -166,7 +183,8 @@ impl Ssot {
             let prefix = keys::in_project(&project.value.id, PREFIX);
             let (entries, _, _) = self.scan::<MemoryEntry>(&prefix, None, 0, 0).await?;
             for (key, entry) in entries.into_iter().filter(|(_, e)| e.value.expired(now)) {
-                let txn = Txn::new().when(Compare::mod_revision(key.as_str(), entry.meta.mod_revision)).then(Op::delete(key));
+                let txn =
+                    Txn::new().when(Compare::mod_revision(key.as_str(), entry.meta.mod_revision)).then(Op::delete(key));
                 if self.commit(txn).await?.is_ok() {
                     removed += 1;
                 }

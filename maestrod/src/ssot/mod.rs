@@ -140,7 +140,11 @@ impl Ssot {
     }
 
     /// All resources under `prefix` at one revision.
-    async fn scan_all<T: DeserializeOwned>(&self, prefix: &str, revision: Revision) -> Result<(Vec<Versioned<T>>, Revision)> {
+    async fn scan_all<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        revision: Revision,
+    ) -> Result<(Vec<Versioned<T>>, Revision)> {
         let (items, _, revision) = self.scan::<T>(prefix, None, revision, 0).await?;
         Ok((items.into_iter().map(|(_, v)| v).collect(), revision))
     }
@@ -170,7 +174,9 @@ impl Ssot {
             revision = read_at;
             let mut rest = batch.into_iter().peekable();
             while items.len() < size {
-                let Some((key, item)) = rest.next() else { break };
+                let Some((key, item)) = rest.next() else {
+                    break;
+                };
                 after = Some(key.into_bytes());
                 if keep(&item) {
                     items.push(item);
@@ -247,7 +253,9 @@ impl Ssot {
                     let meta = Meta { mod_revision: revision, version: current.meta.version + 1, ..current.meta };
                     return Ok(Versioned { value, meta });
                 }
-                Err((index, _)) if index < own => return Err(SsotError::not_found("project", project.unwrap_or(""))),
+                Err((index, _)) if index < own => {
+                    return Err(SsotError::not_found("project", project.unwrap_or("")));
+                }
                 Err((index, 0)) if index == own => return Err(SsotError::not_found(kind, id)),
                 Err((index, current)) if index == own => {
                     if let Some(expected) = etag {

@@ -26,7 +26,8 @@ impl PageToken {
         if token.is_empty() {
             return Ok(None);
         }
-        let malformed = || SsotError::invalid("page_token", "malformed page token; pass the next_page_token of a previous reply");
+        let malformed =
+            || SsotError::invalid("page_token", "malformed page token; pass the next_page_token of a previous reply");
         let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| malformed())?;
         let rest = raw.strip_prefix(b"v1:").ok_or_else(malformed)?;
         if rest.len() < 9 {

@@ -172,16 +172,21 @@ impl Ssot {
         for _ in 0..super::RETRIES {
             let guard = self.project_guard(project).await?;
             let (structure, structure_rev) = self.structure(project).await?;
-            let mut txn = Txn::new().when(guard).when(Compare::mod_revision(keys::in_project(project, STRUCTURE), structure_rev));
+            let mut txn =
+                Txn::new().when(guard).when(Compare::mod_revision(keys::in_project(project, STRUCTURE), structure_rev));
             let mut referenced = Vec::new();
             if !new.parent_id.is_empty() {
                 let parent = self.existing(project, "parent_id", &new.parent_id).await?;
-                txn = txn.when(Compare::mod_revision(key(project, parse_id("parent_id", &new.parent_id)?), parent.meta.mod_revision));
+                txn = txn.when(Compare::mod_revision(
+                    key(project, parse_id("parent_id", &new.parent_id)?),
+                    parent.meta.mod_revision,
+                ));
                 referenced.push(new.parent_id.clone());
             }
             for dep in &new.depends_on {
                 let found = self.existing(project, "depends_on", dep).await?;
-                txn = txn.when(Compare::mod_revision(key(project, parse_id("depends_on", dep)?), found.meta.mod_revision));
+                txn = txn
+                    .when(Compare::mod_revision(key(project, parse_id("depends_on", dep)?), found.meta.mod_revision));
                 referenced.push(dep.clone());
             }
             let number = structure.last_id + 1;
@@ -205,9 +210,13 @@ impl Ssot {
                 .then(Op::put(keys::in_project(project, STRUCTURE), encode_json(&Structure { last_id: number })))
                 .then(Op::put(key(project, number), encode_json(&requirement)));
             match self.commit(txn).await? {
-                Ok(revision) => return Ok(Versioned { value: requirement, meta: Meta::created(revision) }),
+                Ok(revision) => {
+                    return Ok(Versioned { value: requirement, meta: Meta::created(revision) });
+                }
                 Err((0, _)) => return Err(SsotError::not_found("project", project)),
-                Err((index, 0)) if index >= 2 => return Err(SsotError::not_found(KIND, &referenced[index - 2])),
+                Err((index, 0)) if index >= 2 => {
+                    return Err(SsotError::not_found(KIND, &referenced[index - 2]));
+                }
                 Err(_) => tokio::task::yield_now().await,
             }
         }
@@ -253,12 +262,19 @@ impl Ssot {
             all.iter().filter(|r| r.value.status == Status::Done).map(|r| r.value.id.as_str()).collect();
         Ok(all
             .iter()
-            .filter(|r| r.value.status == Status::Pending && r.value.depends_on.iter().all(|d| done.contains(d.as_str())))
+            .filter(|r| {
+                r.value.status == Status::Pending && r.value.depends_on.iter().all(|d| done.contains(d.as_str()))
+            })
             .cloned()
             .collect())
     }
 
-    pub async fn update_requirement(&self, project: &str, id: &str, update: RequirementUpdate) -> Result<Versioned<Requirement>> {
+    pub async fn update_requirement(
+        &self,
+        project: &str,
+        id: &str,
+        update: RequirementUpdate,
+    ) -> Result<Versioned<Requirement>> {
         let number = parse_id("id", id)?;
         let expected = validate::etag(&update.etag)?;
         check_fields(
@@ -314,7 +330,11 @@ impl Ssot {
         let target = Target { kind: KIND, id, key: &own_key, project: Some(project) };
         let prepare = move || async move {
             // Claiming needs the dependencies' state; other moves need nothing.
-            if status == Status::Claimed { Ok(self.scan_all::<Requirement>(&keys::in_project(project, PREFIX), 0).await?.0) } else { Ok(Vec::new()) }
+            if status == Status::Claimed {
+                Ok(self.scan_all::<Requirement>(&keys::in_project(project, PREFIX), 0).await?.0)
+            } else {
+                Ok(Vec::new())
+            }
         };
         self.modify(target, expected, prepare, |mut r: Requirement, all: Vec<Versioned<Requirement>>| {
             if !r.status.next().contains(&status) {
@@ -331,14 +351,18 @@ impl Ssot {
             if status == Status::Claimed {
                 // Only a ready requirement can be claimed; the compares keep it ready until commit.
                 for dep in &r.depends_on {
-                    let found = all.iter().find(|n| &n.value.id == dep).ok_or_else(|| SsotError::not_found(KIND, dep))?;
+                    let found =
+                        all.iter().find(|n| &n.value.id == dep).ok_or_else(|| SsotError::not_found(KIND, dep))?;
                     if found.value.status != Status::Done {
                         return Err(SsotError::FailedPrecondition(format!(
                             "requirement {id} is not ready: it depends on {dep}, which is {}",
                             found.value.status.as_str()
                         )));
                     }
-                    compares.push(Compare::mod_revision(key(project, parse_id("depends_on", dep)?), found.meta.mod_revision));
+                    compares.push(Compare::mod_revision(
+                        key(project, parse_id("depends_on", dep)?),
+                        found.meta.mod_revision,
+                    ));
                 }
                 r.assignee = assignee.to_string();
             }
@@ -428,15 +452,19 @@ impl Ssot {
                 return Err(SsotError::not_found(KIND, id));
             };
             check_etag(KIND, id, expected, node.meta.mod_revision)?;
-            let children: Vec<&str> = all.iter().filter(|n| n.value.parent_id == id).map(|n| n.value.id.as_str()).collect();
+            let children: Vec<&str> =
+                all.iter().filter(|n| n.value.parent_id == id).map(|n| n.value.id.as_str()).collect();
             if !children.is_empty() {
                 return Err(SsotError::FailedPrecondition(format!(
                     "requirement {id} has children {}; delete them first",
                     children.join(", ")
                 )));
             }
-            let dependents: Vec<&str> =
-                all.iter().filter(|n| n.value.depends_on.iter().any(|d| d == id)).map(|n| n.value.id.as_str()).collect();
+            let dependents: Vec<&str> = all
+                .iter()
+                .filter(|n| n.value.depends_on.iter().any(|d| d == id))
+                .map(|n| n.value.id.as_str())
+                .collect();
             if !dependents.is_empty() {
                 return Err(SsotError::FailedPrecondition(format!(
                     "requirement {id} is a dependency of {}; remove those dependencies first",
@@ -454,7 +482,12 @@ impl Ssot {
                 Err((0, _)) => return Err(SsotError::not_found("project", project)),
                 Err((1, 0)) => return Err(SsotError::not_found(KIND, id)),
                 Err((1, current)) if expected.is_some() => {
-                    return Err(SsotError::StaleEtag { kind: KIND, id: id.to_string(), expected: node.meta.mod_revision, current });
+                    return Err(SsotError::StaleEtag {
+                        kind: KIND,
+                        id: id.to_string(),
+                        expected: node.meta.mod_revision,
+                        current,
+                    });
                 }
                 Err(_) => tokio::task::yield_now().await,
             }

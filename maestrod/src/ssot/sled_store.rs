@@ -35,8 +35,8 @@ use tracing::{debug, error, info, warn};
 
 use super::clock::now_ms;
 use super::store::{
-    Event, EventKind, KeyValue, LeaseId, LeaseInfo, Op, RangeRequest, RangeResponse, Revision,
-    Store, StoreError, StoreStatus, Txn, TxnResponse, WatchBatch, WatchStream,
+    Event, EventKind, KeyValue, LeaseId, LeaseInfo, Op, RangeRequest, RangeResponse, Revision, Store, StoreError,
+    StoreStatus, Txn, TxnResponse, WatchBatch, WatchStream,
 };
 
 /// Bumped whenever the on-disk layout changes; checked on open.
@@ -229,10 +229,7 @@ impl SledStore {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("cannot create data directory {}: {e}", dir.display())))?;
         let lock = lock_data_dir(dir)?;
-        let db = sled::Config::new()
-            .path(dir.join("store"))
-            .cache_capacity(options.cache_capacity)
-            .open()?;
+        let db = sled::Config::new().path(dir.join("store")).cache_capacity(options.cache_capacity).open()?;
         let tree = db.open_tree("ssot")?;
 
         let schema = match tree.get(layout::meta("schema"))? {
@@ -287,14 +284,8 @@ impl SledStore {
         });
         let leases = Arc::new(Mutex::new(leases));
         let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
-        let writer = Writer {
-            shared: shared.clone(),
-            revision,
-            compacted,
-            next_lease,
-            leases: leases.clone(),
-            lease_keys,
-        };
+        let writer =
+            Writer { shared: shared.clone(), revision, compacted, next_lease, leases: leases.clone(), lease_keys };
         let handle = tokio::runtime::Handle::current();
         let thread = std::thread::Builder::new()
             .name("ssot-writer".into())
@@ -418,7 +409,9 @@ impl SledStore {
         };
         for item in self.shared.tree.range(start..end) {
             let (raw_key, raw) = item?;
-            let Some((key, revision)) = layout::parse_hist(&raw_key) else { continue };
+            let Some((key, revision)) = layout::parse_hist(&raw_key) else {
+                continue;
+            };
             if pending.as_ref().is_some_and(|(k, _)| k.as_slice() != key) && !flush(pending.take(), &mut response) {
                 return Ok(response);
             }
@@ -449,12 +442,15 @@ impl SledStore {
         let mut covered = from - 1;
         for item in shared.tree.range(layout::rev(from)..=layout::rev(to)) {
             let (raw_key, raw) = item?;
-            let revision = layout::parse_rev(&raw_key).ok_or_else(|| StoreError::Backend("corrupt revision key".into()))?;
+            let revision =
+                layout::parse_rev(&raw_key).ok_or_else(|| StoreError::Backend("corrupt revision key".into()))?;
             let keys: Vec<Vec<u8>> = decode(&raw)?;
             for key in keys.into_iter().filter(|k| k.starts_with(prefix)) {
                 let record: Option<KvRecord> = match shared.tree.get(layout::hist(&key, revision))? {
                     Some(raw) => decode(&raw)?,
-                    None => return Err(StoreError::Backend(format!("history of revision {revision} is missing"))),
+                    None => {
+                        return Err(StoreError::Backend(format!("history of revision {revision} is missing")));
+                    }
                 };
                 events.push(history_event(key, revision, record));
             }
@@ -517,7 +513,9 @@ impl Store for SledStore {
                     match chunk {
                         Ok((events, covered)) => {
                             next = covered + 1;
-                            if !events.is_empty() && tx.send(Ok(WatchBatch { revision: covered, events })).await.is_err() {
+                            if !events.is_empty()
+                                && tx.send(Ok(WatchBatch { revision: covered, events })).await.is_err()
+                            {
                                 return;
                             }
                         }
@@ -635,6 +633,9 @@ fn lock_data_dir(dir: &Path) -> Result<File, StoreError> {
     }
 }
 
+/// A key and its new value and lease (`None`: delete).
+type Change = (Vec<u8>, Option<(Vec<u8>, LeaseId)>);
+
 /// One group commit in the making.
 struct Group {
     batch: sled::Batch,
@@ -647,7 +648,13 @@ struct Group {
 
 impl Group {
     fn new() -> Self {
-        Self { batch: sled::Batch::default(), overlay: HashMap::new(), published: Vec::new(), replies: Vec::new(), dirty: false }
+        Self {
+            batch: sled::Batch::default(),
+            overlay: HashMap::new(),
+            published: Vec::new(),
+            replies: Vec::new(),
+            dirty: false,
+        }
     }
 
     fn reply<T: Send + 'static>(&mut self, tx: oneshot::Sender<Result<T, StoreError>>, value: T) {
@@ -852,7 +859,7 @@ impl Writer {
             }
         }
         // Expand ranges first so a key touched twice is caught before anything changes.
-        let mut plan: Vec<(Vec<u8>, Option<(Vec<u8>, LeaseId)>)> = Vec::new();
+        let mut plan: Vec<Change> = Vec::new();
         for op in txn.ops {
             match op {
                 Op::Put { key, value, lease } => plan.push((key, Some((value, lease)))),
@@ -878,7 +885,7 @@ impl Writer {
     fn commit_changes(
         &mut self,
         group: &mut Group,
-        plan: Vec<(Vec<u8>, Option<(Vec<u8>, LeaseId)>)>,
+        plan: Vec<Change>,
     ) -> Result<Revision, StoreError> {
         let revision = self.revision + 1;
         let mut events = Vec::new();
@@ -1014,13 +1021,19 @@ impl Writer {
         let mut candidate: Option<(Vec<u8>, sled::IVec, bool)> = None;
         for item in tree.scan_prefix([layout::HIST]) {
             let (raw_key, raw) = item?;
-            let Some((key, revision)) = layout::parse_hist(&raw_key) else { continue };
+            let Some((key, revision)) = layout::parse_hist(&raw_key) else {
+                continue;
+            };
             if revision > target {
                 continue;
             }
             let superseded = match &candidate {
                 Some((candidate_key, older, drop_it)) => {
-                    if candidate_key.as_slice() == key || *drop_it { Some(older.clone()) } else { None }
+                    if candidate_key.as_slice() == key || *drop_it {
+                        Some(older.clone())
+                    } else {
+                        None
+                    }
                 }
                 None => None,
             };

@@ -51,7 +51,13 @@ fn snapshot_key(project: &str, name: &str) -> String {
 }
 
 impl Ssot {
-    pub async fn create_snapshot(&self, project: &str, name: &str, git_commit: &str, description: &str) -> Result<Snapshot> {
+    pub async fn create_snapshot(
+        &self,
+        project: &str,
+        name: &str,
+        git_commit: &str,
+        description: &str,
+    ) -> Result<Snapshot> {
         validate::ident("name", name, 64)?;
         validate::text("git_commit", git_commit, 64, false)?;
         if !git_commit.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -68,8 +74,10 @@ impl Ssot {
             create_time_ms: now_ms(),
         };
         let key = snapshot_key(project, name);
-        let txn =
-            Txn::new().when(guard).when(Compare::absent(key.as_str())).then(Op::put(key, super::encode_json(&snapshot)));
+        let txn = Txn::new()
+            .when(guard)
+            .when(Compare::absent(key.as_str()))
+            .then(Op::put(key, super::encode_json(&snapshot)));
         match self.commit(txn).await? {
             Ok(_) => Ok(snapshot),
             Err((0, _)) => Err(SsotError::not_found("project", project)),
@@ -138,16 +146,29 @@ impl Ssot {
         let mut changes = Vec::new();
         for (path, old) in &before {
             match after.get(path) {
-                None => changes.push(Change { kind: ChangeKind::Removed, path: path.clone(), before: text(old), after: String::new() }),
-                Some(new) if new.value != old.value => {
-                    changes.push(Change { kind: ChangeKind::Modified, path: path.clone(), before: text(old), after: text(new) })
-                }
+                None => changes.push(Change {
+                    kind: ChangeKind::Removed,
+                    path: path.clone(),
+                    before: text(old),
+                    after: String::new(),
+                }),
+                Some(new) if new.value != old.value => changes.push(Change {
+                    kind: ChangeKind::Modified,
+                    path: path.clone(),
+                    before: text(old),
+                    after: text(new),
+                }),
                 Some(_) => {}
             }
         }
         for (path, new) in &after {
             if !before.contains_key(path) {
-                changes.push(Change { kind: ChangeKind::Added, path: path.clone(), before: String::new(), after: text(new) });
+                changes.push(Change {
+                    kind: ChangeKind::Added,
+                    path: path.clone(),
+                    before: String::new(),
+                    after: text(new),
+                });
             }
         }
         changes.sort_by(|a, b| a.path.cmp(&b.path));

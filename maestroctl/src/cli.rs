@@ -1,0 +1,333 @@
+//! The command line, as clap derive types.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "maestroctl",
+    version,
+    about = "Drive a Maestro daemon: projects, requirements, contracts, log, memory, locks, snapshots"
+)]
+pub(crate) struct Cli {
+    /// maestrod address.
+    #[arg(long, global = true, env = "MAESTRO_SERVER", default_value_t = maestro_shared::default_server())]
+    pub(crate) server: String,
+    /// Output format: aligned tables for people, JSON for scripts.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    pub(crate) output: Output,
+    /// The project to act on (for every command but `project` and `info`).
+    #[arg(long, short = 'p', global = true, env = "MAESTRO_PROJECT")]
+    pub(crate) project: Option<String>,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create, list, show and delete projects.
+    #[command(subcommand)]
+    Project(ProjectCmd),
+    /// The requirements tree.
+    #[command(subcommand)]
+    Req(ReqCmd),
+    /// The contract registry.
+    #[command(subcommand)]
+    Contract(ContractCmd),
+    /// The append-only execution log.
+    #[command(subcommand)]
+    Log(LogCmd),
+    /// Per-agent memory.
+    #[command(subcommand)]
+    Memory(MemoryCmd),
+    /// Leases and locks.
+    #[command(subcommand)]
+    Lock(LockCmd),
+    /// Snapshots of a project's state.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Follow a project's changes until Ctrl-C.
+    Watch {
+        /// Only resources under this path, e.g. "requirements/".
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Replay from this revision first (default: only new changes).
+        #[arg(long, default_value_t = 0)]
+        from_revision: u64,
+    },
+    /// Daemon version and store revisions.
+    Info,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ProjectCmd {
+    /// Register a project.
+    Create {
+        /// Lowercase letters, digits, '-', '_' and '.'.
+        id: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Absolute path of the project's workspace.
+        #[arg(long)]
+        workspace: Option<PathBuf>,
+    },
+    List,
+    Show {
+        id: String,
+    },
+    /// Delete the project and all of its data.
+    Delete {
+        id: String,
+        #[arg(long, default_value = "")]
+        etag: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ReqStatus {
+    Pending,
+    Claimed,
+    InProgress,
+    Done,
+    Failed,
+    Blocked,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ReqCmd {
+    /// Add a requirement.
+    Add {
+        title: String,
+        #[arg(long, default_value = "")]
+        parent: String,
+        #[arg(long, short = 'd', default_value = "")]
+        description: String,
+        /// Role hint: backend, frontend, test, review, planning, ...
+        #[arg(long, default_value = "")]
+        role: String,
+        /// An acceptance criterion (repeatable).
+        #[arg(long = "accept")]
+        acceptance: Vec<String>,
+        /// A requirement this one depends on (repeatable).
+        #[arg(long = "depends-on")]
+        depends_on: Vec<String>,
+    },
+    /// List requirements as a tree.
+    List {
+        #[arg(long, value_enum)]
+        status: Option<ReqStatus>,
+        /// Read as of this store revision.
+        #[arg(long, default_value_t = 0)]
+        revision: u64,
+    },
+    /// Requirements ready to be claimed (PENDING, dependencies DONE).
+    Ready,
+    Show {
+        id: String,
+    },
+    /// Move a requirement along its state machine.
+    SetStatus {
+        id: String,
+        #[arg(value_enum)]
+        status: ReqStatus,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long, default_value = "")]
+        assignee: String,
+        #[arg(long, default_value = "")]
+        etag: String,
+    },
+    /// Add or remove dependencies.
+    Depend {
+        id: String,
+        /// Make ID depend on these (repeatable).
+        #[arg(long = "on")]
+        add: Vec<String>,
+        /// Drop these dependencies (repeatable).
+        #[arg(long)]
+        remove: Vec<String>,
+        #[arg(long, default_value = "")]
+        etag: String,
+    },
+    Delete {
+        id: String,
+        #[arg(long, default_value = "")]
+        etag: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ContractKind {
+    Openapi,
+    Protobuf,
+    JsonSchema,
+    FunctionSignature,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ContractStatus {
+    Draft,
+    Proposed,
+    Accepted,
+    Violated,
+    Deprecated,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ContractCmd {
+    /// Store a new version of a contract.
+    Put {
+        name: String,
+        #[arg(long, value_enum)]
+        kind: ContractKind,
+        /// File holding the spec ("-" for standard input).
+        #[arg(long, conflicts_with = "spec")]
+        spec_file: Option<PathBuf>,
+        /// The spec inline.
+        #[arg(long)]
+        spec: Option<String>,
+        #[arg(long, default_value = "")]
+        owner: String,
+        #[arg(long = "consumer")]
+        consumers: Vec<String>,
+        /// Initial status: draft or proposed.
+        #[arg(long, value_enum, default_value_t = ContractStatus::Draft)]
+        status: ContractStatus,
+        #[arg(long, default_value = "")]
+        etag: String,
+    },
+    /// The latest version of each contract.
+    List,
+    Show {
+        name: String,
+        /// A specific version (default: the latest).
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+    },
+    /// Every version of one contract.
+    Versions { name: String },
+    SetStatus {
+        name: String,
+        #[arg(value_enum)]
+        status: ContractStatus,
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LogCmd {
+    List {
+        /// First sequence number.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        #[arg(long, default_value = "")]
+        agent: String,
+        #[arg(long = "loop", default_value = "")]
+        loop_id: String,
+        /// At most this many entries (0: all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+    },
+    /// Check the hash chain; exits 1 if it is broken.
+    Verify,
+    /// Append an entry (for scripts and annotations).
+    Append {
+        action: String,
+        #[arg(long, default_value = "")]
+        agent: String,
+        #[arg(long, default_value = "")]
+        target: String,
+        #[arg(long, default_value = "")]
+        outcome: String,
+        #[arg(long, default_value = "")]
+        detail: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum MemoryCmd {
+    Put {
+        agent: String,
+        key: String,
+        value: String,
+        /// Seconds until the entry expires (0: never).
+        #[arg(long, default_value_t = 0)]
+        ttl: u64,
+        #[arg(long, default_value = "")]
+        etag: String,
+    },
+    Get {
+        agent: String,
+        key: String,
+    },
+    List {
+        /// Only this agent's entries.
+        agent: Option<String>,
+    },
+    Delete {
+        agent: String,
+        key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LockCmd {
+    /// Take a lock (with a new lease unless --lease is given).
+    Acquire {
+        name: String,
+        #[arg(long)]
+        holder: String,
+        #[arg(long, default_value_t = 30)]
+        ttl: u64,
+        #[arg(long, default_value_t = 0)]
+        lease: u64,
+    },
+    Release {
+        name: String,
+        #[arg(long)]
+        lease: u64,
+    },
+    List,
+    /// Extend a lease by its TTL.
+    KeepAlive {
+        lease: u64,
+    },
+    /// Revoke a lease, releasing its locks.
+    Revoke {
+        lease: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SnapshotCmd {
+    Create {
+        name: String,
+        #[arg(long, default_value = "")]
+        git_commit: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    List,
+    /// What changed from one snapshot to another (or to now).
+    Diff {
+        from: String,
+        to: Option<String>,
+    },
+    /// Make a snapshot's requirements, contracts and memory current again.
+    Restore {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}

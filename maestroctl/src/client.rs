@@ -1,0 +1,54 @@
+//! The connection to maestrod and how RPC failures read on one line.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Response, Status};
+
+/// Connects to `server` (e.g. `http://127.0.0.1:7700`), failing fast with a
+/// message that says what to do.
+pub(crate) async fn connect(server: &str) -> anyhow::Result<Channel> {
+    let endpoint = Endpoint::from_shared(server.to_string())
+        .with_context(|| format!("--server {server:?} is not a valid address (expected e.g. http://127.0.0.1:7700)"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    endpoint.connect().await.map_err(|error| {
+        let cause = std::error::Error::source(&error).map_or_else(|| error.to_string(), |s| s.to_string());
+        anyhow!(
+            "cannot reach maestrod at {server}: {cause}; is it running? (start it with `maestrod`, or pass --server)"
+        )
+    })
+}
+
+/// The canonical name of a status code, as gRPC documents it.
+pub(crate) fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+pub(crate) fn status_error(status: Status) -> anyhow::Error {
+    anyhow!("{} ({})", status.message(), code_name(status.code()))
+}
+
+/// Unwraps a unary reply, turning a status into a one-line error.
+pub(crate) fn reply<T>(result: Result<Response<T>, Status>) -> anyhow::Result<T> {
+    result.map(Response::into_inner).map_err(status_error)
+}

@@ -1,0 +1,89 @@
+//! `maestroctl log …`: the execution log.
+
+use maestro_shared::v1::{self, execution_log_service_client::ExecutionLogServiceClient};
+use tonic::transport::Channel;
+
+use super::{ExitStatus, need};
+use crate::cli::{LogCmd, Output};
+use crate::client::reply;
+use crate::output::{Table, emit, time};
+
+fn table(entries: &[v1::LogEntry]) {
+    let mut table = Table::new(&["SEQ", "TIME", "LOOP", "EPOCH", "AGENT", "ACTION", "TARGET", "OUTCOME", "HASH"]);
+    for e in entries {
+        table.row(vec![
+            e.seq.to_string(),
+            time(e.time_ms),
+            e.loop_id.clone(),
+            e.epoch.to_string(),
+            e.agent.clone(),
+            e.action.clone(),
+            e.target.clone(),
+            e.outcome.clone(),
+            e.hash.chars().take(12).collect(),
+        ]);
+    }
+    table.print();
+}
+
+pub(super) async fn run(
+    cmd: LogCmd,
+    project: Option<&str>,
+    channel: Channel,
+    output: Output,
+) -> anyhow::Result<ExitStatus> {
+    let mut client = ExecutionLogServiceClient::new(channel);
+    match cmd {
+        LogCmd::List { from, agent, loop_id, limit } => {
+            let mut entries = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let request = v1::ListLogEntriesRequest {
+                    project_id: need(project)?,
+                    page_size: 1000,
+                    page_token,
+                    from_seq: from,
+                    agent: agent.clone(),
+                    loop_id: loop_id.clone(),
+                };
+                let page = reply(client.list_log_entries(request).await)?;
+                entries.extend(page.entries);
+                if limit > 0 && entries.len() >= limit {
+                    entries.truncate(limit);
+                    break;
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            emit(output, &entries, || table(&entries))?;
+            Ok(0)
+        }
+        LogCmd::Verify => {
+            let verdict = reply(client.verify_log(v1::VerifyLogRequest { project_id: need(project)? }).await)?;
+            emit(output, &verdict, || {
+                if verdict.ok {
+                    println!("ok: {} entries, head {}", verdict.entries, verdict.head_hash);
+                } else {
+                    println!("BROKEN at entry {}: {}", verdict.first_bad_seq, verdict.problem);
+                }
+            })?;
+            Ok(if verdict.ok { 0 } else { 1 })
+        }
+        LogCmd::Append { action, agent, target, outcome, detail } => {
+            let request = v1::AppendLogEntryRequest {
+                project_id: need(project)?,
+                action,
+                agent,
+                target,
+                outcome,
+                detail,
+                ..Default::default()
+            };
+            let entry = reply(client.append_log_entry(request).await)?;
+            emit(output, &entry, || table(std::slice::from_ref(&entry)))?;
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! One module per command group; each turns parsed arguments into RPCs and output.
+
+mod contract;
+mod log;
+mod memory;
+mod project;
+mod req;
+mod snapshot;
+mod system;
+
+use tonic::transport::Channel;
+
+use crate::cli::{Command, Output};
+
+/// What a command wants the process to exit with (0 unless it says otherwise).
+pub(crate) type ExitStatus = u8;
+
+/// The `--project` a command needs, or a message saying how to give it.
+fn need(project: Option<&str>) -> anyhow::Result<String> {
+    project.map(str::to_string).ok_or_else(|| {
+        anyhow::anyhow!("this command needs a project: pass --project ID (-p ID) or set MAESTRO_PROJECT")
+    })
+}
+
+pub(crate) async fn dispatch(
+    command: Command,
+    project: Option<&str>,
+    channel: Channel,
+    output: Output,
+) -> anyhow::Result<ExitStatus> {
+    match command {
+        Command::Project(cmd) => project::run(cmd, channel, output).await,
+        Command::Req(cmd) => req::run(cmd, project, channel, output).await,
+        Command::Contract(cmd) => contract::run(cmd, project, channel, output).await,
+        Command::Log(cmd) => log::run(cmd, project, channel, output).await,
+        Command::Memory(cmd) => memory::run(cmd, project, channel, output).await,
+        Command::Lock(cmd) => memory::run_lock(cmd, project, channel, output).await,
+        Command::Snapshot(cmd) => snapshot::run(cmd, project, channel, output).await,
+        Command::Watch { prefix, from_revision } => {
+            system::watch(channel, output, &need(project)?, &prefix, from_revision).await
+        }
+        Command::Info => system::info(channel, output).await,
+    }
+}

@@ -1,0 +1,84 @@
+//! `maestroctl snapshot …`
+
+use maestro_shared::v1::{self, snapshot_service_client::SnapshotServiceClient};
+use tonic::transport::Channel;
+
+use super::{ExitStatus, need};
+use crate::cli::{Output, SnapshotCmd};
+use crate::client::reply;
+use crate::output::{Table, emit, time};
+
+fn table(snapshots: &[v1::Snapshot]) {
+    let mut table = Table::new(&["NAME", "REVISION", "GIT COMMIT", "CREATED", "DESCRIPTION"]);
+    for s in snapshots {
+        table.row(vec![
+            s.name.clone(),
+            s.revision.to_string(),
+            s.git_commit.chars().take(12).collect(),
+            time(s.create_time_ms),
+            s.description.clone(),
+        ]);
+    }
+    table.print();
+}
+
+pub(super) async fn run(
+    cmd: SnapshotCmd,
+    project: Option<&str>,
+    channel: Channel,
+    output: Output,
+) -> anyhow::Result<ExitStatus> {
+    let mut client = SnapshotServiceClient::new(channel);
+    match cmd {
+        SnapshotCmd::Create { name, git_commit, description } => {
+            let request = v1::CreateSnapshotRequest { project_id: need(project)?, name, git_commit, description };
+            let snapshot = reply(client.create_snapshot(request).await)?;
+            emit(output, &snapshot, || table(std::slice::from_ref(&snapshot)))?;
+        }
+        SnapshotCmd::List => {
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let request = v1::ListSnapshotsRequest { project_id: need(project)?, page_size: 1000, page_token };
+                let page = reply(client.list_snapshots(request).await)?;
+                all.extend(page.snapshots);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            emit(output, &all, || table(&all))?;
+        }
+        SnapshotCmd::Diff { from, to } => {
+            let request = v1::DiffSnapshotsRequest { project_id: need(project)?, from, to: to.unwrap_or_default() };
+            let diff = reply(client.diff_snapshots(request).await)?;
+            emit(output, &diff, || {
+                println!("revision {} → {}: {} change(s)", diff.from_revision, diff.to_revision, diff.changes.len());
+                for change in &diff.changes {
+                    let mark = match v1::ChangeKind::try_from(change.kind) {
+                        Ok(v1::ChangeKind::Added) => "+",
+                        Ok(v1::ChangeKind::Removed) => "-",
+                        _ => "~",
+                    };
+                    println!("{mark} {}", change.key);
+                }
+            })?;
+        }
+        SnapshotCmd::Restore { name } => {
+            let request = v1::RestoreSnapshotRequest { project_id: need(project)?, name: name.clone() };
+            let restored = reply(client.restore_snapshot(request).await)?;
+            emit(output, &restored, || {
+                println!("restored {name}: {} resource(s) changed at revision {}", restored.changed, restored.revision)
+            })?;
+        }
+        SnapshotCmd::Delete { name } => {
+            let deleted = reply(
+                client
+                    .delete_snapshot(v1::DeleteSnapshotRequest { project_id: need(project)?, name: name.clone() })
+                    .await,
+            )?;
+            emit(output, &deleted, || println!("deleted snapshot {name}"))?;
+        }
+    }
+    Ok(0)
+}
