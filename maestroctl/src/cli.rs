@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
     version,
     about = "Drive a Maestro daemon: projects, requirements, contracts, log, memory, locks, snapshots"
 )]
-pub(crate) struct Cli {
+pub struct Cli {
     /// maestrod address.
     #[arg(long, global = true, env = "MAESTRO_SERVER", default_value_t = maestro_shared::default_server())]
     pub(crate) server: String,

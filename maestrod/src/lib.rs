@@ -1,9 +1,10 @@
 //! maestrod: the Maestro daemon.
 //!
 //! Modules in reading order: `ssot` (the revisioned store and its domains),
-//! `api` (the gRPC services), `config` and `server` (wiring and lifecycle).
+//! `api` (the gRPC services), `config` and `server` (wiring and lifecycle), `cli` (the binary's entry point).
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod server;
 pub mod ssot;

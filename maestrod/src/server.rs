@@ -31,43 +31,64 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let store = Arc::new(SledStore::open(&config.data_dir, SledOptions::default())?);
-    let ssot = Arc::new(Ssot::new(store.clone(), config.limits.clone()));
-    let cancel = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    tasks.spawn(maintenance(ssot.clone(), config.clone(), cancel.clone()).instrument(info_span!("maintenance")));
+    Daemon::open(config)?.serve(listener, shutdown).await
+}
 
-    let routes =
-        crate::api::routes(ssot.clone(), config.data_dir.display().to_string(), config.retention_revisions).await;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let stopping = CancellationToken::new();
-    let serve = Server::builder()
-        .trace_fn(|request| info_span!("rpc", method = %request.uri().path()))
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, {
-            let store = store.clone();
-            let stopping = stopping.clone();
-            async move {
-                shutdown.await;
-                info!("shutting down: no new requests; ending watches");
-                // Watch streams never end by themselves; end them so connections can drain.
-                store.end_watches();
-                stopping.cancel();
-            }
-        });
-    tokio::pin!(serve);
-    tokio::select! {
-        result = &mut serve => result?,
-        () = async { stopping.cancelled().await; tokio::time::sleep(config.shutdown_grace).await } => {
-            warn!(grace = ?config.shutdown_grace, "in-flight requests did not finish in time; closing anyway");
-        }
+/// A daemon whose store is open (and its data directory locked), ready to serve.
+pub struct Daemon {
+    config: DaemonConfig,
+    store: Arc<SledStore>,
+    ssot: Arc<Ssot>,
+}
+
+impl Daemon {
+    /// Opens the store; fails if another daemon holds the data directory.
+    /// Must run inside a tokio runtime.
+    pub fn open(config: DaemonConfig) -> Result<Daemon, ServerError> {
+        let store = Arc::new(SledStore::open(&config.data_dir, SledOptions::default())?);
+        let ssot = Arc::new(Ssot::new(store.clone(), config.limits.clone()));
+        Ok(Daemon { config, store, ssot })
     }
-    cancel.cancel();
-    tasks.close();
-    tasks.wait().await;
-    store.close().await;
-    info!("store flushed; bye");
-    Ok(())
+
+    /// Serves the API on `listener` until `shutdown` resolves, then shuts down in order.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let Daemon { config, store, ssot } = self;
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(maintenance(ssot.clone(), config.clone(), cancel.clone()).instrument(info_span!("maintenance")));
+
+        let routes =
+            crate::api::routes(ssot.clone(), config.data_dir.display().to_string(), config.retention_revisions).await;
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let stopping = CancellationToken::new();
+        let serve = Server::builder()
+            .trace_fn(|request| info_span!("rpc", method = %request.uri().path()))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, {
+                let store = store.clone();
+                let stopping = stopping.clone();
+                async move {
+                    shutdown.await;
+                    info!("shutting down: no new requests; ending watches");
+                    // Watch streams never end by themselves; end them so connections can drain.
+                    store.end_watches();
+                    stopping.cancel();
+                }
+            });
+        tokio::pin!(serve);
+        tokio::select! {
+            result = &mut serve => result?,
+            () = async { stopping.cancelled().await; tokio::time::sleep(config.shutdown_grace).await } => {
+                warn!(grace = ?config.shutdown_grace, "in-flight requests did not finish in time; closing anyway");
+            }
+        }
+        cancel.cancel();
+        tasks.close();
+        tasks.wait().await;
+        store.close().await;
+        info!("store flushed; bye");
+        Ok(())
+    }
 }
 
 /// Sweeps expired memory and compacts history to the retention setting.

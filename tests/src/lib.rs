@@ -1,1 +1,201 @@
-//! x
+//! Test support: boots the real `maestrod` binary on an ephemeral loopback
+//! port with a temporary data directory, kills or restarts it, and runs the
+//! real `maestroctl` against it. Used by the end-to-end tests and the
+//! benchmark.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use tonic::transport::{Channel, Endpoint};
+
+/// Path of a binary built by this package (`e2e-maestrod`, `e2e-maestroctl`, …):
+/// next to the running executable, or one level up from `deps/`.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    let mut dir = exe.parent().expect("the test binary lives in a directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// A running `maestrod` process. Dropping it kills the process.
+pub struct Daemon {
+    child: Option<Child>,
+    addr: String,
+    data_dir: PathBuf,
+    log: PathBuf,
+    extra_args: Vec<String>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Daemon {
+    /// Starts a daemon with a fresh temporary data directory.
+    pub fn start() -> anyhow::Result<Daemon> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a daemon with extra command-line arguments.
+    pub fn start_with(args: &[&str]) -> anyhow::Result<Daemon> {
+        let temp = tempfile::tempdir().context("creating a temporary data directory")?;
+        let mut daemon = Daemon {
+            child: None,
+            addr: String::new(),
+            data_dir: temp.path().join("data"),
+            log: temp.path().join("maestrod.log"),
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
+            _temp: Some(temp),
+        };
+        daemon.boot()?;
+        Ok(daemon)
+    }
+
+    fn boot(&mut self) -> anyhow::Result<()> {
+        let (child, addr) = spawn_daemon(&self.data_dir, &self.log, &self.extra_args)?;
+        self.child = Some(child);
+        self.addr = addr;
+        Ok(())
+    }
+
+    /// `host:port` the daemon listens on.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// What the daemon wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(Endpoint::from_shared(self.url())?.tcp_nodelay(true).connect().await?)
+    }
+
+    /// Sends SIGKILL and reaps the process: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        let mut child = self.child.take().ok_or_else(|| anyhow!("the daemon is not running"))?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        for _ in 0..300 {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        bail!("maestrod did not exit within 15 s of SIGTERM; log:\n{}", self.log())
+    }
+
+    /// Starts the daemon again on the same data directory (a new port).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.boot()
+    }
+
+    /// Runs `maestroctl --server <this daemon> ARGS…`.
+    pub fn ctl(&self, args: &[&str]) -> CtlOutput {
+        run_ctl(&self.url(), args)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Spawns `maestrod` and waits for its "listening on" line.
+pub fn spawn_daemon(data_dir: &Path, log: &Path, extra: &[String]) -> anyhow::Result<(Child, String)> {
+    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let mut child = Command::new(binary("e2e-maestrod"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env_remove("MAESTRO_LISTEN")
+        .env_remove("MAESTRO_DATA_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log_file))
+        .spawn()
+        .with_context(|| format!("spawning {}", binary("e2e-maestrod").display()))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(line) if !line.is_empty() => line,
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("maestrod did not start; its log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        }
+    };
+    let addr = line
+        .strip_prefix("maestrod listening on ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .ok_or_else(|| anyhow!("unexpected first line from maestrod: {line:?}"))?
+        .to_string();
+    Ok((child, addr))
+}
+
+/// The outcome of one `maestroctl` run.
+#[derive(Debug)]
+pub struct CtlOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtlOutput {
+    /// Asserts success and returns stdout.
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "maestroctl failed: {}{}", self.stdout, self.stderr);
+        &self.stdout
+    }
+
+    /// Asserts success and parses stdout as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.ok()).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+    }
+}
+
+pub fn run_ctl(server: &str, args: &[&str]) -> CtlOutput {
+    let output = Command::new(binary("e2e-maestroctl"))
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .env_remove("MAESTRO_PROJECT")
+        .env_remove("MAESTRO_SERVER")
+        .stdin(Stdio::null())
+        .output()
+        .expect("maestroctl runs");
+    CtlOutput {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}

@@ -412,6 +412,11 @@ impl SledStore {
             let Some((key, revision)) = layout::parse_hist(&raw_key) else {
                 continue;
             };
+            // The scan starts at `h start`, which also matches the history of `start`
+            // itself when a listing resumes at `start` = last key + NUL: skip keys below it.
+            if key < request.start.as_slice() {
+                continue;
+            }
             if pending.as_ref().is_some_and(|(k, _)| k.as_slice() != key) && !flush(pending.take(), &mut response) {
                 return Ok(response);
             }
@@ -882,11 +887,7 @@ impl Writer {
     }
 
     /// Applies already-validated changes as one new revision (if any of them changes something).
-    fn commit_changes(
-        &mut self,
-        group: &mut Group,
-        plan: Vec<Change>,
-    ) -> Result<Revision, StoreError> {
+    fn commit_changes(&mut self, group: &mut Group, plan: Vec<Change>) -> Result<Revision, StoreError> {
         let revision = self.revision + 1;
         let mut events = Vec::new();
         let mut keys = Vec::new();

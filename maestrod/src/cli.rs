@@ -1,0 +1,97 @@
+//! The `maestrod` command line: parses arguments, installs logging, binds the
+//! listener and runs the daemon. `main.rs` only calls [`main`].
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::DaemonConfig;
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The Maestro daemon: the shared SSOT and the agents' control loops, over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "maestrod", version)]
+pub struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "MAESTRO_LISTEN", default_value_t = crate::config::default_listen())]
+    listen: SocketAddr,
+    /// Where the store lives [default: ~/.maestro/data].
+    #[arg(long, env = "MAESTRO_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Revisions of history kept for point-in-time reads and watch resume.
+    #[arg(long, env = "MAESTRO_RETENTION_REVISIONS", default_value_t = 100_000)]
+    retention_revisions: u64,
+    /// Seconds between maintenance runs (memory expiry sweep, compaction).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    maintenance_interval: u64,
+    /// Log format on stderr.
+    #[arg(long, env = "MAESTRO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// Runs `maestrod` with the process's arguments.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match args.log_format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("maestrod: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("maestrod: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.unwrap_or_else(crate::config::default_data_dir);
+    let mut config = DaemonConfig::new(data_dir.clone());
+    config.retention_revisions = args.retention_revisions;
+    config.maintenance_interval = std::time::Duration::from_secs(args.maintenance_interval);
+    // Open (and lock) the store before announcing the address, so a refused
+    // start never looks like a running daemon.
+    let daemon = crate::server::Daemon::open(config)?;
+    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr().context("cannot read the bound address")?;
+    let shutdown = async {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                return std::future::pending().await;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+        }
+    };
+    // Scripts and tests read the address from this line (useful with port 0).
+    println!("maestrod listening on {addr} (data in {})", data_dir.display());
+    daemon.serve(listener, shutdown).await.context("maestrod stopped")?;
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! `maestroctl` against a live daemon: every subcommand in table and JSON
+//! form, and the error path (one line on stderr, exit 1).
+
+use maestro_tests::{Daemon, run_ctl};
+
+#[test]
+fn every_subcommand_in_table_and_json() {
+    let daemon = Daemon::start().unwrap();
+    let ctl = |args: &[&str]| daemon.ctl(args);
+    let p = |args: &[&str]| {
+        let mut full = vec!["-p", "demo"];
+        full.extend_from_slice(args);
+        daemon.ctl(&full)
+    };
+
+    let workspace = tempfile::tempdir().unwrap();
+    let created =
+        ctl(&["project", "create", "demo", "--name", "Demo", "--workspace", workspace.path().to_str().unwrap()]);
+    assert!(created.ok().contains("demo"));
+    let projects = ctl(&["--output", "json", "project", "list"]).json();
+    assert_eq!(projects[0]["id"], "demo");
+    assert_eq!(projects[0]["workspace"], workspace.path().to_str().unwrap());
+    assert!(ctl(&["project", "show", "demo"]).ok().contains("Demo"));
+
+    p(&["req", "add", "Build a to-do app"]).ok();
+    p(&["req", "add", "REST API", "--parent", "R1", "--role", "backend", "--accept", "GET /todos works"]).ok();
+    p(&["req", "add", "Web page", "--parent", "R1", "--role", "frontend", "--depends-on", "R2"]).ok();
+    let tree = p(&["req", "list"]);
+    let tree = tree.ok();
+    assert!(tree.contains("R1 [PENDING] Build a to-do app"), "{tree}");
+    assert!(tree.contains("├─ R2 [PENDING] REST API (backend)"), "{tree}");
+    assert!(tree.contains("└─ R3 [PENDING] Web page (frontend) ← depends on R2"), "{tree}");
+    let listed = p(&["-o", "json", "req", "list"]).json();
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+    assert_eq!(listed[2]["dependsOn"][0], "R2");
+    assert_eq!(listed[1]["status"], "REQUIREMENT_STATUS_PENDING");
+
+    let ready = p(&["-o", "json", "req", "ready"]).json();
+    let ready: Vec<&str> = ready.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ready, ["R1", "R2"]);
+    p(&["req", "set-status", "R2", "claimed", "--assignee", "backend"]).ok();
+    p(&["req", "set-status", "R2", "in-progress"]).ok();
+    let done = p(&["-o", "json", "req", "set-status", "R2", "done", "--reason", "tests pass"]).json();
+    assert_eq!(done["status"], "REQUIREMENT_STATUS_DONE");
+    assert_eq!(done["attempts"], 1);
+    let shown = p(&["req", "show", "R2"]);
+    assert!(shown.ok().contains("tests pass"));
+    let cycle = p(&["req", "depend", "R2", "--on", "R3"]);
+    assert_eq!(cycle.code, 1);
+    assert!(
+        cycle.stderr.contains("cycle R2 → R3 → R2") && cycle.stderr.contains("FAILED_PRECONDITION"),
+        "{}",
+        cycle.stderr
+    );
+    p(&["req", "depend", "R3", "--remove", "R2"]).ok();
+
+    let spec = workspace.path().join("todo.json");
+    std::fs::write(&spec, r#"{"type":"object","properties":{"title":{"type":"string"}}}"#).unwrap();
+    let spec = spec.to_str().unwrap();
+    p(&[
+        "contract",
+        "put",
+        "todo",
+        "--kind",
+        "json-schema",
+        "--spec-file",
+        spec,
+        "--owner",
+        "backend",
+        "--consumer",
+        "frontend",
+    ])
+    .ok();
+    p(&["contract", "put", "todo", "--kind", "json-schema", "--spec-file", spec, "--status", "proposed"]).ok();
+    let versions = p(&["-o", "json", "contract", "versions", "todo"]).json();
+    assert_eq!(versions.as_array().unwrap().len(), 2);
+    let listed = p(&["contract", "list"]);
+    assert!(listed.ok().contains("todo  2"), "{}", listed.stdout);
+    p(&["contract", "set-status", "todo", "accepted"]).ok();
+    let shown = p(&["-o", "json", "contract", "show", "todo", "--version", "1"]).json();
+    assert_eq!(shown["status"], "CONTRACT_STATUS_DRAFT");
+    assert_eq!(shown["consumers"][0], "frontend");
+
+    p(&["log", "append", "write_file", "--agent", "backend", "--target", "src/api/todo.py", "--outcome", "allowed"])
+        .ok();
+    p(&["log", "append", "run_command", "--agent", "test", "--target", "pytest"]).ok();
+    let log = p(&["-o", "json", "log", "list", "--agent", "test"]).json();
+    assert_eq!(log.as_array().unwrap().len(), 1);
+    assert_eq!(log[0]["seq"], "2");
+    assert!(p(&["log", "list"]).ok().contains("src/api/todo.py"));
+    let verify = p(&["-o", "json", "log", "verify"]).json();
+    assert_eq!(verify["ok"], true);
+    assert!(p(&["log", "verify"]).ok().starts_with("ok: 2 entries"));
+
+    p(&["memory", "put", "backend", "framework", "flask"]).ok();
+    assert_eq!(p(&["memory", "get", "backend", "framework"]).ok().trim(), "flask");
+    let memory = p(&["-o", "json", "memory", "list", "backend"]).json();
+    assert_eq!(memory[0]["key"], "framework");
+    p(&["memory", "delete", "backend", "framework"]).ok();
+    assert_eq!(p(&["memory", "get", "backend", "framework"]).code, 1);
+
+    let lock = p(&["-o", "json", "lock", "acquire", "src/api", "--holder", "backend"]).json();
+    let lease = lock["leaseId"].as_str().unwrap().to_string();
+    let held = p(&["lock", "acquire", "src/api", "--holder", "frontend"]);
+    assert_eq!(held.code, 1);
+    assert!(held.stderr.contains("held by backend"), "{}", held.stderr);
+    assert!(p(&["lock", "list"]).ok().contains("src/api"));
+    p(&["lock", "keep-alive", &lease]).ok();
+    p(&["lock", "release", "src/api", "--lease", &lease]).ok();
+    assert!(p(&["-o", "json", "lock", "list"]).json().as_array().unwrap().is_empty());
+
+    p(&["snapshot", "create", "s1", "--description", "before extra"]).ok();
+    p(&["req", "add", "Extra"]).ok();
+    let diff = p(&["snapshot", "diff", "s1"]);
+    assert!(diff.ok().contains("+ requirements/R4"), "{}", diff.stdout);
+    let diff = p(&["-o", "json", "snapshot", "diff", "s1"]).json();
+    assert_eq!(diff["changes"][0]["kind"], "CHANGE_KIND_ADDED");
+    assert!(p(&["snapshot", "list"]).ok().contains("before extra"));
+    assert!(p(&["snapshot", "restore", "s1"]).ok().contains("1 resource(s) changed"));
+    assert_eq!(p(&["-o", "json", "req", "list"]).json().as_array().unwrap().len(), 3);
+    p(&["snapshot", "delete", "s1"]).ok();
+
+    let info = ctl(&["-o", "json", "info"]).json();
+    assert!(info["revision"].as_str().unwrap().parse::<u64>().unwrap() > 10);
+}
+
+#[test]
+fn errors_are_one_line_and_exit_1() {
+    let daemon = Daemon::start().unwrap();
+    let check = |out: maestro_tests::CtlOutput, mention: &str| {
+        assert_eq!(out.code, 1, "{out:?}");
+        assert!(out.stdout.is_empty(), "nothing on stdout: {out:?}");
+        assert_eq!(out.stderr.trim().lines().count(), 1, "one line: {:?}", out.stderr);
+        assert!(out.stderr.contains(mention), "{:?} should mention {mention:?}", out.stderr);
+    };
+    check(daemon.ctl(&["-p", "ghost", "req", "list"]), "project ghost not found (NOT_FOUND)");
+    check(daemon.ctl(&["-o", "json", "-p", "ghost", "req", "list"]), "NOT_FOUND");
+    check(daemon.ctl(&["req", "list"]), "--project");
+    check(daemon.ctl(&["project", "create", "Not Valid"]), "INVALID_ARGUMENT");
+    check(run_ctl("http://127.0.0.1:1", &["project", "list"]), "cannot reach maestrod at http://127.0.0.1:1");
+    check(run_ctl("not a url", &["project", "list"]), "--server");
+    let usage = daemon.ctl(&["req", "frobnicate"]);
+    assert_eq!(usage.code, 1, "usage errors exit 1: {usage:?}");
+}
+
+#[test]
+fn watch_follows_events_as_json_lines() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let daemon = Daemon::start().unwrap();
+    daemon.ctl(&["project", "create", "w"]).ok();
+    daemon.ctl(&["-p", "w", "req", "add", "before the watch"]).ok();
+    let mut child = Command::new(maestro_tests::binary("e2e-maestroctl"))
+        .args(["--server", &daemon.url(), "-p", "w", "-o", "json", "watch", "--from-revision", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    daemon.ctl(&["-p", "w", "req", "add", "during the watch"]).ok();
+    let mut keys = Vec::new();
+    while keys.len() < 2 {
+        let line = lines.next().expect("watch prints events").unwrap();
+        let event: serde_json::Value = serde_json::from_str(&line).expect("each line is JSON");
+        keys.push(event["key"].as_str().unwrap().to_string());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(keys, ["requirements/R1", "requirements/R2"]);
+}

@@ -1,0 +1,5 @@
+//! The maestroctl binary, built inside the test package.
+
+fn main() -> std::process::ExitCode {
+    maestroctl::main()
+}
