@@ -21,6 +21,8 @@ pub mod requirements;
 pub mod sled_store;
 pub mod snapshots;
 pub mod store;
+#[cfg(test)]
+mod store_model_tests;
 pub mod validate;
 
 use std::collections::HashMap;

@@ -1,0 +1,245 @@
+//! Property tests: random operation sequences run against the sled store and
+//! against a plain in-memory model of the same semantics (revisions, per-key
+//! metadata, conditional writes, history reads, compaction, watch replay).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use proptest::prelude::*;
+
+use super::sled_store::{SledOptions, SledStore};
+use super::store::{Compare, EventKind, Op, RangeRequest, Revision, Store, StoreError, Txn, TxnResponse};
+
+const KEYS: [&str; 6] = ["a", "a/b", "a/c", "b", "b/a", "c"];
+const PREFIXES: [&str; 4] = ["", "a", "a/", "b"];
+
+#[derive(Debug, Clone)]
+enum Action {
+    Put(usize, u8),
+    Delete(usize),
+    DeletePrefix(usize),
+    /// A put conditional on the key's mod revision; `true` uses the right one.
+    CasPut(usize, u8, bool),
+    /// Two puts in one transaction.
+    PutTwo(usize, usize, u8),
+    /// Compact a fraction (in percent) of the retained history.
+    Compact(u8),
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        4 => (0..KEYS.len(), any::<u8>()).prop_map(|(k, v)| Action::Put(k, v)),
+        2 => (0..KEYS.len()).prop_map(Action::Delete),
+        1 => (0..PREFIXES.len()).prop_map(Action::DeletePrefix),
+        3 => (0..KEYS.len(), any::<u8>(), any::<bool>()).prop_map(|(k, v, ok)| Action::CasPut(k, v, ok)),
+        2 => (0..KEYS.len(), 0..KEYS.len(), any::<u8>()).prop_map(|(a, b, v)| Action::PutTwo(a, b, v)),
+        1 => (0u8..=100).prop_map(Action::Compact),
+    ]
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ModelKv {
+    value: Vec<u8>,
+    create: Revision,
+    modified: Revision,
+    version: u64,
+}
+
+type State = BTreeMap<String, ModelKv>;
+
+/// (kind, key, value, revision) of one event.
+type ModelEvent = (EventKind, String, Vec<u8>, Revision);
+
+#[derive(Default)]
+struct Model {
+    revision: Revision,
+    compacted: Revision,
+    /// `states[r]`: the state after revision r.
+    states: Vec<State>,
+    events: Vec<ModelEvent>,
+}
+
+impl Model {
+    fn new() -> Self {
+        Model { states: vec![State::new()], ..Model::default() }
+    }
+
+    fn current(&self) -> &State {
+        self.states.last().expect("state 0 exists")
+    }
+
+    /// Applies puts (`Some`) and deletes (`None`) as one revision if anything changes.
+    fn apply(&mut self, changes: Vec<(String, Option<Vec<u8>>)>) -> Revision {
+        let next = self.revision + 1;
+        let mut state = self.current().clone();
+        let mut events = Vec::new();
+        for (key, change) in changes {
+            match change {
+                Some(value) => {
+                    let previous = state.get(&key);
+                    let kv = ModelKv {
+                        value: value.clone(),
+                        create: previous.map_or(next, |p| p.create),
+                        modified: next,
+                        version: previous.map_or(0, |p| p.version) + 1,
+                    };
+                    state.insert(key.clone(), kv);
+                    events.push((EventKind::Put, key, value, next));
+                }
+                None => {
+                    if state.remove(&key).is_some() {
+                        events.push((EventKind::Delete, key, Vec::new(), next));
+                    }
+                }
+            }
+        }
+        if events.is_empty() {
+            return self.revision;
+        }
+        self.revision = next;
+        self.states.push(state);
+        self.events.extend(events);
+        self.revision
+    }
+}
+
+fn as_state(kvs: &[super::store::KeyValue]) -> State {
+    kvs.iter()
+        .map(|kv| {
+            let key = String::from_utf8(kv.key.clone()).unwrap();
+            (key, ModelKv { value: kv.value.clone(), create: kv.create_revision, modified: kv.mod_revision, version: kv.version })
+        })
+        .collect()
+}
+
+async fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path(), SledOptions::default()).unwrap());
+    let mut model = Model::new();
+    for action in actions {
+        match action {
+            Action::Put(k, v) => {
+                let got = store.txn(Txn::new().then(Op::put(KEYS[k], vec![v]))).await.unwrap();
+                let want = model.apply(vec![(KEYS[k].into(), Some(vec![v]))]);
+                prop_assert_eq!(got, TxnResponse::Committed { revision: want });
+            }
+            Action::Delete(k) => {
+                let got = store.txn(Txn::new().then(Op::delete(KEYS[k]))).await.unwrap();
+                let want = model.apply(vec![(KEYS[k].into(), None)]);
+                prop_assert_eq!(got, TxnResponse::Committed { revision: want });
+            }
+            Action::DeletePrefix(p) => {
+                let prefix = PREFIXES[p];
+                let got = store.txn(Txn::new().then(Op::delete_prefix(prefix))).await.unwrap();
+                let doomed: Vec<_> =
+                    model.current().keys().filter(|k| k.starts_with(prefix)).map(|k| (k.clone(), None)).collect();
+                let want = model.apply(doomed);
+                prop_assert_eq!(got, TxnResponse::Committed { revision: want });
+            }
+            Action::CasPut(k, v, right) => {
+                let actual = model.current().get(KEYS[k]).map_or(0, |kv| kv.modified);
+                let expected = if right { actual } else { actual + 7 };
+                let txn = Txn::new().when(Compare::mod_revision(KEYS[k], expected)).then(Op::put(KEYS[k], vec![v]));
+                let got = store.txn(txn).await.unwrap();
+                if right {
+                    let want = model.apply(vec![(KEYS[k].into(), Some(vec![v]))]);
+                    prop_assert_eq!(got, TxnResponse::Committed { revision: want });
+                } else {
+                    prop_assert_eq!(
+                        got,
+                        TxnResponse::CompareFailed { index: 0, key: KEYS[k].as_bytes().to_vec(), current_mod_revision: actual }
+                    );
+                }
+            }
+            Action::PutTwo(a, b, v) => {
+                let txn = Txn::new().then(Op::put(KEYS[a], vec![v])).then(Op::put(KEYS[b], vec![v, 1]));
+                let got = store.txn(txn).await;
+                if a == b {
+                    prop_assert!(matches!(got, Err(StoreError::InvalidArgument(_))), "{got:?}");
+                } else {
+                    let want =
+                        model.apply(vec![(KEYS[a].into(), Some(vec![v])), (KEYS[b].into(), Some(vec![v, 1]))]);
+                    prop_assert_eq!(got.unwrap(), TxnResponse::Committed { revision: want });
+                }
+            }
+            Action::Compact(percent) => {
+                let target = model.compacted + (model.revision - model.compacted) * u64::from(percent) / 100;
+                if target > model.compacted {
+                    prop_assert_eq!(store.compact(target).await.unwrap(), target);
+                    model.compacted = target;
+                }
+            }
+        }
+    }
+
+    let status = store.status();
+    prop_assert_eq!(status.revision, model.revision);
+    prop_assert_eq!(status.compact_revision, model.compacted);
+    let now = store.range(RangeRequest::prefix("")).await.unwrap();
+    prop_assert_eq!(as_state(&now.kvs), model.current().clone());
+
+    // Every retained revision reads exactly as it was; older ones are refused.
+    for revision in 1..=model.revision {
+        let read = store.range(RangeRequest::prefix("").at(revision)).await;
+        if revision < model.compacted {
+            prop_assert!(matches!(read, Err(StoreError::Compacted { .. })), "{revision}: {read:?}");
+        } else {
+            prop_assert_eq!(as_state(&read.unwrap().kvs), model.states[revision as usize].clone(), "at {}", revision);
+        }
+    }
+    // Single-key history reads too.
+    for key in KEYS {
+        for revision in model.compacted.max(1)..=model.revision {
+            let read = store.range(RangeRequest::key(key).at(revision)).await.unwrap();
+            let want = model.states[revision as usize].get(key).cloned();
+            prop_assert_eq!(as_state(&read.kvs).remove(key), want);
+        }
+    }
+
+    // Watch replay from the oldest retained revision and from the middle.
+    let oldest = model.compacted.max(1);
+    for start in [oldest, (oldest + model.revision) / 2 + 1] {
+        for prefix in ["", "a/"] {
+            let want: Vec<ModelEvent> =
+                model.events.iter().filter(|e| e.3 >= start && e.1.starts_with(prefix)).cloned().collect();
+            let mut stream = store.watch(prefix.as_bytes().to_vec(), start).unwrap();
+            let mut got: Vec<ModelEvent> = Vec::new();
+            while got.len() < want.len() {
+                let batch = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
+                let batch = batch.expect("events arrive").expect("stream open").unwrap();
+                got.extend(batch.events.into_iter().map(|e| {
+                    (e.kind, String::from_utf8(e.kv.key).unwrap(), e.kv.value, e.kv.mod_revision)
+                }));
+            }
+            prop_assert_eq!(&got, &want, "watch {:?} from {}", prefix, start);
+            let extra = tokio::time::timeout(Duration::from_millis(10), stream.next()).await;
+            prop_assert!(extra.is_err(), "unexpected extra watch message {extra:?}");
+        }
+    }
+    if model.compacted > 1 {
+        let refused = store.watch(Vec::new(), model.compacted - 1);
+        prop_assert!(matches!(refused, Err(StoreError::Compacted { .. })), "watch below the compaction point was accepted");
+    }
+    store.close().await;
+    drop(store);
+
+    // Everything survives a reopen.
+    let reopened = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+    let after = reopened.range(RangeRequest::prefix("")).await.unwrap();
+    prop_assert_eq!(as_state(&after.kvs), model.current().clone());
+    prop_assert_eq!(reopened.status(), status);
+    reopened.close().await;
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn store_matches_the_model(actions in proptest::collection::vec(action(), 1..40)) {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(run(actions))?;
+    }
+}
