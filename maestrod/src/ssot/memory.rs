@@ -1,12 +1,13 @@
 //! Per-agent memory: small notes with optional expiry. Each agent holds at
 //! most `Limits::memory_entries_per_agent` entries and
-//! `Limits::memory_bytes_per_agent` bytes; a put beyond that evicts the
-//! agent's least recently written entries (expired ones first).
+//! `Limits::memory_bytes_per_agent` bytes of stored records; a put beyond
+//! that evicts the agent's least recently written entries (expired ones
+//! first). Expired entries are invisible at once and swept periodically.
 
 use serde::{Deserialize, Serialize};
 
 use super::clock::now_ms;
-use super::store::{Compare, Op, Revision, Txn};
+use super::store::{Compare, KeyValue, Op, RangeRequest, Revision, Txn};
 use super::{Meta, Page, Result, Ssot, SsotError, Versioned, check_etag, encode_json, keys, validate};
 
 const KIND: &str = "memory entry";
@@ -64,11 +65,18 @@ impl Ssot {
         let expected = validate::etag(etag)?;
         let id = format!("{agent}/{key}");
         let own_key = entry_key(project, agent, key);
+        if value.len() > self.limits.memory_bytes_per_agent {
+            return Err(SsotError::ResourceExhausted(format!(
+                "value: {} bytes exceed agent {agent}'s memory limit of {} bytes",
+                value.len(),
+                self.limits.memory_bytes_per_agent
+            )));
+        }
         for _ in 0..super::RETRIES {
             let guard = self.project_guard(project).await?;
             let now = now_ms();
-            let (entries, _) = self.scan_all::<MemoryEntry>(&agent_prefix(project, agent), 0).await?;
-            let current = entries.iter().find(|e| e.value.key == key);
+            let current = self.get::<MemoryEntry>(&own_key, 0).await?;
+            let current = current.as_ref();
             // An expired entry counts as absent, but its revision is what the store compares.
             let visible_rev = current.filter(|e| !e.value.expired(now)).map_or(0, |e| e.meta.mod_revision);
             check_etag(KIND, &id, expected, visible_rev)?;
@@ -79,34 +87,19 @@ impl Ssot {
                 expire_time_ms: if ttl_seconds == 0 { 0 } else { now + (ttl_seconds as i64) * 1000 },
                 update_time_ms: now,
             };
+            let record = encode_json(&entry);
             let mut txn = Txn::new()
                 .when(guard)
                 .when(Compare::mod_revision(own_key.as_str(), current.map_or(0, |e| e.meta.mod_revision)));
-            // Make room: expired entries first, then the least recently written.
-            let mut others: Vec<&Versioned<MemoryEntry>> = entries.iter().filter(|e| e.value.key != key).collect();
-            others.sort_by_key(|e| (!e.value.expired(now), e.value.update_time_ms, e.meta.mod_revision));
-            let mut count = others.len() + 1;
-            let mut bytes: usize = others.iter().map(|e| e.value.value.len()).sum::<usize>() + value.len();
-            if value.len() > self.limits.memory_bytes_per_agent {
-                return Err(SsotError::ResourceExhausted(format!(
-                    "value: {} bytes exceed agent {agent}'s memory limit of {} bytes",
-                    value.len(),
-                    self.limits.memory_bytes_per_agent
-                )));
-            }
-            for victim in others {
-                let over = count > self.limits.memory_entries_per_agent || bytes > self.limits.memory_bytes_per_agent;
-                if !over && !victim.value.expired(now) {
-                    break;
+            // Replacing an entry with one no larger cannot break a bound: skip the scan.
+            let grows = current.is_none_or(|c| record.len() > encode_json(&c.value).len());
+            if grows {
+                for (victim_key, victim_rev) in self.memory_victims(&own_key, project, agent, record.len(), now).await?
+                {
+                    txn = txn.when(Compare::mod_revision(victim_key.as_str(), victim_rev)).then(Op::delete(victim_key));
                 }
-                let victim_key = entry_key(project, agent, &victim.value.key);
-                txn = txn
-                    .when(Compare::mod_revision(victim_key.as_str(), victim.meta.mod_revision))
-                    .then(Op::delete(victim_key));
-                count -= 1;
-                bytes -= victim.value.value.len();
             }
-            let txn = txn.then(Op::put(own_key.as_str(), encode_json(&entry)));
+            let txn = txn.then(Op::put(own_key.as_str(), record));
             match self.commit(txn).await? {
                 Ok(revision) => {
                     let meta = match current {
@@ -130,14 +123,53 @@ impl Ssot {
         Err(super::lost_race(KIND, &id))
     }
 
+    /// The entries to evict (key, mod revision) so that the agent stays within
+    /// its bounds after writing `own_key` with a record of `new_len` bytes:
+    /// expired entries first, then the least recently written. Sizes are of
+    /// the stored records. Only decodes entries when a bound is exceeded.
+    async fn memory_victims(
+        &self,
+        own_key: &str,
+        project: &str,
+        agent: &str,
+        new_len: usize,
+        now: i64,
+    ) -> Result<Vec<(String, Revision)>> {
+        let held = self.store.range(RangeRequest::prefix(agent_prefix(project, agent))).await?.kvs;
+        let others: Vec<&KeyValue> = held.iter().filter(|kv| kv.key != own_key.as_bytes()).collect();
+        let mut count = others.len() + 1;
+        let mut bytes = others.iter().map(|kv| kv.value.len()).sum::<usize>() + new_len;
+        let (max_count, max_bytes) = (self.limits.memory_entries_per_agent, self.limits.memory_bytes_per_agent);
+        if count <= max_count && bytes <= max_bytes {
+            return Ok(Vec::new());
+        }
+        let mut candidates = Vec::with_capacity(others.len());
+        for kv in others {
+            let expired = serde_json::from_slice::<MemoryEntry>(&kv.value).is_ok_and(|e| e.expired(now));
+            candidates.push((!expired, kv.mod_revision, kv));
+        }
+        candidates.sort_by_key(|(live, revision, _)| (*live, *revision));
+        let mut victims = Vec::new();
+        for (_, revision, kv) in candidates {
+            if count <= max_count && bytes <= max_bytes {
+                break;
+            }
+            victims.push((String::from_utf8_lossy(&kv.key).into_owned(), revision));
+            count -= 1;
+            bytes -= kv.value.len();
+        }
+        Ok(victims)
+    }
+
     pub async fn get_memory(&self, project: &str, agent: &str, key: &str) -> Result<Versioned<MemoryEntry>> {
         validate::ident("agent", agent, 64)?;
         check_key(key)?;
-        self.project_guard(project).await?;
-        self.get::<MemoryEntry>(&entry_key(project, agent, key), 0)
-            .await?
-            .filter(|e| !e.value.expired(now_ms()))
-            .ok_or_else(|| SsotError::not_found(KIND, format!("{agent}/{key}")))
+        let missing = || SsotError::not_found(KIND, format!("{agent}/{key}"));
+        let found = self.get_in_project::<MemoryEntry>(project, &entry_key(project, agent, key), 0, missing).await?;
+        if found.value.expired(now_ms()) {
+            return Err(missing());
+        }
+        Ok(found)
     }
 
     pub async fn list_memory(

@@ -74,7 +74,7 @@ pub struct Page<T> {
 pub struct Limits {
     /// Most memory entries one agent may hold; the least recently written go first.
     pub memory_entries_per_agent: usize,
-    /// Most bytes of memory values one agent may hold.
+    /// Most bytes of stored memory records (JSON) one agent may hold.
     pub memory_bytes_per_agent: usize,
 }
 
@@ -113,6 +113,25 @@ impl Ssot {
     async fn get<T: DeserializeOwned>(&self, key: &str, revision: Revision) -> Result<Option<Versioned<T>>> {
         let response = self.store.range(RangeRequest::key(key).at(revision)).await?;
         response.kvs.into_iter().next().map(|kv| decode_versioned(&kv)).transpose()
+    }
+
+    /// Reads one project resource. A resource can only exist inside an existing
+    /// project, so the project is looked up only to explain a miss.
+    async fn get_in_project<T: DeserializeOwned>(
+        &self,
+        project: &str,
+        key: &str,
+        revision: Revision,
+        missing: impl FnOnce() -> SsotError,
+    ) -> Result<Versioned<T>> {
+        validate::ident("project_id", project, projects::MAX_ID_LEN)?;
+        match self.get(key, revision).await? {
+            Some(found) => Ok(found),
+            None => {
+                self.project_guard(project).await?;
+                Err(missing())
+            }
+        }
     }
 
     /// Reads up to `limit` resources under `prefix` (0: all) after the key `after`.

@@ -225,8 +225,7 @@ impl Ssot {
 
     pub async fn get_requirement(&self, project: &str, id: &str, revision: Revision) -> Result<Versioned<Requirement>> {
         let number = parse_id("id", id)?;
-        self.project_guard(project).await?;
-        self.get(&key(project, number), revision).await?.ok_or_else(|| SsotError::not_found(KIND, id))
+        self.get_in_project(project, &key(project, number), revision, || SsotError::not_found(KIND, id)).await
     }
 
     pub async fn list_requirements(

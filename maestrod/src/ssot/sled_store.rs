@@ -28,6 +28,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -114,6 +115,7 @@ mod layout {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct KvRecord {
+    #[serde(with = "serde_bytes")]
     value: Vec<u8>,
     create_revision: Revision,
     mod_revision: Revision,
@@ -229,7 +231,13 @@ impl SledStore {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("cannot create data directory {}: {e}", dir.display())))?;
         let lock = lock_data_dir(dir)?;
-        let db = sled::Config::new().path(dir.join("store")).cache_capacity(options.cache_capacity).open()?;
+        // The writer flushes every group itself; sled's own periodic flush would only
+        // compete with it for the log.
+        let db = sled::Config::new()
+            .path(dir.join("store"))
+            .cache_capacity(options.cache_capacity)
+            .flush_every_ms(None)
+            .open()?;
         let tree = db.open_tree("ssot")?;
 
         let schema = match tree.get(layout::meta("schema"))? {
@@ -449,8 +457,8 @@ impl SledStore {
             let (raw_key, raw) = item?;
             let revision =
                 layout::parse_rev(&raw_key).ok_or_else(|| StoreError::Backend("corrupt revision key".into()))?;
-            let keys: Vec<Vec<u8>> = decode(&raw)?;
-            for key in keys.into_iter().filter(|k| k.starts_with(prefix)) {
+            let keys: Vec<ByteBuf> = decode(&raw)?;
+            for key in keys.into_iter().map(ByteBuf::into_vec).filter(|k| k.starts_with(prefix)) {
                 let record: Option<KvRecord> = match shared.tree.get(layout::hist(&key, revision))? {
                     Some(raw) => decode(&raw)?,
                     None => {
@@ -928,6 +936,7 @@ impl Writer {
         if events.is_empty() {
             return Ok(self.revision);
         }
+        let keys: Vec<ByteBuf> = keys.into_iter().map(ByteBuf::from).collect();
         group.batch.insert(layout::rev(revision), encode(&keys));
         group.dirty = true;
         self.revision = revision;

@@ -109,7 +109,15 @@ fn as_state(kvs: &[super::store::KeyValue]) -> State {
     kvs.iter()
         .map(|kv| {
             let key = String::from_utf8(kv.key.clone()).unwrap();
-            (key, ModelKv { value: kv.value.clone(), create: kv.create_revision, modified: kv.mod_revision, version: kv.version })
+            (
+                key,
+                ModelKv {
+                    value: kv.value.clone(),
+                    create: kv.create_revision,
+                    modified: kv.mod_revision,
+                    version: kv.version,
+                },
+            )
         })
         .collect()
 }
@@ -149,7 +157,11 @@ async fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
                 } else {
                     prop_assert_eq!(
                         got,
-                        TxnResponse::CompareFailed { index: 0, key: KEYS[k].as_bytes().to_vec(), current_mod_revision: actual }
+                        TxnResponse::CompareFailed {
+                            index: 0,
+                            key: KEYS[k].as_bytes().to_vec(),
+                            current_mod_revision: actual
+                        }
                     );
                 }
             }
@@ -159,8 +171,7 @@ async fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
                 if a == b {
                     prop_assert!(matches!(got, Err(StoreError::InvalidArgument(_))), "{got:?}");
                 } else {
-                    let want =
-                        model.apply(vec![(KEYS[a].into(), Some(vec![v])), (KEYS[b].into(), Some(vec![v, 1]))]);
+                    let want = model.apply(vec![(KEYS[a].into(), Some(vec![v])), (KEYS[b].into(), Some(vec![v, 1]))]);
                     prop_assert_eq!(got.unwrap(), TxnResponse::Committed { revision: want });
                 }
             }
@@ -209,9 +220,12 @@ async fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
             while got.len() < want.len() {
                 let batch = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
                 let batch = batch.expect("events arrive").expect("stream open").unwrap();
-                got.extend(batch.events.into_iter().map(|e| {
-                    (e.kind, String::from_utf8(e.kv.key).unwrap(), e.kv.value, e.kv.mod_revision)
-                }));
+                got.extend(
+                    batch
+                        .events
+                        .into_iter()
+                        .map(|e| (e.kind, String::from_utf8(e.kv.key).unwrap(), e.kv.value, e.kv.mod_revision)),
+                );
             }
             prop_assert_eq!(&got, &want, "watch {:?} from {}", prefix, start);
             let extra = tokio::time::timeout(Duration::from_millis(10), stream.next()).await;
@@ -220,7 +234,10 @@ async fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
     }
     if model.compacted > 1 {
         let refused = store.watch(Vec::new(), model.compacted - 1);
-        prop_assert!(matches!(refused, Err(StoreError::Compacted { .. })), "watch below the compaction point was accepted");
+        prop_assert!(
+            matches!(refused, Err(StoreError::Compacted { .. })),
+            "watch below the compaction point was accepted"
+        );
     }
     store.close().await;
     drop(store);

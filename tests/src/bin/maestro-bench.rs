@@ -1,1 +1,315 @@
-fn main() {}
+//! maestro-bench: a load generator against a live `maestrod` on loopback.
+//!
+//! In one run it measures, with a fixed number of requests in flight: the
+//! ceiling (a no-op RPC served the same way), point reads, durable conditional
+//! writes, and watch delivery latency to many watchers while writes run at a
+//! fixed rate. Every figure is printed with its ratio to the ceiling measured
+//! in the same run.
+//!
+//! `cargo run --release -p maestro-tests --bin maestro-bench -- --help`
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use maestro_shared::v1::{
+    self, memory_service_client::MemoryServiceClient, project_service_client::ProjectServiceClient,
+    system_service_client::SystemServiceClient, watch_service_client::WatchServiceClient,
+};
+use tonic::transport::{Channel, Endpoint};
+
+struct Options {
+    seconds: u64,
+    rounds: usize,
+    in_flight: usize,
+    connections: usize,
+    watchers: usize,
+    watch_rate: u64,
+    json: bool,
+    /// An already running daemon (`host:port`); otherwise one is started.
+    server: Option<String>,
+}
+
+fn parse_args() -> anyhow::Result<Options> {
+    let mut options = Options {
+        seconds: 3,
+        rounds: 3,
+        in_flight: 64,
+        connections: 4,
+        watchers: 100,
+        watch_rate: 1000,
+        json: false,
+        server: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| -> anyhow::Result<u64> {
+            args.next()
+                .with_context(|| format!("{name} needs a value"))?
+                .parse()
+                .with_context(|| format!("{name}: not a number"))
+        };
+        match arg.as_str() {
+            "--seconds" => options.seconds = value("--seconds")?.max(1),
+            "--rounds" => options.rounds = value("--rounds")?.max(1) as usize,
+            "--in-flight" => options.in_flight = value("--in-flight")?.max(1) as usize,
+            "--connections" => options.connections = value("--connections")?.max(1) as usize,
+            "--watchers" => options.watchers = value("--watchers")?.max(1) as usize,
+            "--watch-rate" => options.watch_rate = value("--watch-rate")?.max(1),
+            "--json" => options.json = true,
+            "--server" => options.server = Some(args.next().context("--server needs host:port")?),
+            "--help" | "-h" => {
+                println!(
+                    "usage: maestro-bench [--seconds N per phase (3)] [--rounds N (3)] [--in-flight N (64)] [--connections N (4)] \
+                     [--watchers N (100)] [--watch-rate WRITES_PER_SEC (1000)] [--server HOST:PORT] [--json]"
+                );
+                std::process::exit(0);
+            }
+            other => anyhow::bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    Ok(options)
+}
+
+async fn connect(addr: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?)
+}
+
+/// Runs `op` from `in_flight` concurrent workers for `seconds`; returns completed ops per second.
+async fn saturate<F, Fut>(channels: &[Channel], in_flight: usize, seconds: u64, op: F) -> anyhow::Result<f64>
+where
+    F: Fn(Channel, usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for worker in 0..in_flight {
+        let channel = channels[worker % channels.len()].clone();
+        let (done, stop, op) = (done.clone(), stop.clone(), op.clone());
+        workers.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                op(channel.clone(), worker, i).await?;
+                i += 1;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    // Warm up for a fraction of the time, then measure.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start_count = done.load(Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let count = done.load(Ordering::Relaxed) - start_count;
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await??;
+    }
+    Ok(count as f64 / elapsed)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index] as f64 / 1000.0
+}
+
+fn memory_put(agent: &str, key: String, value: String, etag: String) -> v1::PutMemoryRequest {
+    v1::PutMemoryRequest { project_id: "bench".into(), agent: agent.into(), key, value, ttl_seconds: 0, etag }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let options = parse_args()?;
+    let temp = tempfile::tempdir()?;
+    let (mut daemon, addr) = match &options.server {
+        Some(addr) => (None, addr.clone()),
+        None => {
+            let (child, addr) = maestro_tests::spawn_daemon(
+                &temp.path().join("data"),
+                &temp.path().join("maestrod.log"),
+                &["--maintenance-interval".into(), "3600".into()],
+            )?;
+            (Some(child), addr)
+        }
+    };
+    eprintln!(
+        "maestrod on {addr}; {} s per phase, {} in flight over {} connections",
+        options.seconds, options.in_flight, options.connections
+    );
+    let mut channels = Vec::new();
+    for _ in 0..options.connections {
+        channels.push(connect(&addr).await?);
+    }
+    ProjectServiceClient::new(channels[0].clone())
+        .create_project(v1::CreateProjectRequest { id: "bench".into(), ..Default::default() })
+        .await
+        .context("creating project bench (against --server, it must not exist yet)")?;
+    let keys = 512;
+    let mut memory = MemoryServiceClient::new(channels[0].clone());
+    for k in 0..keys {
+        memory.put_memory(memory_put("reader", format!("k{k}"), "x".repeat(200), String::new())).await?;
+    }
+
+    // Each worker owns one key and always sends the etag it last saw: every write is conditional and succeeds.
+    let etags: Arc<Vec<std::sync::Mutex<String>>> =
+        Arc::new((0..options.in_flight).map(|_| std::sync::Mutex::new("0".to_string())).collect());
+    // The phases run in rounds, so that every ratio compares figures taken
+    // minutes apart at most; the median round is reported.
+    let (mut ceilings, mut read_rates, mut write_rates) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=options.rounds {
+        eprintln!("round {round}/{}: no-op RPC, point reads, durable conditional writes …", options.rounds);
+        ceilings.push(
+            saturate(&channels, options.in_flight, options.seconds, |channel, _, _| async move {
+                SystemServiceClient::new(channel).ping(v1::PingRequest {}).await?;
+                Ok(())
+            })
+            .await?,
+        );
+        read_rates.push(
+            saturate(&channels, options.in_flight, options.seconds, move |channel, worker, i| async move {
+                let key = format!("k{}", (worker as u64 * 7919 + i) % keys);
+                let request = v1::GetMemoryRequest { project_id: "bench".into(), agent: "reader".into(), key };
+                MemoryServiceClient::new(channel).get_memory(request).await?;
+                Ok(())
+            })
+            .await?,
+        );
+        let etags = etags.clone();
+        write_rates.push(
+            saturate(&channels, options.in_flight, options.seconds, move |channel, worker, i| {
+                let etags = etags.clone();
+                async move {
+                    let etag = etags[worker].lock().expect("etag lock").clone();
+                    let request = memory_put("writer", format!("w{worker}"), format!("{i:0>200}"), etag);
+                    let reply = MemoryServiceClient::new(channel).put_memory(request).await?.into_inner();
+                    *etags[worker].lock().expect("etag lock") = reply.meta.map(|m| m.etag).unwrap_or_default();
+                    Ok(())
+                }
+            })
+            .await?,
+        );
+    }
+    let median = |values: &[f64]| {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
+    };
+    let read_ratios: Vec<f64> = read_rates.iter().zip(&ceilings).map(|(r, c)| r / c).collect();
+    let write_ratios: Vec<f64> = write_rates.iter().zip(&ceilings).map(|(w, c)| w / c).collect();
+    let (ceiling, reads, writes) = (median(&ceilings), median(&read_rates), median(&write_rates));
+    let (read_ratio, write_ratio) = (median(&read_ratios), median(&write_ratios));
+
+    eprintln!("watch latency: {} watchers, writes at {}/s …", options.watchers, options.watch_rate);
+    let epoch = Instant::now();
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let mut watcher_tasks = Vec::new();
+    for _ in 0..options.watchers {
+        let channel = connect(&addr).await?;
+        let mut stream = WatchServiceClient::new(channel)
+            .watch(v1::WatchRequest { project_id: "bench".into(), prefix: "memory/ticker/".into(), start_revision: 0 })
+            .await?
+            .into_inner();
+        stream.next().await.context("watch confirmation")??;
+        let latencies = latencies.clone();
+        watcher_tasks.push(tokio::spawn(async move {
+            while let Some(Ok(message)) = stream.next().await {
+                let now = epoch.elapsed().as_micros() as u64;
+                let mut mine = Vec::with_capacity(message.events.len());
+                for event in message.events {
+                    if let Some(sent) = serde_json::from_str::<serde_json::Value>(&event.value_json)
+                        .ok()
+                        .and_then(|v| v["value"].as_str().and_then(|s| s.parse::<u64>().ok()))
+                    {
+                        mine.push(now.saturating_sub(sent));
+                    }
+                }
+                latencies.lock().expect("latency lock").extend(mine);
+            }
+        }));
+    }
+    let writer = MemoryServiceClient::new(channels[0].clone());
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / options.watch_rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let watch_seconds = options.seconds.max(5);
+    let end = Instant::now() + Duration::from_secs(watch_seconds);
+    let mut sent = 0u64;
+    // Writes are issued on schedule, not one after another: a durable write's
+    // latency must not lower the rate.
+    let mut pending = tokio::task::JoinSet::new();
+    while Instant::now() < end {
+        tick.tick().await;
+        let mut writer = writer.clone();
+        let key = format!("t{}", sent % 64);
+        pending.spawn(async move {
+            let stamp = epoch.elapsed().as_micros().to_string();
+            writer.put_memory(memory_put("ticker", key, stamp, String::new())).await.map(drop)
+        });
+        while let Some(done) = pending.try_join_next() {
+            done??;
+        }
+        sent += 1;
+    }
+    while let Some(done) = pending.join_next().await {
+        done??;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for task in &watcher_tasks {
+        task.abort();
+    }
+    if let Some(daemon) = daemon.as_mut() {
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+    }
+    let mut latencies = std::mem::take(&mut *latencies.lock().expect("latency lock"));
+    latencies.sort_unstable();
+    let expected = sent * options.watchers as u64;
+    let p50 = percentile(&latencies, 0.50);
+    let p99 = percentile(&latencies, 0.99);
+
+    let achieved_rate = sent as f64 / watch_seconds as f64;
+    if options.json {
+        let report = serde_json::json!({
+            "in_flight": options.in_flight,
+            "noop_rpc_per_sec": ceiling,
+            "point_reads_per_sec": reads,
+            "point_reads_ratio": read_ratio,
+            "durable_writes_per_sec": writes,
+            "durable_writes_ratio": write_ratio,
+            "rounds": options.rounds,
+            "watchers": options.watchers,
+            "watch_write_rate": achieved_rate,
+            "watch_events_delivered": latencies.len(),
+            "watch_events_expected": expected,
+            "watch_p50_ms": p50,
+            "watch_p99_ms": p99,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "maestro-bench: {} in flight, {} rounds of {} s per phase, loopback; medians over rounds",
+            options.in_flight, options.rounds, options.seconds
+        );
+        println!("{:<34} {:>12} {:>10}", "measure", "value", "vs no-op");
+        println!("{:<34} {:>12.0} {:>9.0}%", "no-op RPC (ceiling), req/s", ceiling, 100.0);
+        println!("{:<34} {:>12.0} {:>9.0}%", "point reads, req/s", reads, 100.0 * read_ratio);
+        println!("{:<34} {:>12.0} {:>9.0}%", "durable conditional writes, req/s", writes, 100.0 * write_ratio);
+        println!(
+            "watch delivery to {} watchers at {:.0} writes/s: p50 {:.2} ms, p99 {:.2} ms ({} of {} events delivered)",
+            options.watchers,
+            achieved_rate,
+            p50,
+            p99,
+            latencies.len(),
+            expected
+        );
+    }
+    Ok(())
+}
