@@ -64,7 +64,8 @@ pub(super) async fn run(
             let verdict = reply(client.verify_log(v1::VerifyLogRequest { project_id: need(project)? }).await)?;
             emit(output, &verdict, || {
                 if verdict.ok {
-                    println!("ok: {} entries, head {}", verdict.entries, verdict.head_hash);
+                    let noun = if verdict.entries == 1 { "entry" } else { "entries" };
+                    println!("ok: {} {noun}, head {}", verdict.entries, verdict.head_hash);
                 } else {
                     println!("BROKEN at entry {}: {}", verdict.first_bad_seq, verdict.problem);
                 }
