@@ -73,9 +73,14 @@ impl Ssot {
             )));
         }
         for _ in 0..super::RETRIES {
-            let guard = self.project_guard(project).await?;
             let now = now_ms();
             let current = self.get::<MemoryEntry>(&own_key, 0).await?;
+            // Updating an entry needs no project guard: deleting the project deletes
+            // the entry, which fails the compare on it. Creating one does.
+            let guard = match current {
+                Some(_) => None,
+                None => Some(self.project_guard(project).await?),
+            };
             let current = current.as_ref();
             // An expired entry counts as absent, but its revision is what the store compares.
             let visible_rev = current.filter(|e| !e.value.expired(now)).map_or(0, |e| e.meta.mod_revision);
@@ -88,9 +93,10 @@ impl Ssot {
                 update_time_ms: now,
             };
             let record = encode_json(&entry);
-            let mut txn = Txn::new()
-                .when(guard)
-                .when(Compare::mod_revision(own_key.as_str(), current.map_or(0, |e| e.meta.mod_revision)));
+            let mut txn =
+                Txn::new().when(Compare::mod_revision(own_key.as_str(), current.map_or(0, |e| e.meta.mod_revision)));
+            let guarded = guard.is_some();
+            txn.compares.extend(guard);
             // Replacing an entry with one no larger cannot break a bound: skip the scan.
             let grows = current.is_none_or(|c| record.len() > encode_json(&c.value).len());
             if grows {
@@ -108,8 +114,8 @@ impl Ssot {
                     };
                     return Ok(Versioned { value: entry, meta });
                 }
-                Err((0, _)) => return Err(SsotError::not_found("project", project)),
-                Err((1, current)) if expected.is_some() => {
+                Err((1, _)) if guarded => return Err(SsotError::not_found("project", project)),
+                Err((0, current)) if expected.is_some() => {
                     return Err(SsotError::StaleEtag {
                         kind: KIND,
                         id,

@@ -253,19 +253,18 @@ impl Ssot {
         F: Future<Output = Result<P>>,
     {
         let Target { kind, id, key, project } = target;
+        let missing = || SsotError::not_found(kind, id);
         for _ in 0..RETRIES {
-            let guard = match project {
-                Some(project) => Some(self.project_guard(project).await?),
-                None => None,
-            };
             let prepared = prepare().await?;
-            let current: Versioned<T> = self.get(key, 0).await?.ok_or_else(|| SsotError::not_found(kind, id))?;
+            // The compare on the resource itself also guards its project: deleting a
+            // project deletes every key in it, so a commit after that fails here.
+            let current: Versioned<T> = match project {
+                Some(project) => self.get_in_project(project, key, 0, missing).await?,
+                None => self.get(key, 0).await?.ok_or_else(missing)?,
+            };
             check_etag(kind, id, etag, current.meta.mod_revision)?;
             let Edit { value, compares, ops } = edit(current.value, prepared)?;
-            let mut txn = Txn::new();
-            let own = usize::from(guard.is_some());
-            txn.compares.extend(guard);
-            txn.compares.push(Compare::mod_revision(key, current.meta.mod_revision));
+            let mut txn = Txn::new().when(Compare::mod_revision(key, current.meta.mod_revision));
             txn.compares.extend(compares);
             txn.ops.push(Op::put(key, encode_json(&value)));
             txn.ops.extend(ops);
@@ -274,11 +273,8 @@ impl Ssot {
                     let meta = Meta { mod_revision: revision, version: current.meta.version + 1, ..current.meta };
                     return Ok(Versioned { value, meta });
                 }
-                Err((index, _)) if index < own => {
-                    return Err(SsotError::not_found("project", project.unwrap_or("")));
-                }
-                Err((index, 0)) if index == own => return Err(SsotError::not_found(kind, id)),
-                Err((index, current)) if index == own => {
+                Err((0, 0)) => return Err(missing()),
+                Err((0, current)) => {
                     if let Some(expected) = etag {
                         return Err(SsotError::StaleEtag { kind, id: id.to_string(), expected, current });
                     }
@@ -296,7 +292,7 @@ struct Target<'a> {
     kind: &'static str,
     id: &'a str,
     key: &'a str,
-    /// The owning project, guarded against concurrent deletion.
+    /// The owning project (named when the resource is missing because it is).
     project: Option<&'a str>,
 }
 

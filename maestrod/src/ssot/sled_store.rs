@@ -32,7 +32,7 @@ use serde_bytes::ByteBuf;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use super::clock::now_ms;
 use super::store::{
@@ -509,78 +509,83 @@ impl Store for SledStore {
         let (tx, rx) = mpsc::channel::<Result<WatchBatch, StoreError>>(64);
         let shared = self.shared.clone();
         let cancel = self.cancel.clone();
-        self.watchers.spawn(async move {
-            loop {
-                let committed = shared.committed.load(Ordering::Acquire);
-                if next <= committed {
-                    // Catch up from history (also after falling behind the live channel).
-                    let chunk = {
-                        let shared = shared.clone();
-                        let prefix = prefix.clone();
-                        tokio::task::spawn_blocking(move || {
-                            SledStore::read_history(&shared, &prefix, next, committed, WATCH_HISTORY_CHUNK)
-                        })
-                        .await
-                        .unwrap_or_else(|e| Err(StoreError::Backend(format!("history reader failed: {e}"))))
-                    };
-                    match chunk {
-                        Ok((events, covered)) => {
-                            next = covered + 1;
-                            if !events.is_empty()
-                                && tx.send(Ok(WatchBatch { revision: covered, events })).await.is_err()
-                            {
+        let span = tracing::debug_span!("watch", prefix = %String::from_utf8_lossy(&prefix), start = next);
+        self.watchers.spawn(
+            async move {
+                loop {
+                    let committed = shared.committed.load(Ordering::Acquire);
+                    if next <= committed {
+                        // Catch up from history (also after falling behind the live channel).
+                        let chunk = {
+                            let shared = shared.clone();
+                            let prefix = prefix.clone();
+                            tokio::task::spawn_blocking(move || {
+                                SledStore::read_history(&shared, &prefix, next, committed, WATCH_HISTORY_CHUNK)
+                            })
+                            .await
+                            .unwrap_or_else(|e| Err(StoreError::Backend(format!("history reader failed: {e}"))))
+                        };
+                        match chunk {
+                            Ok((events, covered)) => {
+                                next = covered + 1;
+                                if !events.is_empty()
+                                    && tx.send(Ok(WatchBatch { revision: covered, events })).await.is_err()
+                                {
+                                    return;
+                                }
+                            }
+                            Err(error) => {
+                                let _ = tx.send(Err(error)).await;
                                 return;
                             }
                         }
-                        Err(error) => {
-                            let _ = tx.send(Err(error)).await;
-                            return;
-                        }
-                    }
-                    continue;
-                }
-                let received = tokio::select! {
-                    received = live.recv() => received,
-                    () = tx.closed() => return,
-                    () = cancel.cancelled() => return,
-                };
-                let first = match received {
-                    Ok(first) => first,
-                    Err(broadcast::error::RecvError::Lagged(skipped)) => {
-                        debug!(skipped, "watcher fell behind; reading history");
                         continue;
                     }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                // Fold whatever else is already waiting into the same message.
-                let mut batch = WatchBatch { revision: next - 1, events: Vec::new() };
-                // Returns false at a gap (the history read fills it on the next turn).
-                let take = |revision_events: &RevisionEvents, batch: &mut WatchBatch, next: &mut Revision| -> bool {
-                    if revision_events.revision < *next {
-                        return true;
+                    let received = tokio::select! {
+                        received = live.recv() => received,
+                        () = tx.closed() => return,
+                        () = cancel.cancelled() => return,
+                    };
+                    let first = match received {
+                        Ok(first) => first,
+                        Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                            debug!(skipped, "watcher fell behind; reading history");
+                            continue;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    // Fold whatever else is already waiting into the same message.
+                    let mut batch = WatchBatch { revision: next - 1, events: Vec::new() };
+                    // Returns false at a gap (the history read fills it on the next turn).
+                    let take =
+                        |revision_events: &RevisionEvents, batch: &mut WatchBatch, next: &mut Revision| -> bool {
+                            if revision_events.revision < *next {
+                                return true;
+                            }
+                            if revision_events.revision > *next {
+                                return false;
+                            }
+                            batch.events.extend(
+                                revision_events.events.iter().filter(|e| e.kv.key.starts_with(&prefix)).cloned(),
+                            );
+                            batch.revision = revision_events.revision;
+                            *next += 1;
+                            true
+                        };
+                    let mut contiguous = take(&first, &mut batch, &mut next);
+                    while contiguous {
+                        match live.try_recv() {
+                            Ok(more) => contiguous = take(&more, &mut batch, &mut next),
+                            Err(_) => break,
+                        }
                     }
-                    if revision_events.revision > *next {
-                        return false;
+                    if !batch.events.is_empty() && tx.send(Ok(batch)).await.is_err() {
+                        return;
                     }
-                    batch
-                        .events
-                        .extend(revision_events.events.iter().filter(|e| e.kv.key.starts_with(&prefix)).cloned());
-                    batch.revision = revision_events.revision;
-                    *next += 1;
-                    true
-                };
-                let mut contiguous = take(&first, &mut batch, &mut next);
-                while contiguous {
-                    match live.try_recv() {
-                        Ok(more) => contiguous = take(&more, &mut batch, &mut next),
-                        Err(_) => break,
-                    }
-                }
-                if !batch.events.is_empty() && tx.send(Ok(batch)).await.is_err() {
-                    return;
                 }
             }
-        });
+            .instrument(span),
+        );
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
