@@ -34,6 +34,12 @@ pub struct Args {
     /// Seconds between maintenance runs (memory expiry sweep, compaction).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     maintenance_interval: u64,
+    /// Most memory entries one agent may hold (the least recently written are evicted).
+    #[arg(long, env = "MAESTRO_MEMORY_MAX_ENTRIES", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    memory_max_entries: u64,
+    /// Most bytes of stored memory records one agent may hold.
+    #[arg(long, env = "MAESTRO_MEMORY_MAX_BYTES", default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(1024..))]
+    memory_max_bytes: u64,
     /// Log format on stderr.
     #[arg(long, env = "MAESTRO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -72,6 +78,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let mut config = DaemonConfig::new(data_dir.clone());
     config.retention_revisions = args.retention_revisions;
     config.maintenance_interval = std::time::Duration::from_secs(args.maintenance_interval);
+    config.limits.memory_entries_per_agent = usize::try_from(args.memory_max_entries).unwrap_or(usize::MAX);
+    config.limits.memory_bytes_per_agent = usize::try_from(args.memory_max_bytes).unwrap_or(usize::MAX);
     // Open (and lock) the store before announcing the address, so a refused
     // start never looks like a running daemon.
     let daemon = crate::server::Daemon::open(config)?;

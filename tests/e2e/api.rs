@@ -508,3 +508,46 @@ async fn health_and_reflection_are_served() {
         assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
     }
 }
+
+#[tokio::test]
+async fn agent_memory_is_bounded_and_evicts_the_least_recently_written() {
+    let daemon = Daemon::start_with(&["--memory-max-entries", "3"]).unwrap();
+    let mut c = Clients::connect(&daemon).await;
+    c.project("mem").await;
+    let put = |agent: &str, key: &str| v1::PutMemoryRequest {
+        project_id: "mem".into(),
+        agent: agent.into(),
+        key: key.into(),
+        value: format!("note {key}"),
+        ttl_seconds: 0,
+        etag: String::new(),
+    };
+    for key in ["a", "b", "c"] {
+        c.memory.put_memory(put("backend", key)).await.unwrap();
+    }
+    // Rewriting "a" makes "b" the least recently written.
+    c.memory.put_memory(put("backend", "a")).await.unwrap();
+    c.memory.put_memory(put("backend", "d")).await.unwrap();
+    // Another agent's memory is bounded separately.
+    c.memory.put_memory(put("frontend", "x")).await.unwrap();
+    let listed = c
+        .memory
+        .list_memory(v1::ListMemoryRequest { project_id: "mem".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let keys: Vec<String> = listed.entries.iter().map(|e| format!("{}/{}", e.agent, e.key)).collect();
+    assert_eq!(keys, ["backend/a", "backend/c", "backend/d", "frontend/x"]);
+
+    // Entries with a TTL disappear when it passes.
+    let mut short = put("frontend", "short");
+    short.ttl_seconds = 1;
+    c.memory.put_memory(short).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let gone = c
+        .memory
+        .get_memory(v1::GetMemoryRequest { project_id: "mem".into(), agent: "frontend".into(), key: "short".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+}

@@ -122,6 +122,47 @@ fn every_subcommand_in_table_and_json() {
 
     let info = ctl(&["-o", "json", "info"]).json();
     assert!(info["revision"].as_str().unwrap().parse::<u64>().unwrap() > 10);
+
+    // Every read command, in both output forms: tables are text, JSON is JSON only.
+    p(&["memory", "put", "test", "runner", "pytest"]).ok();
+    p(&["snapshot", "create", "s2"]).ok();
+    let reads: [&[&str]; 14] = [
+        &["project", "list"],
+        &["project", "show", "demo"],
+        &["req", "list"],
+        &["req", "ready"],
+        &["req", "show", "R1"],
+        &["contract", "list"],
+        &["contract", "show", "todo"],
+        &["contract", "versions", "todo"],
+        &["log", "list"],
+        &["log", "verify"],
+        &["memory", "list"],
+        &["lock", "list"],
+        &["snapshot", "list"],
+        &["snapshot", "diff", "s2"],
+    ];
+    for args in reads {
+        let table = p(args);
+        assert!(!table.ok().trim().is_empty(), "{args:?} printed nothing");
+        assert!(serde_json::from_str::<serde_json::Value>(&table.stdout).is_err(), "{args:?} table is not JSON");
+        let mut json_args = vec!["-o", "json"];
+        json_args.extend_from_slice(args);
+        let json = p(&json_args).json();
+        assert!(json.is_object() || json.is_array(), "{args:?}: {json}");
+    }
+
+    // Deletions.
+    p(&["req", "add", "Temporary"]).ok();
+    let refused = p(&["req", "delete", "R1"]);
+    assert_eq!(refused.code, 1);
+    assert!(refused.stderr.contains("has children"), "{}", refused.stderr);
+    assert!(p(&["req", "delete", "R5"]).ok().contains("deleted requirement R5"));
+    let lease = p(&["-o", "json", "lock", "acquire", "deploy", "--holder", "ci"]).json()["leaseId"].as_str().unwrap().to_string();
+    p(&["lock", "revoke", &lease]).ok();
+    assert!(p(&["-o", "json", "lock", "list"]).json().as_array().unwrap().is_empty(), "revoking the lease released the lock");
+    assert!(ctl(&["project", "delete", "demo"]).ok().contains("deleted project demo"));
+    assert!(ctl(&["-o", "json", "project", "list"]).json().as_array().unwrap().is_empty());
 }
 
 #[test]
