@@ -158,9 +158,15 @@ fn every_subcommand_in_table_and_json() {
     assert_eq!(refused.code, 1);
     assert!(refused.stderr.contains("has children"), "{}", refused.stderr);
     assert!(p(&["req", "delete", "R5"]).ok().contains("deleted requirement R5"));
-    let lease = p(&["-o", "json", "lock", "acquire", "deploy", "--holder", "ci"]).json()["leaseId"].as_str().unwrap().to_string();
+    let lease = p(&["-o", "json", "lock", "acquire", "deploy", "--holder", "ci"]).json()["leaseId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     p(&["lock", "revoke", &lease]).ok();
-    assert!(p(&["-o", "json", "lock", "list"]).json().as_array().unwrap().is_empty(), "revoking the lease released the lock");
+    assert!(
+        p(&["-o", "json", "lock", "list"]).json().as_array().unwrap().is_empty(),
+        "revoking the lease released the lock"
+    );
     assert!(ctl(&["project", "delete", "demo"]).ok().contains("deleted project demo"));
     assert!(ctl(&["-o", "json", "project", "list"]).json().as_array().unwrap().is_empty());
 }

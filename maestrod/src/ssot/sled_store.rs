@@ -136,6 +136,27 @@ impl KvRecord {
     }
 }
 
+/// A stored record without its value: what the writer needs to know about a
+/// key's current state.
+#[derive(Debug, Clone, Copy)]
+struct KvMeta {
+    create_revision: Revision,
+    mod_revision: Revision,
+    version: u64,
+    lease: LeaseId,
+}
+
+/// `KvRecord` decoded without copying the value.
+#[derive(Deserialize)]
+struct KvRecordRef<'a> {
+    #[serde(borrow)]
+    _value: &'a serde_bytes::Bytes,
+    create_revision: Revision,
+    mod_revision: Revision,
+    version: u64,
+    lease: LeaseId,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct LeaseRecord {
     ttl_ms: u64,
@@ -167,6 +188,15 @@ fn history_event(key: Vec<u8>, revision: Revision, record: Option<KvRecord>) -> 
         Some(record) => Event { kind: EventKind::Put, kv: record.into_kv(key) },
         None => delete_event(key, revision),
     }
+}
+
+/// The encoding of `Some(record)` given the encoding of `record`: postcard
+/// writes an `Option` as a 0/1 tag followed by the value.
+fn as_some(encoded: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(encoded.len() + 1);
+    out.push(1);
+    out.extend_from_slice(encoded);
+    out
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -657,8 +687,9 @@ type Change = (Vec<u8>, Option<(Vec<u8>, LeaseId)>);
 /// One group commit in the making.
 struct Group {
     batch: sled::Batch,
-    /// The group's own changes to current keys (None: deleted).
-    overlay: HashMap<Vec<u8>, Option<KvRecord>>,
+    /// The current state of every key the group has read or changed (None:
+    /// absent). The writer is the only mutator, so a cached read stays true.
+    overlay: HashMap<Vec<u8>, Option<KvMeta>>,
     published: Vec<Arc<RevisionEvents>>,
     replies: Vec<Reply>,
     dirty: bool,
@@ -812,14 +843,24 @@ impl Writer {
         }
     }
 
-    fn current(&self, group: &Group, key: &[u8]) -> Result<Option<KvRecord>, StoreError> {
+    fn current(&self, group: &mut Group, key: &[u8]) -> Result<Option<KvMeta>, StoreError> {
         if let Some(state) = group.overlay.get(key) {
-            return Ok(state.clone());
+            return Ok(*state);
         }
-        match self.shared.tree.get(layout::cur(key))? {
-            Some(raw) => Ok(Some(decode(&raw)?)),
-            None => Ok(None),
-        }
+        let state = match self.shared.tree.get(layout::cur(key))? {
+            Some(raw) => {
+                let record: KvRecordRef<'_> = decode(&raw)?;
+                Some(KvMeta {
+                    create_revision: record.create_revision,
+                    mod_revision: record.mod_revision,
+                    version: record.version,
+                    lease: record.lease,
+                })
+            }
+            None => None,
+        };
+        group.overlay.insert(key.to_vec(), state);
+        Ok(state)
     }
 
     fn keys_in_range(&self, group: &Group, start: &[u8], end: &[u8]) -> Result<BTreeSet<Vec<u8>>, StoreError> {
@@ -921,9 +962,16 @@ impl Writer {
                     if lease != 0 {
                         self.lease_keys.entry(lease).or_default().insert(key.clone());
                     }
-                    group.batch.insert(layout::cur(&key), encode(&record));
-                    group.batch.insert(layout::hist(&key, revision), encode(&Some(&record)));
-                    group.overlay.insert(key.clone(), Some(record.clone()));
+                    let current = encode(&record);
+                    group.batch.insert(layout::hist(&key, revision), as_some(&current));
+                    group.batch.insert(layout::cur(&key), current);
+                    let meta = KvMeta {
+                        create_revision: record.create_revision,
+                        mod_revision: revision,
+                        version: record.version,
+                        lease,
+                    };
+                    group.overlay.insert(key.clone(), Some(meta));
                     events.push(Event { kind: EventKind::Put, kv: record.into_kv(key.clone()) });
                     keys.push(key);
                 }
@@ -1084,4 +1132,29 @@ fn check_key(key: &[u8]) -> Result<(), StoreError> {
         return Err(StoreError::InvalidKey("key contains a NUL byte".into()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_encodings_agree() {
+        let record =
+            KvRecord { value: b"{\"v\":1}".to_vec(), create_revision: 3, mod_revision: 9, version: 4, lease: 7 };
+        let encoded = encode(&record);
+        assert_eq!(as_some(&encoded), encode(&Some(&record)), "history entries are Some(record)");
+        let meta: KvRecordRef<'_> = decode(&encoded).unwrap();
+        assert_eq!((meta.create_revision, meta.mod_revision, meta.version, meta.lease), (3, 9, 4, 7));
+        let round: Option<KvRecord> = decode(&as_some(&encoded)).unwrap();
+        assert_eq!(round.unwrap().value, record.value);
+    }
+
+    #[test]
+    fn history_keys_parse_back() {
+        let raw = layout::hist(b"p/x/requirements/0000000001", 42);
+        assert_eq!(layout::parse_hist(&raw), Some((&b"p/x/requirements/0000000001"[..], 42)));
+        assert_eq!(layout::parse_rev(&layout::rev(7)), Some(7));
+        assert!(layout::parse_hist(b"hshort").is_none());
+    }
 }
