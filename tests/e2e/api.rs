@@ -551,3 +551,43 @@ async fn agent_memory_is_bounded_and_evicts_the_least_recently_written() {
         .unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
 }
+
+#[tokio::test]
+async fn contracts_list_the_latest_version_of_each_page_by_page() {
+    let daemon = Daemon::start().unwrap();
+    let mut c = Clients::connect(&daemon).await;
+    c.project("reg").await;
+    for name in ["alpha", "beta", "gamma", "delta", "epsilon"] {
+        for version in 1..=3 {
+            c.contracts
+                .put_contract(v1::PutContractRequest {
+                    project_id: "reg".into(),
+                    name: name.into(),
+                    kind: v1::ContractKind::FunctionSignature as i32,
+                    spec: format!("fn {name}_v{version}()"),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .contracts
+            .list_contracts(v1::ListContractsRequest { project_id: "reg".into(), page_size: 2, page_token: token })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.contracts.len() <= 2);
+        seen.extend(page.contracts.into_iter().map(|c| (c.name, c.version)));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let want: Vec<(String, u32)> =
+        ["alpha", "beta", "delta", "epsilon", "gamma"].iter().map(|n| (n.to_string(), 3)).collect();
+    assert_eq!(seen, want);
+}

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::clock::now_ms;
+use super::paging::PageToken;
 use super::store::{Compare, Op, Txn};
 use super::{Edit, Meta, Page, Result, Ssot, SsotError, Target, Versioned, check_etag, encode_json, keys, validate};
 
@@ -177,30 +178,35 @@ impl Ssot {
     pub async fn list_contracts(&self, project: &str, page_size: i32, page_token: &str) -> Result<Page<Contract>> {
         self.project_guard(project).await?;
         let size = validate::page_size(page_size)?;
-        let after = if page_token.is_empty() {
-            String::new()
-        } else {
-            let token =
-                super::paging::PageToken::decode(page_token)?.unwrap_or_else(|| unreachable!("token is not empty"));
-            String::from_utf8(token.after).map_err(|_| SsotError::invalid("page_token", "malformed page token"))?
-        };
-        let (all, revision) = self.scan_all::<Contract>(&keys::in_project(project, PREFIX), 0).await?;
-        let mut latest: Vec<Versioned<Contract>> = Vec::new();
-        for contract in all {
-            match latest.last_mut() {
-                Some(last) if last.value.name == contract.value.name => *last = contract,
-                _ => latest.push(contract),
+        let prefix = keys::in_project(project, PREFIX);
+        let token = PageToken::decode(page_token)?;
+        if token.as_ref().is_some_and(|t| !t.after.starts_with(prefix.as_bytes())) {
+            return Err(SsotError::invalid("page_token", "the page token belongs to a different listing"));
+        }
+        // Versions of one contract are adjacent keys: keep the last of each run.
+        let (mut revision, mut after) = token.map_or((0, None), |t| (t.revision, Some(t.after)));
+        let mut items: Vec<Versioned<Contract>> = Vec::new();
+        loop {
+            let (chunk, more, read_at) = self.scan::<Contract>(&prefix, after.as_deref(), revision, 256).await?;
+            revision = read_at;
+            for (key, contract) in chunk {
+                let same_name = items.last().is_some_and(|last| last.value.name == contract.value.name);
+                if same_name {
+                    let last = items.len() - 1;
+                    items[last] = contract;
+                } else if items.len() == size {
+                    // A new name past a full page: the next page starts here.
+                    let after = after.unwrap_or_default();
+                    return Ok(Page { items, next_page_token: PageToken { revision, after }.encode(), revision });
+                } else {
+                    items.push(contract);
+                }
+                after = Some(key.into_bytes());
+            }
+            if !more {
+                return Ok(Page { items, next_page_token: String::new(), revision });
             }
         }
-        let mut items: Vec<_> = latest.into_iter().filter(|c| c.value.name.as_str() > after.as_str()).collect();
-        let next_page_token = if items.len() > size {
-            items.truncate(size);
-            let after = items.last().map(|c| c.value.name.clone().into_bytes()).unwrap_or_default();
-            super::paging::PageToken { revision: revision.max(1), after }.encode()
-        } else {
-            String::new()
-        };
-        Ok(Page { items, next_page_token, revision })
     }
 
     /// Every version of one contract, oldest first.
