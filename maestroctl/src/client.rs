@@ -52,3 +52,26 @@ pub(crate) fn status_error(status: Status) -> anyhow::Error {
 pub(crate) fn reply<T>(result: Result<Response<T>, Status>) -> anyhow::Result<T> {
     result.map(Response::into_inner).map_err(status_error)
 }
+
+/// Fetches the pages of a listing until the last (or until `limit` items, 0 for
+/// no limit). `fetch(page_token)` returns one page's items and the next token.
+pub(crate) async fn all_pages<T, F, Fut>(limit: usize, mut fetch: F) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Result<(Vec<T>, String), Status>>,
+{
+    let mut items = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let (page, next) = fetch(page_token).await.map_err(status_error)?;
+        items.extend(page);
+        if limit > 0 && items.len() >= limit {
+            items.truncate(limit);
+            return Ok(items);
+        }
+        if next.is_empty() {
+            return Ok(items);
+        }
+        page_token = next;
+    }
+}

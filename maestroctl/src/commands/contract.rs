@@ -8,7 +8,7 @@ use tonic::transport::Channel;
 
 use super::{ExitStatus, need};
 use crate::cli::{ContractCmd, ContractKind, ContractStatus, Output};
-use crate::client::reply;
+use crate::client::{all_pages, reply};
 use crate::output::{Table, emit, etag, time};
 
 fn kind_to_wire(kind: ContractKind) -> v1::ContractKind {
@@ -101,17 +101,16 @@ pub(super) async fn run(
             emit(output, &stored, || table(std::slice::from_ref(&stored)))?;
         }
         ContractCmd::List => {
-            let mut all = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let request = v1::ListContractsRequest { project_id: need(project)?, page_size: 1000, page_token };
-                let page = reply(client.list_contracts(request).await)?;
-                all.extend(page.contracts);
-                if page.next_page_token.is_empty() {
-                    break;
+            let project_id = need(project)?;
+            let all = all_pages(0, |page_token| {
+                let mut client = client.clone();
+                let request = v1::ListContractsRequest { project_id: project_id.clone(), page_size: 1000, page_token };
+                async move {
+                    let page = client.list_contracts(request).await?.into_inner();
+                    Ok((page.contracts, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             emit(output, &all, || table(&all))?;
         }
         ContractCmd::Show { name, version } => {
@@ -120,22 +119,21 @@ pub(super) async fn run(
             emit(output, &found, || show(&found))?;
         }
         ContractCmd::Versions { name } => {
-            let mut all = Vec::new();
-            let mut page_token = String::new();
-            loop {
+            let project_id = need(project)?;
+            let all = all_pages(0, |page_token| {
+                let mut client = client.clone();
                 let request = v1::ListContractVersionsRequest {
-                    project_id: need(project)?,
+                    project_id: project_id.clone(),
                     name: name.clone(),
                     page_size: 1000,
                     page_token,
                 };
-                let page = reply(client.list_contract_versions(request).await)?;
-                all.extend(page.contracts);
-                if page.next_page_token.is_empty() {
-                    break;
+                async move {
+                    let page = client.list_contract_versions(request).await?.into_inner();
+                    Ok((page.contracts, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             emit(output, &all, || table(&all))?;
         }
         ContractCmd::SetStatus { name, status, version, reason } => {

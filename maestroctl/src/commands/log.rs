@@ -5,7 +5,7 @@ use tonic::transport::Channel;
 
 use super::{ExitStatus, need};
 use crate::cli::{LogCmd, Output};
-use crate::client::reply;
+use crate::client::{all_pages, reply};
 use crate::output::{Table, emit, time};
 
 fn table(entries: &[v1::LogEntry]) {
@@ -35,28 +35,23 @@ pub(super) async fn run(
     let mut client = ExecutionLogServiceClient::new(channel);
     match cmd {
         LogCmd::List { from, agent, loop_id, limit } => {
-            let mut entries = Vec::new();
-            let mut page_token = String::new();
-            loop {
+            let project_id = need(project)?;
+            let entries = all_pages(limit, |page_token| {
+                let mut client = client.clone();
                 let request = v1::ListLogEntriesRequest {
-                    project_id: need(project)?,
+                    project_id: project_id.clone(),
                     page_size: 1000,
                     page_token,
                     from_seq: from,
                     agent: agent.clone(),
                     loop_id: loop_id.clone(),
                 };
-                let page = reply(client.list_log_entries(request).await)?;
-                entries.extend(page.entries);
-                if limit > 0 && entries.len() >= limit {
-                    entries.truncate(limit);
-                    break;
+                async move {
+                    let page = client.list_log_entries(request).await?.into_inner();
+                    Ok((page.entries, page.next_page_token))
                 }
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             emit(output, &entries, || table(&entries))?;
             Ok(0)
         }

@@ -5,7 +5,7 @@ use tonic::transport::Channel;
 
 use super::{ExitStatus, need};
 use crate::cli::{LockCmd, MemoryCmd, Output};
-use crate::client::reply;
+use crate::client::{all_pages, reply};
 use crate::output::{Table, emit, etag, time};
 
 fn memory_table(entries: &[v1::MemoryEntry]) {
@@ -37,22 +37,21 @@ pub(super) async fn run(
             emit(output, &entry, || println!("{}", entry.value))?;
         }
         MemoryCmd::List { agent } => {
-            let mut all = Vec::new();
-            let mut page_token = String::new();
-            loop {
+            let project_id = need(project)?;
+            let all = all_pages(0, |page_token| {
+                let mut client = client.clone();
                 let request = v1::ListMemoryRequest {
-                    project_id: need(project)?,
+                    project_id: project_id.clone(),
                     agent: agent.clone().unwrap_or_default(),
                     page_size: 1000,
                     page_token,
                 };
-                let page = reply(client.list_memory(request).await)?;
-                all.extend(page.entries);
-                if page.next_page_token.is_empty() {
-                    break;
+                async move {
+                    let page = client.list_memory(request).await?.into_inner();
+                    Ok((page.entries, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             emit(output, &all, || memory_table(&all))?;
         }
         MemoryCmd::Delete { agent, key } => {
@@ -103,17 +102,16 @@ pub(super) async fn run_lock(
             emit(output, &released, || println!("released {name} at revision {}", released.revision))?;
         }
         LockCmd::List => {
-            let mut all = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let request = v1::ListLocksRequest { project_id: need(project)?, page_size: 1000, page_token };
-                let page = reply(client.list_locks(request).await)?;
-                all.extend(page.locks);
-                if page.next_page_token.is_empty() {
-                    break;
+            let project_id = need(project)?;
+            let all = all_pages(0, |page_token| {
+                let mut client = client.clone();
+                let request = v1::ListLocksRequest { project_id: project_id.clone(), page_size: 1000, page_token };
+                async move {
+                    let page = client.list_locks(request).await?.into_inner();
+                    Ok((page.locks, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             emit(output, &all, || lock_table(&all))?;
         }
         LockCmd::KeepAlive { lease } => {

@@ -6,7 +6,7 @@ use tonic::transport::Channel;
 
 use super::ExitStatus;
 use crate::cli::{Output, ProjectCmd};
-use crate::client::reply;
+use crate::client::{all_pages, reply};
 use crate::output::{Table, emit, etag, time};
 
 fn table(projects: &[v1::Project]) {
@@ -39,16 +39,17 @@ pub(super) async fn run(cmd: ProjectCmd, channel: Channel, output: Output) -> an
             emit(output, &project, || table(std::slice::from_ref(&project)))?;
         }
         ProjectCmd::List => {
-            let mut projects = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = reply(client.list_projects(v1::ListProjectsRequest { page_size: 1000, page_token }).await)?;
-                projects.extend(page.projects);
-                if page.next_page_token.is_empty() {
-                    break;
+            let projects = all_pages(0, |page_token| {
+                let mut client = client.clone();
+                async move {
+                    let page = client
+                        .list_projects(v1::ListProjectsRequest { page_size: 1000, page_token })
+                        .await?
+                        .into_inner();
+                    Ok((page.projects, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             emit(output, &projects, || table(&projects))?;
         }
         ProjectCmd::Show { id } => {

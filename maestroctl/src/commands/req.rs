@@ -7,7 +7,7 @@ use tonic::transport::Channel;
 
 use super::{ExitStatus, need};
 use crate::cli::{Output, ReqCmd, ReqStatus};
-use crate::client::reply;
+use crate::client::{all_pages, reply};
 use crate::output::{Table, emit, etag};
 
 pub(crate) fn status_to_wire(status: ReqStatus) -> v1::RequirementStatus {
@@ -133,24 +133,23 @@ pub(super) async fn run(
             emit(output, &created, || println!("{}", line(&created)))?;
         }
         ReqCmd::List { status, revision } => {
-            let mut all = Vec::new();
-            let mut page_token = String::new();
-            loop {
+            let project_id = need(project)?;
+            let all = all_pages(0, |page_token| {
+                let mut client = client.clone();
                 let request = v1::ListRequirementsRequest {
-                    project_id: need(project)?,
+                    project_id: project_id.clone(),
                     page_size: 1000,
                     page_token,
                     parent_id: String::new(),
                     status: status.map_or(0, |s| status_to_wire(s) as i32),
                     revision,
                 };
-                let page = reply(client.list_requirements(request).await)?;
-                all.extend(page.requirements);
-                if page.next_page_token.is_empty() {
-                    break;
+                async move {
+                    let page = client.list_requirements(request).await?.into_inner();
+                    Ok((page.requirements, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             emit(output, &all, || tree(&all))?;
         }
         ReqCmd::Ready => {

@@ -5,7 +5,7 @@ use tonic::transport::Channel;
 
 use super::{ExitStatus, need};
 use crate::cli::{Output, SnapshotCmd};
-use crate::client::reply;
+use crate::client::{all_pages, reply};
 use crate::output::{Table, emit, time};
 
 fn table(snapshots: &[v1::Snapshot]) {
@@ -36,17 +36,16 @@ pub(super) async fn run(
             emit(output, &snapshot, || table(std::slice::from_ref(&snapshot)))?;
         }
         SnapshotCmd::List => {
-            let mut all = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let request = v1::ListSnapshotsRequest { project_id: need(project)?, page_size: 1000, page_token };
-                let page = reply(client.list_snapshots(request).await)?;
-                all.extend(page.snapshots);
-                if page.next_page_token.is_empty() {
-                    break;
+            let project_id = need(project)?;
+            let all = all_pages(0, |page_token| {
+                let mut client = client.clone();
+                let request = v1::ListSnapshotsRequest { project_id: project_id.clone(), page_size: 1000, page_token };
+                async move {
+                    let page = client.list_snapshots(request).await?.into_inner();
+                    Ok((page.snapshots, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             emit(output, &all, || table(&all))?;
         }
         SnapshotCmd::Diff { from, to } => {
