@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use crate::DaemonConfig;
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -43,11 +43,106 @@ pub struct Args {
     /// Log format on stderr.
     #[arg(long, env = "MAESTRO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Without a command, maestrod runs the daemon.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Tools for people writing harness policies (no server needed).
+    #[command(subcommand)]
+    Harness(HarnessCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum HarnessCommand {
+    /// Dry-runs the harness's real decision for one action: prints `allow` (exit 0)
+    /// or `deny: <rule id>: <reason>` (exit 1); errors exit 2. Executes nothing.
+    Check {
+        /// The workspace (its .maestro/config.yaml supplies the policy).
+        #[arg(long)]
+        workspace: PathBuf,
+        /// The agent role: planning, backend, frontend, test, review, contract-validator, or one from the config.
+        #[arg(long)]
+        role: String,
+        #[command(subcommand)]
+        action: CheckAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CheckAction {
+    /// Reading a file.
+    Read {
+        path: String,
+        /// Unused for reads; accepted so every path action takes the same flags.
+        #[arg(long)]
+        content_file: Option<PathBuf>,
+    },
+    /// Writing a file, with the content to validate.
+    Write {
+        path: String,
+        /// The content to write (default: empty).
+        #[arg(long)]
+        content_file: Option<PathBuf>,
+    },
+    /// Deleting a file or directory.
+    Delete {
+        path: String,
+        /// Unused for deletions; accepted so every path action takes the same flags.
+        #[arg(long)]
+        content_file: Option<PathBuf>,
+    },
+    /// Running a command: `run -- ARGV…`.
+    Run {
+        #[arg(last = true, required = true, num_args = 1..)]
+        argv: Vec<String>,
+    },
+}
+
+/// `maestrod harness check`: 0 allow, 1 deny, 2 error.
+fn harness_check(workspace: &std::path::Path, role: &str, action: CheckAction) -> ExitCode {
+    use crate::harness::{Action, Decision, Gate};
+    let result = (|| -> anyhow::Result<Decision> {
+        let gate = Gate::open(workspace)?;
+        let action = match action {
+            CheckAction::Read { path, .. } => Action::ReadFile { path },
+            CheckAction::Delete { path, .. } => Action::DeleteFile { path },
+            CheckAction::Write { path, content_file } => {
+                let content = match content_file {
+                    Some(file) => std::fs::read_to_string(&file)
+                        .with_context(|| format!("cannot read --content-file {}", file.display()))?,
+                    None => String::new(),
+                };
+                Action::WriteFile { path, content }
+            }
+            CheckAction::Run { argv } => Action::RunCommand { argv },
+        };
+        Ok(gate.check(role, &action)?)
+    })();
+    match result {
+        Ok(Decision::Allow) => {
+            println!("allow");
+            ExitCode::SUCCESS
+        }
+        Ok(Decision::Deny(violation)) => {
+            println!("deny: {}: {}", violation.rule, violation.reason);
+            ExitCode::from(1)
+        }
+        Err(error) => {
+            eprintln!("maestrod: {error:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Runs `maestrod` with the process's arguments.
 pub fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(Command::Harness(HarnessCommand::Check { workspace, role, action })) = args.command.take() {
+        return harness_check(&workspace, &role, action);
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod harness;
 pub mod server;
 pub mod ssot;
 

@@ -5,6 +5,7 @@
 mod api;
 mod cli;
 mod durability;
+mod harness;
 mod watch;
 
 use maestro_shared::v1::{

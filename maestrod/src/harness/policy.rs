@@ -1,0 +1,219 @@
+//! Per-role policy: which paths a role may read and write, which commands it
+//! may run, whether it gets a shell or the network. Built-in defaults follow
+//! the seed roles; a project's `.maestro/config.yaml` (section `harness`)
+//! overrides them role by role.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::Deserialize;
+
+use super::validator::{RawValidator, Validator};
+
+/// Paths no role may read or write: repository internals and secrets.
+pub const DEFAULT_DENY: [&str; 6] = [".git", ".git/**", "**/.env*", "**/*.pem", "**/*.key", "**/id_rsa*"];
+/// Paths no role may write: the harness's own configuration.
+pub const DEFAULT_PROTECTED: [&str; 2] = [".maestro", ".maestro/**"];
+
+/// The project configuration file, relative to the workspace.
+pub const CONFIG_FILE: &str = ".maestro/config.yaml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{field}: invalid glob {glob:?}: {message}")]
+    Glob { field: String, glob: String, message: String },
+    #[error("unknown role {0:?}; known roles: {1}")]
+    UnknownRole(String, String),
+}
+
+/// `.maestro/config.yaml` as written. Sections other issues add sit beside `harness`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProjectConfig {
+    #[serde(default)]
+    pub harness: RawHarness,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHarness {
+    /// Replaces the default deny list (no read, no write) when given.
+    pub deny: Option<Vec<String>>,
+    #[serde(default)]
+    pub roles: BTreeMap<String, RawRole>,
+    #[serde(default)]
+    pub validator: RawValidator,
+}
+
+/// One role's policy as written; absent fields keep the role's defaults.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRole {
+    pub read: Option<Vec<String>>,
+    pub write: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
+    /// Allowed argv prefixes, e.g. `[python, -m, pytest]`.
+    pub commands: Option<Vec<Vec<String>>>,
+    /// May run `sh -c` and other shells (default false).
+    pub shell: Option<bool>,
+    /// May use the network (default false).
+    pub network: Option<bool>,
+}
+
+/// A role's resolved policy.
+#[derive(Debug, Clone)]
+pub struct RolePolicy {
+    pub name: String,
+    pub read: GlobSet,
+    pub write: GlobSet,
+    pub deny: GlobSet,
+    pub commands: Vec<Vec<String>>,
+    pub shell: bool,
+    pub network: bool,
+    /// The globs as written, for display.
+    pub source: RawRole,
+}
+
+/// Every role's policy plus the validator, for one workspace.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub roles: BTreeMap<String, RolePolicy>,
+    pub deny: GlobSet,
+    pub deny_globs: Vec<String>,
+    pub protected: GlobSet,
+    pub validator: Validator,
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// The seed roles' defaults.
+pub fn default_roles() -> BTreeMap<String, RawRole> {
+    let role = |write: &[&str], commands: &[&[&str]]| RawRole {
+        read: Some(strings(&["**"])),
+        write: Some(strings(write)),
+        deny: Some(Vec::new()),
+        commands: Some(commands.iter().map(|c| strings(c)).collect()),
+        shell: Some(false),
+        network: Some(false),
+    };
+    let tests: &[&[&str]] = &[
+        &["python", "-m", "pytest"],
+        &["python3", "-m", "pytest"],
+        &["pytest"],
+        &["cargo", "test"],
+        &["npm", "test"],
+        &["node", "--test"],
+    ];
+    BTreeMap::from([
+        ("planning".to_string(), role(&[], &[])),
+        (
+            "backend".to_string(),
+            role(&["src/api/**"], &[&["python", "-m", "py_compile"], &["python3", "-m", "py_compile"]]),
+        ),
+        ("frontend".to_string(), role(&["src/ui/**"], &[])),
+        ("test".to_string(), role(&["tests/**"], tests)),
+        ("review".to_string(), role(&[], &[])),
+        ("contract-validator".to_string(), role(&[], &[])),
+    ])
+}
+
+fn glob_set(field: &str, globs: &[String]) -> Result<GlobSet, PolicyError> {
+    let mut builder = GlobSetBuilder::new();
+    for glob in globs {
+        builder.add(compile(field, glob)?);
+    }
+    builder.build().map_err(|e| PolicyError::Glob {
+        field: field.into(),
+        glob: globs.join(", "),
+        message: e.to_string(),
+    })
+}
+
+fn compile(field: &str, glob: &str) -> Result<Glob, PolicyError> {
+    // `*` stays within one directory; `**` crosses them.
+    GlobBuilder::new(glob).literal_separator(true).build().map_err(|e| PolicyError::Glob {
+        field: field.into(),
+        glob: glob.into(),
+        message: e.to_string(),
+    })
+}
+
+impl Policy {
+    /// Resolves a raw configuration over the defaults.
+    pub fn from_raw(raw: RawHarness) -> Result<Policy, PolicyError> {
+        let mut roles_raw = default_roles();
+        for (name, overrides) in raw.roles {
+            let base = roles_raw.remove(&name).unwrap_or_default();
+            roles_raw.insert(
+                name,
+                RawRole {
+                    read: overrides.read.or(base.read),
+                    write: overrides.write.or(base.write),
+                    deny: overrides.deny.or(base.deny),
+                    commands: overrides.commands.or(base.commands),
+                    shell: overrides.shell.or(base.shell),
+                    network: overrides.network.or(base.network),
+                },
+            );
+        }
+        let mut roles = BTreeMap::new();
+        for (name, raw_role) in roles_raw {
+            let field = |part: &str| format!("harness.roles.{name}.{part}");
+            let role = RolePolicy {
+                read: glob_set(&field("read"), raw_role.read.as_deref().unwrap_or_default())?,
+                write: glob_set(&field("write"), raw_role.write.as_deref().unwrap_or_default())?,
+                deny: glob_set(&field("deny"), raw_role.deny.as_deref().unwrap_or_default())?,
+                commands: raw_role.commands.clone().unwrap_or_default(),
+                shell: raw_role.shell.unwrap_or(false),
+                network: raw_role.network.unwrap_or(false),
+                name: name.clone(),
+                source: raw_role,
+            };
+            roles.insert(name, role);
+        }
+        let deny_globs = raw.deny.unwrap_or_else(|| strings(&DEFAULT_DENY));
+        Ok(Policy {
+            deny: glob_set("harness.deny", &deny_globs)?,
+            deny_globs,
+            protected: glob_set("harness (protected)", &strings(&DEFAULT_PROTECTED))?,
+            roles,
+            validator: Validator::from_raw(raw.validator)
+                .map_err(|message| PolicyError::Parse { path: "harness.validator".into(), message })?,
+        })
+    }
+
+    /// The policy of a workspace: its `.maestro/config.yaml` over the defaults
+    /// (the defaults alone when the file does not exist).
+    pub fn load(workspace: &Path) -> Result<Policy, PolicyError> {
+        let path = workspace.join(CONFIG_FILE);
+        let raw = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                parse(&text).map_err(|message| PolicyError::Parse { path: path.display().to_string(), message })?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => RawProjectConfig::default(),
+            Err(source) => return Err(PolicyError::Read { path: path.display().to_string(), source }),
+        };
+        Policy::from_raw(raw.harness)
+    }
+
+    pub fn role(&self, name: &str) -> Result<&RolePolicy, PolicyError> {
+        self.roles.get(name).ok_or_else(|| {
+            PolicyError::UnknownRole(name.to_string(), self.roles.keys().cloned().collect::<Vec<_>>().join(", "))
+        })
+    }
+}
+
+/// Parses the YAML text of a project configuration.
+pub fn parse(text: &str) -> Result<RawProjectConfig, String> {
+    if text.trim().is_empty() {
+        return Ok(RawProjectConfig::default());
+    }
+    yaml_serde::from_str(text).map_err(|e| e.to_string())
+}
