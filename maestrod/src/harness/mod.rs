@@ -9,6 +9,7 @@
 
 pub mod gate;
 pub mod policy;
+pub mod rollback;
 pub mod sandbox;
 pub mod validator;
 pub mod workspace_path;

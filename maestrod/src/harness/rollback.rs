@@ -1,0 +1,317 @@
+//! Epoch checkpoints and rollback with git (git2, no `git` binary).
+//!
+//! Maestro keeps its history beside the user's, never in it: a checkpoint is
+//! a commit of the whole working tree (tracked and untracked files, not
+//! ignored ones) stored under `refs/maestro/<loop>/<epoch>/start`; a
+//! successful epoch is committed the same way to `refs/maestro/<loop>/<epoch>/done`
+//! and tagged `maestro/<loop>/<epoch>`. HEAD, the branch and the index are
+//! never touched, so the user's own uncommitted work stays exactly as it was
+//! at the checkpoint. A workspace that is not a git repository is initialised.
+
+use std::path::{Path, PathBuf};
+
+use git2::build::CheckoutBuilder;
+use git2::{Index, ObjectType, Oid, Repository, Signature};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    #[error("git: {0}")]
+    Git(#[from] git2::Error),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("invalid loop id {0:?}: use lowercase letters, digits and '-'")]
+    LoopId(String),
+}
+
+/// A recorded state of the working tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub commit: String,
+    pub reference: String,
+}
+
+/// A workspace under git.
+pub struct GitWorkspace {
+    repo: Repository,
+    root: PathBuf,
+}
+
+fn check_loop_id(loop_id: &str) -> Result<(), RollbackError> {
+    let ok = !loop_id.is_empty()
+        && loop_id.len() <= 64
+        && loop_id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !loop_id.starts_with('-');
+    if ok { Ok(()) } else { Err(RollbackError::LoopId(loop_id.to_string())) }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> RollbackError + '_ {
+    move |source| RollbackError::Io { path: path.display().to_string(), source }
+}
+
+impl GitWorkspace {
+    /// Opens the repository at `root`, initialising one if there is none.
+    pub fn open_or_init(root: &Path) -> Result<GitWorkspace, RollbackError> {
+        let root = root.canonicalize().map_err(io_error(root))?;
+        let repo = match Repository::open(&root) {
+            Ok(repo) if repo.workdir().is_some_and(|w| w.canonicalize().is_ok_and(|w| w == root)) => repo,
+            _ => Repository::init(&root)?,
+        };
+        Ok(GitWorkspace { repo, root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn signature() -> Result<Signature<'static>, RollbackError> {
+        Ok(Signature::now("maestro", "maestro@localhost")?)
+    }
+
+    /// A tree of the working directory as it is: every file that is not ignored.
+    fn worktree_tree(&self) -> Result<Oid, RollbackError> {
+        Ok(self.tree_of(&self.root, Path::new(""))?.map_or_else(|| self.empty_tree(), Ok)?)
+    }
+
+    fn empty_tree(&self) -> Result<Oid, RollbackError> {
+        Ok(self.repo.treebuilder(None)?.write()?)
+    }
+
+    /// The tree of `dir` (relative path `rel`); `None` when nothing in it is kept.
+    fn tree_of(&self, dir: &Path, rel: &Path) -> Result<Option<Oid>, RollbackError> {
+        let mut builder = self.repo.treebuilder(None)?;
+        let mut entries = 0;
+        for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+            let entry = entry.map_err(io_error(dir))?;
+            let name = entry.file_name();
+            let rel_path = rel.join(&name);
+            if rel.as_os_str().is_empty() && name == ".git" {
+                continue;
+            }
+            let path = entry.path();
+            let file_type = entry.file_type().map_err(io_error(&path))?;
+            if self.repo.is_path_ignored(&rel_path)? {
+                continue;
+            }
+            let (oid, mode) = if file_type.is_symlink() {
+                let target = std::fs::read_link(&path).map_err(io_error(&path))?;
+                (self.repo.blob(target.as_os_str().as_encoded_bytes())?, 0o120000)
+            } else if file_type.is_dir() {
+                match self.tree_of(&path, &rel_path)? {
+                    Some(oid) => (oid, 0o040000),
+                    None => continue,
+                }
+            } else if file_type.is_file() {
+                use std::os::unix::fs::PermissionsExt;
+                let executable = entry.metadata().map_err(io_error(&path))?.permissions().mode() & 0o111 != 0;
+                (self.repo.blob_path(&path)?, if executable { 0o100755 } else { 0o100644 })
+            } else {
+                // Sockets, fifos and devices are not workspace content.
+                continue;
+            };
+            builder.insert(&name, oid, mode)?;
+            entries += 1;
+        }
+        Ok(if entries == 0 { None } else { Some(builder.write()?) })
+    }
+
+    fn commit_worktree(&self, reference: &str, message: &str, parent: Option<Oid>) -> Result<Oid, RollbackError> {
+        let tree = self.repo.find_tree(self.worktree_tree()?)?;
+        let parent = match parent {
+            Some(oid) => Some(self.repo.find_commit(oid)?),
+            None => self.repo.head().ok().and_then(|h| h.peel_to_commit().ok()),
+        };
+        let signature = Self::signature()?;
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+        let oid = self.repo.commit(None, &signature, &signature, message, &tree, &parents)?;
+        self.repo.reference(reference, oid, true, message)?;
+        Ok(oid)
+    }
+
+    /// Records the working tree at the start of an epoch.
+    pub fn checkpoint(&self, loop_id: &str, epoch: u64) -> Result<Checkpoint, RollbackError> {
+        check_loop_id(loop_id)?;
+        let reference = format!("refs/maestro/{loop_id}/{epoch}/start");
+        let oid = self.commit_worktree(&reference, &format!("maestro: start of {loop_id} epoch {epoch}"), None)?;
+        Ok(Checkpoint { commit: oid.to_string(), reference })
+    }
+
+    /// Puts the working tree back exactly as it was at `checkpoint`: changed
+    /// files restored, new files removed, deleted files recreated. Ignored
+    /// files, HEAD and the index are left alone.
+    pub fn rollback(&self, checkpoint: &Checkpoint) -> Result<(), RollbackError> {
+        let commit = self.repo.find_commit(Oid::from_str(&checkpoint.commit)?)?;
+        let tree = commit.tree()?;
+        // A private index of the checkpoint: the user's index is never written.
+        let mut index = Index::new()?;
+        index.read_tree(&tree)?;
+        let mut checkout = CheckoutBuilder::new();
+        checkout.force().remove_untracked(true).recreate_missing(true).update_index(false);
+        self.repo.checkout_index(Some(&mut index), Some(&mut checkout))?;
+        Ok(())
+    }
+
+    /// Records the working tree at the end of a successful epoch and tags it
+    /// `maestro/<loop>/<epoch>`. Returns the commit id.
+    pub fn commit(
+        &self,
+        loop_id: &str,
+        epoch: u64,
+        checkpoint: &Checkpoint,
+        message: &str,
+    ) -> Result<String, RollbackError> {
+        check_loop_id(loop_id)?;
+        let reference = format!("refs/maestro/{loop_id}/{epoch}/done");
+        let oid = self.commit_worktree(&reference, message, Some(Oid::from_str(&checkpoint.commit)?))?;
+        let object = self.repo.find_object(oid, Some(ObjectType::Commit))?;
+        self.repo.tag_lightweight(&format!("maestro/{loop_id}/{epoch}"), &object, true)?;
+        Ok(oid.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::PermissionsExt;
+
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+
+    /// Every file below `root` except `.git`: path → (hash of content or link target, mode).
+    fn fingerprint(root: &Path) -> BTreeMap<String, (String, u32)> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let entry = entry.unwrap();
+                let path = entry.path();
+                let rel = path.strip_prefix(root).unwrap().display().to_string();
+                if rel == ".git" {
+                    continue;
+                }
+                let meta = std::fs::symlink_metadata(&path).unwrap();
+                if meta.is_dir() {
+                    out.insert(format!("{rel}/"), (String::new(), 0));
+                    stack.push(path);
+                    continue;
+                }
+                let bytes = if meta.file_type().is_symlink() {
+                    std::fs::read_link(&path).unwrap().display().to_string().into_bytes()
+                } else {
+                    std::fs::read(&path).unwrap()
+                };
+                let hash = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+                out.insert(rel, (hash, meta.permissions().mode() & 0o777));
+            }
+        }
+        out
+    }
+
+    fn write(root: &Path, rel: &str, content: &str) {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+
+    /// What an agent might do in a failed epoch.
+    fn mess_up(root: &Path) {
+        write(root, "src/api/app.py", "broken(\n");
+        std::fs::remove_file(root.join("README.md")).unwrap();
+        write(root, "src/api/new_module.py", "x = 1\n");
+        write(root, "brand/new/dir/file.txt", "deep\n");
+        std::fs::remove_dir_all(root.join("docs")).unwrap();
+        std::fs::set_permissions(root.join("run.sh"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::remove_file(root.join("link")).unwrap();
+        std::os::unix::fs::symlink("README.md", root.join("other-link")).unwrap();
+    }
+
+    fn populate(root: &Path) {
+        write(root, "README.md", "# project\n");
+        write(root, "src/api/app.py", "def main():\n    pass\n");
+        write(root, "docs/guide.md", "guide\n");
+        write(root, "run.sh", "#!/bin/sh\necho hi\n");
+        std::fs::set_permissions(root.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("src/api/app.py", root.join("link")).unwrap();
+    }
+
+    #[test]
+    fn rollback_restores_a_workspace_that_was_not_a_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        populate(dir.path());
+        let before = fingerprint(dir.path());
+        let ws = GitWorkspace::open_or_init(dir.path()).unwrap();
+        assert!(dir.path().join(".git").is_dir());
+        let checkpoint = ws.checkpoint("loop-1", 1).unwrap();
+        mess_up(dir.path());
+        assert_ne!(fingerprint(dir.path()), before);
+        ws.rollback(&checkpoint).unwrap();
+        assert_eq!(fingerprint(dir.path()), before);
+    }
+
+    #[test]
+    fn the_users_uncommitted_work_index_and_head_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        populate(root);
+        write(root, ".gitignore", "target/\n");
+        let repo = Repository::init(root).unwrap();
+        let mut index = repo.index().unwrap();
+        index.add_all(["*"], git2::IndexAddOption::DEFAULT, None).unwrap();
+        index.write().unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = Signature::now("user", "user@example.com").unwrap();
+        repo.commit(Some("HEAD"), &sig, &sig, "initial", &tree, &[]).unwrap();
+        // Uncommitted work: a staged change, an unstaged change, an untracked file, an ignored build dir.
+        write(root, "docs/guide.md", "guide, staged edit\n");
+        index.add_path(Path::new("docs/guide.md")).unwrap();
+        index.write().unwrap();
+        write(root, "src/api/app.py", "def main():\n    return 'unstaged'\n");
+        write(root, "notes.txt", "my untracked notes\n");
+        write(root, "target/build.o", "binary\n");
+        let before = fingerprint(root);
+        let head_before = repo.head().unwrap().target().unwrap();
+        let index_before: Vec<(String, Oid)> =
+            repo.index().unwrap().iter().map(|e| (String::from_utf8_lossy(&e.path).into_owned(), e.id)).collect();
+
+        let ws = GitWorkspace::open_or_init(root).unwrap();
+        let checkpoint = ws.checkpoint("loop-2", 7).unwrap();
+        mess_up(root);
+        std::fs::remove_file(root.join("notes.txt")).unwrap();
+        write(root, "target/build.o", "rebuilt by the agent\n");
+        ws.rollback(&checkpoint).unwrap();
+
+        let mut after = fingerprint(root);
+        // Ignored files are not Maestro's to restore: the agent's rebuild stays.
+        let rebuilt = after.remove("target/build.o").unwrap();
+        let mut expected = before.clone();
+        expected.remove("target/build.o");
+        assert_eq!(after, expected);
+        assert_ne!(rebuilt, before["target/build.o"]);
+        assert_eq!(repo.head().unwrap().target().unwrap(), head_before, "HEAD untouched");
+        let index_after: Vec<(String, Oid)> = Repository::open(root)
+            .unwrap()
+            .index()
+            .unwrap()
+            .iter()
+            .map(|e| (String::from_utf8_lossy(&e.path).into_owned(), e.id))
+            .collect();
+        assert_eq!(index_after, index_before, "the index (with the staged edit) untouched");
+    }
+
+    #[test]
+    fn a_successful_epoch_is_committed_and_tagged_beside_the_users_history() {
+        let dir = tempfile::tempdir().unwrap();
+        populate(dir.path());
+        let ws = GitWorkspace::open_or_init(dir.path()).unwrap();
+        let checkpoint = ws.checkpoint("demo", 1).unwrap();
+        write(dir.path(), "src/api/todo.py", "def add():\n    pass\n");
+        let commit = ws.commit("demo", 1, &checkpoint, "maestro: demo epoch 1").unwrap();
+        let repo = Repository::open(dir.path()).unwrap();
+        let tagged = repo.revparse_single("maestro/demo/1").unwrap().peel_to_commit().unwrap();
+        assert_eq!(tagged.id().to_string(), commit);
+        assert_eq!(tagged.parent_id(0).unwrap().to_string(), checkpoint.commit);
+        assert!(tagged.tree().unwrap().get_path(Path::new("src/api/todo.py")).is_ok());
+        assert!(repo.head().is_err(), "no branch was created or moved");
+        assert!(ws.checkpoint("Bad Id", 1).is_err());
+    }
+}
