@@ -69,7 +69,10 @@ impl GitWorkspace {
 
     /// A tree of the working directory as it is: every file that is not ignored.
     fn worktree_tree(&self) -> Result<Oid, RollbackError> {
-        Ok(self.tree_of(&self.root, Path::new(""))?.map_or_else(|| self.empty_tree(), Ok)?)
+        match self.tree_of(&self.root, Path::new(""))? {
+            Some(oid) => Ok(oid),
+            None => self.empty_tree(),
+        }
     }
 
     fn empty_tree(&self) -> Result<Oid, RollbackError> {
