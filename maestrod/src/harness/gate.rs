@@ -60,6 +60,10 @@ impl Gate {
         &self.policy
     }
 
+    pub fn root(&self) -> &WorkspaceRoot {
+        &self.root
+    }
+
     /// Decides whether `role` may take `action`. Errors only for an unknown role.
     pub fn check(&self, role: &str, action: &Action) -> Result<Decision, GateError> {
         let role = self.policy.role(role)?;

@@ -7,6 +7,8 @@
 //! `maestrod harness check` exposes. Not yet: budgets, the sandbox that
 //! executes allowed actions, git rollback, decision logging, the gRPC side.
 
+pub mod budget;
+pub mod executor;
 pub mod gate;
 pub mod policy;
 pub mod rollback;

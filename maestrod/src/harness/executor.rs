@@ -1,0 +1,442 @@
+//! The single entry point for agent actions: ACL → validator → budget →
+//! execution (files here, commands in the sandbox), with every decision and
+//! outcome appended to the project's execution log. Agents get no other way
+//! to touch files or run processes.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span};
+
+use super::budget::{Budget, BudgetExhausted};
+use super::gate::{Action, Decision, Gate, GateError};
+use super::sandbox::{CommandSpec, Limits, Outcome, SandboxError, SandboxProvider};
+use super::validator::Violation;
+use super::workspace_path::WorkspaceRoot;
+use crate::ssot::exec_log::NewLogEntry;
+use crate::ssot::{Ssot, SsotError};
+
+/// Largest file an agent reads in one action.
+pub const MAX_READ_BYTES: u64 = 1 << 20;
+
+/// Who acts, and where in the loop.
+#[derive(Debug, Clone)]
+pub struct ActionContext {
+    pub loop_id: String,
+    pub epoch: u64,
+    /// The agent instance, e.g. "backend-1".
+    pub agent: String,
+    /// Its role, which selects the policy.
+    pub role: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub is_dir: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionOutput {
+    Read(String),
+    Listing(Vec<DirEntry>),
+    Written { bytes: usize },
+    Deleted,
+    Ran(Outcome),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("denied by {}: {}", .0.rule, .0.reason)]
+    Denied(Violation),
+    #[error(transparent)]
+    Budget(#[from] BudgetExhausted),
+    #[error(transparent)]
+    Gate(#[from] GateError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("cannot log the action: {0}")]
+    Log(#[from] SsotError),
+}
+
+/// The harness of one workspace in one project.
+pub struct Harness {
+    gate: Gate,
+    sandbox: Arc<dyn SandboxProvider>,
+    ssot: Arc<Ssot>,
+    project: String,
+    budget: Arc<Budget>,
+    limits: Limits,
+}
+
+fn kind(action: &Action) -> &'static str {
+    match action {
+        Action::ReadFile { .. } => "read_file",
+        Action::ListDir { .. } => "list_dir",
+        Action::WriteFile { .. } => "write_file",
+        Action::DeleteFile { .. } => "delete_file",
+        Action::RunCommand { .. } => "run_command",
+    }
+}
+
+fn target(action: &Action) -> String {
+    match action {
+        Action::ReadFile { path } | Action::ListDir { path } | Action::DeleteFile { path } => path.clone(),
+        Action::WriteFile { path, .. } => path.clone(),
+        Action::RunCommand { argv } => argv.join(" "),
+    }
+}
+
+impl Harness {
+    pub fn new(
+        gate: Gate,
+        sandbox: Arc<dyn SandboxProvider>,
+        ssot: Arc<Ssot>,
+        project: &str,
+        budget: Arc<Budget>,
+        limits: Limits,
+    ) -> Self {
+        Self { gate, sandbox, ssot, project: project.to_string(), budget, limits }
+    }
+
+    /// Decides, charges, executes and logs one action.
+    pub async fn perform(
+        &self,
+        ctx: &ActionContext,
+        action: Action,
+        cancel: CancellationToken,
+    ) -> Result<ActionOutput, HarnessError> {
+        let span = info_span!("action", kind = kind(&action), target = %target(&action), agent = %ctx.agent);
+        async {
+            let started = Instant::now();
+            if let Decision::Deny(violation) = self.gate.check(&ctx.role, &action)? {
+                let detail = format!("{}: {}", violation.rule, violation.reason);
+                self.log(ctx, &action, "denied", &detail, started).await?;
+                return Err(HarnessError::Denied(violation));
+            }
+            if let Err(exhausted) = self.budget.charge(ctx.epoch, &ctx.agent, 1, 0) {
+                self.log(ctx, &action, "budget-exhausted", &exhausted.to_string(), started).await?;
+                return Err(exhausted.into());
+            }
+            let result = self.execute(ctx, &action, cancel).await;
+            let (outcome, detail) = match &result {
+                Ok(ActionOutput::Ran(out)) if out.success() => ("ok".to_string(), String::new()),
+                Ok(ActionOutput::Ran(out)) => {
+                    let how = match (out.timed_out, out.cancelled, out.exit_code, out.signal) {
+                        (true, ..) => "timed out".to_string(),
+                        (_, true, ..) => "cancelled".to_string(),
+                        (_, _, Some(code), _) => format!("exit {code}"),
+                        (_, _, None, Some(signal)) => format!("signal {signal}"),
+                        _ => "unknown".to_string(),
+                    };
+                    ("failed".to_string(), how)
+                }
+                Ok(_) => ("ok".to_string(), String::new()),
+                Err(error) => ("error".to_string(), error.to_string()),
+            };
+            self.log(ctx, &action, &outcome, &detail, started).await?;
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn log(
+        &self,
+        ctx: &ActionContext,
+        action: &Action,
+        outcome: &str,
+        detail: &str,
+        started: Instant,
+    ) -> Result<(), SsotError> {
+        let mut target = target(action);
+        target.truncate(4000);
+        let entry = NewLogEntry {
+            loop_id: ctx.loop_id.clone(),
+            epoch: ctx.epoch,
+            agent: ctx.agent.clone(),
+            action: kind(action).to_string(),
+            target,
+            outcome: outcome.to_string(),
+            tokens: 0,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            detail: detail.chars().take(8000).collect(),
+        };
+        self.ssot.append_log(&self.project, entry).await.map(drop)
+    }
+
+    async fn execute(
+        &self,
+        ctx: &ActionContext,
+        action: &Action,
+        cancel: CancellationToken,
+    ) -> Result<ActionOutput, HarnessError> {
+        let root = self.gate.root();
+        match action {
+            Action::RunCommand { argv } => {
+                let role = self.gate.policy().role(&ctx.role).map_err(GateError::from)?;
+                let spec = CommandSpec {
+                    argv: argv.clone(),
+                    workspace: root.path().to_path_buf(),
+                    env: Default::default(),
+                    network: role.network,
+                    limits: self.limits,
+                };
+                Ok(ActionOutput::Ran(self.sandbox.run(spec, cancel).await?))
+            }
+            Action::ReadFile { path } => {
+                let root = root.clone();
+                let path = path.clone();
+                blocking(move || read_file(&root, &path)).await.map(ActionOutput::Read)
+            }
+            Action::ListDir { path } => {
+                let root = root.clone();
+                let path = path.clone();
+                blocking(move || list_dir(&root, &path)).await.map(ActionOutput::Listing)
+            }
+            Action::WriteFile { path, content } => {
+                let root = root.clone();
+                let (path, content) = (path.clone(), content.clone());
+                blocking(move || write_file(&root, &path, &content)).await.map(|bytes| ActionOutput::Written { bytes })
+            }
+            Action::DeleteFile { path } => {
+                let root = root.clone();
+                let path = path.clone();
+                blocking(move || delete(&root, &path)).await.map(|()| ActionOutput::Deleted)
+            }
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, HarnessError> + Send + 'static,
+) -> Result<T, HarnessError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(HarnessError::File { path: String::new(), message: format!("file task failed: {e}") }))
+}
+
+fn file_error(path: &str) -> impl FnOnce(std::io::Error) -> HarnessError + '_ {
+    move |e| HarnessError::File { path: path.to_string(), message: e.to_string() }
+}
+
+/// Resolves `requested` again at the moment of use (the gate decided earlier).
+fn resolve(root: &WorkspaceRoot, requested: &str) -> Result<std::path::PathBuf, HarnessError> {
+    root.resolve(requested)
+        .map(|p| p.absolute().to_path_buf())
+        .map_err(|v| HarnessError::Denied(Violation { rule: v.rule().to_string(), reason: v.to_string() }))
+}
+
+/// After opening, the descriptor must still point inside the workspace: a
+/// path swapped for a link between check and use is caught here.
+fn check_opened(root: &WorkspaceRoot, file: &std::fs::File, requested: &str) -> Result<(), HarnessError> {
+    use std::os::fd::AsRawFd;
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(file_error(requested))?;
+    if real.starts_with(root.path()) {
+        Ok(())
+    } else {
+        Err(HarnessError::Denied(Violation {
+            rule: "path.symlink".into(),
+            reason: format!("{requested:?} was swapped for a link to {} while being opened", real.display()),
+        }))
+    }
+}
+
+fn no_follow() -> i32 {
+    nix::fcntl::OFlag::O_NOFOLLOW.bits()
+}
+
+fn read_file(root: &WorkspaceRoot, requested: &str) -> Result<String, HarnessError> {
+    let path = resolve(root, requested)?;
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(no_follow()).open(&path).map_err(file_error(requested))?;
+    check_opened(root, &file, requested)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_READ_BYTES + 1).read_to_end(&mut bytes).map_err(file_error(requested))?;
+    if bytes.len() as u64 > MAX_READ_BYTES {
+        return Err(HarnessError::File {
+            path: requested.to_string(),
+            message: format!("larger than {MAX_READ_BYTES} bytes; read it in parts with a command"),
+        });
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn list_dir(root: &WorkspaceRoot, requested: &str) -> Result<Vec<DirEntry>, HarnessError> {
+    let path = resolve(root, requested)?;
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(&path).map_err(file_error(requested))? {
+        let entry = entry.map_err(file_error(requested))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if path == root.path() && name == ".git" {
+            continue;
+        }
+        entries.push(DirEntry { name, is_dir: entry.file_type().is_ok_and(|t| t.is_dir()) });
+    }
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(entries)
+}
+
+fn write_file(root: &WorkspaceRoot, requested: &str, content: &str) -> Result<usize, HarnessError> {
+    let path = resolve(root, requested)?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(file_error(requested))?;
+        // Creating the directories must not have led outside either.
+        resolve(root, requested)?;
+    }
+    // Open without truncating, check where it points, and only then replace the content.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(no_follow())
+        .open(&path)
+        .map_err(file_error(requested))?;
+    check_opened(root, &file, requested)?;
+    file.set_len(0).map_err(file_error(requested))?;
+    file.write_all(content.as_bytes()).map_err(file_error(requested))?;
+    Ok(content.len())
+}
+
+fn delete(root: &WorkspaceRoot, requested: &str) -> Result<(), HarnessError> {
+    let path = resolve(root, requested)?;
+    let meta = std::fs::symlink_metadata(&path).map_err(file_error(requested))?;
+    if meta.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }
+        .map_err(file_error(requested))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::budget::{BudgetConfig, Limits as BudgetLimits};
+    use crate::harness::sandbox::LocalSandbox;
+    use crate::ssot::Limits as SsotLimits;
+    use crate::ssot::sled_store::{SledOptions, SledStore};
+
+    struct Fixture {
+        harness: Harness,
+        ssot: Arc<Ssot>,
+        workspace: tempfile::TempDir,
+        _data: tempfile::TempDir,
+    }
+
+    async fn fixture(steps: u64) -> Fixture {
+        let data = tempfile::tempdir().unwrap();
+        let workspace = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(workspace.path().join("src/api")).unwrap();
+        let store = Arc::new(SledStore::open(data.path(), SledOptions::default()).unwrap());
+        let ssot = Arc::new(Ssot::new(store, SsotLimits::default()));
+        ssot.create_project("demo", "", "").await.unwrap();
+        let budget =
+            BudgetConfig { per_agent_epoch: BudgetLimits { tokens: 0, steps, wall_ms: 0 }, ..BudgetConfig::default() };
+        let harness = Harness::new(
+            Gate::open(workspace.path()).unwrap(),
+            Arc::new(LocalSandbox::probe()),
+            ssot.clone(),
+            "demo",
+            Arc::new(Budget::new(budget)),
+            Limits::default(),
+        );
+        Fixture { harness, ssot, workspace, _data: data }
+    }
+
+    fn ctx(role: &str) -> ActionContext {
+        ActionContext { loop_id: "loop-1".into(), epoch: 1, agent: format!("{role}-1"), role: role.into() }
+    }
+
+    async fn log(ssot: &Ssot) -> Vec<(String, String, String, String)> {
+        let page = ssot.list_log("demo", 0, "", "", 1000, "").await.unwrap();
+        page.items
+            .into_iter()
+            .map(|e| (e.value.body.action, e.value.body.target, e.value.body.outcome, e.value.body.detail))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn every_decision_is_logged_and_only_allowed_actions_happen() {
+        let f = fixture(100).await;
+        let write = |path: &str, content: &str| Action::WriteFile { path: path.into(), content: content.into() };
+        let out = f
+            .harness
+            .perform(&ctx("backend"), write("src/api/app.py", "def main():\n    pass\n"), CancellationToken::new())
+            .await;
+        assert_eq!(out.unwrap(), ActionOutput::Written { bytes: 21 });
+        let denied = f.harness.perform(&ctx("backend"), write("src/ui/page.js", "x"), CancellationToken::new()).await;
+        assert!(matches!(denied, Err(HarnessError::Denied(ref v)) if v.rule == "acl.write"), "{denied:?}");
+        assert!(!f.workspace.path().join("src/ui/page.js").exists());
+        let read = f
+            .harness
+            .perform(&ctx("review"), Action::ReadFile { path: "src/api/app.py".into() }, CancellationToken::new())
+            .await;
+        assert_eq!(read.unwrap(), ActionOutput::Read("def main():\n    pass\n".into()));
+        let listing = f
+            .harness
+            .perform(&ctx("review"), Action::ListDir { path: ".".into() }, CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(listing, ActionOutput::Listing(vec![DirEntry { name: "src".into(), is_dir: true }]));
+
+        let entries = log(&f.ssot).await;
+        assert_eq!(entries.len(), 4);
+        assert_eq!((entries[0].0.as_str(), entries[0].2.as_str()), ("write_file", "ok"));
+        assert_eq!((entries[1].1.as_str(), entries[1].2.as_str()), ("src/ui/page.js", "denied"));
+        assert!(entries[1].3.starts_with("acl.write: "), "{}", entries[1].3);
+        assert!(f.ssot.verify_log("demo").await.unwrap().first_bad_seq == 0);
+    }
+
+    #[tokio::test]
+    async fn a_symlink_made_by_an_earlier_action_does_not_lead_out() {
+        let f = fixture(100).await;
+        let outside = tempfile::tempdir().unwrap();
+        // An earlier action (here: a command the policy let through) plants a link.
+        std::os::unix::fs::symlink(outside.path(), f.workspace.path().join("src/api/out")).unwrap();
+        let action = Action::WriteFile { path: "src/api/out/loot.py".into(), content: "x = 1\n".into() };
+        let denied = f.harness.perform(&ctx("backend"), action, CancellationToken::new()).await;
+        assert!(matches!(denied, Err(HarnessError::Denied(ref v)) if v.rule == "path.symlink"), "{denied:?}");
+        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+    }
+
+    #[tokio::test]
+    async fn running_out_of_steps_stops_the_agent_cleanly() {
+        let f = fixture(2).await;
+        let read = || Action::ListDir { path: "src".into() };
+        f.harness.perform(&ctx("planning"), read(), CancellationToken::new()).await.unwrap();
+        f.harness.perform(&ctx("planning"), read(), CancellationToken::new()).await.unwrap();
+        let stopped = f.harness.perform(&ctx("planning"), read(), CancellationToken::new()).await;
+        match stopped {
+            Err(HarnessError::Budget(exhausted)) => assert_eq!((exhausted.resource, exhausted.limit), ("step", 2)),
+            other => panic!("{other:?}"),
+        }
+        let entries = log(&f.ssot).await;
+        assert_eq!(entries.last().unwrap().2, "budget-exhausted");
+        // Other agents still have their own budget.
+        f.harness.perform(&ctx("review"), read(), CancellationToken::new()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn commands_run_in_the_sandbox_and_their_outcome_is_logged() {
+        let f = fixture(100).await;
+        std::fs::create_dir_all(f.workspace.path().join(".maestro")).unwrap();
+        std::fs::write(
+            f.workspace.path().join(".maestro/config.yaml"),
+            "harness:\n  roles:\n    test:\n      commands: [[sh, -c], [ls]]\n      shell: true\n",
+        )
+        .unwrap();
+        let mut f = f;
+        f.harness.gate = Gate::open(f.workspace.path()).unwrap();
+        let run = |cmd: &[&str]| Action::RunCommand { argv: cmd.iter().map(|s| s.to_string()).collect() };
+        let out = f.harness.perform(&ctx("test"), run(&["ls", "-a"]), CancellationToken::new()).await.unwrap();
+        match out {
+            ActionOutput::Ran(outcome) => assert!(outcome.stdout.contains("src") && outcome.success(), "{outcome:?}"),
+            other => panic!("{other:?}"),
+        }
+        f.harness.perform(&ctx("test"), run(&["sh", "-c", "exit 3"]), CancellationToken::new()).await.unwrap();
+        let entries = log(&f.ssot).await;
+        assert_eq!((entries[1].2.as_str(), entries[1].3.as_str()), ("failed", "exit 3"));
+    }
+}
