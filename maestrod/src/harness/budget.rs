@@ -114,6 +114,12 @@ impl Budget {
         Ok(tally.usage)
     }
 
+    /// One agent's usage in one epoch.
+    pub fn agent_usage(&self, epoch: u64, agent: &str) -> Usage {
+        let state = self.state.lock().expect("budget mutex poisoned");
+        state.agents.get(&(epoch, agent.to_string())).map(|t| t.usage).unwrap_or_default()
+    }
+
     /// The loop's usage so far.
     pub fn loop_usage(&self) -> Usage {
         let state = self.state.lock().expect("budget mutex poisoned");

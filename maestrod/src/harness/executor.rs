@@ -16,6 +16,7 @@ use super::gate::{Action, Decision, Gate, GateError};
 use super::sandbox::{CommandSpec, Limits, Outcome, SandboxError, SandboxProvider};
 use super::validator::Violation;
 use super::workspace_path::WorkspaceRoot;
+use crate::ssot::budgets::BudgetRecord;
 use crate::ssot::exec_log::NewLogEntry;
 use crate::ssot::{Ssot, SsotError};
 
@@ -119,7 +120,9 @@ impl Harness {
                 self.log(ctx, &action, "denied", &detail, started).await?;
                 return Err(HarnessError::Denied(violation));
             }
-            if let Err(exhausted) = self.budget.charge(ctx.epoch, &ctx.agent, 1, 0) {
+            let charged = self.budget.charge(ctx.epoch, &ctx.agent, 1, 0);
+            self.record_budget(ctx, charged.as_ref().err()).await?;
+            if let Err(exhausted) = charged {
                 self.log(ctx, &action, "budget-exhausted", &exhausted.to_string(), started).await?;
                 return Err(exhausted.into());
             }
@@ -144,6 +147,26 @@ impl Harness {
         }
         .instrument(span)
         .await
+    }
+
+    /// Makes the agent's usage visible in the SSOT.
+    async fn record_budget(&self, ctx: &ActionContext, exhausted: Option<&BudgetExhausted>) -> Result<(), SsotError> {
+        let usage = self.budget.agent_usage(ctx.epoch, &ctx.agent);
+        let limits = self.budget.config().per_agent_epoch;
+        let record = BudgetRecord {
+            loop_id: ctx.loop_id.clone(),
+            epoch: ctx.epoch,
+            agent: ctx.agent.clone(),
+            tokens: usage.tokens,
+            steps: usage.steps,
+            elapsed_ms: usage.elapsed_ms,
+            token_limit: limits.tokens,
+            step_limit: limits.steps,
+            wall_limit_ms: limits.wall_ms,
+            exhausted: exhausted.map(ToString::to_string).unwrap_or_default(),
+            update_time_ms: 0,
+        };
+        self.ssot.record_budget(&self.project, record).await
     }
 
     async fn log(
@@ -416,6 +439,13 @@ mod tests {
         assert_eq!(entries.last().unwrap().2, "budget-exhausted");
         // Other agents still have their own budget.
         f.harness.perform(&ctx("review"), read(), CancellationToken::new()).await.unwrap();
+        // Usage is recorded in the SSOT.
+        let records = f.ssot.list_budgets("demo", "loop-1", 100, "").await.unwrap().items;
+        let planning = records.iter().find(|r| r.value.agent == "planning-1").unwrap();
+        assert_eq!((planning.value.steps, planning.value.step_limit), (3, 2));
+        assert!(planning.value.exhausted.contains("step budget exhausted"), "{:?}", planning.value);
+        let review = records.iter().find(|r| r.value.agent == "review-1").unwrap();
+        assert_eq!((review.value.steps, review.value.exhausted.as_str()), (1, ""));
     }
 
     #[tokio::test]

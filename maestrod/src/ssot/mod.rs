@@ -7,6 +7,7 @@
 //!   `p/demo/requirements/00000003`. Watches and snapshots speak in resource
 //!   paths, the part after `p/<project>/`.
 
+pub mod budgets;
 pub mod clock;
 pub mod compaction;
 pub mod contracts;
