@@ -64,6 +64,49 @@ pub(crate) enum Command {
     },
     /// Daemon version and store revisions.
     Info,
+    /// The daemon's state, including how strongly agent commands are confined.
+    Status,
+    /// The harness policy of a project's workspace.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCmd {
+    /// Roles, deny lists, validator rules and sandbox confinement.
+    Show,
+    /// The harness's decision for one action, without running it: prints
+    /// `allow` (exit 0) or `deny: <rule>: <reason>` (exit 1).
+    Check {
+        /// planning, backend, frontend, test, review, contract-validator, or a configured role.
+        role: String,
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyAction {
+    Read {
+        path: String,
+    },
+    List {
+        path: String,
+    },
+    Write {
+        path: String,
+        /// The content to validate (default: empty).
+        #[arg(long)]
+        content_file: Option<PathBuf>,
+    },
+    Delete {
+        path: String,
+    },
+    /// `run -- ARGV…`
+    Run {
+        #[arg(last = true, required = true, num_args = 1..)]
+        argv: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -13,6 +13,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::DaemonConfig;
+use crate::harness::sandbox::{Confinement, LocalSandbox, SandboxProvider};
 use crate::ssot::Ssot;
 use crate::ssot::sled_store::{SledOptions, SledStore};
 use crate::ssot::store::StoreError;
@@ -37,6 +38,7 @@ pub async fn run(
 /// A daemon whose store is open (and its data directory locked), ready to serve.
 pub struct Daemon {
     config: DaemonConfig,
+    sandbox: Confinement,
     store: Arc<SledStore>,
     ssot: Arc<Ssot>,
 }
@@ -47,18 +49,25 @@ impl Daemon {
     pub fn open(config: DaemonConfig) -> Result<Daemon, ServerError> {
         let store = Arc::new(SledStore::open(&config.data_dir, SledOptions::default())?);
         let ssot = Arc::new(Ssot::new(store.clone(), config.limits.clone()));
-        Ok(Daemon { config, store, ssot })
+        // What the sandbox can enforce here; weaker confinement is logged by the probe.
+        let sandbox = LocalSandbox::probe().confinement().clone();
+        Ok(Daemon { config, sandbox, store, ssot })
     }
 
     /// Serves the API on `listener` until `shutdown` resolves, then shuts down in order.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let Daemon { config, store, ssot } = self;
+        let Daemon { config, sandbox, store, ssot } = self;
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(maintenance(ssot.clone(), config.clone(), cancel.clone()).instrument(info_span!("maintenance")));
 
-        let routes =
-            crate::api::routes(ssot.clone(), config.data_dir.display().to_string(), config.retention_revisions).await;
+        let routes = crate::api::routes(
+            ssot.clone(),
+            config.data_dir.display().to_string(),
+            config.retention_revisions,
+            sandbox,
+        )
+        .await;
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let stopping = CancellationToken::new();
         let serve = Server::builder()

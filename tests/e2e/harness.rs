@@ -61,3 +61,51 @@ fn prints_allow_or_the_denying_rule_with_exit_codes() {
     assert_eq!(code, 2);
     assert!(err.contains("missing"), "{err}");
 }
+
+#[test]
+fn the_policy_and_the_decision_are_available_over_grpc() {
+    let daemon = maestro_tests::Daemon::start().unwrap();
+    let workspace = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(workspace.path().join(".maestro")).unwrap();
+    std::fs::write(
+        workspace.path().join(".maestro/config.yaml"),
+        "harness:\n  roles:\n    backend:\n      write: [\"src/api/**\", \"migrations/**\"]\n",
+    )
+    .unwrap();
+    let ws = workspace.path().to_str().unwrap();
+    daemon.ctl(&["project", "create", "shop", "--workspace", ws]).ok();
+    daemon.ctl(&["project", "create", "bare"]).ok();
+    let p = |args: &[&str]| {
+        let mut full = vec!["-p", "shop"];
+        full.extend_from_slice(args);
+        daemon.ctl(&full)
+    };
+
+    let policy = p(&["-o", "json", "policy", "show"]).json();
+    let backend = policy["roles"].as_array().unwrap().iter().find(|r| r["name"] == "backend").unwrap();
+    assert_eq!(backend["write"], serde_json::json!(["src/api/**", "migrations/**"]));
+    assert!(policy["rules"].as_array().unwrap().iter().any(|r| r["id"] == "content.eval"));
+    assert_eq!(policy["confinement"]["filesystem"], true);
+    let table = p(&["policy", "show"]);
+    assert!(table.ok().contains("migrations/**"));
+
+    assert_eq!(p(&["policy", "check", "backend", "write", "migrations/001.sql"]).ok().trim(), "allow");
+    let denied = p(&["policy", "check", "frontend", "write", "migrations/001.sql"]);
+    assert_eq!(denied.code, 1);
+    assert!(denied.stdout.starts_with("deny: acl.write: "), "{denied:?}");
+    let denied = p(&["-o", "json", "policy", "check", "test", "run", "--", "curl", "x"]);
+    assert_eq!(denied.code, 1);
+    let verdict: serde_json::Value = serde_json::from_str(&denied.stdout).unwrap();
+    assert_eq!(verdict["rule"], "acl.command");
+
+    let unknown = p(&["policy", "check", "wizard", "read", "x"]);
+    assert_eq!(unknown.code, 1);
+    assert!(unknown.stderr.contains("unknown role") && unknown.stderr.contains("INVALID_ARGUMENT"), "{unknown:?}");
+    let bare = daemon.ctl(&["-p", "bare", "policy", "show"]);
+    assert!(bare.stderr.contains("has no workspace") && bare.stderr.contains("FAILED_PRECONDITION"), "{bare:?}");
+
+    let status = daemon.ctl(&["status"]);
+    assert!(status.ok().contains("filesystem confinement enforced, network isolation enforced"), "{}", status.stdout);
+    let info = daemon.ctl(&["-o", "json", "info"]).json();
+    assert_eq!(info["sandbox"]["network"], true);
+}

@@ -3,6 +3,7 @@
 mod contract;
 mod log;
 mod memory;
+mod policy;
 mod project;
 mod req;
 mod snapshot;
@@ -40,5 +41,7 @@ pub(crate) async fn dispatch(
             system::watch(channel, output, &need(project)?, &prefix, from_revision).await
         }
         Command::Info => system::info(channel, output).await,
+        Command::Status => system::status(channel, output).await,
+        Command::Policy(cmd) => policy::run(cmd, project, channel, output).await,
     }
 }

@@ -25,6 +25,24 @@ pub(super) async fn info(channel: Channel, output: Output) -> anyhow::Result<Exi
     Ok(0)
 }
 
+pub(super) async fn status(channel: Channel, output: Output) -> anyhow::Result<ExitStatus> {
+    let info = reply(SystemServiceClient::new(channel).get_info(v1::GetInfoRequest {}).await)?;
+    emit(output, &info, || {
+        let sandbox = info.sandbox.clone().unwrap_or_default();
+        let yes_no = |b: bool| if b { "enforced" } else { "NOT enforced" };
+        println!("maestrod {} — revision {}, data in {}", info.version, info.revision, info.data_dir);
+        println!(
+            "sandbox: filesystem confinement {}, network isolation {}",
+            yes_no(sandbox.filesystem),
+            yes_no(sandbox.network)
+        );
+        for note in &sandbox.notes {
+            println!("  weaker confinement: {note}");
+        }
+    })?;
+    Ok(0)
+}
+
 /// Prints events until Ctrl-C (exit 0) or the stream fails (exit 1).
 pub(super) async fn watch(
     channel: Channel,

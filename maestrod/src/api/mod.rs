@@ -5,6 +5,7 @@
 mod contracts;
 mod convert;
 mod exec_log;
+mod harness;
 mod locks;
 mod memory;
 mod projects;
@@ -20,10 +21,11 @@ use maestro_shared::v1;
 use tonic::service::Routes;
 use tonic::service::RoutesBuilder;
 
+use crate::harness::sandbox::Confinement;
 use crate::ssot::Ssot;
 
 /// Every `maestro.v1` service, plus `grpc.health.v1` and server reflection.
-pub async fn routes(ssot: Arc<Ssot>, data_dir: String, retention: u64) -> Routes {
+pub async fn routes(ssot: Arc<Ssot>, data_dir: String, retention: u64, sandbox: Confinement) -> Routes {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<v1::project_service_server::ProjectServiceServer<projects::Projects>>().await;
     health.set_serving::<v1::requirement_service_server::RequirementServiceServer<requirements::Requirements>>().await;
@@ -34,6 +36,7 @@ pub async fn routes(ssot: Arc<Ssot>, data_dir: String, retention: u64) -> Routes
     health.set_serving::<v1::snapshot_service_server::SnapshotServiceServer<snapshots::Snapshots>>().await;
     health.set_serving::<v1::watch_service_server::WatchServiceServer<watch::Watch>>().await;
     health.set_serving::<v1::system_service_server::SystemServiceServer<system::System>>().await;
+    health.set_serving::<v1::harness_service_server::HarnessServiceServer<harness::Harness>>().await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
@@ -63,6 +66,15 @@ pub async fn routes(ssot: Arc<Ssot>, data_dir: String, retention: u64) -> Routes
         .add_service(v1::lock_service_server::LockServiceServer::new(locks::Locks(ssot.clone())))
         .add_service(v1::snapshot_service_server::SnapshotServiceServer::new(snapshots::Snapshots(ssot.clone())))
         .add_service(v1::watch_service_server::WatchServiceServer::new(watch::Watch(ssot.clone())))
-        .add_service(v1::system_service_server::SystemServiceServer::new(system::System { ssot, data_dir, retention }));
+        .add_service(v1::harness_service_server::HarnessServiceServer::new(harness::Harness {
+            ssot: ssot.clone(),
+            confinement: sandbox.clone(),
+        }))
+        .add_service(v1::system_service_server::SystemServiceServer::new(system::System {
+            ssot,
+            data_dir,
+            retention,
+            sandbox,
+        }));
     builder.routes()
 }

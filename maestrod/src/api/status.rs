@@ -33,6 +33,17 @@ pub(crate) fn store_status(error: &StoreError) -> Status {
     }
 }
 
+/// A workspace's harness could not be opened or asked.
+pub(crate) fn gate_status(error: crate::harness::GateError) -> Status {
+    use crate::harness::policy::PolicyError;
+    match &error {
+        crate::harness::GateError::Policy(PolicyError::UnknownRole(..)) => {
+            Status::invalid_argument(format!("role: {error}"))
+        }
+        _ => Status::failed_precondition(error.to_string()),
+    }
+}
+
 /// `?`-friendly conversion for handlers.
 pub(crate) trait IntoStatus<T> {
     fn status(self) -> Result<T, Status>;

@@ -12,6 +12,7 @@ pub(crate) struct System {
     pub(crate) ssot: Arc<Ssot>,
     pub(crate) data_dir: String,
     pub(crate) retention: u64,
+    pub(crate) sandbox: crate::harness::sandbox::Confinement,
 }
 
 #[tonic::async_trait]
@@ -28,6 +29,7 @@ impl SystemService for System {
             compact_revision: status.compact_revision,
             data_dir: self.data_dir.clone(),
             retention_revisions: self.retention,
+            sandbox: Some(super::harness::confinement(&self.sandbox)),
         }))
     }
 
