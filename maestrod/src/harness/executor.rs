@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -327,9 +328,24 @@ fn write_file(root: &WorkspaceRoot, requested: &str, content: &str) -> Result<us
 }
 
 fn delete(root: &WorkspaceRoot, requested: &str) -> Result<(), HarnessError> {
+    use std::os::fd::AsRawFd;
     let path = resolve(root, requested)?;
-    let meta = std::fs::symlink_metadata(&path).map_err(file_error(requested))?;
-    if meta.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(HarnessError::File { path: requested.to_string(), message: "cannot delete this path".into() });
+    };
+    // Hold the parent directory open, check where it really is, and delete
+    // through the descriptor, so a directory swapped for a link meanwhile
+    // cannot redirect the deletion.
+    let directory = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(no_follow() | nix::fcntl::OFlag::O_DIRECTORY.bits())
+        .open(parent)
+        .map_err(file_error(requested))?;
+    check_opened(root, &directory, requested)?;
+    let target = Path::new("/proc/self/fd").join(directory.as_raw_fd().to_string()).join(name);
+    let meta = std::fs::symlink_metadata(&target).map_err(file_error(requested))?;
+    // remove_dir_all does not follow links inside the tree it removes.
+    if meta.is_dir() { std::fs::remove_dir_all(&target) } else { std::fs::remove_file(&target) }
         .map_err(file_error(requested))
 }
 
@@ -349,9 +365,13 @@ mod tests {
     }
 
     async fn fixture(steps: u64) -> Fixture {
-        let data = tempfile::tempdir().unwrap();
         let workspace = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(workspace.path().join("src/api")).unwrap();
+        fixture_at(workspace, steps).await
+    }
+
+    async fn fixture_at(workspace: tempfile::TempDir, steps: u64) -> Fixture {
+        let data = tempfile::tempdir().unwrap();
         let store = Arc::new(SledStore::open(data.path(), SledOptions::default()).unwrap());
         let ssot = Arc::new(Ssot::new(store, SsotLimits::default()));
         ssot.create_project("demo", "", "").await.unwrap();
@@ -363,9 +383,40 @@ mod tests {
             ssot.clone(),
             "demo",
             Arc::new(Budget::new(budget)),
-            Limits::default(),
+            Limits { timeout: std::time::Duration::from_secs(20), ..Limits::default() },
         );
         Fixture { harness, ssot, workspace, _data: data }
+    }
+
+    #[tokio::test]
+    async fn hostile_actions_are_denied_logged_and_nothing_escapes() {
+        let (dir, outside) = crate::harness::hostile::workspace();
+        let parent_before: Vec<_> =
+            std::fs::read_dir(dir.path().parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
+        let f = fixture_at(dir, 1000).await;
+        let mut denials = 0;
+        for (role, action, expected) in crate::harness::hostile::cases(outside.path()) {
+            let result = f.harness.perform(&ctx(role), action.clone(), CancellationToken::new()).await;
+            match (expected, result) {
+                (Some(rule), Err(HarnessError::Denied(violation))) => {
+                    assert_eq!(violation.rule, rule, "{role} {action:?}");
+                    denials += 1;
+                }
+                (Some(rule), other) => panic!("{role} {action:?}: expected a denial by {rule}, got {other:?}"),
+                (None, Err(HarnessError::Denied(violation))) => panic!("{role} {action:?} was denied: {violation:?}"),
+                (None, _) => {}
+            }
+        }
+        let logged: Vec<_> = log(&f.ssot).await.into_iter().filter(|e| e.2 == "denied").collect();
+        assert_eq!(logged.len(), denials, "every denial is in the execution log");
+        assert!(denials >= 35);
+        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none(), "nothing was written outside");
+        let parent_after: Vec<_> =
+            std::fs::read_dir(f.workspace.path().parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(
+            !parent_after.iter().any(|n| n == "evil.py" && !parent_before.contains(n)),
+            "../evil.py was not created"
+        );
     }
 
     fn ctx(role: &str) -> ActionContext {

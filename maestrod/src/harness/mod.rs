@@ -1,15 +1,17 @@
-//! The agent harness: every agent action is to pass ACL → validator → budget
-//! → sandbox, and every decision is logged.
+//! The agent harness: every agent action passes ACL → validator → budget →
+//! sandbox, and every decision goes to the project's execution log.
 //!
-//! Built so far: safe workspace paths (`workspace_path`), per-role policy
-//! from `.maestro/config.yaml` (`policy`), the validator's rules
-//! (`validator`), and the decision path over them (`gate`), which
-//! `maestrod harness check` exposes. Not yet: budgets, the sandbox that
-//! executes allowed actions, git rollback, decision logging, the gRPC side.
+//! Reading order: `workspace_path` (safe paths), `policy` (per-role rules from
+//! `.maestro/config.yaml`), `validator` (dangerous content and commands),
+//! `gate` (the decision over those three, also behind `maestrod harness
+//! check`), `budget`, `sandbox` (running commands), `rollback` (git
+//! checkpoints), and `executor`, the single entry point agents use.
 
 pub mod budget;
 pub mod executor;
 pub mod gate;
+#[cfg(test)]
+pub(crate) mod hostile;
 pub mod policy;
 pub mod rollback;
 pub mod sandbox;
