@@ -241,6 +241,8 @@ harness:
       write: ["src/api/**", "migrations/**"]
     docs:
       write: ["docs/**"]
+  budget:
+    per_agent_epoch: { steps: 50, wall_seconds: 600 }
   validator:
     disable: [content.eval]
     max_deleted_files: 40
@@ -253,6 +255,12 @@ harness:
         )
         .unwrap();
         let gate = Gate::open(dir.path()).unwrap();
+        let budget = gate.policy().budget;
+        assert_eq!((budget.per_agent_epoch.steps, budget.per_agent_epoch.wall_ms), (50, 600_000));
+        assert_eq!(
+            budget.per_agent_epoch.tokens,
+            crate::harness::budget::BudgetConfig::default().per_agent_epoch.tokens
+        );
         let decide = |role: &str, action: Action| gate.check(role, &action).unwrap();
         let write = |path: &str, content: &str| Action::WriteFile { path: path.into(), content: content.into() };
         assert_eq!(decide("backend", write("migrations/001.sql", "create table t();")), Decision::Allow);

@@ -9,6 +9,7 @@ use std::path::Path;
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
+use super::budget::{BudgetConfig, Limits as BudgetLimits};
 use super::validator::{RawValidator, Validator};
 
 /// Paths no role may read or write: repository internals and secrets.
@@ -48,6 +49,33 @@ pub struct RawHarness {
     pub roles: BTreeMap<String, RawRole>,
     #[serde(default)]
     pub validator: RawValidator,
+    #[serde(default)]
+    pub budget: RawBudget,
+}
+
+/// Budget limits as written; absent values keep the defaults, 0 means unlimited.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub per_agent_epoch: Option<RawBudgetLimits>,
+    pub per_loop: Option<RawBudgetLimits>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudgetLimits {
+    pub tokens: Option<u64>,
+    pub steps: Option<u64>,
+    pub wall_seconds: Option<u64>,
+}
+
+fn budget_limits(raw: Option<RawBudgetLimits>, default: BudgetLimits) -> BudgetLimits {
+    let raw = raw.unwrap_or_default();
+    BudgetLimits {
+        tokens: raw.tokens.unwrap_or(default.tokens),
+        steps: raw.steps.unwrap_or(default.steps),
+        wall_ms: raw.wall_seconds.map_or(default.wall_ms, |s| s.saturating_mul(1000)),
+    }
 }
 
 /// One role's policy as written; absent fields keep the role's defaults.
@@ -87,6 +115,7 @@ pub struct Policy {
     pub deny_globs: Vec<String>,
     pub protected: GlobSet,
     pub validator: Validator,
+    pub budget: BudgetConfig,
 }
 
 fn strings(items: &[&str]) -> Vec<String> {
@@ -179,11 +208,17 @@ impl Policy {
             roles.insert(name, role);
         }
         let deny_globs = raw.deny.unwrap_or_else(|| strings(&DEFAULT_DENY));
+        let defaults = BudgetConfig::default();
+        let budget = BudgetConfig {
+            per_agent_epoch: budget_limits(raw.budget.per_agent_epoch, defaults.per_agent_epoch),
+            per_loop: budget_limits(raw.budget.per_loop, defaults.per_loop),
+        };
         Ok(Policy {
             deny: glob_set("harness.deny", &deny_globs)?,
             deny_globs,
             protected: glob_set("harness (protected)", &strings(&DEFAULT_PROTECTED))?,
             roles,
+            budget,
             validator: Validator::from_raw(raw.validator)
                 .map_err(|message| PolicyError::Parse { path: "harness.validator".into(), message })?,
         })

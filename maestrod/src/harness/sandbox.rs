@@ -192,6 +192,25 @@ fn restrict(ruleset: &mut Option<RulesetCreated>) -> std::io::Result<()> {
     }
 }
 
+/// The environment variable that marks every process a command starts.
+const TAG_VARIABLE: &str = "MAESTRO_SANDBOX_RUN";
+static TAG_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Kills every process whose initial environment carries `TAG_VARIABLE=tag`
+/// (those that called setsid(2) and left the process group). A process that
+/// re-executes itself with a fresh environment is not found this way.
+fn kill_tagged(tag: &str) {
+    let needle = format!("{TAG_VARIABLE}={tag}");
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
+        if environ.split(|b| *b == 0).any(|var| var == needle.as_bytes()) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
 /// Reads a pipe to its end, keeping at most `cap` bytes.
 async fn capture(mut pipe: impl tokio::io::AsyncRead + Unpin, cap: usize) -> (Vec<u8>, bool) {
     let mut kept = Vec::new();
@@ -229,6 +248,8 @@ impl SandboxProvider for LocalSandbox {
             let isolate_network = !spec.network && self.netns;
             let limits = spec.limits;
 
+            // Every process of this command inherits the tag, even one that leaves the group.
+            let tag = format!("{}-{}", std::process::id(), TAG_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
             let mut command = tokio::process::Command::new(&program);
             command
                 .args(&spec.argv[1..])
@@ -238,6 +259,7 @@ impl SandboxProvider for LocalSandbox {
                 .env("HOME", tmp.path())
                 .env("TMPDIR", tmp.path())
                 .env("LANG", "C.UTF-8")
+                .env(TAG_VARIABLE, &tag)
                 .envs(&spec.env)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -278,6 +300,9 @@ impl SandboxProvider for LocalSandbox {
             if let Some(pgid) = pgid {
                 let _ = killpg(pgid, Signal::SIGKILL);
             }
+            // Processes that started a session of their own escape the group: find them by tag.
+            let tag_owned = tag.clone();
+            let _ = tokio::task::spawn_blocking(move || kill_tagged(&tag_owned)).await;
             let status = match status {
                 Some(status) => Some(status),
                 None => child.wait().await.ok(),
@@ -335,7 +360,8 @@ mod tests {
         assert_eq!(lines.next().unwrap(), dir.path().canonicalize().unwrap().to_str().unwrap());
         let names: Vec<&str> = lines.filter_map(|l| l.split('=').next()).collect();
         for name in &names {
-            assert!(["HOME", "LANG", "PATH", "PWD", "SHLVL", "TMPDIR", "_"].contains(name), "leaked variable {name}");
+            let allowed = ["HOME", "LANG", "PATH", "PWD", "SHLVL", "TMPDIR", "_", TAG_VARIABLE];
+            assert!(allowed.contains(name), "leaked variable {name}");
         }
         let missing =
             LocalSandbox::probe().run(spec(dir.path(), &["no-such-program-xyz"]), CancellationToken::new()).await;
@@ -392,6 +418,22 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("grandchild {pid} survived its command");
+    }
+
+    #[tokio::test]
+    async fn a_grandchild_in_a_session_of_its_own_is_found_and_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = "setsid sh -c 'echo $$; exec sleep 30' & sleep 0.2; exit 0";
+        let out = run(spec(dir.path(), &["sh", "-c", script])).await;
+        assert!(out.success(), "{out:?}");
+        let pid: i32 = out.stdout.trim().parse().unwrap_or_else(|_| panic!("no pid in {out:?}"));
+        for _ in 0..50 {
+            if !alive(pid) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("grandchild {pid} in its own session survived");
     }
 
     #[tokio::test]
