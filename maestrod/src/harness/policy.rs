@@ -252,3 +252,36 @@ pub fn parse(text: &str) -> Result<RawProjectConfig, String> {
     }
     yaml_serde::from_str(text).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example in the README is a working configuration.
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```yaml\nharness:").expect("the README has a harness example") + "```yaml\n".len();
+        let end = start + readme[start..].find("```").expect("the example ends");
+        let raw = parse(&readme[start..end]).unwrap();
+        let policy = Policy::from_raw(raw.harness).unwrap();
+        assert!(policy.roles.contains_key("docs"));
+        assert!(policy.validator.rules.iter().any(|r| r.id == "content.no-print"));
+        assert!(!policy.validator.rules.iter().any(|r| r.id == "content.exec"));
+        assert_eq!(policy.budget.per_loop.steps, 5000);
+    }
+
+    #[test]
+    fn defaults_follow_the_seed_roles() {
+        let policy = Policy::from_raw(RawHarness::default()).unwrap();
+        let writes = |role: &str, path: &str| policy.role(role).unwrap().write.is_match(path);
+        assert!(writes("backend", "src/api/app.py") && !writes("backend", "src/ui/app.js"));
+        assert!(writes("frontend", "src/ui/app.js") && !writes("frontend", "tests/t.py"));
+        assert!(writes("test", "tests/unit/test_x.py") && !writes("test", "src/api/app.py"));
+        for role in ["planning", "review", "contract-validator"] {
+            assert!(!writes(role, "src/api/app.py") && !writes(role, "README.md"), "{role}");
+        }
+        assert!(policy.deny.is_match(".git/config") && policy.deny.is_match("config/.env.local"));
+        assert!(policy.deny.is_match("certs/server.pem") && !policy.deny.is_match("src/api/app.py"));
+    }
+}
