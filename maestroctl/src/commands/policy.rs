@@ -11,7 +11,7 @@ use crate::output::{Table, emit};
 
 fn show(policy: &v1::HarnessPolicy) {
     println!("workspace: {}", policy.workspace);
-    let mut roles = Table::new(&["ROLE", "READ", "WRITE", "DENY", "COMMANDS", "SHELL", "NETWORK"]);
+    let mut roles = Table::new(&["ROLE", "READ", "WRITE", "DENY", "COMMANDS", "SHELL", "NETWORK", "SSOT"]);
     for role in &policy.roles {
         let commands: Vec<String> = role.commands.iter().map(|c| c.argv.join(" ")).collect();
         roles.row(vec![
@@ -22,6 +22,7 @@ fn show(policy: &v1::HarnessPolicy) {
             commands.join("; "),
             role.shell.to_string(),
             role.network.to_string(),
+            role.ssot.join(", "),
         ]);
     }
     roles.print();

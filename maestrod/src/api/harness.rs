@@ -52,6 +52,7 @@ impl HarnessService for Harness {
                 commands: role.commands.iter().map(|argv| v1::CommandPrefix { argv: argv.clone() }).collect(),
                 shell: role.shell,
                 network: role.network,
+                ssot: role.ssot.clone(),
             })
             .collect();
         let rules = policy
@@ -93,8 +94,13 @@ impl HarnessService for Harness {
             Some(v1::check_action_request::Action::Write(w)) => Action::WriteFile { path: w.path, content: w.content },
             Some(v1::check_action_request::Action::Delete(path)) => Action::DeleteFile { path },
             Some(v1::check_action_request::Action::Run(command)) => Action::RunCommand { argv: command.argv },
+            Some(v1::check_action_request::Action::SsotWrite(w)) => {
+                Action::SsotWrite { collection: w.collection, target: w.target }
+            }
             None => {
-                return Err(Status::invalid_argument("action: one of read, list, write, delete or run is required"));
+                return Err(Status::invalid_argument(
+                    "action: one of read, list, write, delete, run or ssot_write is required",
+                ));
             }
         };
         let (gate, _) = self.gate(&r.project_id).await?;

@@ -45,9 +45,13 @@ pub struct DirEntry {
 pub enum ActionOutput {
     Read(String),
     Listing(Vec<DirEntry>),
-    Written { bytes: usize },
+    Written {
+        bytes: usize,
+    },
     Deleted,
     Ran(Outcome),
+    /// An SSOT write may proceed.
+    Authorized,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +87,7 @@ fn kind(action: &Action) -> &'static str {
         Action::WriteFile { .. } => "write_file",
         Action::DeleteFile { .. } => "delete_file",
         Action::RunCommand { .. } => "run_command",
+        Action::SsotWrite { .. } => "ssot_write",
     }
 }
 
@@ -91,6 +96,7 @@ fn target(action: &Action) -> String {
         Action::ReadFile { path } | Action::ListDir { path } | Action::DeleteFile { path } => path.clone(),
         Action::WriteFile { path, .. } => path.clone(),
         Action::RunCommand { argv } => argv.join(" "),
+        Action::SsotWrite { collection, target } => format!("{collection}/{target}"),
     }
 }
 
@@ -129,7 +135,7 @@ impl Harness {
             }
             let result = self.execute(ctx, &action, cancel).await;
             let (outcome, detail) = match &result {
-                Ok(ActionOutput::Ran(out)) if out.success() => ("ok".to_string(), String::new()),
+                Ok(ActionOutput::Ran(out)) if out.success() => ("ok".to_string(), "allowed".to_string()),
                 Ok(ActionOutput::Ran(out)) => {
                     let how = match (out.timed_out, out.cancelled, out.exit_code, out.signal) {
                         (true, ..) => "timed out".to_string(),
@@ -138,10 +144,10 @@ impl Harness {
                         (_, _, None, Some(signal)) => format!("signal {signal}"),
                         _ => "unknown".to_string(),
                     };
-                    ("failed".to_string(), how)
+                    ("failed".to_string(), format!("allowed; {how}"))
                 }
-                Ok(_) => ("ok".to_string(), String::new()),
-                Err(error) => ("error".to_string(), error.to_string()),
+                Ok(_) => ("ok".to_string(), "allowed".to_string()),
+                Err(error) => ("error".to_string(), format!("allowed; {error}")),
             };
             self.log(ctx, &action, &outcome, &detail, started).await?;
             result
@@ -202,6 +208,8 @@ impl Harness {
     ) -> Result<ActionOutput, HarnessError> {
         let root = self.gate.root();
         match action {
+            // The SSOT tools make the change themselves once it is authorised here.
+            Action::SsotWrite { .. } => Ok(ActionOutput::Authorized),
             Action::RunCommand { argv } => {
                 let role = self.gate.policy().role(&ctx.role).map_err(GateError::from)?;
                 let spec = CommandSpec {
@@ -455,8 +463,19 @@ mod tests {
             .unwrap();
         assert_eq!(listing, ActionOutput::Listing(vec![DirEntry { name: "src".into(), is_dir: true }]));
 
+        let ssot_write = |collection: &str| Action::SsotWrite { collection: collection.into(), target: "R1".into() };
+        let allowed = f.harness.perform(&ctx("planning"), ssot_write("requirements"), CancellationToken::new()).await;
+        assert_eq!(allowed.unwrap(), ActionOutput::Authorized);
+        let denied = f.harness.perform(&ctx("planning"), ssot_write("contracts"), CancellationToken::new()).await;
+        assert!(matches!(denied, Err(HarnessError::Denied(ref v)) if v.rule == "acl.ssot"), "{denied:?}");
+
         let entries = log(&f.ssot).await;
-        assert_eq!(entries.len(), 4);
+        assert_eq!(entries.len(), 6);
+        assert_eq!(
+            (entries[4].0.as_str(), entries[4].1.as_str(), entries[4].2.as_str()),
+            ("ssot_write", "requirements/R1", "ok")
+        );
+        assert_eq!(entries[5].2, "denied");
         assert_eq!((entries[0].0.as_str(), entries[0].2.as_str()), ("write_file", "ok"));
         assert_eq!((entries[1].1.as_str(), entries[1].2.as_str()), ("src/ui/page.js", "denied"));
         assert!(entries[1].3.starts_with("acl.write: "), "{}", entries[1].3);
@@ -518,6 +537,7 @@ mod tests {
         }
         f.harness.perform(&ctx("test"), run(&["sh", "-c", "exit 3"]), CancellationToken::new()).await.unwrap();
         let entries = log(&f.ssot).await;
-        assert_eq!((entries[1].2.as_str(), entries[1].3.as_str()), ("failed", "exit 3"));
+        assert_eq!((entries[0].2.as_str(), entries[0].3.as_str()), ("ok", "allowed"));
+        assert_eq!((entries[1].2.as_str(), entries[1].3.as_str()), ("failed", "allowed; exit 3"));
     }
 }

@@ -14,11 +14,28 @@ const SHELLS: [&str; 7] = ["sh", "bash", "zsh", "dash", "ksh", "fish", "csh"];
 /// An agent action, as the harness sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    ReadFile { path: String },
-    ListDir { path: String },
-    WriteFile { path: String, content: String },
-    DeleteFile { path: String },
-    RunCommand { argv: Vec<String> },
+    ReadFile {
+        path: String,
+    },
+    ListDir {
+        path: String,
+    },
+    WriteFile {
+        path: String,
+        content: String,
+    },
+    DeleteFile {
+        path: String,
+    },
+    RunCommand {
+        argv: Vec<String>,
+    },
+    /// A change to the SSOT: `collection` is requirements, contracts, memory or
+    /// log; `target` names the resource (for the log).
+    SsotWrite {
+        collection: String,
+        target: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +89,17 @@ impl Gate {
             Action::ReadFile { path } | Action::ListDir { path } => self.check_path(role, path, Access::Read, None),
             Action::WriteFile { path, content } => self.check_path(role, path, Access::Write, Some(content)),
             Action::DeleteFile { path } => self.check_path(role, path, Access::Delete, None),
+            Action::SsotWrite { collection, .. } => {
+                if role.ssot.iter().any(|c| c == collection) {
+                    Decision::Allow
+                } else {
+                    let allowed = if role.ssot.is_empty() { "nothing".to_string() } else { role.ssot.join(", ") };
+                    Decision::deny(
+                        "acl.ssot",
+                        format!("role {} may change only {allowed} in the SSOT, not {collection}", role.name),
+                    )
+                }
+            }
         })
     }
 

@@ -95,5 +95,12 @@ pub(crate) fn cases(outside: &Path) -> Vec<(&'static str, Action, Option<&'stati
         ("planning", run("python -m pytest"), Some("acl.command")),
         ("test", run("python -c import os"), Some("acl.command")),
         ("test", Action::RunCommand { argv: Vec::new() }, Some("command.invalid")),
+        // SSOT writes outside the role's collections.
+        (
+            "contract-validator",
+            Action::SsotWrite { collection: "requirements".into(), target: "R1".into() },
+            Some("acl.ssot"),
+        ),
+        ("test", Action::SsotWrite { collection: "contracts".into(), target: "api".into() }, Some("acl.ssot")),
     ]
 }

@@ -91,7 +91,12 @@ pub struct RawRole {
     pub shell: Option<bool>,
     /// May use the network (default false).
     pub network: Option<bool>,
+    /// SSOT collections the role may change: requirements, contracts, memory, log.
+    pub ssot: Option<Vec<String>>,
 }
+
+/// The SSOT collections a policy can grant.
+pub const SSOT_COLLECTIONS: [&str; 4] = ["requirements", "contracts", "memory", "log"];
 
 /// A role's resolved policy.
 #[derive(Debug, Clone)]
@@ -103,6 +108,7 @@ pub struct RolePolicy {
     pub commands: Vec<Vec<String>>,
     pub shell: bool,
     pub network: bool,
+    pub ssot: Vec<String>,
     /// The globs as written, for display.
     pub source: RawRole,
 }
@@ -124,13 +130,14 @@ fn strings(items: &[&str]) -> Vec<String> {
 
 /// The seed roles' defaults.
 pub fn default_roles() -> BTreeMap<String, RawRole> {
-    let role = |write: &[&str], commands: &[&[&str]]| RawRole {
+    let role = |write: &[&str], commands: &[&[&str]], ssot: &[&str]| RawRole {
         read: Some(strings(&["**"])),
         write: Some(strings(write)),
         deny: Some(Vec::new()),
         commands: Some(commands.iter().map(|c| strings(c)).collect()),
         shell: Some(false),
         network: Some(false),
+        ssot: Some(strings(ssot)),
     };
     let tests: &[&[&str]] = &[
         &["python", "-m", "pytest"],
@@ -141,15 +148,19 @@ pub fn default_roles() -> BTreeMap<String, RawRole> {
         &["node", "--test"],
     ];
     BTreeMap::from([
-        ("planning".to_string(), role(&[], &[])),
+        ("planning".to_string(), role(&[], &[], &["requirements", "memory", "log"])),
         (
             "backend".to_string(),
-            role(&["src/api/**"], &[&["python", "-m", "py_compile"], &["python3", "-m", "py_compile"]]),
+            role(
+                &["src/api/**"],
+                &[&["python", "-m", "py_compile"], &["python3", "-m", "py_compile"]],
+                &["requirements", "contracts", "memory", "log"],
+            ),
         ),
-        ("frontend".to_string(), role(&["src/ui/**"], &[])),
-        ("test".to_string(), role(&["tests/**"], tests)),
-        ("review".to_string(), role(&[], &[])),
-        ("contract-validator".to_string(), role(&[], &[])),
+        ("frontend".to_string(), role(&["src/ui/**"], &[], &["requirements", "contracts", "memory", "log"])),
+        ("test".to_string(), role(&["tests/**"], tests, &["requirements", "memory", "log"])),
+        ("review".to_string(), role(&[], &[], &["requirements", "memory", "log"])),
+        ("contract-validator".to_string(), role(&[], &[], &["contracts", "log"])),
     ])
 }
 
@@ -189,12 +200,20 @@ impl Policy {
                     commands: overrides.commands.or(base.commands),
                     shell: overrides.shell.or(base.shell),
                     network: overrides.network.or(base.network),
+                    ssot: overrides.ssot.or(base.ssot),
                 },
             );
         }
         let mut roles = BTreeMap::new();
         for (name, raw_role) in roles_raw {
             let field = |part: &str| format!("harness.roles.{name}.{part}");
+            let ssot = raw_role.ssot.clone().unwrap_or_default();
+            if let Some(unknown) = ssot.iter().find(|c| !SSOT_COLLECTIONS.contains(&c.as_str())) {
+                return Err(PolicyError::Parse {
+                    path: field("ssot"),
+                    message: format!("unknown collection {unknown:?}; known: {}", SSOT_COLLECTIONS.join(", ")),
+                });
+            }
             let role = RolePolicy {
                 read: glob_set(&field("read"), raw_role.read.as_deref().unwrap_or_default())?,
                 write: glob_set(&field("write"), raw_role.write.as_deref().unwrap_or_default())?,
@@ -202,6 +221,7 @@ impl Policy {
                 commands: raw_role.commands.clone().unwrap_or_default(),
                 shell: raw_role.shell.unwrap_or(false),
                 network: raw_role.network.unwrap_or(false),
+                ssot,
                 name: name.clone(),
                 source: raw_role,
             };
