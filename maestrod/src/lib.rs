@@ -3,6 +3,7 @@
 //! Modules in reading order: `ssot` (the revisioned store and its domains),
 //! `api` (the gRPC services), `config` and `server` (wiring and lifecycle), `cli` (the binary's entry point).
 
+pub mod agents;
 pub mod api;
 pub mod cli;
 pub mod config;
