@@ -32,12 +32,14 @@ pub enum PolicyError {
     UnknownRole(String, String),
 }
 
-/// `.maestro/config.yaml` as written. Sections other issues add sit beside `harness`.
+/// `.maestro/config.yaml` as written: the `harness` section here, `llm` beside it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProjectConfig {
     #[serde(default)]
     pub harness: RawHarness,
+    #[serde(default)]
+    pub llm: crate::agents::llm::config::RawLlm,
 }
 
 #[derive(Debug, Default, Deserialize)]

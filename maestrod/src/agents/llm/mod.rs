@@ -2,11 +2,16 @@
 //! tool calls and results, token usage and the stop reason. Wire formats:
 //! OpenAI-compatible Chat Completions (`openai`, also Ollama, vLLM,
 //! llama.cpp, LM Studio, OpenRouter through `base_url`) and Anthropic
-//! Messages (`anthropic`). `http` holds timeouts and retries shared by both.
+//! Messages (`anthropic`), a deterministic `scripted` model for demos and
+//! tests, and `recording` (record any provider, replay a recording). `http`
+//! holds timeouts and retries; `config` picks a provider per role.
 
 pub mod anthropic;
+pub mod config;
 pub mod http;
 pub mod openai;
+pub mod recording;
+pub mod scripted;
 #[cfg(test)]
 mod wire_tests;
 

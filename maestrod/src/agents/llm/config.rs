@@ -1,0 +1,152 @@
+//! Which model each role talks to, from the `llm` section of
+//! `.maestro/config.yaml`: `llm.provider` (`openai`, `anthropic` or
+//! `scripted`), `llm.model`, `llm.base_url`, `llm.api_key_env` (the name of
+//! the environment variable holding the key), and per role under
+//! `llm.roles.<role>` the same keys. Keys come from the environment only.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::anthropic::Anthropic;
+use super::http::RetryPolicy;
+use super::openai::OpenAi;
+use super::scripted::Scripted;
+use super::{LlmError, LlmProvider};
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLlm {
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+    /// For `scripted`: the script file, relative to the workspace.
+    pub script: Option<String>,
+    #[serde(default)]
+    pub roles: BTreeMap<String, RawLlmRole>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLlmRole {
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+    pub script: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    OpenAi,
+    Anthropic,
+    Scripted,
+}
+
+/// One role's resolved model settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LlmSettings {
+    pub provider: ProviderKind,
+    pub model: String,
+    pub base_url: String,
+    pub api_key_env: String,
+    pub script: Option<PathBuf>,
+}
+
+impl RawLlm {
+    /// The settings of `role`: its own keys over the project's, over the provider's defaults.
+    pub fn for_role(&self, role: &str, workspace: &Path) -> Result<LlmSettings, LlmError> {
+        let own = self.roles.get(role).cloned().unwrap_or_default();
+        let invalid = |detail: String| LlmError::Rejected { provider: "config".into(), status: 0, detail };
+        let project_provider = self.provider.as_deref().unwrap_or("openai");
+        let role_provider = own.provider.as_deref().unwrap_or(project_provider);
+        // The project's model, URL and key variable belong to its provider: a role
+        // that switches provider starts from that provider's defaults instead.
+        let inherit = role_provider == project_provider;
+        let project = |value: &Option<String>| if inherit { value.clone() } else { None };
+        let provider = match role_provider {
+            "openai" => ProviderKind::OpenAi,
+            "anthropic" => ProviderKind::Anthropic,
+            "scripted" => ProviderKind::Scripted,
+            other => return Err(invalid(format!("llm.provider: {other:?} is not openai, anthropic or scripted"))),
+        };
+        let (default_url, default_key, default_model) = match provider {
+            ProviderKind::OpenAi => ("https://api.openai.com/v1", "OPENAI_API_KEY", "gpt-4o-mini"),
+            ProviderKind::Anthropic => ("https://api.anthropic.com", "ANTHROPIC_API_KEY", "claude-sonnet-4-5"),
+            ProviderKind::Scripted => ("", "", "scripted"),
+        };
+        let script = own.script.or_else(|| project(&self.script)).map(|s| workspace.join(s));
+        if provider == ProviderKind::Scripted && script.is_none() {
+            return Err(invalid("llm.script: the scripted provider needs a script file".into()));
+        }
+        Ok(LlmSettings {
+            provider,
+            model: own.model.or_else(|| project(&self.model)).unwrap_or_else(|| default_model.into()),
+            base_url: own.base_url.or_else(|| project(&self.base_url)).unwrap_or_else(|| default_url.into()),
+            api_key_env: own.api_key_env.or_else(|| project(&self.api_key_env)).unwrap_or_else(|| default_key.into()),
+            script,
+        })
+    }
+}
+
+impl LlmSettings {
+    /// Builds the provider, reading the key from the environment variable named
+    /// by `api_key_env` (OpenAI-compatible servers may run without one).
+    pub fn provider(&self, role: &str, policy: RetryPolicy) -> Result<Arc<dyn LlmProvider>, LlmError> {
+        let key = || std::env::var(&self.api_key_env).ok().filter(|k| !k.is_empty());
+        Ok(match self.provider {
+            ProviderKind::OpenAi => Arc::new(OpenAi::new(&self.base_url, key(), policy)),
+            ProviderKind::Anthropic => {
+                let key = key().ok_or_else(|| LlmError::MissingKey {
+                    provider: "anthropic".into(),
+                    variable: self.api_key_env.clone(),
+                })?;
+                Arc::new(Anthropic::new(&self.base_url, key, policy))
+            }
+            ProviderKind::Scripted => {
+                let path = self.script.as_deref().expect("for_role requires a script for the scripted provider");
+                Arc::new(Scripted::load(path, role)?)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_override_the_project_and_defaults_fill_the_rest() {
+        let raw: RawLlm = yaml_serde::from_str(
+            "provider: openai\nmodel: qwen2.5-coder\nbase_url: http://localhost:11434/v1\nroles:\n  review:\n    provider: anthropic\n    model: claude-opus-4-1\n",
+        )
+        .unwrap();
+        let ws = Path::new("/w");
+        let backend = raw.for_role("backend", ws).unwrap();
+        assert_eq!(
+            backend,
+            LlmSettings {
+                provider: ProviderKind::OpenAi,
+                model: "qwen2.5-coder".into(),
+                base_url: "http://localhost:11434/v1".into(),
+                api_key_env: "OPENAI_API_KEY".into(),
+                script: None,
+            }
+        );
+        let review = raw.for_role("review", ws).unwrap();
+        assert_eq!((review.provider, review.model.as_str()), (ProviderKind::Anthropic, "claude-opus-4-1"));
+        // Switching provider starts from that provider's defaults, not the project's URL.
+        assert_eq!(
+            (review.base_url.as_str(), review.api_key_env.as_str()),
+            ("https://api.anthropic.com", "ANTHROPIC_API_KEY")
+        );
+        let bad: RawLlm = yaml_serde::from_str("provider: gemini\n").unwrap();
+        assert!(bad.for_role("backend", ws).unwrap_err().to_string().contains("llm.provider"));
+        let missing = LlmSettings { api_key_env: "MAESTRO_TEST_UNSET_KEY_VARIABLE".into(), ..review };
+        let error = missing.provider("review", RetryPolicy::default()).err().unwrap();
+        assert!(matches!(error, LlmError::MissingKey { .. }), "{error:?}");
+    }
+}
