@@ -32,15 +32,9 @@ pub enum PolicyError {
     UnknownRole(String, String),
 }
 
-/// `.maestro/config.yaml` as written: the `harness` section here, `llm` beside it.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawProjectConfig {
-    #[serde(default)]
-    pub harness: RawHarness,
-    #[serde(default)]
-    pub llm: crate::agents::llm::config::RawLlm,
-}
+/// The top-level sections of `.maestro/config.yaml`. Each layer reads its own
+/// (`harness` here, `llm` in `agents::llm::config`); anything else is a typo.
+pub const SECTIONS: [&str; 2] = ["harness", "llm"];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -254,10 +248,10 @@ impl Policy {
             Ok(text) => {
                 parse(&text).map_err(|message| PolicyError::Parse { path: path.display().to_string(), message })?
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => RawProjectConfig::default(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => RawHarness::default(),
             Err(source) => return Err(PolicyError::Read { path: path.display().to_string(), source }),
         };
-        Policy::from_raw(raw.harness)
+        Policy::from_raw(raw)
     }
 
     pub fn role(&self, name: &str) -> Result<&RolePolicy, PolicyError> {
@@ -267,12 +261,31 @@ impl Policy {
     }
 }
 
-/// Parses the YAML text of a project configuration.
-pub fn parse(text: &str) -> Result<RawProjectConfig, String> {
+/// One top-level section of a project configuration's YAML text (`None` when
+/// absent); fails on a section that no layer reads.
+pub fn section(text: &str, name: &str) -> Result<Option<yaml_serde::Value>, String> {
     if text.trim().is_empty() {
-        return Ok(RawProjectConfig::default());
+        return Ok(None);
     }
-    yaml_serde::from_str(text).map_err(|e| e.to_string())
+    let value: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| e.to_string())?;
+    let yaml_serde::Value::Mapping(mut sections) = value else {
+        return Err("the configuration must be a mapping of sections (harness, llm)".into());
+    };
+    for key in sections.keys() {
+        let known = key.as_str().is_some_and(|k| SECTIONS.contains(&k));
+        if !known {
+            return Err(format!("unknown section {key:?}; the sections are {}", SECTIONS.join(", ")));
+        }
+    }
+    Ok(sections.remove(name).filter(|v| !v.is_null()))
+}
+
+/// The `harness` section of a project configuration.
+pub fn parse(text: &str) -> Result<RawHarness, String> {
+    match section(text, "harness")? {
+        Some(value) => yaml_serde::from_value(value).map_err(|e| format!("harness: {e}")),
+        None => Ok(RawHarness::default()),
+    }
 }
 
 #[cfg(test)]
@@ -286,7 +299,7 @@ mod tests {
         let start = readme.find("```yaml\nharness:").expect("the README has a harness example") + "```yaml\n".len();
         let end = start + readme[start..].find("```").expect("the example ends");
         let raw = parse(&readme[start..end]).unwrap();
-        let policy = Policy::from_raw(raw.harness).unwrap();
+        let policy = Policy::from_raw(raw).unwrap();
         assert!(policy.roles.contains_key("docs"));
         assert!(policy.validator.rules.iter().any(|r| r.id == "content.no-print"));
         assert!(!policy.validator.rules.iter().any(|r| r.id == "content.exec"));

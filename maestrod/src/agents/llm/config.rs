@@ -57,6 +57,14 @@ pub struct LlmSettings {
 }
 
 impl RawLlm {
+    /// The `llm` section of a project configuration's YAML text.
+    pub fn from_project_config(text: &str) -> Result<RawLlm, String> {
+        match crate::harness::policy::section(text, "llm")? {
+            Some(value) => yaml_serde::from_value(value).map_err(|e| format!("llm: {e}")),
+            None => Ok(RawLlm::default()),
+        }
+    }
+
     /// The settings of `role`: its own keys over the project's, over the provider's defaults.
     pub fn for_role(&self, role: &str, workspace: &Path) -> Result<LlmSettings, LlmError> {
         let own = self.roles.get(role).cloned().unwrap_or_default();
@@ -117,6 +125,22 @@ impl LlmSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The README's example is a working configuration.
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../../../README.md");
+        let start = readme.find("```yaml\nllm:").expect("the README has an llm example") + "```yaml\n".len();
+        let end = start + readme[start..].find("```").expect("the example ends");
+        let llm = RawLlm::from_project_config(&readme[start..end]).unwrap();
+        let review = llm.for_role("review", Path::new("/w")).unwrap();
+        assert_eq!((review.provider, review.model.as_str()), (ProviderKind::Anthropic, "claude-sonnet-4-5"));
+        assert_eq!(llm.for_role("backend", Path::new("/w")).unwrap().model, "gpt-4o-mini");
+        let error = RawLlm::from_project_config("llm:\n  modle: x\n").unwrap_err();
+        assert!(error.contains("modle"), "{error}");
+        let error = RawLlm::from_project_config("lm:\n  model: x\n").unwrap_err();
+        assert!(error.contains("unknown section"), "{error}");
+    }
 
     #[test]
     fn roles_override_the_project_and_defaults_fill_the_rest() {
