@@ -1,4 +1,7 @@
-//! Agents: the LLM providers they talk to (`llm`). The tool-calling runtime,
-//! the SSOT tools and the six roles come next (issue 4).
+//! Agents: the LLM providers they talk to (`llm`), their tools (`tools`,
+//! every action through the harness) and the run loop (`runtime`). The six
+//! roles and their prompts come next (issue 4).
 
 pub mod llm;
+pub mod runtime;
+pub mod tools;

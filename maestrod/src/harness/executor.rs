@@ -156,6 +156,25 @@ impl Harness {
         .await
     }
 
+    /// Charges the model's tokens for one turn of `ctx`'s agent.
+    pub async fn charge_tokens(&self, ctx: &ActionContext, tokens: u64) -> Result<(), HarnessError> {
+        let charged = self.budget.charge(ctx.epoch, &ctx.agent, 0, tokens);
+        self.record_budget(ctx, charged.as_ref().err()).await?;
+        Ok(charged.map(drop)?)
+    }
+
+    pub fn policy(&self) -> &crate::harness::policy::Policy {
+        self.gate.policy()
+    }
+
+    pub fn project(&self) -> &str {
+        &self.project
+    }
+
+    pub fn ssot(&self) -> &Arc<Ssot> {
+        &self.ssot
+    }
+
     /// Makes the agent's usage visible in the SSOT.
     async fn record_budget(&self, ctx: &ActionContext, exhausted: Option<&BudgetExhausted>) -> Result<(), SsotError> {
         let usage = self.budget.agent_usage(ctx.epoch, &ctx.agent);
