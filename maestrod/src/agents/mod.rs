@@ -3,5 +3,6 @@
 //! roles and their prompts come next (issue 4).
 
 pub mod llm;
+pub mod roles;
 pub mod runtime;
 pub mod tools;

@@ -1,0 +1,180 @@
+//! The roles: their prompts (files under `maestrod/prompts/`, compiled in)
+//! and the focused context an agent gets for one requirement: the
+//! requirement, its ancestors and dependencies, the contracts its role
+//! produces or consumes, recent log entries about it, and the role's memory.
+
+use std::fmt::Write;
+
+use crate::ssot::contracts::ContractStatus;
+use crate::ssot::{Result, Ssot};
+
+/// The prompt of a role; `None` for a role the project defined itself.
+pub fn prompt(role: &str) -> Option<&'static str> {
+    Some(match role {
+        "planning" => include_str!("../../prompts/planning.md"),
+        "backend" => include_str!("../../prompts/backend.md"),
+        "frontend" => include_str!("../../prompts/frontend.md"),
+        "test" => include_str!("../../prompts/test.md"),
+        "review" => include_str!("../../prompts/review.md"),
+        "contract-validator" => include_str!("../../prompts/contract-validator.md"),
+        _ => return None,
+    })
+}
+
+/// The task text for `role` working on requirement `id`.
+pub async fn context(ssot: &Ssot, project: &str, id: &str, role: &str) -> Result<String> {
+    let requirement = ssot.get_requirement(project, id, 0).await?.value;
+    let all = ssot.all_requirements(project).await?;
+    let find = |id: &str| all.iter().find(|r| r.value.id == id).map(|r| &r.value);
+    let mut out = String::new();
+    let _ = writeln!(out, "# Requirement {}: {}", requirement.id, requirement.title);
+    if !requirement.description.is_empty() {
+        let _ = writeln!(out, "\n{}", requirement.description);
+    }
+    if !requirement.acceptance.is_empty() {
+        let _ = writeln!(out, "\nAcceptance criteria:");
+        for criterion in &requirement.acceptance {
+            let _ = writeln!(out, "- {criterion}");
+        }
+    }
+    let mut ancestors = Vec::new();
+    let mut parent = requirement.parent_id.clone();
+    while let Some(node) = (!parent.is_empty()).then(|| find(&parent)).flatten() {
+        ancestors.push(format!("{}: {}", node.id, node.title));
+        parent = node.parent_id.clone();
+        if ancestors.len() > 32 {
+            break;
+        }
+    }
+    if !ancestors.is_empty() {
+        let _ = writeln!(out, "\nPart of: {}", ancestors.join(" ← "));
+    }
+    if !requirement.depends_on.is_empty() {
+        let _ = writeln!(out, "\nDepends on:");
+        for dep in &requirement.depends_on {
+            if let Some(node) = find(dep) {
+                let _ = writeln!(out, "- {} [{}] {}", node.id, node.status.as_str(), node.title);
+            }
+        }
+    }
+    let contracts = ssot.list_contracts(project, 1000, "").await?.items;
+    let relevant: Vec<_> = contracts
+        .iter()
+        .map(|c| &c.value)
+        .filter(|c| c.status != ContractStatus::Deprecated)
+        .filter(|c| c.owner == role || c.consumers.iter().any(|x| x == role))
+        .collect();
+    if !relevant.is_empty() {
+        let _ = writeln!(out, "\nContracts you produce or consume:");
+        for c in relevant {
+            let _ = writeln!(
+                out,
+                "- {} v{} [{}] owner {}: {}",
+                c.name,
+                c.version,
+                c.status.as_str(),
+                c.owner,
+                c.spec.lines().next().unwrap_or("")
+            );
+        }
+    }
+    let log = ssot.list_log(project, 0, "", "", 1000, "").await?.items;
+    let mentions: Vec<String> = log
+        .iter()
+        .rev()
+        .filter(|e| e.value.body.target.contains(id) || e.value.body.detail.contains(id))
+        .take(10)
+        .map(|e| {
+            format!(
+                "- #{} {} {} {}: {}",
+                e.value.seq, e.value.body.agent, e.value.body.action, e.value.body.outcome, e.value.body.detail
+            )
+        })
+        .collect();
+    if !mentions.is_empty() {
+        let _ = writeln!(out, "\nRecent log entries about {id}:");
+        for line in mentions.iter().rev() {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    let memory = ssot.list_memory(project, role, 100, "").await?.items;
+    if !memory.is_empty() {
+        let _ = writeln!(out, "\nYour notes:");
+        for note in memory {
+            let _ = writeln!(out, "- {}: {}", note.value.key, note.value.value);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ssot::contracts::{ContractKind, NewContract};
+    use crate::ssot::exec_log::NewLogEntry;
+    use crate::ssot::requirements::NewRequirement;
+    use crate::ssot::sled_store::{SledOptions, SledStore};
+
+    #[test]
+    fn every_seed_role_has_a_prompt() {
+        for role in ["planning", "backend", "frontend", "test", "review", "contract-validator"] {
+            assert!(prompt(role).is_some_and(|p| p.contains("Maestro")), "{role}");
+        }
+        assert!(prompt("docs").is_none());
+    }
+
+    #[tokio::test]
+    async fn the_context_is_focused_on_the_requirement() {
+        let dir = tempfile::tempdir().unwrap();
+        let ssot =
+            Ssot::new(Arc::new(SledStore::open(dir.path(), SledOptions::default()).unwrap()), Default::default());
+        ssot.create_project("p", "", "").await.unwrap();
+        let new = |title: &str, parent: &str, deps: &[&str]| NewRequirement {
+            title: title.into(),
+            parent_id: parent.into(),
+            depends_on: deps.iter().map(|d| d.to_string()).collect(),
+            acceptance: vec![format!("{title} works")],
+            ..Default::default()
+        };
+        ssot.create_requirement("p", new("To-do app", "", &[])).await.unwrap();
+        ssot.create_requirement("p", new("REST API", "R1", &[])).await.unwrap();
+        ssot.create_requirement("p", new("Web page", "R1", &["R2"])).await.unwrap();
+        ssot.create_requirement("p", new("Unrelated", "", &[])).await.unwrap();
+        let contract = |name: &str, owner: &str, consumers: &[&str]| NewContract {
+            name: name.into(),
+            kind: ContractKind::Openapi,
+            spec: format!("openapi: 3.1.0 # {name}"),
+            owner: owner.into(),
+            consumers: consumers.iter().map(|c| c.to_string()).collect(),
+            status: ContractStatus::Proposed,
+            etag: String::new(),
+        };
+        ssot.put_contract("p", contract("todo-api", "backend", &["frontend"])).await.unwrap();
+        ssot.put_contract("p", contract("billing-api", "backend", &[])).await.unwrap();
+        ssot.append_log(
+            "p",
+            NewLogEntry {
+                action: "write_file".into(),
+                target: "R3".into(),
+                outcome: "denied".into(),
+                detail: "acl.write".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        ssot.put_memory("p", "frontend", "framework", "plain HTML", 0, "").await.unwrap();
+
+        let text = context(&ssot, "p", "R3", "frontend").await.unwrap();
+        assert!(text.starts_with("# Requirement R3: Web page"), "{text}");
+        assert!(text.contains("- Web page works"));
+        assert!(text.contains("Part of: R1: To-do app"));
+        assert!(text.contains("- R2 [PENDING] REST API"));
+        assert!(text.contains("todo-api v1") && !text.contains("billing-api"), "{text}");
+        assert!(text.contains("denied: acl.write"));
+        assert!(text.contains("framework: plain HTML"));
+        assert!(!text.contains("Unrelated"));
+    }
+}
