@@ -2,6 +2,7 @@
 //! every action through the harness) and the run loop (`runtime`). The six
 //! roles and their prompts come next (issue 4).
 
+pub mod contract_validator;
 pub mod llm;
 pub mod roles;
 pub mod runtime;
