@@ -227,6 +227,79 @@ roles:
         assert_eq!(ssot2.get_requirement("demo", "R1", 0).await.unwrap().value.status, r1.status);
     }
 
+    /// The same loop over both real wire formats (a local server answering like the APIs).
+    #[tokio::test]
+    async fn the_loop_runs_over_the_openai_and_anthropic_wire_formats() {
+        use serde_json::json;
+        use wiremock::matchers::{body_partial_json, path};
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+
+        use super::super::llm::anthropic::Anthropic;
+        use super::super::llm::http::RetryPolicy;
+        use super::super::llm::openai::OpenAi;
+
+        let server = MockServer::start().await;
+        // OpenAI: first a write_file call, then (once the tool result is in) finish.
+        Mock::given(path("/v1/chat/completions"))
+            .and(body_partial_json(json!({"messages": [{"role": "system"}, {"role": "user"}, {"role": "assistant"}, {"role": "tool", "tool_call_id": "call_1"}]})))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "id": "c2", "object": "chat.completion", "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+                    "tool_calls": [{"id": "call_2", "type": "function", "function": {"name": "finish", "arguments": "{\"outcome\":\"done\",\"summary\":\"written\"}"}}]}}],
+                "usage": {"prompt_tokens": 300, "completion_tokens": 20, "total_tokens": 320}
+            })))
+            .with_priority(1)
+            .mount(&server)
+            .await;
+        Mock::given(path("/v1/chat/completions"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "id": "c1", "object": "chat.completion", "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+                    "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "write_file", "arguments": "{\"path\":\"src/api/openai.py\",\"content\":\"x = 1\\n\"}"}}]}}],
+                "usage": {"prompt_tokens": 200, "completion_tokens": 30, "total_tokens": 230}
+            })))
+            .with_priority(2)
+            .mount(&server)
+            .await;
+        // Anthropic: the same two turns in tool_use / tool_result blocks.
+        Mock::given(path("/v1/messages"))
+            .and(body_partial_json(json!({"messages": [{"role": "user"}, {"role": "assistant"}, {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1"}]}]})))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "id": "m2", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "stop_reason": "tool_use",
+                "content": [{"type": "tool_use", "id": "toolu_2", "name": "finish", "input": {"outcome": "done", "summary": "written"}}],
+                "usage": {"input_tokens": 310, "output_tokens": 25}
+            })))
+            .with_priority(1)
+            .mount(&server)
+            .await;
+        Mock::given(path("/v1/messages"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "id": "m1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "stop_reason": "tool_use",
+                "content": [{"type": "text", "text": "Writing it."}, {"type": "tool_use", "id": "toolu_1", "name": "write_file", "input": {"path": "src/api/anthropic.py", "content": "y = 2\n"}}],
+                "usage": {"input_tokens": 210, "output_tokens": 35}
+            })))
+            .with_priority(2)
+            .mount(&server)
+            .await;
+
+        let workspace = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let (harness, _ssot) = setup(workspace.path(), data.path()).await;
+        let policy = RetryPolicy { base_delay: std::time::Duration::from_millis(1), ..RetryPolicy::default() };
+        let openai = OpenAi::new(&format!("{}/v1", server.uri()), None, policy);
+        let anthropic = Anthropic::new(&server.uri(), "sk-ant-test-key".into(), policy);
+        for (provider, file) in
+            [(&openai as &dyn LlmProvider, "src/api/openai.py"), (&anthropic, "src/api/anthropic.py")]
+        {
+            let run =
+                AgentRun { provider, model: "m".into(), harness: &harness, ctx: ctx(), max_turns: 4, max_tokens: 512 };
+            let outcome =
+                run.run("You are the Backend agent.", "Implement R1", CancellationToken::new()).await.unwrap();
+            assert_eq!(outcome, RunOutcome::Done { summary: "written".into() }, "{}", provider.name());
+            assert!(workspace.path().join(file).exists(), "{file}");
+        }
+    }
+
     #[test]
     fn tools_are_offered_by_policy_with_generated_schemas() {
         let policy = crate::harness::policy::Policy::from_raw(Default::default()).unwrap();
