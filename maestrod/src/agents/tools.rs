@@ -65,21 +65,10 @@ struct CreateRequirementArgs {
 }
 
 #[derive(Deserialize, JsonSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-enum StatusArg {
-    Pending,
-    Claimed,
-    InProgress,
-    Done,
-    Failed,
-    Blocked,
-}
-
-#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct SetStatusArgs {
     id: String,
-    status: StatusArg,
+    status: Status,
     #[serde(default)]
     reason: String,
 }
@@ -324,16 +313,8 @@ impl Tools<'_> {
             "set_status" => {
                 let args = parse::<SetStatusArgs>(call)?;
                 self.authorize("requirements", &args.id).await?;
-                let status = match args.status {
-                    StatusArg::Pending => Status::Pending,
-                    StatusArg::Claimed => Status::Claimed,
-                    StatusArg::InProgress => Status::InProgress,
-                    StatusArg::Done => Status::Done,
-                    StatusArg::Failed => Status::Failed,
-                    StatusArg::Blocked => Status::Blocked,
-                };
                 let updated = ssot
-                    .set_requirement_status(project, &args.id, status, &args.reason, &self.ctx.agent, "")
+                    .set_requirement_status(project, &args.id, args.status, &args.reason, &self.ctx.agent, "")
                     .await
                     .map_err(fail)?;
                 ToolResult::ok(format!("{} is {}", updated.value.id, updated.value.status.as_str()))

@@ -15,7 +15,7 @@ const KIND: &str = "requirement";
 const STRUCTURE: &str = "_meta/requirements";
 const PREFIX: &str = "requirements/";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {
     Pending,

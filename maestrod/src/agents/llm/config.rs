@@ -68,7 +68,7 @@ impl RawLlm {
     /// The settings of `role`: its own keys over the project's, over the provider's defaults.
     pub fn for_role(&self, role: &str, workspace: &Path) -> Result<LlmSettings, LlmError> {
         let own = self.roles.get(role).cloned().unwrap_or_default();
-        let invalid = |detail: String| LlmError::Rejected { provider: "config".into(), status: 0, detail };
+        let invalid = LlmError::Config;
         let project_provider = self.provider.as_deref().unwrap_or("openai");
         let role_provider = own.provider.as_deref().unwrap_or(project_provider);
         // The project's model, URL and key variable belong to its provider: a role

@@ -116,6 +116,8 @@ pub enum LlmError {
     Rejected { provider: String, status: u16, detail: String },
     #[error("{provider}: unreadable response: {detail}")]
     BadResponse { provider: String, detail: String },
+    #[error("invalid model configuration: {0}")]
+    Config(String),
     #[error("{provider}: no API key: the environment variable {variable} is not set")]
     MissingKey { provider: String, variable: String },
 }
