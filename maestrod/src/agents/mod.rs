@@ -4,6 +4,8 @@
 
 pub mod contract_validator;
 pub mod llm;
+#[cfg(test)]
+mod role_scenarios;
 pub mod roles;
 pub mod runtime;
 pub mod tools;

@@ -5,8 +5,55 @@
 
 use std::fmt::Write;
 
+use tokio_util::sync::CancellationToken;
+
+use super::llm::LlmProvider;
+use super::runtime::{AgentError, AgentRun, Observer, RunOutcome};
+use crate::harness::executor::{ActionContext, Harness};
 use crate::ssot::contracts::ContractStatus;
 use crate::ssot::{Result, Ssot};
+
+/// The prompt of a role a project defined itself.
+const GENERIC_PROMPT: &str = "You are an agent of Maestro, a team of software agents that share one structured state \
+(the SSOT). Do the requirement you are given with the tools you have, then call `finish`.";
+
+/// One agent working on one requirement.
+pub struct Assignment<'a> {
+    pub provider: &'a dyn LlmProvider,
+    pub model: String,
+    pub harness: &'a Harness,
+    pub ctx: ActionContext,
+    pub requirement: String,
+    /// Added to the context: failure reasons of earlier attempts, a human's guidance.
+    pub notes: String,
+    pub max_turns: usize,
+    pub max_tokens: u32,
+    pub observer: Option<&'a dyn Observer>,
+}
+
+impl Assignment<'_> {
+    /// Runs the agent with its role's prompt and the requirement's focused context.
+    pub async fn work(self, cancel: CancellationToken) -> std::result::Result<RunOutcome, AgentError> {
+        let system = prompt(&self.ctx.role).unwrap_or(GENERIC_PROMPT);
+        let ssot = self.harness.ssot().clone();
+        let mut task = context(&ssot, self.harness.project(), &self.requirement, &self.ctx.role)
+            .await
+            .map_err(AgentError::Context)?;
+        if !self.notes.is_empty() {
+            let _ = write!(task, "\n{}", self.notes);
+        }
+        let run = AgentRun {
+            provider: self.provider,
+            model: self.model,
+            harness: self.harness,
+            ctx: self.ctx,
+            max_turns: self.max_turns,
+            max_tokens: self.max_tokens,
+            observer: self.observer,
+        };
+        run.run(system, &task, cancel).await
+    }
+}
 
 /// The prompt of a role; `None` for a role the project defined itself.
 pub fn prompt(role: &str) -> Option<&'static str> {
@@ -48,6 +95,19 @@ pub async fn context(ssot: &Ssot, project: &str, id: &str, role: &str) -> Result
     }
     if !ancestors.is_empty() {
         let _ = writeln!(out, "\nPart of: {}", ancestors.join(" ← "));
+    }
+    let children: Vec<_> = all.iter().map(|r| &r.value).filter(|r| r.parent_id == requirement.id).collect();
+    if !children.is_empty() {
+        let _ = writeln!(out, "\nSub-requirements:");
+        for child in children {
+            let deps = if child.depends_on.is_empty() {
+                String::new()
+            } else {
+                format!(" (after {})", child.depends_on.join(", "))
+            };
+            let _ =
+                writeln!(out, "- {} [{}] {} → {}{deps}", child.id, child.status.as_str(), child.title, child.role_hint);
+        }
     }
     if !requirement.depends_on.is_empty() {
         let _ = writeln!(out, "\nDepends on:");

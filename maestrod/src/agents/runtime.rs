@@ -5,8 +5,8 @@
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span};
 
-use super::llm::{ChatRequest, LlmError, LlmProvider, Message};
-use super::tools::{self, Tools, Verdict};
+use super::llm::{ChatRequest, LlmError, LlmProvider, Message, TokenUsage, ToolCall};
+use super::tools::{self, ToolResult, Tools, Verdict};
 use crate::harness::executor::{ActionContext, Harness, HarnessError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,15 @@ pub enum AgentError {
     Llm(#[from] LlmError),
     #[error(transparent)]
     Harness(#[from] HarnessError),
+    #[error("cannot read the agent's context: {0}")]
+    Context(crate::ssot::SsotError),
+}
+
+/// Watches an agent run: each model turn and each tool call with its result.
+/// The AutoLoop turns these into events; observers must not block.
+pub trait Observer: Send + Sync {
+    fn turn(&self, _ctx: &ActionContext, _usage: &TokenUsage) {}
+    fn tool(&self, _ctx: &ActionContext, _call: &ToolCall, _result: &ToolResult) {}
 }
 
 pub struct AgentRun<'a> {
@@ -39,6 +48,7 @@ pub struct AgentRun<'a> {
     pub ctx: ActionContext,
     pub max_turns: usize,
     pub max_tokens: u32,
+    pub observer: Option<&'a dyn Observer>,
 }
 
 impl AgentRun<'_> {
@@ -66,6 +76,9 @@ impl AgentRun<'_> {
                     response = self.provider.chat(&request) => response?,
                     () = cancel.cancelled() => return Ok(RunOutcome::Cancelled),
                 };
+                if let Some(observer) = self.observer {
+                    observer.turn(&self.ctx, &response.usage);
+                }
                 match self.harness.charge_tokens(&self.ctx, response.usage.total()).await {
                     Err(HarnessError::Budget(exhausted)) => {
                         return Ok(RunOutcome::OutOfBudget { reason: exhausted.to_string() });
@@ -80,6 +93,9 @@ impl AgentRun<'_> {
                 }
                 for call in &response.tool_calls {
                     let result = tools.call(call).await;
+                    if let Some(observer) = self.observer {
+                        observer.tool(&self.ctx, call, &result);
+                    }
                     if let Some(finish) = result.finish {
                         return Ok(match finish.outcome {
                             Verdict::Done => RunOutcome::Done { summary: finish.summary },
@@ -183,6 +199,7 @@ roles:
             ctx: ctx(),
             max_turns: 8,
             max_tokens: 1024,
+            observer: None,
         };
         let outcome =
             run.run("You are the Backend agent.", "Implement R1: GET /todos", CancellationToken::new()).await.unwrap();
@@ -219,6 +236,7 @@ roles:
             ctx: ctx(),
             max_turns: 8,
             max_tokens: 1024,
+            observer: None,
         };
         let replayed =
             run.run("You are the Backend agent.", "Implement R1: GET /todos", CancellationToken::new()).await.unwrap();
@@ -291,8 +309,15 @@ roles:
         for (provider, file) in
             [(&openai as &dyn LlmProvider, "src/api/openai.py"), (&anthropic, "src/api/anthropic.py")]
         {
-            let run =
-                AgentRun { provider, model: "m".into(), harness: &harness, ctx: ctx(), max_turns: 4, max_tokens: 512 };
+            let run = AgentRun {
+                provider,
+                model: "m".into(),
+                harness: &harness,
+                ctx: ctx(),
+                max_turns: 4,
+                max_tokens: 512,
+                observer: None,
+            };
             let outcome =
                 run.run("You are the Backend agent.", "Implement R1", CancellationToken::new()).await.unwrap();
             assert_eq!(outcome, RunOutcome::Done { summary: "written".into() }, "{}", provider.name());

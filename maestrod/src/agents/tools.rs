@@ -14,7 +14,7 @@ use crate::harness::gate::Action;
 use crate::harness::policy::RolePolicy;
 use crate::ssot::contracts::{ContractKind, ContractStatus, NewContract};
 use crate::ssot::exec_log::NewLogEntry;
-use crate::ssot::requirements::{NewRequirement, Status};
+use crate::ssot::requirements::{NewRequirement, RequirementUpdate, Status};
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +62,23 @@ struct CreateRequirementArgs {
     acceptance: Vec<String>,
     #[serde(default)]
     depends_on: Vec<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct UpdateRequirementArgs {
+    id: String,
+    /// Fields left out stay as they are.
+    title: Option<String>,
+    description: Option<String>,
+    role_hint: Option<String>,
+    acceptance: Option<Vec<String>>,
+    /// Requirements this one now depends on.
+    #[serde(default)]
+    add_dependencies: Vec<String>,
+    /// Requirements this one no longer depends on.
+    #[serde(default)]
+    remove_dependencies: Vec<String>,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -194,6 +211,10 @@ pub fn specs(role: &RolePolicy) -> Vec<ToolSpec> {
     let grants = |collection: &str| role.ssot.iter().any(|c| c == collection);
     if grants("requirements") {
         tools.push(spec::<CreateRequirementArgs>("create_requirement", "Add a requirement to the tree."));
+        tools.push(spec::<UpdateRequirementArgs>(
+            "update_requirement",
+            "Change a requirement's text, role hint, acceptance criteria or dependencies.",
+        ));
         tools.push(spec::<SetStatusArgs>("set_status", "Move a requirement along its status machine."));
     }
     if grants("contracts") {
@@ -309,6 +330,27 @@ impl Tools<'_> {
                 };
                 let created = ssot.create_requirement(project, new).await.map_err(fail)?;
                 ToolResult::ok(format!("created {}", created.value.id))
+            }
+            "update_requirement" => {
+                let args = parse::<UpdateRequirementArgs>(call)?;
+                self.authorize("requirements", &args.id).await?;
+                let fields = [&args.title, &args.description, &args.role_hint];
+                if fields.iter().any(|f| f.is_some()) || args.acceptance.is_some() {
+                    let update = RequirementUpdate {
+                        title: args.title,
+                        description: args.description,
+                        role_hint: args.role_hint,
+                        acceptance: args.acceptance,
+                        ..Default::default()
+                    };
+                    ssot.update_requirement(project, &args.id, update).await.map_err(fail)?;
+                }
+                if !args.add_dependencies.is_empty() || !args.remove_dependencies.is_empty() {
+                    ssot.set_dependencies(project, &args.id, &args.add_dependencies, &args.remove_dependencies, "")
+                        .await
+                        .map_err(fail)?;
+                }
+                ToolResult::ok(format!("updated {}", args.id))
             }
             "set_status" => {
                 let args = parse::<SetStatusArgs>(call)?;

@@ -138,6 +138,8 @@ pub fn default_roles() -> BTreeMap<String, RawRole> {
     let tests: &[&[&str]] = &[
         &["python", "-m", "pytest"],
         &["python3", "-m", "pytest"],
+        &["python", "-m", "unittest"],
+        &["python3", "-m", "unittest"],
         &["pytest"],
         &["cargo", "test"],
         &["npm", "test"],

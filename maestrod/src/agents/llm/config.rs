@@ -104,6 +104,17 @@ impl LlmSettings {
     /// Builds the provider, reading the key from the environment variable named
     /// by `api_key_env` (OpenAI-compatible servers may run without one).
     pub fn provider(&self, role: &str, policy: RetryPolicy) -> Result<Arc<dyn LlmProvider>, LlmError> {
+        self.provider_for(role, "", 1, policy)
+    }
+
+    /// The provider of `role` for its `attempt` at `requirement` (a script may narrow to them).
+    pub fn provider_for(
+        &self,
+        role: &str,
+        requirement: &str,
+        attempt: u32,
+        policy: RetryPolicy,
+    ) -> Result<Arc<dyn LlmProvider>, LlmError> {
         let key = || std::env::var(&self.api_key_env).ok().filter(|k| !k.is_empty());
         Ok(match self.provider {
             ProviderKind::OpenAi => Arc::new(OpenAi::new(&self.base_url, key(), policy)),
@@ -116,7 +127,7 @@ impl LlmSettings {
             }
             ProviderKind::Scripted => {
                 let path = self.script.as_deref().expect("for_role requires a script for the scripted provider");
-                Arc::new(Scripted::load(path, role)?)
+                Arc::new(Scripted::load_for(path, role, requirement, attempt)?)
             }
         })
     }

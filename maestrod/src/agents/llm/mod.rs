@@ -11,6 +11,8 @@ pub mod config;
 pub mod http;
 pub mod openai;
 pub mod recording;
+#[cfg(test)]
+pub mod script_server;
 pub mod scripted;
 #[cfg(test)]
 mod wire_tests;

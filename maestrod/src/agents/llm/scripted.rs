@@ -3,6 +3,10 @@
 //! The step is the number of assistant turns already in the conversation,
 //! so a conversation replayed from the log gets the same answers.
 //!
+//! A role's script can be narrowed to one requirement and one attempt at it:
+//! for an agent of role `backend` working on R5 for the second time, the
+//! first of `backend@R5#2`, `backend@R5`, `backend` that the script has is played.
+//!
 //! ```yaml
 //! roles:
 //!   backend:
@@ -57,16 +61,27 @@ pub struct Scripted {
 
 impl Scripted {
     pub fn load(path: &Path, role: &str) -> Result<Scripted, LlmError> {
+        Self::load_for(path, role, "", 1)
+    }
+
+    /// The script of `role` for its `attempt` (from 1) at `requirement`.
+    pub fn load_for(path: &Path, role: &str, requirement: &str, attempt: u32) -> Result<Scripted, LlmError> {
         let bad = |detail: String| LlmError::BadResponse { provider: NAME.into(), detail };
         let text =
             std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read script {}: {e}", path.display())))?;
-        Self::parse(&text, role).map_err(|e| bad(format!("{}: {e}", path.display())))
+        Self::parse_for(&text, role, requirement, attempt).map_err(|e| bad(format!("{}: {e}", path.display())))
     }
 
     pub fn parse(text: &str, role: &str) -> Result<Scripted, String> {
+        Self::parse_for(text, role, "", 1)
+    }
+
+    pub fn parse_for(text: &str, role: &str, requirement: &str, attempt: u32) -> Result<Scripted, String> {
         let script: Script = yaml_serde::from_str(text).map_err(|e| e.to_string())?;
-        let steps = script.roles.get(role).cloned().unwrap_or_default();
-        Ok(Scripted { role: role.to_string(), steps })
+        let keys = [format!("{role}@{requirement}#{attempt}"), format!("{role}@{requirement}"), role.to_string()];
+        let key = keys.iter().find(|k| script.roles.contains_key(*k)).unwrap_or(&keys[2]);
+        let steps = script.roles.get(key).cloned().unwrap_or_default();
+        Ok(Scripted { role: key.clone(), steps })
     }
 }
 
@@ -165,6 +180,11 @@ roles:
         assert_eq!(model.chat(&request(0)).await.unwrap(), first, "deterministic");
         let second = model.chat(&request(1)).await.unwrap();
         assert_eq!((second.text.as_str(), second.stop), ("R2 is done.", StopReason::EndTurn));
+        let narrowed =
+            "roles:\n  backend: [{text: any}]\n  backend@R5: [{text: r5}]\n  backend@R5#2: [{text: again}]\n";
+        let play =
+            |req: &str, attempt| Scripted::parse_for(narrowed, "backend", req, attempt).unwrap().steps[0].text.clone();
+        assert_eq!((play("R5", 2), play("R5", 1), play("R2", 2)), ("again".into(), "r5".into(), "any".into()));
         let over = model.chat(&request(2)).await.unwrap_err();
         assert!(over.to_string().contains("has no step 3"), "{over}");
         assert!(Scripted::parse("roles: {backend: [{txt: x}]}", "backend").is_err());
