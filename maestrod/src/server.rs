@@ -12,6 +12,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::autoloop::manager::LoopManager;
 use crate::config::DaemonConfig;
 use crate::harness::sandbox::{Confinement, LocalSandbox, SandboxProvider};
 use crate::ssot::Ssot;
@@ -61,8 +62,15 @@ impl Daemon {
         let tasks = TaskTracker::new();
         tasks.spawn(maintenance(ssot.clone(), config.clone(), cancel.clone()).instrument(info_span!("maintenance")));
 
+        let loops = LoopManager::new(ssot.clone(), Arc::new(LocalSandbox::probe()));
+        match loops.resume_all().await {
+            Ok(0) => {}
+            Ok(resumed) => info!(resumed, "unfinished loops resumed"),
+            Err(error) => warn!(%error, "cannot resume unfinished loops"),
+        }
         let routes = crate::api::routes(
             ssot.clone(),
+            loops.clone(),
             config.data_dir.display().to_string(),
             config.retention_revisions,
             sandbox,
@@ -91,6 +99,8 @@ impl Daemon {
                 warn!(grace = ?config.shutdown_grace, "in-flight requests did not finish in time; closing anyway");
             }
         }
+        // Loops stop where they are; their records let the next start resume them.
+        loops.shutdown().await;
         cancel.cancel();
         tasks.close();
         tasks.wait().await;

@@ -1,6 +1,8 @@
 //! The ContractValidator: rule-based, no model. For the project's contracts it
 //! checks that every contract a requirement references exists (`contract:NAME`
-//! or `contract:NAME@vN` in its description or acceptance criteria), that a
+//! or `contract:NAME@vN` in its description or acceptance criteria; only
+//! requirements someone has started on, since a planned consumer may name a
+//! contract its producer has not written yet), that a
 //! new version keeps what the previous one offered (operations, fields,
 //! signatures), that producer and consumers agree (an owner, consumers that
 //! are known roles other than the owner), and that each operation of a
@@ -155,9 +157,12 @@ pub async fn validate(ssot: &Ssot, project: &str, workspace: &Path, policy: &Pol
     };
 
     // References from requirements.
-    let reference = Regex::new(r"contract:([a-z0-9][a-z0-9._-]*)(?:@v([0-9]+))?").expect("valid regex");
+    let reference = Regex::new(r"contract:([a-z0-9](?:[a-z0-9._-]*[a-z0-9])?)(?:@v([0-9]+))?").expect("valid regex");
     for requirement in ssot.all_requirements(project).await? {
         let r = &requirement.value;
+        if r.status == crate::ssot::requirements::Status::Pending {
+            continue;
+        }
         let text = format!("{}\n{}", r.description, r.acceptance.join("\n"));
         for capture in reference.captures_iter(&text) {
             let name = &capture[1];
@@ -369,21 +374,27 @@ mod tests {
         )
         .await
         .unwrap();
-        ssot.create_requirement(
-            "p",
-            NewRequirement {
-                title: "page".into(),
-                description: "uses contract:todo-api@v3 and contract:users".into(),
+        for title in ["page", "later"] {
+            let new = NewRequirement {
+                title: title.into(),
+                description: format!("uses contract:todo-api@v3 and contract:users-{title}."),
                 ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+            };
+            ssot.create_requirement("p", new).await.unwrap();
+        }
+        // Only started work is held to its references: "later" is still PENDING.
+        ssot.set_requirement_status("p", "R1", crate::ssot::requirements::Status::Claimed, "", "frontend-1", "")
+            .await
+            .unwrap();
         let report = validate(&ssot, "p", workspace.path(), &policy).await.unwrap();
         let rules: BTreeSet<(&str, &str)> = report.violations.iter().map(|v| (v.contract.as_str(), v.rule)).collect();
         assert!(rules.contains(&("todo-api", "operation.missing")), "{report:?}");
         assert!(rules.contains(&("todo-api", "reference.version")));
-        assert!(rules.contains(&("users", "reference.missing")));
+        assert!(
+            rules.contains(&("users-page", "reference.missing")),
+            "the sentence's full stop is not part of the name"
+        );
+        assert!(!rules.contains(&("users-later", "reference.missing")));
         assert!(rules.contains(&("stats", "parties.consumer")));
         assert!(rules.contains(&("stats", "operation.missing")));
         assert!(report.violations.iter().any(|v| v.detail.contains("POST /todos")));

@@ -7,6 +7,7 @@ mod convert;
 mod exec_log;
 mod harness;
 mod locks;
+mod loops;
 mod memory;
 mod projects;
 mod requirements;
@@ -25,7 +26,13 @@ use crate::harness::sandbox::Confinement;
 use crate::ssot::Ssot;
 
 /// Every `maestro.v1` service, plus `grpc.health.v1` and server reflection.
-pub async fn routes(ssot: Arc<Ssot>, data_dir: String, retention: u64, sandbox: Confinement) -> Routes {
+pub async fn routes(
+    ssot: Arc<Ssot>,
+    loops: Arc<crate::autoloop::manager::LoopManager>,
+    data_dir: String,
+    retention: u64,
+    sandbox: Confinement,
+) -> Routes {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<v1::project_service_server::ProjectServiceServer<projects::Projects>>().await;
     health.set_serving::<v1::requirement_service_server::RequirementServiceServer<requirements::Requirements>>().await;
@@ -37,6 +44,7 @@ pub async fn routes(ssot: Arc<Ssot>, data_dir: String, retention: u64, sandbox: 
     health.set_serving::<v1::watch_service_server::WatchServiceServer<watch::Watch>>().await;
     health.set_serving::<v1::system_service_server::SystemServiceServer<system::System>>().await;
     health.set_serving::<v1::harness_service_server::HarnessServiceServer<harness::Harness>>().await;
+    health.set_serving::<v1::loop_service_server::LoopServiceServer<loops::Loops>>().await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
@@ -66,6 +74,7 @@ pub async fn routes(ssot: Arc<Ssot>, data_dir: String, retention: u64, sandbox: 
         .add_service(v1::lock_service_server::LockServiceServer::new(locks::Locks(ssot.clone())))
         .add_service(v1::snapshot_service_server::SnapshotServiceServer::new(snapshots::Snapshots(ssot.clone())))
         .add_service(v1::watch_service_server::WatchServiceServer::new(watch::Watch(ssot.clone())))
+        .add_service(v1::loop_service_server::LoopServiceServer::new(loops::Loops(loops)))
         .add_service(v1::harness_service_server::HarnessServiceServer::new(harness::Harness {
             ssot: ssot.clone(),
             confinement: sandbox.clone(),

@@ -34,7 +34,7 @@ pub enum PolicyError {
 
 /// The top-level sections of `.maestro/config.yaml`. Each layer reads its own
 /// (`harness` here, `llm` in `agents::llm::config`); anything else is a typo.
-pub const SECTIONS: [&str; 2] = ["harness", "llm"];
+pub const SECTIONS: [&str; 4] = ["project", "harness", "llm", "loop"];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -271,7 +271,7 @@ pub fn section(text: &str, name: &str) -> Result<Option<yaml_serde::Value>, Stri
     }
     let value: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| e.to_string())?;
     let yaml_serde::Value::Mapping(mut sections) = value else {
-        return Err("the configuration must be a mapping of sections (harness, llm)".into());
+        return Err("the configuration must be a mapping of sections (project, harness, llm, loop)".into());
     };
     for key in sections.keys() {
         let known = key.as_str().is_some_and(|k| SECTIONS.contains(&k));

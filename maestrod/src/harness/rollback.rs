@@ -132,10 +132,29 @@ impl GitWorkspace {
 
     /// Records the working tree at the start of an epoch.
     pub fn checkpoint(&self, loop_id: &str, epoch: u64) -> Result<Checkpoint, RollbackError> {
+        self.checkpoint_stage(loop_id, epoch, "start")
+    }
+
+    /// Records the working tree at a named stage of an epoch (`start`, `valid`, …).
+    pub fn checkpoint_stage(&self, loop_id: &str, epoch: u64, stage: &str) -> Result<Checkpoint, RollbackError> {
         check_loop_id(loop_id)?;
-        let reference = format!("refs/maestro/{loop_id}/{epoch}/start");
-        let oid = self.commit_worktree(&reference, &format!("maestro: start of {loop_id} epoch {epoch}"), None)?;
+        check_loop_id(stage)?;
+        let reference = format!("refs/maestro/{loop_id}/{epoch}/{stage}");
+        let oid = self.commit_worktree(&reference, &format!("maestro: {stage} of {loop_id} epoch {epoch}"), None)?;
         Ok(Checkpoint { commit: oid.to_string(), reference })
+    }
+
+    /// A checkpoint from its commit id (as stored in a loop record).
+    pub fn checkpoint_of(&self, commit: &str) -> Result<Checkpoint, RollbackError> {
+        let oid = Oid::from_str(commit)?;
+        self.repo.find_commit(oid)?;
+        Ok(Checkpoint { commit: commit.to_string(), reference: String::new() })
+    }
+
+    /// The commit tagged `maestro/<loop>/<epoch>`, if that epoch was committed.
+    pub fn committed(&self, loop_id: &str, epoch: u64) -> Option<String> {
+        let tag = self.repo.find_reference(&format!("refs/tags/maestro/{loop_id}/{epoch}")).ok()?;
+        Some(tag.peel_to_commit().ok()?.id().to_string())
     }
 
     /// Puts the working tree back exactly as it was at `checkpoint`: changed

@@ -141,6 +141,36 @@ impl LocalSandbox {
     }
 }
 
+/// Brings `lo` of the current network namespace up. Called between fork
+/// and exec, so: raw syscalls only, no allocation.
+///
+/// # Safety
+/// Only for a freshly forked child before exec (it changes the process's
+/// network namespace's loopback and opens/closes one descriptor).
+#[allow(unsafe_code)]
+unsafe fn loopback_up() -> std::io::Result<()> {
+    use nix::libc;
+    // SAFETY: plain syscalls on a descriptor this function owns and a zeroed,
+    // correctly sized ifreq; the caller guarantees the pre-exec context.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut request: libc::ifreq = std::mem::zeroed();
+        request.ifr_name[0] = b'l' as libc::c_char;
+        request.ifr_name[1] = b'o' as libc::c_char;
+        let mut result = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request);
+        if result == 0 {
+            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            result = libc::ioctl(fd, libc::SIOCSIFFLAGS, &request);
+        }
+        let error = std::io::Error::last_os_error();
+        libc::close(fd);
+        if result < 0 { Err(error) } else { Ok(()) }
+    }
+}
+
 fn probe_landlock() -> bool {
     let Ok(ruleset) = landlock_ruleset(Path::new("/"), Path::new("/")) else { return false };
     let mut ruleset = Some(ruleset);
@@ -267,8 +297,9 @@ impl SandboxProvider for LocalSandbox {
                 .process_group(0)
                 .kill_on_drop(true);
             // SAFETY: between fork and exec the closure only calls setrlimit(2),
-            // unshare(2) and the landlock syscalls, all async-signal-safe, and
-            // allocates nothing on the success path.
+            // unshare(2), socket(2)/ioctl(2)/close(2) (to bring the private
+            // loopback up) and the landlock syscalls, all async-signal-safe,
+            // and allocates nothing on the success path.
             #[allow(unsafe_code)]
             unsafe {
                 command.pre_exec(move || {
@@ -280,6 +311,8 @@ impl SandboxProvider for LocalSandbox {
                     set(Resource::RLIMIT_CORE, 0)?;
                     if isolate_network {
                         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+                        // Tests start local servers: the namespace gets its own loopback, up.
+                        loopback_up()?;
                     }
                     restrict(&mut ruleset)
                 });

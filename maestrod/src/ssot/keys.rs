@@ -23,4 +23,5 @@ pub fn resource_path<'a>(project: &str, key: &'a str) -> &'a str {
 }
 
 /// Resource paths of project data that snapshots cover (diff and restore).
-pub const SNAPSHOT_PATHS: [&str; 3] = ["requirements/", "contracts/", "memory/"];
+/// (`_meta/requirements` holds the id counter: a restored tree reuses the same ids.)
+pub const SNAPSHOT_PATHS: [&str; 4] = ["requirements/", "contracts/", "memory/", "_meta/requirements"];

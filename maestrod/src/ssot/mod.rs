@@ -15,6 +15,7 @@ pub mod error;
 pub mod exec_log;
 pub mod keys;
 pub mod locks;
+pub mod loops;
 pub mod memory;
 pub mod paging;
 pub mod projects;

@@ -171,6 +171,8 @@ impl Ssot {
                 });
             }
         }
+        // Bookkeeping (the id counter) is restored but is not a change anyone made.
+        changes.retain(|c| !c.path.starts_with("_meta/"));
         changes.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(Diff { from_revision, to_revision, changes })
     }

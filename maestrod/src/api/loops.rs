@@ -1,0 +1,191 @@
+//! `maestro.v1.LoopService`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use maestro_shared::v1::{self, loop_service_server::LoopService};
+use tonic::{Request, Response, Status};
+
+use super::status::IntoStatus;
+use crate::autoloop::manager::{LoopManager, StartRequest};
+use crate::autoloop::runner::Decision;
+use crate::ssot::loops::{LoopEvent, LoopRecord, LoopState};
+
+pub(crate) struct Loops(pub(crate) Arc<LoopManager>);
+
+fn state(state: LoopState) -> v1::LoopState {
+    match state {
+        LoopState::Queued => v1::LoopState::Queued,
+        LoopState::Running => v1::LoopState::Running,
+        LoopState::Paused => v1::LoopState::Paused,
+        LoopState::Escalated => v1::LoopState::Escalated,
+        LoopState::Succeeded => v1::LoopState::Succeeded,
+        LoopState::Failed => v1::LoopState::Failed,
+        LoopState::Aborted => v1::LoopState::Aborted,
+        LoopState::Cancelled => v1::LoopState::Cancelled,
+    }
+}
+
+fn state_named(name: &str) -> v1::LoopState {
+    v1::LoopState::from_str_name(&format!("LOOP_STATE_{name}")).unwrap_or(v1::LoopState::Unspecified)
+}
+
+fn to_wire(r: LoopRecord) -> v1::Loop {
+    let running = !r.state.is_final() && r.state != LoopState::Queued;
+    v1::Loop {
+        loop_id: r.id,
+        project_id: r.project,
+        state: state(r.state).into(),
+        phase: if running { r.phase.as_str().to_string() } else { String::new() },
+        epoch: r.epoch,
+        retries: r.retries,
+        retry_budget: r.retry_budget,
+        reason: r.reason,
+        requirement_id: r.root,
+        task: r.task,
+        workspace: r.workspace,
+        tokens: r.tokens,
+        requirements_done: r.done,
+        requirements_total: r.total,
+        last_seq: r.last_seq,
+        create_time_ms: r.create_time_ms,
+        update_time_ms: r.update_time_ms,
+        demo: r.demo,
+    }
+}
+
+fn event_to_wire(loop_id: &str, e: LoopEvent) -> v1::LoopEvent {
+    v1::LoopEvent {
+        loop_id: loop_id.to_string(),
+        seq: e.seq,
+        time_ms: e.time_ms,
+        kind: e.kind,
+        phase: e.phase,
+        epoch: e.epoch,
+        agent: e.agent,
+        requirement_id: e.requirement,
+        message: e.message,
+        state: state_named(&e.state).into(),
+        requirements_done: e.done,
+        requirements_total: e.total,
+        tokens: e.tokens,
+    }
+}
+
+fn actor(actor: &str) -> String {
+    if actor.is_empty() { "someone".into() } else { actor.to_string() }
+}
+
+fn is_final(event: &LoopEvent) -> bool {
+    ["SUCCEEDED", "FAILED", "ABORTED", "CANCELLED"].contains(&event.state.as_str())
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<v1::LoopEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl LoopService for Loops {
+    async fn start_loop(&self, request: Request<v1::StartLoopRequest>) -> Result<Response<v1::Loop>, Status> {
+        let r = request.into_inner();
+        let start = StartRequest { project: r.project_id, task: r.task, demo: r.demo, workspace: r.workspace };
+        Ok(Response::new(to_wire(self.0.start(start).await.status()?)))
+    }
+
+    async fn get_loop(&self, request: Request<v1::GetLoopRequest>) -> Result<Response<v1::Loop>, Status> {
+        Ok(Response::new(to_wire(self.0.get(&request.into_inner().loop_id).await.status()?)))
+    }
+
+    async fn list_loops(
+        &self,
+        request: Request<v1::ListLoopsRequest>,
+    ) -> Result<Response<v1::ListLoopsResponse>, Status> {
+        let r = request.into_inner();
+        let page = self.0.list(&r.project_id, r.page_size, &r.page_token).await.status()?;
+        Ok(Response::new(v1::ListLoopsResponse {
+            loops: page.items.into_iter().map(|l| to_wire(l.value)).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn cancel_loop(&self, request: Request<v1::LoopActionRequest>) -> Result<Response<v1::Loop>, Status> {
+        Ok(Response::new(to_wire(self.0.cancel(&request.into_inner().loop_id).await.status()?)))
+    }
+
+    async fn pause_loop(&self, request: Request<v1::LoopActionRequest>) -> Result<Response<v1::Loop>, Status> {
+        Ok(Response::new(to_wire(self.0.pause(&request.into_inner().loop_id).await.status()?)))
+    }
+
+    async fn resume_loop(&self, request: Request<v1::LoopActionRequest>) -> Result<Response<v1::Loop>, Status> {
+        Ok(Response::new(to_wire(self.0.resume(&request.into_inner().loop_id).await.status()?)))
+    }
+
+    async fn approve_loop(&self, request: Request<v1::LoopActionRequest>) -> Result<Response<v1::Loop>, Status> {
+        let r = request.into_inner();
+        let decision = Decision::Approve { actor: actor(&r.actor) };
+        Ok(Response::new(to_wire(self.0.decide(&r.loop_id, decision).await.status()?)))
+    }
+
+    async fn retry_loop(&self, request: Request<v1::RetryLoopRequest>) -> Result<Response<v1::Loop>, Status> {
+        let r = request.into_inner();
+        if r.guidance.len() > 16 << 10 {
+            return Err(Status::invalid_argument("guidance: at most 16 KiB"));
+        }
+        let decision = Decision::Retry { guidance: r.guidance, actor: actor(&r.actor) };
+        Ok(Response::new(to_wire(self.0.decide(&r.loop_id, decision).await.status()?)))
+    }
+
+    async fn abort_loop(&self, request: Request<v1::LoopActionRequest>) -> Result<Response<v1::Loop>, Status> {
+        let r = request.into_inner();
+        let decision = Decision::Abort { actor: actor(&r.actor) };
+        Ok(Response::new(to_wire(self.0.decide(&r.loop_id, decision).await.status()?)))
+    }
+
+    type StreamLoopEventsStream = EventStream;
+
+    async fn stream_loop_events(
+        &self,
+        request: Request<v1::StreamLoopEventsRequest>,
+    ) -> Result<Response<Self::StreamLoopEventsStream>, Status> {
+        let r = request.into_inner();
+        let ssot = self.0.ssot().clone();
+        let record = ssot.get_loop(&r.loop_id).await.status()?.value;
+        let (past, revision) = ssot.loop_events(&r.loop_id, r.from_seq).await.status()?;
+        let loop_id = r.loop_id.clone();
+        let mut last = r.from_seq.max(1) - 1;
+        let ended = past.last().is_some_and(is_final)
+            || (record.state.is_final() && past.is_empty() && r.from_seq > record.last_seq);
+        if let Some(e) = past.last() {
+            last = e.seq;
+        }
+        let replay = futures::stream::iter(past.into_iter().map({
+            let id = loop_id.clone();
+            move |e| Ok(event_to_wire(&id, e))
+        }));
+        if ended || (record.state.is_final() && last >= record.last_seq) {
+            return Ok(Response::new(replay.boxed()));
+        }
+        let live = ssot.follow_loop_events(&loop_id, revision).status()?;
+        let id = loop_id.clone();
+        let live = live
+            .scan((last, false), move |(last, done), item| {
+                if *done {
+                    return futures::future::ready(None);
+                }
+                let out = match item {
+                    Ok(event) if event.seq <= *last => Some(None),
+                    Ok(event) => {
+                        *last = event.seq;
+                        *done = is_final(&event);
+                        Some(Some(Ok(event_to_wire(&id, event))))
+                    }
+                    Err(e) => {
+                        *done = true;
+                        Some(Some(Err(super::status::to_status(e))))
+                    }
+                };
+                futures::future::ready(out)
+            })
+            .filter_map(futures::future::ready);
+        Ok(Response::new(replay.chain(live).boxed()))
+    }
+}

@@ -1,0 +1,78 @@
+//! The `loop` section of `.maestro/config.yaml`:
+//!
+//! ```yaml
+//! loop:
+//!   retries: 2            # full-cycle retries before a loop escalates to a human
+//!   test_command: [python3, -m, unittest, discover, -s, tests, -v]
+//!   tests_dir: tests      # VALID runs the test command once this directory exists
+//!   max_agents: 4         # requirements claimed per epoch
+//!   max_turns: 24         # model turns per agent run
+//!   max_tokens: 4096      # output tokens per model turn
+//! ```
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::harness::policy::section;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoopConfig {
+    pub retries: u32,
+    pub test_command: Vec<String>,
+    pub tests_dir: String,
+    pub max_agents: usize,
+    pub max_turns: usize,
+    pub max_tokens: u32,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        Self {
+            retries: 2,
+            test_command: Vec::new(),
+            tests_dir: "tests".into(),
+            max_agents: 4,
+            max_turns: 24,
+            max_tokens: 4096,
+        }
+    }
+}
+
+impl LoopConfig {
+    pub fn parse(text: &str) -> Result<LoopConfig, String> {
+        let config: LoopConfig = match section(text, "loop")? {
+            Some(value) => yaml_serde::from_value(value).map_err(|e| format!("loop: {e}"))?,
+            None => LoopConfig::default(),
+        };
+        if config.max_agents == 0 || config.max_turns == 0 {
+            return Err("loop: max_agents and max_turns must be at least 1".into());
+        }
+        Ok(config)
+    }
+
+    /// The workspace's configuration (defaults when it has none).
+    pub fn load(workspace: &Path) -> Result<LoopConfig, String> {
+        let path = workspace.join(".maestro/config.yaml");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text).map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LoopConfig::default()),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        assert_eq!(LoopConfig::parse("").unwrap(), LoopConfig::default());
+        let config = LoopConfig::parse("loop:\n  retries: 0\n  test_command: [npm, test]\n").unwrap();
+        assert_eq!((config.retries, config.test_command.len(), config.max_agents), (0, 2, 4));
+        assert!(LoopConfig::parse("loop:\n  retry: 1\n").unwrap_err().contains("retry"));
+        assert!(LoopConfig::parse("loop:\n  max_agents: 0\n").is_err());
+    }
+}

@@ -1,0 +1,53 @@
+//! The demo loop in process: the real store, harness, sandbox, git and the
+//! scripted model.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::manager::{LoopManager, StartRequest};
+use crate::harness::sandbox::LocalSandbox;
+use crate::ssot::Ssot;
+use crate::ssot::loops::{LoopRecord, LoopState};
+use crate::ssot::sled_store::{SledOptions, SledStore};
+
+async fn until_final(manager: &LoopManager, id: &str) -> LoopRecord {
+    for _ in 0..1200 {
+        let record = manager.get(id).await.unwrap();
+        if record.state.is_final() || record.state == LoopState::Escalated {
+            return record;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("loop {id} did not end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_fails_once_rolls_back_and_succeeds() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(data.path(), SledOptions::default()).unwrap());
+    let ssot = Arc::new(Ssot::new(store, Default::default()));
+    let manager = LoopManager::new(ssot.clone(), Arc::new(LocalSandbox::probe()));
+    let dir = work.path().join("maestro-demo");
+    let request = StartRequest {
+        project: String::new(),
+        task: super::demo::DEFAULT_TASK.into(),
+        demo: true,
+        workspace: dir.display().to_string(),
+    };
+    let started = manager.start(request).await.unwrap();
+    let done = until_final(&manager, &started.id).await;
+    let (events, _) = ssot.loop_events(&started.id, 0).await.unwrap();
+    let lines: Vec<String> = events.iter().map(|e| format!("{} {} {} {}", e.seq, e.kind, e.phase, e.message)).collect();
+    assert_eq!(done.state, LoopState::Succeeded, "{done:?}\n{}", lines.join("\n"));
+    assert!(lines.iter().any(|l| l.contains("test_result VALID") && l.contains("failed")), "{}", lines.join("\n"));
+    assert!(lines.iter().any(|l| l.contains(" rollback ")), "{}", lines.join("\n"));
+    assert_eq!((done.done, done.total), (4, 4));
+    for file in ["src/api/todos.py", "src/ui/cli.py", "tests/test_todos.py"] {
+        assert!(dir.join(file).exists(), "{file}");
+    }
+    let repo = git2::Repository::open(&dir).unwrap();
+    let tags = repo.tag_names(Some("maestro/*")).unwrap();
+    assert_eq!(tags.len(), 4, "{:?}", tags.iter().collect::<Vec<_>>());
+    manager.shutdown().await;
+}

@@ -1,0 +1,332 @@
+//! Starts, queues, resumes and steers loops. One active loop per project;
+//! further loops wait in the SSOT as QUEUED and start, oldest first, when the
+//! active one ends. At daemon start every unfinished loop is resumed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::demo;
+use super::runner::{self, Control, Decision, Runner};
+use crate::harness::sandbox::SandboxProvider;
+use crate::ssot::loops::{LoopEvent, LoopRecord, LoopState};
+use crate::ssot::projects::MAX_ID_LEN;
+use crate::ssot::{Page, Result, Ssot, SsotError};
+
+/// How long an action waits for the loop to take it in before answering.
+const ACTION_WAIT: Duration = Duration::from_secs(30);
+
+pub struct StartRequest {
+    pub project: String,
+    pub task: String,
+    pub demo: bool,
+    pub workspace: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    controls: HashMap<String, Arc<Control>>,
+    /// project → its active loop.
+    active: HashMap<String, String>,
+}
+
+pub struct LoopManager {
+    ssot: Arc<Ssot>,
+    sandbox: Arc<dyn SandboxProvider>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    inner: Mutex<Inner>,
+}
+
+/// A project id from a folder name: `My Demo` → `my-demo`.
+fn project_id_from(dir: &Path) -> String {
+    let name = dir.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let id: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '.' { c } else { '-' }).collect();
+    let id = id.trim_matches(|c: char| !c.is_ascii_alphanumeric()).chars().take(MAX_ID_LEN - 4).collect::<String>();
+    if id.is_empty() { "demo".into() } else { id }
+}
+
+impl LoopManager {
+    pub fn new(ssot: Arc<Ssot>, sandbox: Arc<dyn SandboxProvider>) -> Arc<LoopManager> {
+        Arc::new(LoopManager {
+            ssot,
+            sandbox,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            inner: Mutex::new(Inner::default()),
+        })
+    }
+
+    pub fn ssot(&self) -> &Arc<Ssot> {
+        &self.ssot
+    }
+
+    /// Resumes every unfinished loop (one per project; the rest stay queued).
+    pub async fn resume_all(self: &Arc<Self>) -> Result<usize> {
+        let mut inner = self.inner.lock().await;
+        let open = self.ssot.unfinished_loops().await?;
+        let mut started = 0;
+        // Loops already past QUEUED first: they were running when the daemon stopped.
+        let (running, queued): (Vec<_>, Vec<_>) = open.into_iter().partition(|l| l.state != LoopState::Queued);
+        for record in running.into_iter().chain(queued) {
+            if inner.active.contains_key(&record.project) {
+                continue;
+            }
+            info!(loop_id = %record.id, state = record.state.as_str(), "resuming loop");
+            self.spawn(&mut inner, record, true);
+            started += 1;
+        }
+        Ok(started)
+    }
+
+    /// Registers the task and starts its loop, or queues it behind the project's active loop.
+    pub async fn start(self: &Arc<Self>, request: StartRequest) -> Result<LoopRecord> {
+        if request.task.trim().is_empty() {
+            return Err(SsotError::invalid("task", "describe the task, e.g. \"Build a to-do REST API\""));
+        }
+        let (project, workspace) =
+            if request.demo { self.prepare_demo(&request).await? } else { self.workspace_of(&request).await? };
+        let root_path = PathBuf::from(&workspace);
+        let (_, config, _) = runner::open_workspace(&self.ssot, &self.sandbox, &project, &root_path)
+            .map_err(SsotError::FailedPrecondition)?;
+        let mut inner = self.inner.lock().await;
+        let root = Runner::create_root(&self.ssot, &project, &request.task).await?;
+        let mut record = LoopRecord::new(&project, &request.task, &workspace, request.demo, config.retries);
+        record.root = root.clone();
+        let queued_behind = inner.active.get(&project).cloned();
+        let message = match &queued_behind {
+            Some(active) => format!("queued behind {active}; root requirement {root}"),
+            None => format!("root requirement {root}"),
+        };
+        let event = LoopEvent { kind: "state".into(), phase: String::new(), message, ..Default::default() };
+        let record = self.ssot.create_loop(record, vec![event]).await?;
+        if queued_behind.is_none() {
+            self.spawn(&mut inner, record.clone(), false);
+        }
+        Ok(record)
+    }
+
+    async fn workspace_of(&self, request: &StartRequest) -> Result<(String, String)> {
+        let project = self.ssot.get_project(&request.project).await?.value;
+        let workspace =
+            if request.workspace.is_empty() { project.workspace.clone() } else { request.workspace.clone() };
+        if workspace.is_empty() {
+            return Err(SsotError::FailedPrecondition(format!(
+                "project {} has no workspace; run `maestroctl init` in its folder or pass --workspace",
+                project.id
+            )));
+        }
+        if !Path::new(&workspace).is_dir() {
+            return Err(SsotError::FailedPrecondition(format!(
+                "workspace {workspace} does not exist or is not a folder"
+            )));
+        }
+        Ok((project.id, workspace))
+    }
+
+    /// Creates the demo's workspace and project.
+    async fn prepare_demo(&self, request: &StartRequest) -> Result<(String, String)> {
+        let dir = PathBuf::from(&request.workspace);
+        if !dir.is_absolute() {
+            return Err(SsotError::invalid("workspace", "the demo needs an absolute workspace path"));
+        }
+        let mut project = if request.project.is_empty() { project_id_from(&dir) } else { request.project.clone() };
+        let base = project.clone();
+        for n in 2.. {
+            match self.ssot.get_project(&project).await {
+                Err(SsotError::NotFound { .. }) => break,
+                Ok(_) if !request.project.is_empty() => {
+                    return Err(SsotError::AlreadyExists { kind: "project", id: project });
+                }
+                Ok(_) if n < 1000 => project = format!("{base}-{n}"),
+                Ok(_) => return Err(SsotError::FailedPrecondition(format!("too many projects named {base}-N"))),
+                Err(e) => return Err(e),
+            }
+        }
+        let (dir2, id) = (dir.clone(), project.clone());
+        tokio::task::spawn_blocking(move || demo::prepare(&dir2, &id))
+            .await
+            .map_err(|e| SsotError::FailedPrecondition(format!("preparing the demo: {e}")))?
+            .map_err(|e| match e {
+                demo::DemoError::NotEmpty(_) => SsotError::FailedPrecondition(e.to_string()),
+                other => SsotError::FailedPrecondition(format!("cannot create the demo workspace: {other}")),
+            })?;
+        let workspace = dir.canonicalize().unwrap_or(dir).display().to_string();
+        self.ssot.create_project(&project, "Maestro demo", &workspace).await?;
+        Ok((project, workspace))
+    }
+
+    fn spawn(self: &Arc<Self>, inner: &mut Inner, record: LoopRecord, resumed: bool) {
+        let control = inner.controls.entry(record.id.clone()).or_insert_with(|| Control::new(record.clone())).clone();
+        inner.active.insert(record.project.clone(), record.id.clone());
+        let (id, project) = (record.id.clone(), record.project.clone());
+        let manager = self.clone();
+        match Runner::new(self.ssot.clone(), self.sandbox.clone(), control, self.shutdown.clone(), record.clone()) {
+            Ok(runner) => {
+                self.tasks.spawn(async move {
+                    runner.run(resumed).await;
+                    manager.finished(&project, &id).await;
+                });
+            }
+            Err(reason) => {
+                warn!(loop_id = %id, %reason, "the loop cannot start");
+                let mut record = record;
+                record.state = LoopState::Failed;
+                record.reason = reason.clone();
+                let event =
+                    LoopEvent { kind: "state".into(), message: format!("failed: {reason}"), ..Default::default() };
+                let ssot = self.ssot.clone();
+                self.tasks.spawn(async move {
+                    if let Err(error) = ssot.save_loop(record, vec![event]).await {
+                        warn!(%error, "cannot record the failure");
+                    }
+                });
+                inner.controls.remove(&id);
+                inner.active.remove(&project);
+            }
+        }
+    }
+
+    /// A loop ended: start the project's next queued loop.
+    async fn finished(self: &Arc<Self>, project: &str, id: &str) {
+        let mut inner = self.inner.lock().await;
+        inner.controls.remove(id);
+        if inner.active.get(project).is_some_and(|a| a == id) {
+            inner.active.remove(project);
+        }
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        match self.ssot.unfinished_loops().await {
+            Ok(open) => {
+                if let Some(next) = open.into_iter().find(|l| l.project == project && l.state == LoopState::Queued) {
+                    self.spawn(&mut inner, next, false);
+                }
+            }
+            Err(error) => warn!(%error, "cannot look for queued loops"),
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<LoopRecord> {
+        Ok(self.ssot.get_loop(id).await?.value)
+    }
+
+    pub async fn list(&self, project: &str, page_size: i32, page_token: &str) -> Result<Page<LoopRecord>> {
+        self.ssot.list_loops(project, page_size, page_token).await
+    }
+
+    async fn control(&self, id: &str) -> Result<(LoopRecord, Option<Arc<Control>>)> {
+        let record = self.get(id).await?;
+        let control = self.inner.lock().await.controls.get(id).cloned();
+        Ok((record, control))
+    }
+
+    fn ended(record: &LoopRecord) -> SsotError {
+        SsotError::FailedPrecondition(format!("loop {} has ended ({})", record.id, record.state.as_str()))
+    }
+
+    /// Waits until the loop's published record satisfies `done` (or the wait ends).
+    async fn wait(control: &Control, done: impl Fn(&LoopRecord) -> bool) -> LoopRecord {
+        let mut published = control.published.subscribe();
+        let waited = tokio::time::timeout(ACTION_WAIT, published.wait_for(|r| done(r))).await;
+        match waited {
+            Ok(Ok(record)) => record.clone(),
+            _ => control.published.borrow().clone(),
+        }
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<LoopRecord> {
+        let inner = self.inner.lock().await;
+        let record = self.get(id).await?;
+        if record.state.is_final() {
+            return Err(Self::ended(&record));
+        }
+        match inner.controls.get(id).cloned() {
+            Some(control) => {
+                drop(inner);
+                control.cancel.cancel();
+                control.wake.notify_one();
+                Ok(Self::wait(&control, |r| r.state.is_final()).await)
+            }
+            None => {
+                // Queued: nothing runs yet, so nothing to roll back.
+                let mut record = record;
+                record.state = LoopState::Cancelled;
+                record.reason = "cancelled while queued".into();
+                let event =
+                    LoopEvent { kind: "state".into(), message: "cancelled while queued".into(), ..Default::default() };
+                Ok(self.ssot.save_loop(record, vec![event]).await?)
+            }
+        }
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<LoopRecord> {
+        let (record, control) = self.control(id).await?;
+        let control = control.ok_or_else(|| Self::not_running(&record))?;
+        control.pause.store(true, Ordering::SeqCst);
+        Ok(control.published.borrow().clone())
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<LoopRecord> {
+        let (record, control) = self.control(id).await?;
+        let control = control.ok_or_else(|| Self::not_running(&record))?;
+        control.pause.store(false, Ordering::SeqCst);
+        control.wake.notify_one();
+        Ok(Self::wait(&control, |r| r.state != LoopState::Paused).await)
+    }
+
+    fn not_running(record: &LoopRecord) -> SsotError {
+        if record.state.is_final() {
+            return Self::ended(record);
+        }
+        SsotError::FailedPrecondition(format!("loop {} is {}, not running", record.id, record.state.as_str()))
+    }
+
+    /// Hands an ESCALATED loop a human's decision.
+    pub async fn decide(&self, id: &str, decision: Decision) -> Result<LoopRecord> {
+        let (record, control) = self.control(id).await?;
+        if record.state != LoopState::Escalated {
+            let verb = match decision {
+                Decision::Approve { .. } => "approve",
+                Decision::Retry { .. } => "retry",
+                Decision::Abort { .. } => "abort",
+            };
+            return Err(SsotError::FailedPrecondition(format!(
+                "loop {} is {}; {verb} applies to ESCALATED loops",
+                record.id,
+                record.state.as_str()
+            )));
+        }
+        let control = control.ok_or_else(|| Self::not_running(&record))?;
+        *control.decision.lock().expect("decision lock") = Some(decision);
+        control.wake.notify_one();
+        Ok(Self::wait(&control, |r| r.state != LoopState::Escalated).await)
+    }
+
+    /// Stops every loop task without touching its record: they resume on the next start.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_ids_come_from_folder_names() {
+        assert_eq!(project_id_from(Path::new("/home/ada/My Demo!")), "my-demo");
+        assert_eq!(project_id_from(Path::new("/tmp/maestro-demo")), "maestro-demo");
+        assert_eq!(project_id_from(Path::new("/")), "demo");
+    }
+}

@@ -1,0 +1,326 @@
+//! AutoLoop records and their event streams. A loop's record (state, phase,
+//! epoch, retries, reason, what its phase needs to resume) is rewritten at
+//! every transition together with the events of that step, in one
+//! transaction. Events are numbered per loop from 1 and never change.
+//!
+//! Keys: `loops/<id>` the record, `loop-events/<id>/<seq>` its events,
+//! `_meta/loops` the id counter.
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use super::clock::now_ms;
+use super::store::{Compare, EventKind, Op, RangeRequest, Revision, Txn, prefix_end};
+use super::{Page, Result, Ssot, SsotError, Versioned, validate};
+
+const RECORDS: &str = "loops/";
+const EVENTS: &str = "loop-events/";
+const COUNTER: &str = "_meta/loops";
+const KIND: &str = "loop";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LoopState {
+    Queued,
+    Running,
+    Paused,
+    Escalated,
+    Succeeded,
+    Failed,
+    Aborted,
+    Cancelled,
+}
+
+impl LoopState {
+    pub fn is_final(self) -> bool {
+        matches!(self, LoopState::Succeeded | LoopState::Failed | LoopState::Aborted | LoopState::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoopState::Queued => "QUEUED",
+            LoopState::Running => "RUNNING",
+            LoopState::Paused => "PAUSED",
+            LoopState::Escalated => "ESCALATED",
+            LoopState::Succeeded => "SUCCEEDED",
+            LoopState::Failed => "FAILED",
+            LoopState::Aborted => "ABORTED",
+            LoopState::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Phase {
+    Plan,
+    Assign,
+    Exec,
+    Valid,
+    Commit,
+    Check,
+    Rollback,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Plan => "PLAN",
+            Phase::Assign => "ASSIGN",
+            Phase::Exec => "EXEC",
+            Phase::Valid => "VALID",
+            Phase::Commit => "COMMIT",
+            Phase::Check => "CHECK",
+            Phase::Rollback => "ROLLBACK",
+        }
+    }
+}
+
+/// A requirement given to an agent for the current epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub requirement: String,
+    pub role: String,
+    pub agent: String,
+}
+
+/// An epoch that failed validation or execution, kept for replanning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub epoch: u64,
+    pub requirements: Vec<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoopRecord {
+    pub id: String,
+    pub project: String,
+    pub state: LoopState,
+    /// The phase the loop is in (or was in when it stopped).
+    pub phase: Phase,
+    pub epoch: u64,
+    pub retries: u32,
+    pub retry_budget: u32,
+    pub reason: String,
+    pub task: String,
+    /// The root requirement (set once the loop has started).
+    pub root: String,
+    pub workspace: String,
+    pub demo: bool,
+    pub tokens: u64,
+    pub done: u32,
+    pub total: u32,
+    pub last_seq: u64,
+    pub claims: Vec<Claim>,
+    pub failures: Vec<Failure>,
+    pub guidance: Vec<String>,
+    /// The next PLAN runs the planning agent (first cycle, after a rollback).
+    pub replan: bool,
+    /// Git commits of the working tree at the start of the epoch and of VALID.
+    pub epoch_checkpoint: String,
+    pub valid_checkpoint: String,
+    /// The lease holding this loop's claims.
+    pub lease: u64,
+    /// Daemon restarts this loop has lived through.
+    pub restarts: u32,
+    pub create_time_ms: i64,
+    pub update_time_ms: i64,
+    pub end_time_ms: i64,
+}
+
+impl LoopRecord {
+    pub fn new(project: &str, task: &str, workspace: &str, demo: bool, retry_budget: u32) -> LoopRecord {
+        LoopRecord {
+            id: String::new(),
+            project: project.to_string(),
+            state: LoopState::Queued,
+            phase: Phase::Plan,
+            epoch: 0,
+            retries: 0,
+            retry_budget,
+            reason: String::new(),
+            task: task.to_string(),
+            root: String::new(),
+            workspace: workspace.to_string(),
+            demo,
+            tokens: 0,
+            done: 0,
+            total: 0,
+            last_seq: 0,
+            claims: Vec::new(),
+            failures: Vec::new(),
+            guidance: Vec::new(),
+            replan: true,
+            epoch_checkpoint: String::new(),
+            valid_checkpoint: String::new(),
+            lease: 0,
+            restarts: 0,
+            create_time_ms: 0,
+            update_time_ms: 0,
+            end_time_ms: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LoopEvent {
+    pub seq: u64,
+    pub time_ms: i64,
+    pub kind: String,
+    pub phase: String,
+    pub epoch: u64,
+    pub agent: String,
+    pub requirement: String,
+    pub message: String,
+    /// The loop's state after this event.
+    pub state: String,
+    pub done: u32,
+    pub total: u32,
+    pub tokens: u64,
+}
+
+/// The number of a loop id `loop-N`.
+fn number(id: &str) -> Result<u64> {
+    id.strip_prefix("loop-")
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| SsotError::invalid("loop_id", format!("{id:?} is not a loop id (like loop-12)")))
+}
+
+fn check_id(id: &str) -> Result<()> {
+    number(id).map(drop)
+}
+
+// Keys are zero-padded so loops and events list in numeric order. The id is checked before.
+fn record_key(id: &str) -> String {
+    format!("{RECORDS}{:010}", number(id).unwrap_or_default())
+}
+
+fn events_prefix(id: &str) -> String {
+    format!("{EVENTS}{:010}/", number(id).unwrap_or_default())
+}
+
+fn event_key(id: &str, seq: u64) -> String {
+    format!("{}{seq:012}", events_prefix(id))
+}
+
+impl Ssot {
+    /// Stores a new loop under the next id (`loop-N`) with its first events.
+    pub async fn create_loop(&self, mut record: LoopRecord, events: Vec<LoopEvent>) -> Result<LoopRecord> {
+        validate::text("task", &record.task, 64 << 10, true)?;
+        for _ in 0..super::RETRIES {
+            let guard = self.project_guard(&record.project).await?;
+            let counter = self.get::<u64>(COUNTER, 0).await?;
+            let (last, rev) = counter.map_or((0, 0), |c| (c.value, c.meta.mod_revision));
+            record.id = format!("loop-{}", last + 1);
+            record.create_time_ms = now_ms();
+            let txn = Txn::new()
+                .when(guard)
+                .when(Compare::mod_revision(COUNTER, rev))
+                .then(Op::put(COUNTER, super::encode_json(&(last + 1))));
+            let (txn, stored) = self.loop_write(txn, record.clone(), events.clone());
+            match self.commit(txn).await? {
+                Ok(_) => return Ok(stored),
+                Err((0, _)) => return Err(SsotError::not_found("project", &record.project)),
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+        Err(super::lost_race(KIND, "creation"))
+    }
+
+    /// Adds the record and the events (numbered after `last_seq`) to `txn`.
+    fn loop_write(&self, mut txn: Txn, mut record: LoopRecord, events: Vec<LoopEvent>) -> (Txn, LoopRecord) {
+        let now = now_ms();
+        for mut event in events {
+            record.last_seq += 1;
+            event.seq = record.last_seq;
+            if event.time_ms == 0 {
+                event.time_ms = now;
+            }
+            if event.state.is_empty() {
+                event.state = record.state.as_str().to_string();
+            }
+            if event.epoch == 0 {
+                event.epoch = record.epoch;
+            }
+            (event.done, event.total, event.tokens) = (record.done, record.total, record.tokens);
+            txn = txn.then(Op::put(event_key(&record.id, event.seq), super::encode_json(&event)));
+        }
+        record.update_time_ms = now;
+        txn = txn.then(Op::put(record_key(&record.id), super::encode_json(&record)));
+        (txn, record)
+    }
+
+    /// Writes the loop's record and appends `events`, atomically. Only the
+    /// loop's own task calls this, so there is one writer per loop.
+    pub async fn save_loop(&self, record: LoopRecord, events: Vec<LoopEvent>) -> Result<LoopRecord> {
+        check_id(&record.id)?;
+        let (txn, stored) = self.loop_write(Txn::new(), record, events);
+        self.commit(txn).await?.map_err(|_| SsotError::not_found(KIND, &stored.id))?;
+        Ok(stored)
+    }
+
+    pub async fn get_loop(&self, id: &str) -> Result<Versioned<LoopRecord>> {
+        check_id(id)?;
+        self.get(&record_key(id), 0).await?.ok_or_else(|| SsotError::not_found(KIND, id))
+    }
+
+    /// Loops, oldest first; of one project when `project` is not empty.
+    pub async fn list_loops(&self, project: &str, page_size: i32, page_token: &str) -> Result<Page<LoopRecord>> {
+        if !project.is_empty() {
+            self.project_guard(project).await?;
+        }
+        let project = project.to_string();
+        self.page(RECORDS, page_size, page_token, 0, |l: &Versioned<LoopRecord>| {
+            project.is_empty() || l.value.project == project
+        })
+        .await
+    }
+
+    /// Every loop that has not ended, oldest first (keys are in creation order).
+    pub async fn unfinished_loops(&self) -> Result<Vec<LoopRecord>> {
+        let (all, _) = self.scan_all::<LoopRecord>(RECORDS, 0).await?;
+        let open: Vec<LoopRecord> = all.into_iter().map(|l| l.value).filter(|l| !l.state.is_final()).collect();
+        Ok(open)
+    }
+
+    /// Events of loop `id` with seq ≥ `from`, and the revision they were read at.
+    pub async fn loop_events(&self, id: &str, from: u64) -> Result<(Vec<LoopEvent>, Revision)> {
+        check_id(id)?;
+        let request = RangeRequest {
+            start: event_key(id, from.max(1)).into_bytes(),
+            end: prefix_end(events_prefix(id).as_bytes()),
+            revision: 0,
+            limit: 0,
+        };
+        let response = self.store.range(request).await?;
+        let events = response
+            .kvs
+            .iter()
+            .map(|kv| super::decode_versioned::<LoopEvent>(kv).map(|v| v.value))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((events, response.revision))
+    }
+
+    /// Events of loop `id` committed after `revision`, as they come.
+    pub fn follow_loop_events(&self, id: &str, revision: Revision) -> Result<BoxStream<'static, Result<LoopEvent>>> {
+        check_id(id)?;
+        let stream = self.store.watch(events_prefix(id).into_bytes(), revision + 1)?;
+        Ok(stream
+            .flat_map(|batch| {
+                let items: Vec<Result<LoopEvent>> = match batch {
+                    Ok(batch) => batch
+                        .events
+                        .iter()
+                        .filter(|e| e.kind == EventKind::Put)
+                        .map(|e| super::decode_versioned::<LoopEvent>(&e.kv).map(|v| v.value))
+                        .collect(),
+                    Err(e) => vec![Err(e.into())],
+                };
+                futures::stream::iter(items)
+            })
+            .boxed())
+    }
+}
