@@ -11,9 +11,10 @@ use clap::{Parser, Subcommand, ValueEnum};
     about = "Drive a Maestro daemon: projects, requirements, contracts, log, memory, locks, snapshots"
 )]
 pub struct Cli {
-    /// maestrod address.
-    #[arg(long, global = true, env = "MAESTRO_SERVER", default_value_t = maestro_shared::default_server())]
-    pub(crate) server: String,
+    /// maestrod address [default: a local maestrod on 127.0.0.1:7700, started
+    /// for you (data under ~/.maestro) when none answers].
+    #[arg(long, global = true, env = "MAESTRO_SERVER")]
+    pub(crate) server: Option<String>,
     /// Output format: aligned tables for people, JSON for scripts.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     pub(crate) output: Output,
@@ -69,6 +70,88 @@ pub(crate) enum Command {
     /// The harness policy of a project's workspace.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Make PATH (default: here) a Maestro project: writes .maestro/config.yaml
+    /// with commented defaults, registers the project, initialises git. Safe to repeat.
+    Init {
+        path: Option<PathBuf>,
+    },
+    /// Run a task: it becomes the root requirement and an AutoLoop works it
+    /// until done. Exit code: 0 succeeded, 2 escalated, 3 failed, aborted or
+    /// cancelled, 1 usage or connection error.
+    Run(RunArgs),
+    /// The scripted demo (`run --demo`): a to-do service built in ./maestro-demo.
+    Demo {
+        #[command(flatten)]
+        follow: FollowArgs,
+        /// Where to build it (must not exist or be empty) [default: ./maestro-demo].
+        #[arg(long)]
+        workspace: Option<PathBuf>,
+    },
+    /// Follow a loop's progress (from its first event unless --from-seq).
+    Attach {
+        loop_id: String,
+        /// Start at this event sequence number.
+        #[arg(long, default_value_t = 0)]
+        from_seq: u64,
+        #[command(flatten)]
+        follow: FollowArgs,
+    },
+    /// Loops: list and show.
+    #[command(subcommand)]
+    Loop(LoopCmd),
+    /// Accept an ESCALATED loop's failed epoch as it is.
+    Approve { loop_id: String },
+    /// Roll an ESCALATED loop back and plan again with your guidance.
+    Retry {
+        loop_id: String,
+        /// What the planner should do differently (goes into the SSOT and the next PLAN).
+        #[arg(long, short = 'g', default_value = "")]
+        guidance: String,
+    },
+    /// Stop an ESCALATED loop, its workspace back at the last commit.
+    Abort { loop_id: String },
+    /// Stop a loop now: agents stop, the workspace goes back to the last commit.
+    Cancel { loop_id: String },
+    /// Hold a loop at its next phase boundary.
+    Pause { loop_id: String },
+    /// Let a paused loop go on.
+    Resume { loop_id: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    /// What to build, in plain words (optional with --demo).
+    pub(crate) task: Option<String>,
+    /// Run the scripted demo: no model needed.
+    #[arg(long)]
+    pub(crate) demo: bool,
+    /// The project folder [default: the folder holding .maestro/ at or above
+    /// here; for --demo, a new ./maestro-demo].
+    #[arg(long)]
+    pub(crate) workspace: Option<PathBuf>,
+    /// Print the loop id and return at once.
+    #[arg(long)]
+    pub(crate) detach: bool,
+    #[command(flatten)]
+    pub(crate) follow: FollowArgs,
+}
+
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub(crate) struct FollowArgs {
+    /// Cancel the loop on Ctrl-C instead of detaching from it.
+    #[arg(long)]
+    pub(crate) cancel_on_exit: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LoopCmd {
+    /// The loops of --project (of every project without it).
+    List {
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+    },
+    /// One loop's state.
+    Show { loop_id: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,6 +4,7 @@
 pub mod cli;
 mod client;
 mod commands;
+mod local;
 mod output;
 
 use std::process::ExitCode;
@@ -46,6 +47,9 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: cli::Cli) -> anyhow::Result<u8> {
-    let channel = client::connect(&cli.server).await?;
+    let channel = match &cli.server {
+        Some(server) => client::connect(server).await?,
+        None => local::connect_or_start().await?,
+    };
     commands::dispatch(cli.command, cli.project.as_deref(), channel, cli.output).await
 }

@@ -1,11 +1,14 @@
 //! One module per command group; each turns parsed arguments into RPCs and output.
 
 mod contract;
+mod init;
 mod log;
+mod loops;
 mod memory;
 mod policy;
 mod project;
 mod req;
+mod run;
 mod snapshot;
 mod system;
 
@@ -43,5 +46,16 @@ pub(crate) async fn dispatch(
         Command::Info => system::info(channel, output).await,
         Command::Status => system::status(channel, output).await,
         Command::Policy(cmd) => policy::run(cmd, project, channel, output).await,
+        Command::Init { path } => init::run(channel, path, project).await,
+        Command::Run(args) => run::run(channel, args, project, output).await,
+        Command::Demo { follow, workspace } => run::demo(channel, workspace, follow, project, output).await,
+        Command::Attach { loop_id, from_seq, follow } => run::attach(channel, &loop_id, from_seq, follow, output).await,
+        Command::Loop(cmd) => loops::run(cmd, project, channel, output).await,
+        Command::Approve { loop_id } => loops::act(channel, loop_id, loops::Action::Approve, output).await,
+        Command::Retry { loop_id, guidance } => loops::act(channel, loop_id, loops::Action::Retry(guidance), output).await,
+        Command::Abort { loop_id } => loops::act(channel, loop_id, loops::Action::Abort, output).await,
+        Command::Cancel { loop_id } => loops::act(channel, loop_id, loops::Action::Cancel, output).await,
+        Command::Pause { loop_id } => loops::act(channel, loop_id, loops::Action::Pause, output).await,
+        Command::Resume { loop_id } => loops::act(channel, loop_id, loops::Action::Resume, output).await,
     }
 }

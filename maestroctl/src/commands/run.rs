@@ -1,0 +1,270 @@
+//! `maestroctl run`, `demo` and `attach`: start a loop and follow its events
+//! until it ends. On a terminal a status line shows phase, epoch, a progress
+//! bar of requirements, tokens and time; otherwise plain lines, or one JSON
+//! event per line with `--output json`.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use futures::StreamExt;
+use maestro_shared::v1::{self, LoopState, loop_service_client::LoopServiceClient};
+use tonic::Code;
+use tonic::transport::Channel;
+
+use super::ExitStatus;
+use super::init::{ensure_project, find_workspace};
+use crate::cli::{FollowArgs, Output, RunArgs};
+use crate::client::{reply, status_error};
+use crate::output::json_line;
+
+/// The demo's task unless one is given.
+const DEMO_TASK: &str = "Build a to-do service: a REST API, a command-line client, and tests";
+
+/// The exit code for a loop's state (None while it runs).
+pub(crate) fn exit_code(state: LoopState) -> Option<ExitStatus> {
+    match state {
+        LoopState::Succeeded => Some(0),
+        LoopState::Escalated => Some(2),
+        LoopState::Failed | LoopState::Aborted | LoopState::Cancelled => Some(3),
+        _ => None,
+    }
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) })
+}
+
+pub(super) async fn run(
+    channel: Channel,
+    args: RunArgs,
+    project: Option<&str>,
+    output: Output,
+) -> anyhow::Result<ExitStatus> {
+    let mut client = LoopServiceClient::new(channel.clone());
+    let request = if args.demo {
+        let dir = absolute(&args.workspace.clone().unwrap_or_else(|| PathBuf::from("maestro-demo")))?;
+        if dir.read_dir().is_ok_and(|mut entries| entries.next().is_some()) {
+            return Err(anyhow!("{} exists and is not empty; pick a new folder with --workspace", dir.display()));
+        }
+        v1::StartLoopRequest {
+            project_id: project.unwrap_or_default().to_string(),
+            task: args.task.clone().unwrap_or_else(|| DEMO_TASK.to_string()),
+            demo: true,
+            workspace: dir.display().to_string(),
+        }
+    } else {
+        let task = args.task.clone().filter(|t| !t.trim().is_empty()).ok_or_else(|| {
+            anyhow!("say what to build: maestroctl run \"Build a to-do REST API\" (or try maestroctl run --demo)")
+        })?;
+        let dir = match &args.workspace {
+            Some(dir) => absolute(dir)?,
+            None => find_workspace(&std::env::current_dir()?).ok_or_else(|| {
+                anyhow!("no Maestro project here (no .maestro/config.yaml at or above this folder); run `maestroctl init` or pass --workspace DIR")
+            })?,
+        };
+        let project_id = ensure_project(channel.clone(), &dir, project, true).await?;
+        let workspace = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
+        v1::StartLoopRequest { project_id, task, demo: false, workspace: workspace.display().to_string() }
+    };
+    let started = reply(client.start_loop(request).await)?;
+    if args.detach {
+        match output {
+            Output::Json => json_line(&started)?,
+            Output::Table => println!("{}", started.loop_id),
+        }
+        return Ok(0);
+    }
+    if output == Output::Table {
+        eprintln!(
+            "{} started for project {} in {} (root requirement {}); Ctrl-C detaches{}",
+            started.loop_id,
+            started.project_id,
+            started.workspace,
+            started.requirement_id,
+            if args.follow.cancel_on_exit { " and cancels it" } else { "" }
+        );
+    }
+    let code = follow(channel, &started.loop_id, 0, output, args.follow).await?;
+    if args.demo && code == 0 && output == Output::Table {
+        println!("\nThe demo project is in {}", started.workspace);
+        println!("Run its tests: cd {} && python3 -m unittest discover -s tests -v", started.workspace);
+        println!("Its history: git -C {} log --oneline --tags='maestro/*'", started.workspace);
+    }
+    Ok(code)
+}
+
+pub(super) async fn demo(
+    channel: Channel,
+    workspace: Option<PathBuf>,
+    follow_args: FollowArgs,
+    project: Option<&str>,
+    output: Output,
+) -> anyhow::Result<ExitStatus> {
+    let args = RunArgs { task: None, demo: true, workspace, detach: false, follow: follow_args };
+    run(channel, args, project, output).await
+}
+
+/// The status line drawn under the events on a terminal.
+struct StatusLine {
+    enabled: bool,
+    started: Instant,
+    shown: bool,
+}
+
+impl StatusLine {
+    fn clear(&mut self) {
+        if self.shown {
+            eprint!("\r\x1b[2K");
+            self.shown = false;
+        }
+    }
+
+    fn draw(&mut self, event: &v1::LoopEvent) {
+        if !self.enabled {
+            return;
+        }
+        let (done, total) = (event.requirements_done, event.requirements_total.max(1));
+        let width = 20;
+        let filled = (done as usize * width) / total as usize;
+        let bar: String = "█".repeat(filled) + &"░".repeat(width - filled);
+        let elapsed = self.started.elapsed().as_secs();
+        let tokens = if event.tokens >= 10_000 { format!("{:.1}k", event.tokens as f64 / 1000.0) } else { event.tokens.to_string() };
+        eprint!(
+            "\r\x1b[2K{} epoch {} {bar} {done}/{} requirements · {tokens} tokens · {}:{:02}",
+            if event.phase.is_empty() { "…" } else { &event.phase },
+            event.epoch,
+            event.requirements_total,
+            elapsed / 60,
+            elapsed % 60
+        );
+        let _ = std::io::stderr().flush();
+        self.shown = true;
+    }
+}
+
+fn line(event: &v1::LoopEvent) -> String {
+    let who = if event.agent.is_empty() { String::new() } else { format!(" {}", event.agent) };
+    let requirement = if event.requirement_id.is_empty() { String::new() } else { format!(" [{}]", event.requirement_id) };
+    let what = match event.kind.as_str() {
+        "phase" if event.message.is_empty() => format!("── {}", event.phase),
+        "phase" => format!("── {} ({})", event.phase, event.message),
+        _ => format!("{:<14}{who}{requirement} {}", event.kind, event.message),
+    };
+    format!("#{:<4} {:<8} {what}", event.seq, event.phase)
+}
+
+/// Follows `loop_id` from `from_seq` until it ends (or escalates); reconnects
+/// with the last sequence number when the connection drops.
+pub(crate) async fn follow(
+    channel: Channel,
+    loop_id: &str,
+    from_seq: u64,
+    output: Output,
+    args: FollowArgs,
+) -> anyhow::Result<ExitStatus> {
+    let mut client = LoopServiceClient::new(channel);
+    let mut next = from_seq;
+    let mut status = StatusLine { enabled: output == Output::Table && std::io::stderr().is_terminal(), started: Instant::now(), shown: false };
+    let mut reconnecting_since: Option<Instant> = None;
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut cancelling = false;
+    loop {
+        let request = v1::StreamLoopEventsRequest { loop_id: loop_id.to_string(), from_seq: next };
+        let mut stream = match client.stream_loop_events(request).await {
+            Ok(stream) => {
+                reconnecting_since = None;
+                stream.into_inner()
+            }
+            Err(e) if matches!(e.code(), Code::Unavailable | Code::Unknown | Code::Cancelled) => {
+                let since = *reconnecting_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(120) {
+                    return Err(anyhow!("lost the daemon for 2 minutes; follow again with: maestroctl attach {loop_id} --from-seq {next}"));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => return Err(status_error(e)),
+        };
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                _ = &mut ctrl_c, if !cancelling => {
+                    status.clear();
+                    if args.cancel_on_exit {
+                        eprintln!("maestroctl: cancelling {loop_id}…");
+                        cancelling = true;
+                        reply(client.cancel_loop(v1::LoopActionRequest { loop_id: loop_id.to_string(), actor: actor() }).await)?;
+                        continue;
+                    }
+                    eprintln!("maestroctl: detached; {loop_id} keeps running (follow it with: maestroctl attach {loop_id})");
+                    return Ok(0);
+                }
+            };
+            match item {
+                Some(Ok(event)) => {
+                    next = event.seq + 1;
+                    status.clear();
+                    match output {
+                        Output::Json => json_line(&event)?,
+                        Output::Table => println!("{}", line(&event)),
+                    }
+                    let state = LoopState::try_from(event.state).unwrap_or(LoopState::Unspecified);
+                    if event.kind == "escalated" {
+                        let current = reply(client.get_loop(v1::GetLoopRequest { loop_id: loop_id.to_string() }).await)?;
+                        if current.state() == LoopState::Escalated {
+                            if output == Output::Table {
+                                eprintln!(
+                                    "maestroctl: {loop_id} needs you: maestroctl approve {loop_id} | retry {loop_id} --guidance \"…\" | abort {loop_id}"
+                                );
+                            }
+                            return Ok(2);
+                        }
+                    }
+                    if let Some(code) = exit_code(state).filter(|_| state != LoopState::Escalated) {
+                        return Ok(code);
+                    }
+                    status.draw(&event);
+                }
+                Some(Err(e)) if !matches!(e.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal) => {
+                    status.clear();
+                    return Err(status_error(e));
+                }
+                // The stream broke or ended early (daemon restart): pick up where we were.
+                _ => {
+                    status.clear();
+                    let current = client.get_loop(v1::GetLoopRequest { loop_id: loop_id.to_string() }).await;
+                    if let Ok(current) = current {
+                        let current = current.into_inner();
+                        if current.last_seq < next
+                            && let Some(code) = exit_code(current.state())
+                        {
+                            return Ok(code);
+                        }
+                    }
+                    if output == Output::Table {
+                        eprintln!("maestroctl: connection to the daemon lost; reconnecting from event {next}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Who is acting, for the log.
+pub(crate) fn actor() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "maestroctl".into())
+}
+
+pub(super) async fn attach(
+    channel: Channel,
+    loop_id: &str,
+    from_seq: u64,
+    args: FollowArgs,
+    output: Output,
+) -> anyhow::Result<ExitStatus> {
+    follow(channel, loop_id, from_seq, output, args).await
+}
