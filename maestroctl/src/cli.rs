@@ -72,9 +72,7 @@ pub(crate) enum Command {
     Policy(PolicyCmd),
     /// Make PATH (default: here) a Maestro project: writes .maestro/config.yaml
     /// with commented defaults, registers the project, initialises git. Safe to repeat.
-    Init {
-        path: Option<PathBuf>,
-    },
+    Init { path: Option<PathBuf> },
     /// Run a task: it becomes the root requirement and an AutoLoop works it
     /// until done. Exit code: 0 succeeded, 2 escalated, 3 failed, aborted or
     /// cancelled, 1 usage or connection error.
@@ -86,6 +84,9 @@ pub(crate) enum Command {
         /// Where to build it (must not exist or be empty) [default: ./maestro-demo].
         #[arg(long)]
         workspace: Option<PathBuf>,
+        /// Print the loop id and return at once.
+        #[arg(long)]
+        detach: bool,
     },
     /// Follow a loop's progress (from its first event unless --from-seq).
     Attach {

@@ -38,7 +38,7 @@ class TodoStore:
 
     def complete_todo(self, todo_id):
         with self._lock:
-            todo = self._todos[todo_id]
+            todo = self._todos[todo_id]  # the stored to-do itself, not a copy
             todo["done"] = True
             return dict(todo)
 

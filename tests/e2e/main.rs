@@ -6,6 +6,7 @@ mod api;
 mod cli;
 mod durability;
 mod harness;
+mod loops;
 mod watch;
 
 use maestro_shared::v1::{

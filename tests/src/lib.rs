@@ -184,7 +184,13 @@ impl CtlOutput {
 }
 
 pub fn run_ctl(server: &str, args: &[&str]) -> CtlOutput {
+    run_ctl_in(server, &std::env::current_dir().expect("a current directory"), args)
+}
+
+/// Runs `maestroctl` in the folder `cwd`.
+pub fn run_ctl_in(server: &str, cwd: &Path, args: &[&str]) -> CtlOutput {
     let output = Command::new(binary("e2e-maestroctl"))
+        .current_dir(cwd)
         .arg("--server")
         .arg(server)
         .args(args)

@@ -47,7 +47,8 @@ loop:
 /// A project id from a folder name: `My App` → `my-app`.
 fn id_from(dir: &Path) -> String {
     let name = dir.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
-    let id: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '.' { c } else { '-' }).collect();
+    let id: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '.' { c } else { '-' }).collect();
     let id: String = id.trim_matches(|c: char| !c.is_ascii_alphanumeric()).chars().take(60).collect();
     if id.is_empty() { "project".into() } else { id }
 }
@@ -94,7 +95,8 @@ pub(crate) async fn ensure_project(
     let mut done = Vec::new();
     if existing.is_none() {
         std::fs::create_dir_all(dir.join(".maestro"))?;
-        std::fs::write(&config, default_config(&project)).with_context(|| format!("cannot write {}", config.display()))?;
+        std::fs::write(&config, default_config(&project))
+            .with_context(|| format!("cannot write {}", config.display()))?;
         done.push(format!("wrote {CONFIG}"));
     }
     let workspace = dir.display().to_string();

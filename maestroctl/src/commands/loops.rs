@@ -51,7 +51,8 @@ pub(super) async fn run(
             })
             .await?;
             emit(output, &loops, || {
-                let mut table = Table::new(&["LOOP", "PROJECT", "STATE", "PHASE", "EPOCH", "DONE", "TOKENS", "CREATED", "TASK"]);
+                let mut table =
+                    Table::new(&["LOOP", "PROJECT", "STATE", "PHASE", "EPOCH", "DONE", "TOKENS", "CREATED", "TASK"]);
                 for l in &loops {
                     table.row(vec![
                         l.loop_id.clone(),
@@ -86,7 +87,12 @@ pub(super) enum Action {
     Resume,
 }
 
-pub(super) async fn act(channel: Channel, loop_id: String, action: Action, output: Output) -> anyhow::Result<ExitStatus> {
+pub(super) async fn act(
+    channel: Channel,
+    loop_id: String,
+    action: Action,
+    output: Output,
+) -> anyhow::Result<ExitStatus> {
     let mut client = LoopServiceClient::new(channel);
     let request = v1::LoopActionRequest { loop_id: loop_id.clone(), actor: actor() };
     let l = match action {

@@ -48,11 +48,16 @@ pub(crate) async fn dispatch(
         Command::Policy(cmd) => policy::run(cmd, project, channel, output).await,
         Command::Init { path } => init::run(channel, path, project).await,
         Command::Run(args) => run::run(channel, args, project, output).await,
-        Command::Demo { follow, workspace } => run::demo(channel, workspace, follow, project, output).await,
+        Command::Demo { follow, workspace, detach } => {
+            let args = crate::cli::RunArgs { task: None, demo: true, workspace, detach, follow };
+            run::run(channel, args, project, output).await
+        }
         Command::Attach { loop_id, from_seq, follow } => run::attach(channel, &loop_id, from_seq, follow, output).await,
         Command::Loop(cmd) => loops::run(cmd, project, channel, output).await,
         Command::Approve { loop_id } => loops::act(channel, loop_id, loops::Action::Approve, output).await,
-        Command::Retry { loop_id, guidance } => loops::act(channel, loop_id, loops::Action::Retry(guidance), output).await,
+        Command::Retry { loop_id, guidance } => {
+            loops::act(channel, loop_id, loops::Action::Retry(guidance), output).await
+        }
         Command::Abort { loop_id } => loops::act(channel, loop_id, loops::Action::Abort, output).await,
         Command::Cancel { loop_id } => loops::act(channel, loop_id, loops::Action::Cancel, output).await,
         Command::Pause { loop_id } => loops::act(channel, loop_id, loops::Action::Pause, output).await,

@@ -95,17 +95,6 @@ pub(super) async fn run(
     Ok(code)
 }
 
-pub(super) async fn demo(
-    channel: Channel,
-    workspace: Option<PathBuf>,
-    follow_args: FollowArgs,
-    project: Option<&str>,
-    output: Output,
-) -> anyhow::Result<ExitStatus> {
-    let args = RunArgs { task: None, demo: true, workspace, detach: false, follow: follow_args };
-    run(channel, args, project, output).await
-}
-
 /// The status line drawn under the events on a terminal.
 struct StatusLine {
     enabled: bool,
@@ -130,7 +119,11 @@ impl StatusLine {
         let filled = (done as usize * width) / total as usize;
         let bar: String = "█".repeat(filled) + &"░".repeat(width - filled);
         let elapsed = self.started.elapsed().as_secs();
-        let tokens = if event.tokens >= 10_000 { format!("{:.1}k", event.tokens as f64 / 1000.0) } else { event.tokens.to_string() };
+        let tokens = if event.tokens >= 10_000 {
+            format!("{:.1}k", event.tokens as f64 / 1000.0)
+        } else {
+            event.tokens.to_string()
+        };
         eprint!(
             "\r\x1b[2K{} epoch {} {bar} {done}/{} requirements · {tokens} tokens · {}:{:02}",
             if event.phase.is_empty() { "…" } else { &event.phase },
@@ -146,7 +139,8 @@ impl StatusLine {
 
 fn line(event: &v1::LoopEvent) -> String {
     let who = if event.agent.is_empty() { String::new() } else { format!(" {}", event.agent) };
-    let requirement = if event.requirement_id.is_empty() { String::new() } else { format!(" [{}]", event.requirement_id) };
+    let requirement =
+        if event.requirement_id.is_empty() { String::new() } else { format!(" [{}]", event.requirement_id) };
     let what = match event.kind.as_str() {
         "phase" if event.message.is_empty() => format!("── {}", event.phase),
         "phase" => format!("── {} ({})", event.phase, event.message),
@@ -166,7 +160,11 @@ pub(crate) async fn follow(
 ) -> anyhow::Result<ExitStatus> {
     let mut client = LoopServiceClient::new(channel);
     let mut next = from_seq;
-    let mut status = StatusLine { enabled: output == Output::Table && std::io::stderr().is_terminal(), started: Instant::now(), shown: false };
+    let mut status = StatusLine {
+        enabled: output == Output::Table && std::io::stderr().is_terminal(),
+        started: Instant::now(),
+        shown: false,
+    };
     let mut reconnecting_since: Option<Instant> = None;
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     let mut cancelling = false;
@@ -180,7 +178,9 @@ pub(crate) async fn follow(
             Err(e) if matches!(e.code(), Code::Unavailable | Code::Unknown | Code::Cancelled) => {
                 let since = *reconnecting_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > Duration::from_secs(120) {
-                    return Err(anyhow!("lost the daemon for 2 minutes; follow again with: maestroctl attach {loop_id} --from-seq {next}"));
+                    return Err(anyhow!(
+                        "lost the daemon for 2 minutes; follow again with: maestroctl attach {loop_id} --from-seq {next}"
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
@@ -212,7 +212,8 @@ pub(crate) async fn follow(
                     }
                     let state = LoopState::try_from(event.state).unwrap_or(LoopState::Unspecified);
                     if event.kind == "escalated" {
-                        let current = reply(client.get_loop(v1::GetLoopRequest { loop_id: loop_id.to_string() }).await)?;
+                        let current =
+                            reply(client.get_loop(v1::GetLoopRequest { loop_id: loop_id.to_string() }).await)?;
                         if current.state() == LoopState::Escalated {
                             if output == Output::Table {
                                 eprintln!(
@@ -227,7 +228,9 @@ pub(crate) async fn follow(
                     }
                     status.draw(&event);
                 }
-                Some(Err(e)) if !matches!(e.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal) => {
+                Some(Err(e))
+                    if !matches!(e.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal) =>
+                {
                     status.clear();
                     return Err(status_error(e));
                 }

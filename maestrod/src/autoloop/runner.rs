@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, watch};
@@ -89,11 +89,20 @@ impl Control {
 struct Activity {
     events: Mutex<Vec<LoopEvent>>,
     added: Notify,
+    /// Tokens spent since the record was last saved, and the record's count then.
     tokens: AtomicU64,
+    base: AtomicU64,
+    /// Requirements done and in all, as of the last save.
+    done: AtomicU32,
+    total: AtomicU32,
 }
 
 impl Activity {
-    fn push(&self, event: LoopEvent) {
+    /// Queues `event`, stamped with the loop's token count as of its turn.
+    fn push(&self, mut event: LoopEvent) {
+        event.tokens = self.base.load(Ordering::SeqCst) + self.tokens.load(Ordering::SeqCst);
+        event.done = self.done.load(Ordering::SeqCst);
+        event.total = self.total.load(Ordering::SeqCst);
         self.events.lock().expect("activity lock").push(event);
         self.added.notify_one();
     }
@@ -129,7 +138,7 @@ fn first_line(text: &str, max: usize) -> String {
 
 impl Observer for AgentObserver<'_> {
     fn turn(&self, _ctx: &ActionContext, usage: &TokenUsage) {
-        self.activity.tokens.fetch_add(usage.total(), Ordering::Relaxed);
+        self.activity.tokens.fetch_add(usage.total(), Ordering::SeqCst);
     }
 
     fn tool(&self, ctx: &ActionContext, call: &ToolCall, result: &ToolResult) {
@@ -254,6 +263,10 @@ impl Runner {
     ) -> std::result::Result<Runner, String> {
         let root = PathBuf::from(&record.workspace);
         let (harness, config, llm) = open_workspace(&ssot, &sandbox, &record.project, &root)?;
+        let activity = Arc::new(Activity::default());
+        activity.base.store(record.tokens, Ordering::SeqCst);
+        activity.done.store(record.done, Ordering::SeqCst);
+        activity.total.store(record.total, Ordering::SeqCst);
         Ok(Runner {
             ssot,
             control,
@@ -263,7 +276,7 @@ impl Runner {
             config,
             llm: Arc::new(llm),
             harness: Arc::new(harness),
-            activity: Arc::new(Activity::default()),
+            activity,
         })
     }
 
@@ -294,8 +307,11 @@ impl Runner {
     async fn save(&mut self, events: Vec<LoopEvent>) -> Result<()> {
         let mut all = self.activity.take();
         all.extend(events);
-        self.record.tokens += self.activity.tokens.swap(0, Ordering::Relaxed);
+        self.record.tokens += self.activity.tokens.swap(0, Ordering::SeqCst);
+        self.activity.base.store(self.record.tokens, Ordering::SeqCst);
         self.record = self.ssot.save_loop(self.record.clone(), all).await?;
+        self.activity.done.store(self.record.done, Ordering::SeqCst);
+        self.activity.total.store(self.record.total, Ordering::SeqCst);
         self.control.published.send_replace(self.record.clone());
         Ok(())
     }
@@ -867,7 +883,8 @@ impl Runner {
             let (passed, message) = match result {
                 Ok(ActionOutput::Ran(out)) => {
                     let text = if out.stderr.trim().is_empty() { &out.stdout } else { &out.stderr };
-                    let tail: Vec<&str> = text.lines().rev().filter(|l| !l.trim().is_empty()).take(3).collect();
+                    let meaningful = |l: &&str| !l.trim().is_empty() && !l.trim().chars().all(|c| c == '-' || c == '=');
+                    let tail: Vec<&str> = text.lines().rev().filter(meaningful).take(2).collect();
                     let summary = tail.into_iter().rev().collect::<Vec<_>>().join(" | ");
                     let failing: Vec<&str> = text
                         .lines()

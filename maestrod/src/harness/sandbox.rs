@@ -61,7 +61,7 @@ pub struct CommandSpec {
     pub argv: Vec<String>,
     /// The workspace root: the working directory and the only writable tree.
     pub workspace: PathBuf,
-    /// Environment beyond the fixed base (PATH, HOME, TMPDIR, LANG).
+    /// Environment beyond the fixed base (PATH, HOME, TMPDIR, LANG, PYTHONPYCACHEPREFIX).
     pub env: BTreeMap<String, String>,
     pub network: bool,
     pub limits: Limits,
@@ -289,6 +289,9 @@ impl SandboxProvider for LocalSandbox {
                 .env("HOME", tmp.path())
                 .env("TMPDIR", tmp.path())
                 .env("LANG", "C.UTF-8")
+                // Interpreter caches go to the run's temp dir, not the workspace:
+                // no stray files to commit, no stale bytecode across rollbacks.
+                .env("PYTHONPYCACHEPREFIX", tmp.path().join("pycache"))
                 .env(TAG_VARIABLE, &tag)
                 .envs(&spec.env)
                 .stdin(Stdio::null())
@@ -393,7 +396,7 @@ mod tests {
         assert_eq!(lines.next().unwrap(), dir.path().canonicalize().unwrap().to_str().unwrap());
         let names: Vec<&str> = lines.filter_map(|l| l.split('=').next()).collect();
         for name in &names {
-            let allowed = ["HOME", "LANG", "PATH", "PWD", "SHLVL", "TMPDIR", "_", TAG_VARIABLE];
+            let allowed = ["HOME", "LANG", "PATH", "PWD", "PYTHONPYCACHEPREFIX", "SHLVL", "TMPDIR", "_", TAG_VARIABLE];
             assert!(allowed.contains(name), "leaked variable {name}");
         }
         let missing =

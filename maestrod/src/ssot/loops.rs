@@ -245,7 +245,10 @@ impl Ssot {
             if event.epoch == 0 {
                 event.epoch = record.epoch;
             }
-            (event.done, event.total, event.tokens) = (record.done, record.total, record.tokens);
+            // Agent activity comes stamped with the progress as of its turn.
+            if event.total == 0 && event.tokens == 0 {
+                (event.done, event.total, event.tokens) = (record.done, record.total, record.tokens);
+            }
             txn = txn.then(Op::put(event_key(&record.id, event.seq), super::encode_json(&event)));
         }
         record.update_time_ms = now;
