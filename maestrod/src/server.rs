@@ -14,7 +14,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::autoloop::manager::LoopManager;
 use crate::config::DaemonConfig;
-use crate::harness::sandbox::{Confinement, LocalSandbox, SandboxProvider};
+use crate::harness::sandbox::{LocalSandbox, SandboxProvider};
 use crate::ssot::Ssot;
 use crate::ssot::sled_store::{SledOptions, SledStore};
 use crate::ssot::store::StoreError;
@@ -39,7 +39,7 @@ pub async fn run(
 /// A daemon whose store is open (and its data directory locked), ready to serve.
 pub struct Daemon {
     config: DaemonConfig,
-    sandbox: Confinement,
+    sandbox: Arc<LocalSandbox>,
     store: Arc<SledStore>,
     ssot: Arc<Ssot>,
 }
@@ -51,7 +51,7 @@ impl Daemon {
         let store = Arc::new(SledStore::open(&config.data_dir, SledOptions::default())?);
         let ssot = Arc::new(Ssot::new(store.clone(), config.limits.clone()));
         // What the sandbox can enforce here; weaker confinement is logged by the probe.
-        let sandbox = LocalSandbox::probe().confinement().clone();
+        let sandbox = Arc::new(LocalSandbox::probe());
         Ok(Daemon { config, sandbox, store, ssot })
     }
 
@@ -62,7 +62,7 @@ impl Daemon {
         let tasks = TaskTracker::new();
         tasks.spawn(maintenance(ssot.clone(), config.clone(), cancel.clone()).instrument(info_span!("maintenance")));
 
-        let loops = LoopManager::new(ssot.clone(), Arc::new(LocalSandbox::probe()));
+        let loops = LoopManager::new(ssot.clone(), sandbox.clone());
         match loops.resume_all().await {
             Ok(0) => {}
             Ok(resumed) => info!(resumed, "unfinished loops resumed"),
@@ -73,7 +73,7 @@ impl Daemon {
             loops.clone(),
             config.data_dir.display().to_string(),
             config.retention_revisions,
-            sandbox,
+            sandbox.confinement().clone(),
         )
         .await;
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));

@@ -284,6 +284,20 @@ async fn two_followers_see_the_same_events_and_cancel_mid_exec_restores_the_last
         std::thread::spawn(move || maestro_tests::run_ctl(&server, &["-o", "json", "attach", &id]))
     };
     let (a, b) = (follower(server.clone(), id.clone()), follower(server.clone(), id.clone()));
+    // A raw gRPC follower too: its stream must end by itself after the final event.
+    let mut client = LoopServiceClient::new(daemon.channel().await.unwrap());
+    let mut raw = client
+        .stream_loop_events(v1::StreamLoopEventsRequest { loop_id: id.clone(), from_seq: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let raw = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        while let Some(event) = futures::StreamExt::next(&mut raw).await {
+            seqs.push(event.unwrap().seq);
+        }
+        seqs
+    });
     // Wait until the test agent is inside its 60-second command.
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ws.join("tests/test_slow.py").exists() {
@@ -300,5 +314,8 @@ async fn two_followers_see_the_same_events_and_cancel_mid_exec_restores_the_last
     let (a, b) = (a.join().unwrap(), b.join().unwrap());
     assert_eq!(a.code, 3, "cancelled loops exit 3: {}", a.stderr);
     assert_eq!(a.stdout, b.stdout, "both followers saw the same events");
+    let seqs = tokio::time::timeout(Duration::from_secs(10), raw).await.expect("the stream ends").unwrap();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "every event once, in order");
+    assert_eq!(seqs.len(), a.stdout.lines().count());
     assert!(a.stdout.lines().count() > 10);
 }

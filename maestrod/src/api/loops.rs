@@ -161,31 +161,31 @@ impl LoopService for Loops {
             let id = loop_id.clone();
             move |e| Ok(event_to_wire(&id, e))
         }));
+        let loop_id = loop_id.clone();
         if ended || (record.state.is_final() && last >= record.last_seq) {
             return Ok(Response::new(replay.boxed()));
         }
         let live = ssot.follow_loop_events(&loop_id, revision).status()?;
-        let id = loop_id.clone();
-        let live = live
-            .scan((last, false), move |(last, done), item| {
-                if *done {
-                    return futures::future::ready(None);
+        // Ends right after the final event (without waiting for another from the watch).
+        let live = futures::stream::unfold((live, last, false), move |(mut inner, mut last, done)| {
+            let id = loop_id.clone();
+            async move {
+                if done {
+                    return None;
                 }
-                let out = match item {
-                    Ok(event) if event.seq <= *last => Some(None),
-                    Ok(event) => {
-                        *last = event.seq;
-                        *done = is_final(&event);
-                        Some(Some(Ok(event_to_wire(&id, event))))
+                loop {
+                    match inner.next().await? {
+                        Ok(event) if event.seq <= last => continue,
+                        Ok(event) => {
+                            last = event.seq;
+                            let ended = is_final(&event);
+                            return Some((Ok(event_to_wire(&id, event)), (inner, last, ended)));
+                        }
+                        Err(e) => return Some((Err(super::status::to_status(e)), (inner, last, true))),
                     }
-                    Err(e) => {
-                        *done = true;
-                        Some(Some(Err(super::status::to_status(e))))
-                    }
-                };
-                futures::future::ready(out)
-            })
-            .filter_map(futures::future::ready);
+                }
+            }
+        });
         Ok(Response::new(replay.chain(live).boxed()))
     }
 }

@@ -248,7 +248,7 @@ pub fn open_workspace(
     for role in gate.policy().roles.keys() {
         llm.for_role(role, root).map_err(|e| e.to_string())?;
     }
-    let budget = Arc::new(Budget::new(gate.policy().budget.clone()));
+    let budget = Arc::new(Budget::new(gate.policy().budget));
     let harness = Harness::new(gate, sandbox.clone(), ssot.clone(), project, budget, Limits::default());
     Ok((harness, config, llm))
 }

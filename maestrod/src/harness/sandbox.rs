@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -120,6 +121,14 @@ pub struct LocalSandbox {
     confinement: Confinement,
     landlock: bool,
     netns: bool,
+    /// Commands running at once, across every loop of the daemon: more
+    /// would only fight for the cores; the rest wait their turn.
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// One command per core.
+fn default_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
 }
 
 impl LocalSandbox {
@@ -137,7 +146,12 @@ impl LocalSandbox {
         for note in &notes {
             warn!(note, "weaker sandbox confinement");
         }
-        LocalSandbox { confinement: Confinement { filesystem: landlock, network: netns, notes }, landlock, netns }
+        LocalSandbox {
+            confinement: Confinement { filesystem: landlock, network: netns, notes },
+            landlock,
+            netns,
+            slots: Arc::new(tokio::sync::Semaphore::new(default_slots())),
+        }
     }
 }
 
@@ -266,6 +280,10 @@ impl SandboxProvider for LocalSandbox {
     fn run(&self, spec: CommandSpec, cancel: CancellationToken) -> BoxFuture<'_, Result<Outcome, SandboxError>> {
         async move {
             let Some(program) = spec.argv.first().cloned() else { return Err(SandboxError::EmptyCommand) };
+            let _slot = tokio::select! {
+                permit = self.slots.clone().acquire_owned() => permit.map_err(|e| SandboxError::Setup(e.to_string()))?,
+                () = cancel.cancelled() => return Ok(Outcome { cancelled: true, ..Outcome::default() }),
+            };
             let tmp = tempfile::Builder::new()
                 .prefix("maestro-sandbox-")
                 .tempdir()
@@ -300,7 +318,7 @@ impl SandboxProvider for LocalSandbox {
                 .process_group(0)
                 .kill_on_drop(true);
             // SAFETY: between fork and exec the closure only calls setrlimit(2),
-            // unshare(2), socket(2)/ioctl(2)/close(2) (to bring the private
+            // setpriority(2), unshare(2), socket(2)/ioctl(2)/close(2) (to bring the private
             // loopback up) and the landlock syscalls, all async-signal-safe,
             // and allocates nothing on the success path.
             #[allow(unsafe_code)]
@@ -312,6 +330,8 @@ impl SandboxProvider for LocalSandbox {
                     set(Resource::RLIMIT_FSIZE, limits.file_size_bytes)?;
                     set(Resource::RLIMIT_NPROC, limits.processes)?;
                     set(Resource::RLIMIT_CORE, 0)?;
+                    // Below the daemon's priority: agents' commands never starve it.
+                    nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, 5);
                     if isolate_network {
                         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
                         // Tests start local servers: the namespace gets its own loopback, up.

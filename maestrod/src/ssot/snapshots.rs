@@ -181,6 +181,8 @@ impl Ssot {
     /// as one new revision. Returns the revision and how many resources changed.
     pub async fn restore_snapshot(&self, project: &str, name: &str) -> Result<(Revision, usize)> {
         let snapshot = self.get_snapshot(project, name).await?;
+        // Bookkeeping (the id counter) is restored too, but is not a resource.
+        let counts = |path: &str| usize::from(!path.starts_with("_meta/"));
         for _ in 0..super::RETRIES {
             let guard = self.project_guard(project).await?;
             let (then, _) = self.covered_state(project, snapshot.revision.max(1)).await?;
@@ -192,11 +194,11 @@ impl Ssot {
                 match then.get(path) {
                     None => {
                         txn = txn.then(Op::delete(current.key.clone()));
-                        changed += 1;
+                        changed += counts(path);
                     }
                     Some(old) if old.value != current.value => {
                         txn = txn.then(Op::put(current.key.clone(), old.value.clone()));
-                        changed += 1;
+                        changed += counts(path);
                     }
                     Some(_) => {}
                 }
@@ -204,7 +206,7 @@ impl Ssot {
             for (path, old) in &then {
                 if !now.contains_key(path) {
                     txn = txn.when(Compare::absent(old.key.clone())).then(Op::put(old.key.clone(), old.value.clone()));
-                    changed += 1;
+                    changed += counts(path);
                 }
             }
             match self.commit(txn).await? {
