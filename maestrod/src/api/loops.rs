@@ -1,15 +1,18 @@
 //! `maestro.v1.LoopService`.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use maestro_shared::v1::{self, loop_service_server::LoopService};
+use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
 use super::status::IntoStatus;
 use crate::autoloop::manager::{LoopManager, StartRequest};
 use crate::autoloop::runner::Decision;
+use crate::ssot::Ssot;
 use crate::ssot::loops::{LoopEvent, LoopRecord, LoopState};
 
 pub(crate) struct Loops(pub(crate) Arc<LoopManager>);
@@ -83,6 +86,95 @@ fn is_final(event: &LoopEvent) -> bool {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::LoopEvent, Status>> + Send>>;
 
+/// What a live follower has: the loop's broadcast, the last seq sent, events
+/// read back from the SSOT to fill a gap, and whether the final one went out.
+struct Follower {
+    ssot: Arc<Ssot>,
+    loop_id: String,
+    receiver: broadcast::Receiver<LoopEvent>,
+    last: u64,
+    pending: VecDeque<LoopEvent>,
+    closed: bool,
+    done: bool,
+}
+
+/// Live events of a loop running in this daemon: straight from its task;
+/// a follower that lags (or a gap) reads the missing ones from the SSOT.
+fn live_from_loop(
+    ssot: Arc<Ssot>,
+    loop_id: String,
+    receiver: broadcast::Receiver<LoopEvent>,
+    last: u64,
+) -> EventStream {
+    let follower = Follower { ssot, loop_id, receiver, last, pending: VecDeque::new(), closed: false, done: false };
+    futures::stream::unfold(follower, |mut f| async move {
+        loop {
+            if f.done {
+                return None;
+            }
+            if let Some(event) = f.pending.pop_front() {
+                if event.seq <= f.last {
+                    continue;
+                }
+                f.last = event.seq;
+                f.done = is_final(&event);
+                return Some((Ok(event_to_wire(&f.loop_id, event)), f));
+            }
+            if f.closed {
+                // The loop's task ended here (loop over, or the daemon stopping); the
+                // rest is in the SSOT. Without a final event the client reconnects.
+                return None;
+            }
+            match f.receiver.recv().await {
+                Ok(event) if event.seq <= f.last => {}
+                Ok(event) if event.seq == f.last + 1 => f.pending.push_back(event),
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    match f.ssot.loop_events(&f.loop_id, f.last + 1).await {
+                        Ok((missing, _)) => f.pending.extend(missing),
+                        Err(e) => {
+                            f.done = true;
+                            return Some((Err(super::status::to_status(e)), f));
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    f.closed = true;
+                    if let Ok((rest, _)) = f.ssot.loop_events(&f.loop_id, f.last + 1).await {
+                        f.pending.extend(rest);
+                    }
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+/// Live events of a loop no task runs here yet (queued): from the store's watch.
+fn live_from_store(ssot: &Ssot, loop_id: String, revision: u64, last: u64) -> Result<EventStream, Status> {
+    let live = ssot.follow_loop_events(&loop_id, revision).status()?;
+    // Ends right after the final event (without waiting for another from the watch).
+    Ok(futures::stream::unfold((live, last, false), move |(mut inner, mut last, done)| {
+        let id = loop_id.clone();
+        async move {
+            if done {
+                return None;
+            }
+            loop {
+                match inner.next().await? {
+                    Ok(event) if event.seq <= last => continue,
+                    Ok(event) => {
+                        last = event.seq;
+                        let ended = is_final(&event);
+                        return Some((Ok(event_to_wire(&id, event)), (inner, last, ended)));
+                    }
+                    Err(e) => return Some((Err(super::status::to_status(e)), (inner, last, true))),
+                }
+            }
+        }
+    })
+    .boxed())
+}
+
 #[tonic::async_trait]
 impl LoopService for Loops {
     async fn start_loop(&self, request: Request<v1::StartLoopRequest>) -> Result<Response<v1::Loop>, Status> {
@@ -148,44 +240,24 @@ impl LoopService for Loops {
     ) -> Result<Response<Self::StreamLoopEventsStream>, Status> {
         let r = request.into_inner();
         let ssot = self.0.ssot().clone();
+        // Subscribe before reading the past, so nothing falls in between.
+        let subscription = self.0.subscribe(&r.loop_id).await;
         let record = ssot.get_loop(&r.loop_id).await.status()?.value;
         let (past, revision) = ssot.loop_events(&r.loop_id, r.from_seq).await.status()?;
+        let last = past.last().map_or(r.from_seq.max(1) - 1, |e| e.seq);
+        let ended = past.last().is_some_and(is_final) || (record.state.is_final() && last >= record.last_seq);
         let loop_id = r.loop_id.clone();
-        let mut last = r.from_seq.max(1) - 1;
-        let ended = past.last().is_some_and(is_final)
-            || (record.state.is_final() && past.is_empty() && r.from_seq > record.last_seq);
-        if let Some(e) = past.last() {
-            last = e.seq;
-        }
         let replay = futures::stream::iter(past.into_iter().map({
             let id = loop_id.clone();
             move |e| Ok(event_to_wire(&id, e))
         }));
-        let loop_id = loop_id.clone();
-        if ended || (record.state.is_final() && last >= record.last_seq) {
+        if ended {
             return Ok(Response::new(replay.boxed()));
         }
-        let live = ssot.follow_loop_events(&loop_id, revision).status()?;
-        // Ends right after the final event (without waiting for another from the watch).
-        let live = futures::stream::unfold((live, last, false), move |(mut inner, mut last, done)| {
-            let id = loop_id.clone();
-            async move {
-                if done {
-                    return None;
-                }
-                loop {
-                    match inner.next().await? {
-                        Ok(event) if event.seq <= last => continue,
-                        Ok(event) => {
-                            last = event.seq;
-                            let ended = is_final(&event);
-                            return Some((Ok(event_to_wire(&id, event)), (inner, last, ended)));
-                        }
-                        Err(e) => return Some((Err(super::status::to_status(e)), (inner, last, true))),
-                    }
-                }
-            }
-        });
+        let live: EventStream = match subscription {
+            Some(receiver) => live_from_loop(ssot, loop_id, receiver, last),
+            None => live_from_store(&ssot, loop_id, revision, last)?,
+        };
         Ok(Response::new(replay.chain(live).boxed()))
     }
 }

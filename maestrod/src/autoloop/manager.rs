@@ -215,6 +215,11 @@ impl LoopManager {
         }
     }
 
+    /// Live events of a running loop (`None` when no task runs it here).
+    pub async fn subscribe(&self, id: &str) -> Option<tokio::sync::broadcast::Receiver<LoopEvent>> {
+        self.inner.lock().await.controls.get(id).map(|c| c.events.subscribe())
+    }
+
     pub async fn get(&self, id: &str) -> Result<LoopRecord> {
         Ok(self.ssot.get_loop(id).await?.value)
     }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -70,6 +70,9 @@ pub struct Control {
     pub decision: Mutex<Option<Decision>>,
     pub wake: Notify,
     pub published: watch::Sender<LoopRecord>,
+    /// Every event as soon as it is durable, for live followers (the SSOT
+    /// has them all; a follower that lags reads them from there).
+    pub events: broadcast::Sender<LoopEvent>,
 }
 
 impl Control {
@@ -80,6 +83,7 @@ impl Control {
             decision: Mutex::new(None),
             wake: Notify::new(),
             published: watch::channel(record).0,
+            events: broadcast::channel(1024).0,
         })
     }
 }
@@ -309,10 +313,21 @@ impl Runner {
         all.extend(events);
         self.record.tokens += self.activity.tokens.swap(0, Ordering::SeqCst);
         self.activity.base.store(self.record.tokens, Ordering::SeqCst);
-        self.record = self.ssot.save_loop(self.record.clone(), all).await?;
+        self.commit_events(all).await?;
         self.activity.done.store(self.record.done, Ordering::SeqCst);
         self.activity.total.store(self.record.total, Ordering::SeqCst);
         self.control.published.send_replace(self.record.clone());
+        Ok(())
+    }
+
+    /// Writes the record with `events` and hands them to live followers.
+    async fn commit_events(&mut self, events: Vec<LoopEvent>) -> Result<()> {
+        let (record, events) = self.ssot.save_loop_events(self.record.clone(), events).await?;
+        self.record = record;
+        for event in events {
+            // No receiver is fine: nobody follows live right now.
+            let _ = self.control.events.send(event);
+        }
         Ok(())
     }
 
@@ -555,6 +570,8 @@ impl Runner {
                 .await?;
         }
         if self.record.state == LoopState::Paused {
+            // Still paused after the restart: the pause request lives on in memory.
+            self.control.pause.store(true, Ordering::SeqCst);
             self.record.state = LoopState::Running;
         }
         let event = self.event("restart", message);
@@ -631,14 +648,11 @@ impl Runner {
             let activity = self.activity.clone();
             tokio::select! {
                 out = &mut work => return Ok(out),
-                () = activity.added.notified() => {
-                    // Let a burst of calls gather into one write.
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
+                () = activity.added.notified() => {}
             }
             let events = self.activity.take();
             if !events.is_empty() {
-                self.record = self.ssot.save_loop(self.record.clone(), events).await?;
+                self.commit_events(events).await?;
                 self.control.published.send_replace(self.record.clone());
             }
         }
@@ -946,6 +960,8 @@ impl Runner {
             let _ = self.ssot.delete_snapshot(&project, &snapshot_name(&self.record, phase)).await;
         }
         self.release_claims().await;
+        // From here on, "the last commit" (for cancel) is this epoch's.
+        self.record.epoch_checkpoint = commit.clone();
         self.log("commit", "ok", &format!("epoch {epoch} → {}", &commit[..12.min(commit.len())])).await;
         let event = self.event(
             "commit",

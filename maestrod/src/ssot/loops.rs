@@ -220,7 +220,7 @@ impl Ssot {
                 .when(guard)
                 .when(Compare::mod_revision(COUNTER, rev))
                 .then(Op::put(COUNTER, super::encode_json(&(last + 1))));
-            let (txn, stored) = self.loop_write(txn, record.clone(), events.clone());
+            let (txn, stored, _) = self.loop_write(txn, record.clone(), events.clone());
             match self.commit(txn).await? {
                 Ok(_) => return Ok(stored),
                 Err((0, _)) => return Err(SsotError::not_found("project", &record.project)),
@@ -231,8 +231,14 @@ impl Ssot {
     }
 
     /// Adds the record and the events (numbered after `last_seq`) to `txn`.
-    fn loop_write(&self, mut txn: Txn, mut record: LoopRecord, events: Vec<LoopEvent>) -> (Txn, LoopRecord) {
+    fn loop_write(
+        &self,
+        mut txn: Txn,
+        mut record: LoopRecord,
+        events: Vec<LoopEvent>,
+    ) -> (Txn, LoopRecord, Vec<LoopEvent>) {
         let now = now_ms();
+        let mut numbered = Vec::with_capacity(events.len());
         for mut event in events {
             record.last_seq += 1;
             event.seq = record.last_seq;
@@ -250,19 +256,29 @@ impl Ssot {
                 (event.done, event.total, event.tokens) = (record.done, record.total, record.tokens);
             }
             txn = txn.then(Op::put(event_key(&record.id, event.seq), super::encode_json(&event)));
+            numbered.push(event);
         }
         record.update_time_ms = now;
         txn = txn.then(Op::put(record_key(&record.id), super::encode_json(&record)));
-        (txn, record)
+        (txn, record, numbered)
     }
 
     /// Writes the loop's record and appends `events`, atomically. Only the
     /// loop's own task calls this, so there is one writer per loop.
     pub async fn save_loop(&self, record: LoopRecord, events: Vec<LoopEvent>) -> Result<LoopRecord> {
+        Ok(self.save_loop_events(record, events).await?.0)
+    }
+
+    /// `save_loop`, returning the events as stored (numbered, stamped).
+    pub async fn save_loop_events(
+        &self,
+        record: LoopRecord,
+        events: Vec<LoopEvent>,
+    ) -> Result<(LoopRecord, Vec<LoopEvent>)> {
         check_id(&record.id)?;
-        let (txn, stored) = self.loop_write(Txn::new(), record, events);
+        let (txn, stored, events) = self.loop_write(Txn::new(), record, events);
         self.commit(txn).await?.map_err(|_| SsotError::not_found(KIND, &stored.id))?;
-        Ok(stored)
+        Ok((stored, events))
     }
 
     pub async fn get_loop(&self, id: &str) -> Result<Versioned<LoopRecord>> {
