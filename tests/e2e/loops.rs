@@ -319,3 +319,54 @@ async fn two_followers_see_the_same_events_and_cancel_mid_exec_restores_the_last
     assert_eq!(seqs.len(), a.stdout.lines().count());
     assert!(a.stdout.lines().count() > 10);
 }
+
+const PAUSABLE: &str = r#"
+roles:
+  planning:
+    - tool_calls:
+        - {name: create_requirement, arguments: {parent_id: R1, title: "Tests that take a while", role_hint: test}}
+    - tool_calls: [{name: finish, arguments: {outcome: done, summary: "R2"}}]
+  test@R2:
+    - tool_calls:
+        - {name: write_file, arguments: {path: tests/test_wait.py, content: "import time, unittest\n\nclass Wait(unittest.TestCase):\n    def test_wait(self):\n        time.sleep(2)\n"}}
+    - tool_calls: [{name: run_command, arguments: {argv: [python3, -m, unittest, discover, -s, tests]}}]
+    - tool_calls: [{name: finish, arguments: {outcome: done, summary: "ran"}}]
+  review:
+    - tool_calls: [{name: finish, arguments: {outcome: done, summary: "fine"}}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_a_loop_at_the_next_phase_and_resume_lets_it_finish() {
+    let daemon = Daemon::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("pausable");
+    scripted_workspace(&ws, PAUSABLE, 0);
+    std::fs::remove_file(ws.join("tests/test_calc.py")).unwrap();
+    let id = run_ctl_in(&daemon.url(), &ws, &["run", "--detach", "Wait a little"]).ok().trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ws.join("tests/test_wait.py").exists() {
+        assert!(Instant::now() < deadline, "the agent never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.ctl(&["pause", &id]).ok();
+    let paused = loop {
+        let l = get(&daemon, &id).await;
+        if l.state() == v1::LoopState::Paused {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "the loop never paused: {l:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let still = get(&daemon, &id).await;
+    assert_eq!(
+        (still.state(), still.last_seq, still.phase.as_str()),
+        (v1::LoopState::Paused, paused.last_seq, paused.phase.as_str())
+    );
+    let resumed = daemon.ctl(&["-o", "json", "resume", &id]).json();
+    assert_eq!(resumed["state"], "LOOP_STATE_RUNNING", "{resumed}");
+    assert_eq!(wait_end(&daemon, &id).await.state(), v1::LoopState::Succeeded);
+    let wrong = daemon.ctl(&["pause", &id]);
+    assert_eq!(wrong.code, 1);
+    assert!(wrong.stderr.contains("has ended"), "{}", wrong.stderr);
+}
