@@ -83,7 +83,8 @@ impl Control {
             decision: Mutex::new(None),
             wake: Notify::new(),
             published: watch::channel(record).0,
-            events: broadcast::channel(1024).0,
+            // Small: a follower that falls further behind reads from the SSOT.
+            events: broadcast::channel(64).0,
         })
     }
 }

@@ -61,7 +61,7 @@ pub enum GateError {
 /// A workspace and its policy, ready to decide.
 pub struct Gate {
     root: WorkspaceRoot,
-    policy: Policy,
+    policy: std::sync::Arc<Policy>,
 }
 
 impl Gate {
@@ -69,7 +69,7 @@ impl Gate {
     pub fn open(workspace: &Path) -> Result<Gate, GateError> {
         let root = WorkspaceRoot::new(workspace)
             .map_err(|source| GateError::Workspace { path: workspace.display().to_string(), source })?;
-        let policy = Policy::load(root.path())?;
+        let policy = Policy::load_shared(root.path())?;
         Ok(Gate { root, policy })
     }
 

@@ -3,8 +3,9 @@
 //! the seed roles; a project's `.maestro/config.yaml` (section `harness`)
 //! overrides them role by role.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
@@ -256,6 +257,31 @@ impl Policy {
         Policy::from_raw(raw)
     }
 
+    /// `load`, shared: workspaces whose `harness` section is the same get the
+    /// same compiled policy (globs and validator rules cost about a megabyte;
+    /// a daemon running a thousand loops would otherwise hold a thousand copies).
+    pub fn load_shared(workspace: &Path) -> Result<Arc<Policy>, PolicyError> {
+        static SHARED: LazyLock<Mutex<HashMap<String, Weak<Policy>>>> = LazyLock::new(Default::default);
+        let path = workspace.join(CONFIG_FILE);
+        let key = match std::fs::read_to_string(&path) {
+            Ok(text) => format!(
+                "{:?}",
+                section(&text, "harness")
+                    .map_err(|message| PolicyError::Parse { path: path.display().to_string(), message })?
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => return Err(PolicyError::Read { path: path.display().to_string(), source }),
+        };
+        if let Some(policy) = SHARED.lock().expect("policy cache").get(&key).and_then(Weak::upgrade) {
+            return Ok(policy);
+        }
+        let policy = Arc::new(Self::load(workspace)?);
+        let mut shared = SHARED.lock().expect("policy cache");
+        shared.retain(|_, p| p.strong_count() > 0);
+        shared.insert(key, Arc::downgrade(&policy));
+        Ok(policy)
+    }
+
     pub fn role(&self, name: &str) -> Result<&RolePolicy, PolicyError> {
         self.roles.get(name).ok_or_else(|| {
             PolicyError::UnknownRole(name.to_string(), self.roles.keys().cloned().collect::<Vec<_>>().join(", "))
@@ -320,5 +346,23 @@ mod tests {
         }
         assert!(policy.deny.is_match(".git/config") && policy.deny.is_match("config/.env.local"));
         assert!(policy.deny.is_match("certs/server.pem") && !policy.deny.is_match("src/api/app.py"));
+    }
+
+    #[test]
+    fn workspaces_with_the_same_harness_section_share_one_compiled_policy() {
+        let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let config = |dir: &tempfile::TempDir, text: &str| {
+            std::fs::create_dir_all(dir.path().join(".maestro")).unwrap();
+            std::fs::write(dir.path().join(CONFIG_FILE), text).unwrap();
+        };
+        config(&dirs[0], "project: {id: a}\nharness:\n  deny: [secrets/**]\n");
+        config(&dirs[1], "project: {id: b}\nharness:\n  deny: [secrets/**]\n");
+        config(&dirs[2], "harness:\n  deny: [private/**]\n");
+        let a = Policy::load_shared(dirs[0].path()).unwrap();
+        let b = Policy::load_shared(dirs[1].path()).unwrap();
+        let c = Policy::load_shared(dirs[2].path()).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "same harness section, one policy");
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert!(c.deny.is_match("private/key") && !a.deny.is_match("private/key"));
     }
 }
