@@ -326,6 +326,13 @@ roles:
     - tool_calls:
         - {name: create_requirement, arguments: {parent_id: R1, title: "Tests that take a while", role_hint: test}}
     - tool_calls: [{name: finish, arguments: {outcome: done, summary: "R2"}}]
+  planning@R3:
+    - tool_calls:
+        - {name: create_requirement, arguments: {parent_id: R3, title: "More tests", role_hint: test}}
+    - tool_calls: [{name: finish, arguments: {outcome: done, summary: "R4"}}]
+  test@R4:
+    - tool_calls: [{name: run_command, arguments: {argv: [python3, -m, unittest, discover, -s, tests]}}]
+    - tool_calls: [{name: finish, arguments: {outcome: done, summary: "ran"}}]
   test@R2:
     - tool_calls:
         - {name: write_file, arguments: {path: tests/test_wait.py, content: "import time, unittest\n\nclass Wait(unittest.TestCase):\n    def test_wait(self):\n        time.sleep(2)\n"}}
@@ -357,6 +364,9 @@ async fn pause_holds_a_loop_at_the_next_phase_and_resume_lets_it_finish() {
         assert!(Instant::now() < deadline, "the loop never paused: {l:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // A second run in the same project waits its turn.
+    let queued = run_ctl_in(&daemon.url(), &ws, &["run", "--detach", "Then this"]).ok().trim().to_string();
+    assert_eq!(get(&daemon, &queued).await.state(), v1::LoopState::Queued);
     tokio::time::sleep(Duration::from_millis(800)).await;
     let still = get(&daemon, &id).await;
     assert_eq!(
@@ -366,7 +376,36 @@ async fn pause_holds_a_loop_at_the_next_phase_and_resume_lets_it_finish() {
     let resumed = daemon.ctl(&["-o", "json", "resume", &id]).json();
     assert_eq!(resumed["state"], "LOOP_STATE_RUNNING", "{resumed}");
     assert_eq!(wait_end(&daemon, &id).await.state(), v1::LoopState::Succeeded);
+    // Then the queued one runs (its planner adds a requirement the test agent handles).
+    let next = wait_end(&daemon, &queued).await;
+    assert_eq!(next.state(), v1::LoopState::Succeeded, "{next:?}");
     let wrong = daemon.ctl(&["pause", &id]);
     assert_eq!(wrong.code, 1);
     assert!(wrong.stderr.contains("has ended"), "{}", wrong.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_accepts_an_escalated_epoch_and_abort_rolls_it_back() {
+    let daemon = Daemon::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, decision) in [("approved", "approve"), ("aborted", "abort")] {
+        let ws = dir.path().join(name);
+        scripted_workspace(&ws, ALWAYS_FAILS, 0);
+        let run = run_ctl_in(&daemon.url(), &ws, &["-o", "json", "run", "Write add()"]);
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        let id: serde_json::Value = serde_json::from_str(run.stdout.lines().next().unwrap()).unwrap();
+        let id = id["loopId"].as_str().unwrap().to_string();
+        assert!(ws.join("src/api/calc.py").exists(), "an escalated loop keeps the failed work for inspection");
+        let decided = daemon.ctl(&["-o", "json", decision, &id]).json();
+        let end = wait_end(&daemon, &id).await;
+        if decision == "approve" {
+            assert_eq!(end.state(), v1::LoopState::Succeeded, "{decided} {end:?}");
+            assert!(ws.join("src/api/calc.py").exists());
+            assert_eq!(tags(&ws), ["1"], "the approved epoch is committed");
+        } else {
+            assert_eq!(decided["state"], "LOOP_STATE_ABORTED", "{decided}");
+            assert!(!ws.join("src/api/calc.py").exists(), "abort rolls back to the last commit");
+            assert!(ws.join("tests/test_calc.py").exists());
+        }
+    }
 }
