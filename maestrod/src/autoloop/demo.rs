@@ -13,7 +13,6 @@ use crate::harness::rollback::GitWorkspace;
 pub const DEFAULT_TASK: &str = "Build a to-do service: a REST API, a command-line client, and tests";
 
 const TODOS: &str = include_str!("../../demo/todos.py");
-const TODOS_FIRST_ATTEMPT: &str = include_str!("../../demo/todos_first_attempt.py");
 const CLI: &str = include_str!("../../demo/cli.py");
 const TESTS: &str = include_str!("../../demo/test_todos.py");
 const CONTRACT: &str = include_str!("../../demo/contract.yaml");
@@ -33,6 +32,16 @@ loop:
   test_command: [python3, -m, unittest, discover, -s, tests, -v]
   tests_dir: tests
 ";
+
+/// The service as Backend first writes it: completing a to-do marks a copy
+/// done and never stores it (what the tests catch).
+fn todos_first_attempt() -> String {
+    const STORED: &str = "            todo = self._todos[todo_id]  # the stored to-do itself, not a copy\n            todo[\"done\"] = True\n            return dict(todo)\n";
+    const COPY: &str =
+        "            todo = dict(self._todos[todo_id])\n            todo[\"done\"] = True\n            return todo\n";
+    assert!(TODOS.contains(STORED), "demo/todos.py still has the line the first attempt gets wrong");
+    TODOS.replace(STORED, COPY)
+}
 
 fn call(name: &str, arguments: Value) -> Value {
     json!({"name": name, "arguments": arguments})
@@ -86,7 +95,7 @@ pub fn script() -> String {
         ],
         "backend@R2": [
             step("Implementing the service and publishing its contract.", vec![
-                call("write_file", json!({"path": "src/api/todos.py", "content": TODOS_FIRST_ATTEMPT})),
+                call("write_file", json!({"path": "src/api/todos.py", "content": todos_first_attempt()})),
                 call("propose_contract", json!({"name": "todos-api", "kind": "openapi", "spec": CONTRACT,
                     "consumers": ["frontend", "test"]})),
             ]),
