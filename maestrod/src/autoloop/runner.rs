@@ -348,6 +348,16 @@ impl Runner {
         }
     }
 
+    /// Moves `requirement` from `from` to `to`; leaves it alone in any other status
+    /// (an agent may have moved it itself).
+    async fn advance(&self, requirement: &str, from: Status, to: Status, reason: &str, by: &str) -> Result<()> {
+        let project = &self.record.project;
+        if self.ssot.get_requirement(project, requirement, 0).await?.value.status == from {
+            self.ssot.set_requirement_status(project, requirement, to, reason, by, "").await?;
+        }
+        Ok(())
+    }
+
     async fn tree(&self) -> Result<Vec<Requirement>> {
         let all = self.ssot.all_requirements(&self.record.project).await?;
         Ok(all.into_iter().map(|r| r.value).collect())
@@ -758,14 +768,8 @@ impl Runner {
     }
 
     async fn exec(&mut self) -> Result<()> {
-        let project = self.record.project.clone();
         for claim in &self.record.claims {
-            let current = self.ssot.get_requirement(&project, &claim.requirement, 0).await?.value;
-            if current.status == Status::Claimed {
-                self.ssot
-                    .set_requirement_status(&project, &claim.requirement, Status::InProgress, "", &claim.agent, "")
-                    .await?;
-            }
+            self.advance(&claim.requirement, Status::Claimed, Status::InProgress, "", &claim.agent).await?;
         }
         let picks: Vec<Pick> = self
             .record
@@ -808,19 +812,9 @@ impl Runner {
                 events.push(self.finished_event(&claim.agent, &claim.requirement, &outcome));
                 match outcome {
                     RunOutcome::Done { summary } => {
-                        let current = self.ssot.get_requirement(&project, &claim.requirement, 0).await?.value;
-                        if current.status == Status::InProgress {
-                            self.ssot
-                                .set_requirement_status(
-                                    &project,
-                                    &claim.requirement,
-                                    Status::Done,
-                                    &first_line(&summary, 500),
-                                    &claim.agent,
-                                    "",
-                                )
-                                .await?;
-                        }
+                        let reason = first_line(&summary, 500);
+                        self.advance(&claim.requirement, Status::InProgress, Status::Done, &reason, &claim.agent)
+                            .await?;
                     }
                     RunOutcome::Failed { reason } | RunOutcome::OutOfBudget { reason } => {
                         failures.push((
@@ -1068,21 +1062,9 @@ impl Runner {
         };
         match decision {
             Decision::Approve { actor } => {
-                let project = self.record.project.clone();
                 for claim in self.record.claims.clone() {
-                    let current = self.ssot.get_requirement(&project, &claim.requirement, 0).await?.value;
-                    if current.status == Status::InProgress {
-                        self.ssot
-                            .set_requirement_status(
-                                &project,
-                                &claim.requirement,
-                                Status::Done,
-                                &format!("approved by {actor}"),
-                                &actor,
-                                "",
-                            )
-                            .await?;
-                    }
+                    let reason = format!("approved by {actor}");
+                    self.advance(&claim.requirement, Status::InProgress, Status::Done, &reason, &actor).await?;
                 }
                 self.record.state = LoopState::Running;
                 self.log("approve", "ok", &format!("approved by {actor}")).await;
