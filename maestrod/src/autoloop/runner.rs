@@ -553,6 +553,12 @@ impl Runner {
             return self.begin().await;
         }
         let phase = self.record.phase;
+        // A daemon killed while git wrote one of this loop's refs leaves a lock behind.
+        let loop_id = self.record.id.clone();
+        let cleared = git(self.root.clone(), move |g| g.clear_stale_locks(&loop_id)).await?;
+        if cleared > 0 {
+            warn!(loop_id = %self.record.id, cleared, "removed stale git ref locks left by the previous daemon");
+        }
         self.log(
             "loop-restart",
             "ok",

@@ -48,6 +48,27 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> RollbackError + '_ {
     move |source| RollbackError::Io { path: path.display().to_string(), source }
 }
 
+/// Deletes every `*.lock` file under `dir` (which may not exist).
+fn remove_lock_files(dir: &Path) -> Result<usize, RollbackError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_error(dir)(e)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(io_error(dir))?;
+        let path = entry.path();
+        if entry.file_type().map_err(io_error(&path))?.is_dir() {
+            removed += remove_lock_files(&path)?;
+        } else if path.extension().is_some_and(|e| e == "lock") {
+            std::fs::remove_file(&path).map_err(io_error(&path))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 impl GitWorkspace {
     /// Opens the repository at `root`, initialising one if there is none.
     pub fn open_or_init(root: &Path) -> Result<GitWorkspace, RollbackError> {
@@ -170,6 +191,21 @@ impl GitWorkspace {
         checkout.force().remove_untracked(true).recreate_missing(true).update_index(false);
         self.repo.checkout_index(Some(&mut index), Some(&mut checkout))?;
         Ok(())
+    }
+
+    /// Removes the lock files a killed process left on this loop's own refs
+    /// (`refs/maestro/<loop>/…`, `refs/tags/maestro/<loop>/…`). Only the loop
+    /// writes those refs, so call it while holding the loop (e.g. on resume);
+    /// the user's refs, HEAD and index are never touched. Returns how many
+    /// locks were removed.
+    pub fn clear_stale_locks(&self, loop_id: &str) -> Result<usize, RollbackError> {
+        check_loop_id(loop_id)?;
+        let git_dir = self.repo.path();
+        let mut removed = 0;
+        for dir in [git_dir.join("refs/maestro").join(loop_id), git_dir.join("refs/tags/maestro").join(loop_id)] {
+            removed += remove_lock_files(&dir)?;
+        }
+        Ok(removed)
     }
 
     /// Records the working tree at the end of a successful epoch and tags it
@@ -335,5 +371,32 @@ mod tests {
         assert!(tagged.tree().unwrap().get_path(Path::new("src/api/todo.py")).is_ok());
         assert!(repo.head().is_err(), "no branch was created or moved");
         assert!(ws.checkpoint("Bad Id", 1).is_err());
+    }
+
+    #[test]
+    fn locks_left_by_a_killed_daemon_on_the_loops_refs_are_cleared_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        populate(dir.path());
+        let ws = GitWorkspace::open_or_init(dir.path()).unwrap();
+        let first = ws.checkpoint("loop-6", 2).unwrap();
+        ws.commit("loop-6", 2, &first, "maestro: loop-6 epoch 2").unwrap();
+        // A daemon killed while writing epoch 3's checkpoint and tag leaves its locks behind.
+        let git = dir.path().join(".git");
+        write(&git, "refs/maestro/loop-6/3/start.lock", "");
+        write(&git, "refs/tags/maestro/loop-6/3.lock", "");
+        // Locks that are not this loop's: another loop's, and the user's own.
+        write(&git, "refs/maestro/loop-7/1/start.lock", "");
+        write(&git, "index.lock", "");
+        let err = ws.checkpoint("loop-6", 3).unwrap_err();
+        assert!(err.to_string().contains("start.lock"), "{err}");
+
+        assert_eq!(ws.clear_stale_locks("loop-6").unwrap(), 2);
+        let next = ws.checkpoint("loop-6", 3).unwrap();
+        ws.commit("loop-6", 3, &next, "maestro: loop-6 epoch 3").unwrap();
+        assert!(ws.committed("loop-6", 3).is_some());
+        assert!(git.join("refs/maestro/loop-7/1/start.lock").exists());
+        assert!(git.join("index.lock").exists());
+        assert_eq!(ws.clear_stale_locks("loop-6").unwrap(), 0);
+        assert!(ws.clear_stale_locks("../etc").is_err());
     }
 }
