@@ -320,6 +320,64 @@ async fn two_followers_see_the_same_events_and_cancel_mid_exec_restores_the_last
     assert!(a.stdout.lines().count() > 10);
 }
 
+/// Sends Ctrl-C to a following `maestroctl` and collects how it ended.
+fn interrupt(child: std::process::Child) -> maestro_tests::CtlOutput {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let output = child.wait_with_output().unwrap();
+    maestro_tests::CtlOutput {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Starts a following `maestroctl` and waits until it has printed `seen` event lines.
+fn follower_at(command: &mut std::process::Command, seen: usize) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    for _ in 0..seen {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "maestroctl stopped printing events");
+    }
+    // Keep draining so that the child never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_detaches_from_a_loop_and_with_cancel_on_exit_cancels_it() {
+    let daemon = Daemon::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("slow");
+    scripted_workspace(&ws, SLOW, 0);
+    std::fs::remove_file(ws.join("tests/test_calc.py")).unwrap();
+    let server = daemon.url();
+    let run = follower_at(&mut maestro_tests::ctl_command(&server, &ws, &["run", "Slow things"]), 3);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ws.join("tests/test_slow.py").exists() {
+        assert!(Instant::now() < deadline, "the agent never wrote its test");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let detached = interrupt(run);
+    assert_eq!(detached.code, 0, "{}", detached.stderr);
+    assert!(detached.stderr.contains("detached; loop-1 keeps running"), "{}", detached.stderr);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(&daemon, "loop-1").await.state(), v1::LoopState::Running, "the loop goes on without its client");
+
+    let attach =
+        follower_at(&mut maestro_tests::ctl_command(&server, &ws, &["attach", "loop-1", "--cancel-on-exit"]), 3);
+    let asked = Instant::now();
+    let cancelled = interrupt(attach);
+    assert_eq!(cancelled.code, 3, "a cancelled loop exits 3: {}", cancelled.stderr);
+    assert!(cancelled.stderr.contains("cancelling loop-1"), "{}", cancelled.stderr);
+    assert!(asked.elapsed() < Duration::from_secs(15), "cancel is prompt: {:?}", asked.elapsed());
+    assert_eq!(get(&daemon, "loop-1").await.state(), v1::LoopState::Cancelled);
+    assert!(!ws.join("tests/test_slow.py").exists(), "EXEC's work is rolled back");
+}
+
 const PAUSABLE: &str = r#"
 roles:
   planning:

@@ -187,18 +187,23 @@ pub fn run_ctl(server: &str, args: &[&str]) -> CtlOutput {
     run_ctl_in(server, &std::env::current_dir().expect("a current directory"), args)
 }
 
-/// Runs `maestroctl` in the folder `cwd`.
-pub fn run_ctl_in(server: &str, cwd: &Path, args: &[&str]) -> CtlOutput {
-    let output = Command::new(binary("e2e-maestroctl"))
+/// A `maestroctl` command for `server`, run in the folder `cwd`, not yet started.
+pub fn ctl_command(server: &str, cwd: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(binary("e2e-maestroctl"));
+    command
         .current_dir(cwd)
         .arg("--server")
         .arg(server)
         .args(args)
         .env_remove("MAESTRO_PROJECT")
         .env_remove("MAESTRO_SERVER")
-        .stdin(Stdio::null())
-        .output()
-        .expect("maestroctl runs");
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs `maestroctl` in the folder `cwd`.
+pub fn run_ctl_in(server: &str, cwd: &Path, args: &[&str]) -> CtlOutput {
+    let output = ctl_command(server, cwd, args).output().expect("maestroctl runs");
     CtlOutput {
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

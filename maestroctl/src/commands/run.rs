@@ -166,11 +166,18 @@ pub(crate) async fn follow(
         shown: false,
     };
     let mut reconnecting_since: Option<Instant> = None;
-    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
-    let mut cancelling = false;
+    // Registered now, so Ctrl-C is ours from here on, also while reconnecting.
+    let mut interrupt = Interrupt::new(loop_id, args.cancel_on_exit)?;
     loop {
         let request = v1::StreamLoopEventsRequest { loop_id: loop_id.to_string(), from_seq: next };
-        let mut stream = match client.stream_loop_events(request).await {
+        let connect = tokio::select! {
+            connect = client.stream_loop_events(request) => connect,
+            () = interrupt.recv() => match interrupt.handle(&mut client).await? {
+                Some(code) => return Ok(code),
+                None => continue,
+            },
+        };
+        let mut stream = match connect {
             Ok(stream) => {
                 reconnecting_since = None;
                 stream.into_inner()
@@ -182,7 +189,12 @@ pub(crate) async fn follow(
                         "lost the daemon for 2 minutes; follow again with: maestroctl attach {loop_id} --from-seq {next}"
                     ));
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    () = interrupt.recv() => if let Some(code) = interrupt.handle(&mut client).await? {
+                        return Ok(code);
+                    },
+                }
                 continue;
             }
             Err(e) => return Err(status_error(e)),
@@ -190,16 +202,12 @@ pub(crate) async fn follow(
         loop {
             let item = tokio::select! {
                 item = stream.next() => item,
-                _ = &mut ctrl_c, if !cancelling => {
+                () = interrupt.recv() => {
                     status.clear();
-                    if args.cancel_on_exit {
-                        eprintln!("maestroctl: cancelling {loop_id}…");
-                        cancelling = true;
-                        reply(client.cancel_loop(v1::LoopActionRequest { loop_id: loop_id.to_string(), actor: actor() }).await)?;
-                        continue;
+                    match interrupt.handle(&mut client).await? {
+                        Some(code) => return Ok(code),
+                        None => continue,
                     }
-                    eprintln!("maestroctl: detached; {loop_id} keeps running (follow it with: maestroctl attach {loop_id})");
-                    return Ok(0);
                 }
             };
             match item {
@@ -254,6 +262,54 @@ pub(crate) async fn follow(
                 }
             }
         }
+    }
+}
+
+/// What Ctrl-C does while following a loop: detach (the loop keeps running)
+/// or, with `--cancel-on-exit`, cancel the loop and follow it to its end.
+struct Interrupt {
+    signal: tokio::signal::unix::Signal,
+    loop_id: String,
+    cancel_on_exit: bool,
+    cancelling: bool,
+}
+
+impl Interrupt {
+    fn new(loop_id: &str, cancel_on_exit: bool) -> anyhow::Result<Interrupt> {
+        let signal =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("cannot catch Ctrl-C")?;
+        Ok(Interrupt { signal, loop_id: loop_id.to_string(), cancel_on_exit, cancelling: false })
+    }
+
+    /// The next Ctrl-C; once a cancel is under way, further ones are ignored.
+    async fn recv(&mut self) {
+        loop {
+            self.signal.recv().await;
+            if !self.cancelling {
+                return;
+            }
+        }
+    }
+
+    /// Acts on a Ctrl-C: `Some(exit code)` to return now, `None` to keep following.
+    async fn handle(&mut self, client: &mut LoopServiceClient<Channel>) -> anyhow::Result<Option<ExitStatus>> {
+        let loop_id = &self.loop_id;
+        if !self.cancel_on_exit {
+            eprintln!("maestroctl: detached; {loop_id} keeps running (follow it with: maestroctl attach {loop_id})");
+            return Ok(Some(0));
+        }
+        eprintln!("maestroctl: cancelling {loop_id}…");
+        let request = v1::LoopActionRequest { loop_id: loop_id.clone(), actor: actor() };
+        match client.cancel_loop(request).await {
+            Ok(_) => {}
+            // It ended meanwhile: following shows how.
+            Err(e) if e.code() == Code::FailedPrecondition => {}
+            Err(e) => {
+                return Err(status_error(e)).with_context(|| format!("{loop_id} was not cancelled"));
+            }
+        }
+        self.cancelling = true;
+        Ok(None)
     }
 }
 
