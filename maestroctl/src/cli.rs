@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(
     name = "maestroctl",
     version,
-    about = "Drive a Maestro daemon: projects, requirements, contracts, log, memory, locks, snapshots"
+    about = "Drive a Maestro daemon: projects, requirements, contracts, log, memory, locks, snapshots",
+    after_help = "With no command, maestroctl reads commands one per line: an interactive REPL on a terminal, a script otherwise.",
+    args_override_self = true
 )]
 pub struct Cli {
     /// maestrod address [default: a local maestrod on 127.0.0.1:7700, started
@@ -21,8 +23,9 @@ pub struct Cli {
     /// The project to act on (for every command but `project` and `info`).
     #[arg(long, short = 'p', global = true, env = "MAESTRO_PROJECT")]
     pub(crate) project: Option<String>,
+    /// Without one: the REPL.
     #[command(subcommand)]
-    pub(crate) command: Command,
+    pub(crate) command: Option<Command>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod local;
 mod output;
+mod repl;
 
 use std::process::ExitCode;
 
@@ -37,7 +38,14 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = match cli.command {
+        Some(command) => runtime.block_on(async {
+            let channel = connect(cli.server.as_deref()).await?;
+            commands::dispatch(command, cli.project.as_deref(), channel, cli.output).await
+        }),
+        None => repl::run(&runtime, repl::Session { server: cli.server, project: cli.project, output: cli.output }),
+    };
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("maestroctl: {error:#}");
@@ -46,10 +54,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: cli::Cli) -> anyhow::Result<u8> {
-    let channel = match &cli.server {
-        Some(server) => client::connect(server).await?,
-        None => local::connect_or_start().await?,
-    };
-    commands::dispatch(cli.command, cli.project.as_deref(), channel, cli.output).await
+/// A channel to `server`, or to the local daemon (started if needed) when none is given.
+async fn connect(server: Option<&str>) -> anyhow::Result<tonic::transport::Channel> {
+    match server {
+        Some(server) => client::connect(server).await,
+        None => local::connect_or_start().await,
+    }
 }

@@ -216,3 +216,47 @@ fn watch_follows_events_as_json_lines() {
     let _ = child.wait();
     assert_eq!(keys, ["requirements/R1", "requirements/R2"]);
 }
+
+#[test]
+fn without_a_command_lines_from_stdin_run_as_a_session() {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let daemon = Daemon::start().unwrap();
+    let here = std::env::current_dir().unwrap();
+    let mut child = maestro_tests::ctl_command(&daemon.url(), &here, &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script = r#"
+project create shop
+use shop
+req add "Checkout page" --role frontend
+-o json
+req list
+-o table req show R1
+req frobnicate
+req add "unclosed
+info
+exit
+project delete shop
+"#;
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // The failed lines are reported with their numbers; the session goes on after them.
+    assert_eq!(out.status.code(), Some(1), "a script with a failed line exits with its code: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("maestroctl: line")).collect();
+    assert_eq!(errors.len(), 2, "{stderr}");
+    assert!(errors[0].starts_with("maestroctl: line 8: unrecognized subcommand 'frobnicate'"), "{stderr}");
+    assert_eq!(errors[1], "maestroctl: line 9: unbalanced quotes");
+    assert!(stdout.lines().any(|l| l.starts_with("shop ")), "the project was created: {stdout}");
+    // `use` and `-o json` carried over to the following lines; `-o table` held for one line only.
+    assert!(stdout.contains(r#""title": "Checkout page""#), "req list as JSON in project shop: {stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("title") && l.ends_with("Checkout page")), "{stdout}");
+    assert!(stdout.contains(r#""dataDir""#), "info as JSON again: {stdout}");
+    // Nothing after `exit` ran.
+    assert!(daemon.ctl(&["project", "show", "shop"]).ok().contains("shop"));
+}
