@@ -18,7 +18,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "MAESTRO_SERVER")]
     pub(crate) server: Option<String>,
     /// Output format: aligned tables for people, JSON for scripts.
-    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table, env = "MAESTRO_OUTPUT")]
     pub(crate) output: Output,
     /// The project to act on (for every command but `project` and `info`).
     #[arg(long, short = 'p', global = true, env = "MAESTRO_PROJECT")]
@@ -120,6 +120,24 @@ pub(crate) enum Command {
     Pause { loop_id: String },
     /// Let a paused loop go on.
     Resume { loop_id: String },
+    /// maestroctl's settings and where each comes from (default: show).
+    Config {
+        #[command(subcommand)]
+        cmd: Option<ConfigCmd>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCmd {
+    /// server, project and output in effect, with their sources: flag, env
+    /// MAESTRO_*, the project folder's .maestro/config.yaml, ~/.maestro/config.yaml, default.
+    Show,
+    /// A key's value in ~/.maestro/config.yaml (exit 1 when it is not set).
+    Get { key: String },
+    /// Set a key (server, project, output) in ~/.maestro/config.yaml.
+    Set { key: String, value: String },
+    /// Remove a key from ~/.maestro/config.yaml.
+    Unset { key: String },
 }
 
 #[derive(Debug, clap::Args)]

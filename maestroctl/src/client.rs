@@ -2,17 +2,30 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Response, Status};
 
-/// Connects to `server` (e.g. `http://127.0.0.1:7700`), failing fast with a
-/// message that says what to do.
+/// The URL for `server`: `host:port` gets `http://` in front; anything that
+/// is not an `http://host[:port]` address is refused with what to write instead.
+pub(crate) fn endpoint_url(server: &str) -> anyhow::Result<String> {
+    let invalid = || anyhow!("--server {server:?} is not a valid address (expected e.g. http://127.0.0.1:7700)");
+    let url = if server.contains("://") { server.to_string() } else { format!("http://{server}") };
+    let endpoint = Endpoint::from_shared(url.clone()).map_err(|_| invalid())?;
+    match endpoint.uri().scheme_str() {
+        Some("http") if endpoint.uri().host().is_some_and(|h| !h.is_empty()) => Ok(url),
+        Some("https") => {
+            Err(anyhow!("--server {server:?}: TLS is not supported yet; use http:// on a trusted network"))
+        }
+        _ => Err(invalid()),
+    }
+}
+
+/// Connects to `server` (e.g. `http://127.0.0.1:7700` or `127.0.0.1:7700`),
+/// failing fast with a message that says what to do.
 pub(crate) async fn connect(server: &str) -> anyhow::Result<Channel> {
-    let endpoint = Endpoint::from_shared(server.to_string())
-        .with_context(|| format!("--server {server:?} is not a valid address (expected e.g. http://127.0.0.1:7700)"))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
+    let endpoint =
+        Endpoint::from_shared(endpoint_url(server)?)?.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true);
     endpoint.connect().await.map_err(|error| {
         let cause = std::error::Error::source(&error).map_or_else(|| error.to_string(), |s| s.to_string());
         anyhow!(

@@ -4,30 +4,41 @@
 pub mod cli;
 mod client;
 mod commands;
+mod config;
 mod local;
 mod output;
 mod repl;
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use clap::error::ErrorKind;
+use clap::{CommandFactory, FromArgMatches};
+
+/// Prints a clap error or help; help and version succeed, the rest are usage errors (exit 1).
+fn clap_exit(error: &clap::Error) -> ExitCode {
+    let _ = error.print();
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+        // Usage errors exit 1 like every other failure (2 and 3 are reserved for loop outcomes).
+        _ => ExitCode::from(1),
+    }
+}
 
 /// Runs `maestroctl` with the process's arguments.
 pub fn main() -> ExitCode {
-    let cli = match cli::Cli::try_parse() {
+    let matches = match cli::Cli::command().try_get_matches() {
+        Ok(matches) => matches,
+        Err(error) => return clap_exit(&error),
+    };
+    let cli = match cli::Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
-        Err(error) if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
-            let _ = error.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(error) if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            let _ = error.print();
-            return ExitCode::from(1);
-        }
+        Err(error) => return clap_exit(&error),
+    };
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let settings = match config::Settings::resolve(&cli, &matches, &cwd, config::UserFile::path().as_deref()) {
+        Ok(settings) => settings,
         Err(error) => {
-            // Usage errors exit 1 like every other failure (2 and 3 are reserved for loop outcomes).
-            let _ = error.print();
+            eprintln!("maestroctl: {error:#}");
             return ExitCode::from(1);
         }
     };
@@ -38,12 +49,18 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let output = settings.output.0;
     let result = match cli.command {
+        Some(cli::Command::Config { cmd }) => config::run(cmd.unwrap_or(cli::ConfigCmd::Show), &settings, output),
         Some(command) => runtime.block_on(async {
-            let channel = connect(cli.server.as_deref()).await?;
-            commands::dispatch(command, cli.project.as_deref(), channel, cli.output).await
+            let project = settings.project_for(&command);
+            let channel = connect(settings.server.0.as_deref()).await?;
+            commands::dispatch(command, project.as_deref(), channel, output).await
         }),
-        None => repl::run(&runtime, repl::Session { server: cli.server, project: cli.project, output: cli.output }),
+        None => repl::run(
+            &runtime,
+            repl::Session { server: settings.server.0.clone(), project: settings.project.0.clone(), output },
+        ),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -17,8 +17,9 @@ use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 use tokio::runtime::Runtime;
 
-use crate::cli::{Cli, Command, Output};
+use crate::cli::{Cli, Command, ConfigCmd, Output};
 use crate::commands::{self, ExitStatus};
+use crate::config::{self, Settings};
 
 /// The defaults every line starts from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +211,16 @@ pub(crate) fn run(runtime: &Runtime, mut session: Session) -> anyhow::Result<Exi
                     );
                 }
                 0
+            }
+            Ok(Action::Run { command: Command::Config { cmd }, project, output }) => {
+                let settings = Settings::session(session.server.clone(), project, output);
+                match config::run(cmd.unwrap_or(ConfigCmd::Show), &settings, output) {
+                    Ok(code) => code,
+                    Err(error) => {
+                        eprintln!("maestroctl: {where_}{error:#}");
+                        1
+                    }
+                }
             }
             Ok(Action::Run { command, project, output }) => {
                 let interruptible = !handles_interrupt(&command);

@@ -260,3 +260,72 @@ project delete shop
     // Nothing after `exit` ran.
     assert!(daemon.ctl(&["project", "show", "shop"]).ok().contains("shop"));
 }
+
+#[test]
+fn settings_come_from_flags_env_the_project_folder_and_the_users_file() {
+    let daemon = Daemon::start().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let ctl = |cwd: &std::path::Path, env: &[(&str, &str)], args: &[&str]| {
+        let mut command = maestro_tests::ctl_command(&daemon.url(), cwd, args);
+        command.env("HOME", home.path()).envs(env.iter().copied());
+        let out = command.output().unwrap();
+        maestro_tests::CtlOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let show = |cwd: &std::path::Path, env: &[(&str, &str)]| ctl(cwd, env, &["-o", "json", "config"]).json();
+
+    let plain = ctl(work.path(), &[], &["config"]).ok().to_string();
+    assert!(plain.lines().any(|l| l.starts_with("output") && l.contains("table") && l.ends_with("default")), "{plain}");
+    let defaults = show(work.path(), &[]);
+    assert_eq!(defaults["output"], serde_json::json!({"value": "json", "source": "flag"}));
+    assert_eq!(defaults["project"]["value"], "");
+    // The daemon address given by --server is a flag.
+    assert_eq!(defaults["server"]["source"], "flag");
+
+    assert_eq!(ctl(work.path(), &[], &["config", "get", "project"]).code, 1, "unset keys exit 1");
+    ctl(work.path(), &[], &["config", "set", "project", "todo"]).ok();
+    ctl(work.path(), &[], &["config", "set", "output", "json"]).ok();
+    assert_eq!(ctl(work.path(), &[], &["config", "get", "project"]).ok().trim(), "todo");
+    let file = home.path().join(".maestro/config.yaml");
+    let from_file = ctl(work.path(), &[], &["config"]).ok().to_string();
+    let from_file: serde_json::Value = serde_json::from_str(&from_file).expect("output: json from the file");
+    assert_eq!(from_file["project"]["value"], "todo");
+    assert_eq!(from_file["project"]["source"], file.to_str().unwrap());
+
+    // A project folder's id beats the user's default; the environment beats both; flags beat all.
+    let shop = work.path().join("shop");
+    ctl(work.path(), &[], &["init", "shop"]).ok();
+    let nested = shop.join("src/api");
+    std::fs::create_dir_all(&nested).unwrap();
+    assert_eq!(show(&nested, &[])["project"]["value"], "shop");
+    ctl(&nested, &[], &["req", "add", "Without -p: the folder's project"]).ok();
+    let listed = ctl(&nested, &[], &["req", "list"]).json();
+    assert_eq!(listed[0]["title"], "Without -p: the folder's project");
+    let env = show(&nested, &[("MAESTRO_PROJECT", "other"), ("MAESTRO_OUTPUT", "table")]);
+    assert_eq!(env["project"], serde_json::json!({"value": "other", "source": "env MAESTRO_PROJECT"}));
+    let table = ctl(&nested, &[("MAESTRO_OUTPUT", "table")], &["config"]).ok().to_string();
+    assert!(table.starts_with("KEY"), "MAESTRO_OUTPUT=table beats the file: {table}");
+    assert_eq!(show(&nested, &[])["output"]["value"], "json", "-o json is a flag here");
+
+    // Bad keys and values are one line and exit 1; nothing is written.
+    for (args, mention) in [
+        (&["config", "set", "colour", "red"][..], "unknown key \"colour\""),
+        (&["config", "set", "output", "yaml"][..], "not an output format"),
+        (&["config", "set", "server", "https://h:1"][..], "TLS is not supported yet"),
+    ] {
+        let out = ctl(work.path(), &[], args);
+        assert_eq!(out.code, 1, "{out:?}");
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{out:?}");
+        assert!(out.stderr.contains(mention), "{out:?}");
+    }
+    ctl(work.path(), &[], &["config", "unset", "output"]).ok();
+    assert!(!std::fs::read_to_string(&file).unwrap().contains("output"));
+    std::fs::write(&file, "sever: http://typo:7700\n").unwrap();
+    let broken = ctl(work.path(), &[], &["info"]);
+    assert_eq!(broken.code, 1);
+    assert!(broken.stderr.contains("config.yaml") && broken.stderr.contains("sever"), "{}", broken.stderr);
+}

@@ -197,6 +197,9 @@ pub fn ctl_command(server: &str, cwd: &Path, args: &[&str]) -> Command {
         .args(args)
         .env_remove("MAESTRO_PROJECT")
         .env_remove("MAESTRO_SERVER")
+        .env_remove("MAESTRO_OUTPUT")
+        // The developer's own ~/.maestro/config.yaml must not change what tests see.
+        .env("HOME", std::env::temp_dir().join("maestro-e2e-home"))
         .stdin(Stdio::null());
     command
 }

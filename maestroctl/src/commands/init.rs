@@ -54,7 +54,7 @@ fn id_from(dir: &Path) -> String {
 }
 
 /// The `project.id` of a config file's text, if it sets one.
-fn configured_id(text: &str) -> Option<String> {
+pub(crate) fn configured_id(text: &str) -> Option<String> {
     let mut in_project = false;
     for line in text.lines() {
         let code = line.split('#').next().unwrap_or_default();
@@ -70,6 +70,11 @@ fn configured_id(text: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// The project configuration file of the project folder `dir`.
+pub(crate) fn project_config_path(dir: &Path) -> PathBuf {
+    dir.join(CONFIG)
 }
 
 /// The folder at or above `start` that holds `.maestro/config.yaml`.

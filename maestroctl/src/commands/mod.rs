@@ -1,7 +1,7 @@
 //! One module per command group; each turns parsed arguments into RPCs and output.
 
 mod contract;
-mod init;
+pub(crate) mod init;
 mod log;
 mod loops;
 mod memory;
@@ -62,5 +62,7 @@ pub(crate) async fn dispatch(
         Command::Cancel { loop_id } => loops::act(channel, loop_id, loops::Action::Cancel, output).await,
         Command::Pause { loop_id } => loops::act(channel, loop_id, loops::Action::Pause, output).await,
         Command::Resume { loop_id } => loops::act(channel, loop_id, loops::Action::Resume, output).await,
+        // Settings need no daemon: the callers run them before connecting.
+        Command::Config { .. } => Err(anyhow::anyhow!("internal: config reached the daemon dispatch")),
     }
 }
