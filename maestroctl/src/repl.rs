@@ -16,6 +16,7 @@ use clap::error::ErrorKind;
 use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 use tokio::runtime::Runtime;
+use tonic::transport::Channel;
 
 use crate::cli::{Cli, Command, ConfigCmd, Output};
 use crate::commands::{self, ExitStatus};
@@ -177,12 +178,31 @@ impl Input {
     }
 }
 
+/// Runs one command; Ctrl-C stops it unless it handles Ctrl-C itself.
+async fn execute(
+    command: Command,
+    project: Option<String>,
+    channel: Channel,
+    output: Output,
+) -> anyhow::Result<ExitStatus> {
+    let interruptible = !handles_interrupt(&command);
+    let work = commands::dispatch(command, project.as_deref(), channel, output);
+    if !interruptible {
+        return work.await;
+    }
+    tokio::select! {
+        result = work => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    }
+}
+
 /// Runs the session until `exit` or the end of input. A script exits with the
 /// code of its last failed line (0 when every line succeeded).
 pub(crate) fn run(runtime: &Runtime, mut session: Session) -> anyhow::Result<ExitStatus> {
     let mut input = Input::open()?;
     let interactive = matches!(input, Input::Terminal { .. });
-    let channel = runtime.block_on(crate::connect(session.server.as_deref()))?;
+    // Connected at the first command that needs the daemon; a failed connection is tried again.
+    let mut channel: Option<Channel> = None;
     if interactive {
         eprintln!(
             "maestroctl {} on {}: type a command as after `maestroctl` (help lists them), `use PROJECT`, or exit",
@@ -212,28 +232,21 @@ pub(crate) fn run(runtime: &Runtime, mut session: Session) -> anyhow::Result<Exi
                 }
                 0
             }
-            Ok(Action::Run { command: Command::Config { cmd }, project, output }) => {
-                let settings = Settings::session(session.server.clone(), project, output);
-                match config::run(cmd.unwrap_or(ConfigCmd::Show), &settings, output) {
-                    Ok(code) => code,
-                    Err(error) => {
-                        eprintln!("maestroctl: {where_}{error:#}");
-                        1
-                    }
-                }
-            }
             Ok(Action::Run { command, project, output }) => {
-                let interruptible = !handles_interrupt(&command);
-                let work = commands::dispatch(command, project.as_deref(), channel.clone(), output);
-                let result = runtime.block_on(async {
-                    if !interruptible {
-                        return work.await;
+                let result = match command {
+                    Command::Config { cmd } => {
+                        let settings = Settings::session(session.server.clone(), project, output);
+                        config::run(cmd.unwrap_or(ConfigCmd::Show), &settings, output)
                     }
-                    tokio::select! {
-                        result = work => result,
-                        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+                    command => match &channel {
+                        Some(ready) => Ok(ready.clone()),
+                        None => runtime.block_on(crate::connect(session.server.as_deref())),
                     }
-                });
+                    .and_then(|ready| {
+                        channel = Some(ready.clone());
+                        runtime.block_on(execute(command, project, ready, output))
+                    }),
+                };
                 match result {
                     Ok(code) => code,
                     Err(error) => {
