@@ -34,6 +34,16 @@ pub(crate) enum Output {
     Json,
 }
 
+impl Output {
+    /// The name `--output` takes.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Output::Table => "table",
+            Output::Json => "json",
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Create, list, show and delete projects.

@@ -213,14 +213,10 @@ pub(crate) fn run(cmd: ConfigCmd, settings: &Settings, output: Output) -> anyhow
                 None => format!("{} (a local maestrod, started when none answers)", maestro_shared::default_server()),
             };
             let project = settings.project.0.clone().unwrap_or_default();
-            let format = match settings.output.0 {
-                Output::Table => "table",
-                Output::Json => "json",
-            };
             let rows = [
                 ("server", server, &settings.server.1),
                 ("project", project, &settings.project.1),
-                ("output", format.to_string(), &settings.output.1),
+                ("output", settings.output.0.name().to_string(), &settings.output.1),
             ];
             let json: serde_json::Map<String, serde_json::Value> = rows
                 .iter()

@@ -64,7 +64,7 @@ pub(crate) fn parse_line(session: &mut Session, line: &str) -> Result<Action, St
         Some(_) => {}
     }
     // The session's defaults come first so that the line's own options override them.
-    let mut argv = vec!["maestroctl".to_string(), "--output".to_string(), output_name(session.output).to_string()];
+    let mut argv = vec!["maestroctl".to_string(), "--output".to_string(), session.output.name().to_string()];
     if let Some(project) = &session.project {
         argv.extend(["--project".to_string(), project.clone()]);
     }
@@ -105,13 +105,6 @@ fn one_line(rendered: &str) -> String {
     }
     message.push_str(" (`help` lists the commands)");
     message
-}
-
-fn output_name(output: Output) -> &'static str {
-    match output {
-        Output::Table => "table",
-        Output::Json => "json",
-    }
 }
 
 /// Commands that follow a loop or a stream handle Ctrl-C themselves.
@@ -227,7 +220,7 @@ pub(crate) fn run(runtime: &Runtime, mut session: Session) -> anyhow::Result<Exi
                     eprintln!(
                         "project: {}, output: {}",
                         session.project.as_deref().unwrap_or("(none)"),
-                        output_name(session.output)
+                        session.output.name()
                     );
                 }
                 0

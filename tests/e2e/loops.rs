@@ -66,6 +66,15 @@ async fn wait_end(daemon: &Daemon, id: &str) -> v1::Loop {
     }
 }
 
+/// Waits (up to a minute) until an agent has written `path`.
+async fn appears(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "the agent never wrote {}", path.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Events as JSON lines, with what differs between runs (times, hashes, loop ids) taken out.
 fn normalized(jsonl: &str) -> Vec<String> {
     jsonl
@@ -299,11 +308,7 @@ async fn two_followers_see_the_same_events_and_cancel_mid_exec_restores_the_last
         seqs
     });
     // Wait until the test agent is inside its 60-second command.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ws.join("tests/test_slow.py").exists() {
-        assert!(Instant::now() < deadline, "the agent never wrote its test");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    appears(&ws.join("tests/test_slow.py")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let asked = Instant::now();
     let cancelled = daemon.ctl(&["-o", "json", "cancel", &id]).json();
@@ -356,11 +361,7 @@ async fn ctrl_c_detaches_from_a_loop_and_with_cancel_on_exit_cancels_it() {
     std::fs::remove_file(ws.join("tests/test_calc.py")).unwrap();
     let server = daemon.url();
     let run = follower_at(&mut maestro_tests::ctl_command(&server, &ws, &["run", "Slow things"]), 3);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ws.join("tests/test_slow.py").exists() {
-        assert!(Instant::now() < deadline, "the agent never wrote its test");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    appears(&ws.join("tests/test_slow.py")).await;
     let detached = interrupt(run);
     assert_eq!(detached.code, 0, "{}", detached.stderr);
     assert!(detached.stderr.contains("detached; loop-1 keeps running"), "{}", detached.stderr);
@@ -408,12 +409,9 @@ async fn pause_holds_a_loop_at_the_next_phase_and_resume_lets_it_finish() {
     scripted_workspace(&ws, PAUSABLE, 0);
     std::fs::remove_file(ws.join("tests/test_calc.py")).unwrap();
     let id = run_ctl_in(&daemon.url(), &ws, &["run", "--detach", "Wait a little"]).ok().trim().to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ws.join("tests/test_wait.py").exists() {
-        assert!(Instant::now() < deadline, "the agent never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    appears(&ws.join("tests/test_wait.py")).await;
     daemon.ctl(&["pause", &id]).ok();
+    let deadline = Instant::now() + Duration::from_secs(60);
     let paused = loop {
         let l = get(&daemon, &id).await;
         if l.state() == v1::LoopState::Paused {
