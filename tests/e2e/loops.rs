@@ -178,10 +178,10 @@ roles:
 
 const CALC_TEST: &str = "import os, sys, unittest\nsys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'src'))\nfrom api.calc import add\n\nclass AddTest(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 2), 4)\n";
 
+/// A project folder whose model plays `script`.
 fn scripted_workspace(root: &Path, script: &str, retries: u32) {
     std::fs::create_dir_all(root.join(".maestro")).unwrap();
     std::fs::create_dir_all(root.join("tests")).unwrap();
-    std::fs::write(root.join("tests/test_calc.py"), CALC_TEST).unwrap();
     std::fs::write(root.join(".gitignore"), "__pycache__/\n").unwrap();
     std::fs::write(root.join(".maestro/script.yaml"), script).unwrap();
     std::fs::write(
@@ -193,12 +193,18 @@ fn scripted_workspace(root: &Path, script: &str, retries: u32) {
     .unwrap();
 }
 
+/// A project whose model keeps writing a calculator that fails its test.
+fn failing_calc_workspace(root: &Path, retries: u32) {
+    scripted_workspace(root, ALWAYS_FAILS, retries);
+    std::fs::write(root.join("tests/test_calc.py"), CALC_TEST).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loop_that_keeps_failing_escalates_and_guidance_lets_it_succeed() {
     let daemon = Daemon::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().join("calc");
-    scripted_workspace(&ws, ALWAYS_FAILS, 1);
+    failing_calc_workspace(&ws, 1);
     let init = run_ctl_in(&daemon.url(), &ws, &["init"]);
     assert!(init.ok().contains("registered project calc"), "{}", init.stdout);
     assert!(run_ctl_in(&daemon.url(), &ws, &["init"]).ok().contains("nothing to do"), "init is harmless twice");
@@ -284,7 +290,6 @@ async fn two_followers_see_the_same_events_and_cancel_mid_exec_restores_the_last
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().join("slow");
     scripted_workspace(&ws, SLOW, 0);
-    std::fs::remove_file(ws.join("tests/test_calc.py")).unwrap();
     std::fs::write(ws.join("README"), "kept\n").unwrap();
     let started = run_ctl_in(&daemon.url(), &ws, &["run", "--detach", "Slow things"]);
     let id = started.ok().trim().to_string();
@@ -358,7 +363,6 @@ async fn ctrl_c_detaches_from_a_loop_and_with_cancel_on_exit_cancels_it() {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().join("slow");
     scripted_workspace(&ws, SLOW, 0);
-    std::fs::remove_file(ws.join("tests/test_calc.py")).unwrap();
     let server = daemon.url();
     let run = follower_at(&mut maestro_tests::ctl_command(&server, &ws, &["run", "Slow things"]), 3);
     appears(&ws.join("tests/test_slow.py")).await;
@@ -407,7 +411,6 @@ async fn pause_holds_a_loop_at_the_next_phase_and_resume_lets_it_finish() {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().join("pausable");
     scripted_workspace(&ws, PAUSABLE, 0);
-    std::fs::remove_file(ws.join("tests/test_calc.py")).unwrap();
     let id = run_ctl_in(&daemon.url(), &ws, &["run", "--detach", "Wait a little"]).ok().trim().to_string();
     appears(&ws.join("tests/test_wait.py")).await;
     daemon.ctl(&["pause", &id]).ok();
@@ -446,7 +449,7 @@ async fn approve_accepts_an_escalated_epoch_and_abort_rolls_it_back() {
     let dir = tempfile::tempdir().unwrap();
     for (name, decision) in [("approved", "approve"), ("aborted", "abort")] {
         let ws = dir.path().join(name);
-        scripted_workspace(&ws, ALWAYS_FAILS, 0);
+        failing_calc_workspace(&ws, 0);
         let run = run_ctl_in(&daemon.url(), &ws, &["-o", "json", "run", "Write add()"]);
         assert_eq!(run.code, 2, "{}", run.stderr);
         let id: serde_json::Value = serde_json::from_str(run.stdout.lines().next().unwrap()).unwrap();
