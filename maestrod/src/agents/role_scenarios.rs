@@ -17,6 +17,7 @@ use super::llm::openai::OpenAi;
 use super::llm::script_server::{ScriptServer, Wire};
 use super::roles::Assignment;
 use super::runtime::RunOutcome;
+use super::tools::ReviewDecision;
 use crate::harness::budget::{Budget, BudgetConfig};
 use crate::harness::executor::{ActionContext, Harness};
 use crate::harness::gate::Gate;
@@ -89,12 +90,14 @@ roles:
       tool_calls:
         - name: read_file
           arguments: {path: src/api/greet.py}
-        - name: annotate_log
-          arguments: {note: "R2 src/api/greet.py:2: name is not escaped; the page must escape it before rendering"}
+        - name: review_verdict
+          arguments:
+            verdict: request_changes
+            findings: [{file: src/api/greet.py, line: 2, severity: major, text: "name is not escaped; escape it before rendering"}]
     - text: ""
       tool_calls:
         - name: finish
-          arguments: {outcome: failed, summary: "unescaped user input reaches the page (see the log)"}
+          arguments: {outcome: done, summary: "unescaped user input reaches the page"}
 "#;
 
 struct Fixture {
@@ -147,7 +150,7 @@ async fn work(f: &Fixture, provider: &dyn LlmProvider, role: &str, id: &str) -> 
         observer: None,
     };
     let outcome = assignment.work(CancellationToken::new()).await.unwrap();
-    if claims && role != "planning" && matches!(outcome, RunOutcome::Done { .. }) {
+    if claims && role != "planning" && matches!(outcome, RunOutcome::Done(_)) {
         f.ssot.set_requirement_status("greet", id, Status::Done, "", &agent, "").await.unwrap();
     }
     outcome
@@ -172,7 +175,8 @@ async fn every_role_completes_a_requirement_over_both_wire_formats() {
     let root = f.git.root().to_path_buf();
 
     // Planning builds the tree (OpenAI).
-    assert_eq!(work(&f, &openai, "planning", "R1").await, RunOutcome::Done { summary: "3 sub-requirements".into() });
+    let planned = work(&f, &openai, "planning", "R1").await;
+    assert!(matches!(&planned, RunOutcome::Done(f) if f.summary == "3 sub-requirements"), "{planned:?}");
     let tree = f.ssot.all_requirements("greet").await.unwrap();
     let shape: Vec<(String, String, String, Vec<String>)> = tree
         .iter()
@@ -190,7 +194,7 @@ async fn every_role_completes_a_requirement_over_both_wire_formats() {
     assert!(f.ssot.get_memory("greet", "planning", "plan").await.is_ok(), "planning kept a note");
 
     // Backend writes code and a contract (Anthropic); the validator accepts the contract.
-    assert!(matches!(work(&f, &anthropic, "backend", "R2").await, RunOutcome::Done { .. }));
+    assert!(matches!(work(&f, &anthropic, "backend", "R2").await, RunOutcome::Done(_)));
     assert!(std::fs::read_to_string(root.join("src/api/greet.py")).unwrap().contains("def greet(name)"));
     let report = contract_validator::validate(&f.ssot, "greet", &root, f.harness.policy()).await.unwrap();
     assert!(report.violations.is_empty(), "{:?}", report.violations);
@@ -198,22 +202,31 @@ async fn every_role_completes_a_requirement_over_both_wire_formats() {
     assert_eq!((contract.owner.as_str(), contract.status), ("backend", ContractStatus::Accepted));
 
     // Frontend reads the contract and writes the page (OpenAI).
-    assert!(matches!(work(&f, &openai, "frontend", "R3").await, RunOutcome::Done { .. }));
+    assert!(matches!(work(&f, &openai, "frontend", "R3").await, RunOutcome::Done(_)));
     assert!(root.join("src/ui/page.html").exists());
 
     // Test writes tests and runs them in the sandbox (Anthropic); the run is in the log.
-    assert_eq!(work(&f, &anthropic, "test", "R4").await, RunOutcome::Done { summary: "tests pass".into() });
+    let tested = work(&f, &anthropic, "test", "R4").await;
+    assert!(matches!(&tested, RunOutcome::Done(f) if f.summary == "tests pass"), "{tested:?}");
     assert!(root.join("tests/test_greet.py").exists());
     let log = f.ssot.list_log("greet", 0, "", "", 1000, "").await.unwrap().items;
     let ran = log.iter().find(|e| e.value.body.action == "run_command").expect("the test run is logged");
     assert_eq!((ran.value.body.agent.as_str(), ran.value.body.outcome.as_str()), ("test-1", "ok"));
     assert!(log.iter().any(|e| e.value.body.action == "annotation" && e.value.body.detail.contains("all pass")));
 
-    // Review annotates and fails the work with reasons (OpenAI).
+    // Review asks for changes with a finding, kept against R2 in the log (OpenAI).
     let reviewed = work(&f, &openai, "review", "R2").await;
-    assert_eq!(reviewed, RunOutcome::Failed { reason: "unescaped user input reaches the page (see the log)".into() });
+    let RunOutcome::Done(finished) = reviewed else { panic!("{reviewed:?}") };
+    let verdict = finished.verdict.expect("review gave a verdict");
+    assert_eq!((verdict.requirement.as_str(), verdict.verdict), ("R2", ReviewDecision::RequestChanges));
+    assert_eq!(
+        verdict.findings[0].line(),
+        "src/api/greet.py:2 [major] name is not escaped; escape it before rendering"
+    );
     let log = f.ssot.list_log("greet", 0, "", "", 1000, "").await.unwrap().items;
-    assert!(log.iter().any(|e| e.value.body.agent == "review-1" && e.value.body.detail.contains("not escaped")));
+    let kept = log.iter().find(|e| e.value.body.action == "review_verdict").expect("the verdict is in the log");
+    assert_eq!((kept.value.body.target.as_str(), kept.value.body.outcome.as_str()), ("R2", "request_changes"));
+    assert!(kept.value.body.detail.contains("not escaped"));
 
     // The workspace is a git repository: the epoch commits and is tagged.
     let start = f.git.checkpoint("loop-1", 1).unwrap();

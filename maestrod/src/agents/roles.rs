@@ -47,6 +47,7 @@ impl Assignment<'_> {
             model: self.model,
             harness: self.harness,
             ctx: self.ctx,
+            requirement: self.requirement,
             max_turns: self.max_turns,
             max_tokens: self.max_tokens,
             observer: self.observer,
@@ -66,6 +67,11 @@ pub fn prompt(role: &str) -> Option<&'static str> {
         "contract-validator" => include_str!("../../prompts/contract-validator.md"),
         _ => return None,
     })
+}
+
+/// Whether `text` names requirement `id` as a whole word (`R1` is not in `R10`).
+pub fn names(text: &str, id: &str) -> bool {
+    text.split(|c: char| !c.is_ascii_alphanumeric()).any(|word| word == id)
 }
 
 /// The task text for `role` working on requirement `id`.
@@ -138,23 +144,21 @@ pub async fn context(ssot: &Ssot, project: &str, id: &str, role: &str) -> Result
             );
         }
     }
-    let log = ssot.list_log(project, 0, "", "", 1000, "").await?.items;
-    let mentions: Vec<String> = log
-        .iter()
-        .rev()
-        .filter(|e| e.value.body.target.contains(id) || e.value.body.detail.contains(id))
-        .take(10)
-        .map(|e| {
-            format!(
-                "- #{} {} {} {}: {}",
-                e.value.seq, e.value.body.agent, e.value.body.action, e.value.body.outcome, e.value.body.detail
-            )
-        })
-        .collect();
+    // The newest entries that name this requirement exactly (R1 is not R10).
+    let mentions =
+        ssot.recent_log(project, 10, 5000, |e| names(&e.body.target, id) || names(&e.body.detail, id)).await?;
     if !mentions.is_empty() {
         let _ = writeln!(out, "\nRecent log entries about {id}:");
-        for line in mentions.iter().rev() {
-            let _ = writeln!(out, "{line}");
+        for e in &mentions {
+            let _ = writeln!(
+                out,
+                "- #{} {} {} {}: {}",
+                e.seq,
+                e.body.agent,
+                e.body.action,
+                e.body.outcome,
+                e.body.detail.lines().take(20).collect::<Vec<_>>().join("\n  ")
+            );
         }
     }
     let memory = ssot.list_memory(project, role, 100, "").await?.items;
@@ -236,5 +240,14 @@ mod tests {
         assert!(text.contains("denied: acl.write"));
         assert!(text.contains("framework: plain HTML"));
         assert!(!text.contains("Unrelated"));
+    }
+
+    #[test]
+    fn requirement_ids_match_whole_words_only() {
+        assert!(names("R1", "R1"));
+        assert!(names("requirements/R1: done", "R1"));
+        assert!(names("R2, R1", "R1"));
+        assert!(!names("R10", "R1"));
+        assert!(!names("R12 and XR1", "R1"));
     }
 }

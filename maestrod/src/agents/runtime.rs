@@ -1,27 +1,55 @@
 //! One agent run: the role's prompt and its task → model → tool calls through
-//! the harness → results back → until the agent calls `finish`, stops
-//! calling tools, runs out of turns, or runs out of budget.
+//! the harness → results back → until the agent calls `finish`, runs out of
+//! turns or budget, or is cancelled. Only `finish` ends a run as done: a
+//! reply without a tool call gets one reminder, a second one fails the run;
+//! a reply cut at the token limit never finishes.
 
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span};
 
-use super::llm::{ChatRequest, LlmError, LlmProvider, Message, TokenUsage, ToolCall};
-use super::tools::{self, ToolResult, Tools, Verdict};
+use super::llm::{ChatRequest, LlmError, LlmProvider, Message, StopReason, TokenUsage, ToolCall};
+use super::tools::{self, Signal, ToolResult, Tools, Verdict, VerdictArgs};
 use crate::harness::executor::{ActionContext, Harness, HarnessError};
+use crate::ssot::loops::FailureCause;
+
+/// The reason a run fails when the model keeps answering in prose.
+pub const NO_TOOL_CALL: &str = "the model answered without calling a tool";
+
+/// How an agent's work ended, when it finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub summary: String,
+    /// Set when the agent says the requirement needs no change.
+    pub no_change_reason: Option<String>,
+    /// Review's verdict, when it gave one.
+    pub verdict: Option<VerdictArgs>,
+}
+
+/// Why an agent run failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentFailure {
+    pub cause: FailureCause,
+    pub reason: String,
+}
+
+impl AgentFailure {
+    pub fn new(cause: FailureCause, reason: impl Into<String>) -> Self {
+        Self { cause, reason: reason.into() }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunOutcome {
-    Done {
-        summary: String,
-    },
-    Failed {
-        reason: String,
-    },
-    /// The budget ran out: the agent was stopped cleanly.
-    OutOfBudget {
-        reason: String,
-    },
+    /// The agent called `finish` with outcome done.
+    Done(Finished),
+    Failed(AgentFailure),
     Cancelled,
+}
+
+impl RunOutcome {
+    pub fn failed(cause: FailureCause, reason: impl Into<String>) -> Self {
+        RunOutcome::Failed(AgentFailure::new(cause, reason))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +60,23 @@ pub enum AgentError {
     Harness(#[from] HarnessError),
     #[error("cannot read the agent's context: {0}")]
     Context(crate::ssot::SsotError),
+}
+
+impl AgentError {
+    /// The failure of a run that this error stopped.
+    pub fn into_failure(self) -> AgentFailure {
+        match self {
+            AgentError::Llm(e) => model_failure(e),
+            other => AgentFailure::new(FailureCause::Setup, other.to_string()),
+        }
+    }
+}
+
+/// A model error as a failure: permanent ones (bad key, unknown model, a refused
+/// request) are not worth a retry of the whole cycle.
+pub fn model_failure(error: LlmError) -> AgentFailure {
+    let cause = if error.is_permanent() { FailureCause::ModelPermanent } else { FailureCause::Model };
+    AgentFailure::new(cause, error.to_string())
 }
 
 /// Watches an agent run: each model turn and each tool call with its result.
@@ -46,21 +91,38 @@ pub struct AgentRun<'a> {
     pub model: String,
     pub harness: &'a Harness,
     pub ctx: ActionContext,
+    /// The requirement worked on (or reviewed).
+    pub requirement: String,
     pub max_turns: usize,
     pub max_tokens: u32,
     pub observer: Option<&'a dyn Observer>,
 }
 
+/// The first line of `text`, at most `max` characters.
+fn first_line(text: &str, max: usize) -> String {
+    let line = text.trim().lines().next().unwrap_or_default();
+    if line.chars().count() > max { format!("{}…", line.chars().take(max).collect::<String>()) } else { line.into() }
+}
+
 impl AgentRun<'_> {
     /// Runs until the agent finishes. `system` is the role's prompt, `task` the focused context.
     pub async fn run(&self, system: &str, task: &str, cancel: CancellationToken) -> Result<RunOutcome, AgentError> {
-        let span = info_span!("agent", role = %self.ctx.role, agent = %self.ctx.agent);
+        let span = info_span!("agent", role = %self.ctx.role, agent = %self.ctx.agent, requirement = %self.requirement);
         async {
             let role = self.harness.policy().role(&self.ctx.role).map_err(|e| HarnessError::Gate(e.into()))?;
-            let offered = tools::specs(role);
-            let tools = Tools { harness: self.harness, ctx: &self.ctx, offered: &offered, cancel: cancel.clone() };
+            let offered = tools::specs(&self.ctx.role, role);
+            let tools = Tools {
+                harness: self.harness,
+                ctx: &self.ctx,
+                requirement: &self.requirement,
+                offered: &offered,
+                cancel: cancel.clone(),
+            };
             let mut messages =
                 vec![Message::System { text: system.to_string() }, Message::User { text: task.to_string() }];
+            let mut silent_replies = 0;
+            let mut last_error: Option<String> = None;
+            let mut verdict: Option<VerdictArgs> = None;
             for _ in 0..self.max_turns {
                 if cancel.is_cancelled() {
                     return Ok(RunOutcome::Cancelled);
@@ -73,7 +135,10 @@ impl AgentRun<'_> {
                     temperature: Some(0.0),
                 };
                 let response = tokio::select! {
-                    response = self.provider.chat(&request) => response?,
+                    response = self.provider.chat(&request) => match response {
+                        Ok(response) => response,
+                        Err(error) => return Ok(RunOutcome::Failed(model_failure(error))),
+                    },
                     () = cancel.cancelled() => return Ok(RunOutcome::Cancelled),
                 };
                 if let Some(observer) = self.observer {
@@ -81,29 +146,79 @@ impl AgentRun<'_> {
                 }
                 match self.harness.charge_tokens(&self.ctx, response.usage.total()).await {
                     Err(HarnessError::Budget(exhausted)) => {
-                        return Ok(RunOutcome::OutOfBudget { reason: exhausted.to_string() });
+                        return Ok(RunOutcome::failed(FailureCause::Budget, exhausted.to_string()));
                     }
                     other => other?,
                 }
+                let cut = response.stop == StopReason::MaxTokens;
                 messages
                     .push(Message::Assistant { text: response.text.clone(), tool_calls: response.tool_calls.clone() });
                 if response.tool_calls.is_empty() {
-                    info!("the agent ended its turn without finish");
-                    return Ok(RunOutcome::Done { summary: response.text });
+                    silent_replies += 1;
+                    if silent_replies >= 2 {
+                        info!("the model answered twice without calling a tool");
+                        let said = first_line(&response.text, 160);
+                        let reason = if said.is_empty() {
+                            NO_TOOL_CALL.to_string()
+                        } else {
+                            format!("{NO_TOOL_CALL}: {said:?}")
+                        };
+                        return Ok(RunOutcome::failed(FailureCause::NoToolCall, reason));
+                    }
+                    let why = if cut {
+                        "Your reply was cut at the token limit."
+                    } else if response.text.trim().is_empty() {
+                        "Your reply was empty."
+                    } else {
+                        "You answered without calling a tool."
+                    };
+                    messages.push(Message::User {
+                        text: format!(
+                            "{why} Call a tool, or finish with a summary (the `finish` tool). \
+                             Tool calls go through the tool-calling interface, not as JSON in your text."
+                        ),
+                    });
+                    continue;
                 }
+                silent_replies = 0;
                 for call in &response.tool_calls {
-                    let result = tools.call(call).await;
+                    let result = if call.name == "finish" && cut {
+                        // A reply cut short may have lost what came before: never done on it.
+                        ToolResult {
+                            content: "your reply was cut at the token limit; call finish again in a complete reply"
+                                .into(),
+                            is_error: true,
+                            signal: Signal::None,
+                            touched: None,
+                        }
+                    } else {
+                        tools.call(call).await
+                    };
                     if let Some(observer) = self.observer {
                         observer.tool(&self.ctx, call, &result);
                     }
-                    if let Some(finish) = result.finish {
-                        return Ok(match finish.outcome {
-                            Verdict::Done => RunOutcome::Done { summary: finish.summary },
-                            Verdict::Failed => RunOutcome::Failed { reason: finish.summary },
-                        });
+                    match &result.signal {
+                        Signal::Finish(finish) => {
+                            return Ok(match finish.outcome {
+                                Verdict::Done => RunOutcome::Done(Finished {
+                                    summary: finish.summary.clone(),
+                                    no_change_reason: finish.no_change_reason.clone().filter(|r| !r.trim().is_empty()),
+                                    verdict,
+                                }),
+                                Verdict::Failed => RunOutcome::failed(
+                                    FailureCause::GaveUp,
+                                    format!("the agent gave up: {}", first_line(&finish.summary, 300)),
+                                ),
+                            });
+                        }
+                        Signal::BudgetExhausted => {
+                            return Ok(RunOutcome::failed(FailureCause::Budget, result.content));
+                        }
+                        Signal::Verdict(given) => verdict = Some(given.clone()),
+                        Signal::Denied | Signal::None => {}
                     }
-                    if result.is_error && result.content.contains("budget exhausted") {
-                        return Ok(RunOutcome::OutOfBudget { reason: result.content });
+                    if result.is_error {
+                        last_error = Some(first_line(&result.content, 300));
                     }
                     messages.push(Message::Tool {
                         call_id: call.id.clone(),
@@ -112,7 +227,11 @@ impl AgentRun<'_> {
                     });
                 }
             }
-            Ok(RunOutcome::Failed { reason: format!("no finish after {} turns", self.max_turns) })
+            let mut reason = format!("no finish after {} turns", self.max_turns);
+            if let Some(error) = last_error {
+                reason.push_str(&format!("; last tool error: {error}"));
+            }
+            Ok(RunOutcome::failed(FailureCause::TurnLimit, reason))
         }
         .instrument(span)
         .await
@@ -197,18 +316,20 @@ roles:
             model: "scripted".into(),
             harness: &harness,
             ctx: ctx(),
+            requirement: "R1".into(),
             max_turns: 8,
             max_tokens: 1024,
             observer: None,
         };
         let outcome =
             run.run("You are the Backend agent.", "Implement R1: GET /todos", CancellationToken::new()).await.unwrap();
-        assert_eq!(outcome, RunOutcome::Done { summary: "GET /todos is implemented".into() });
+        assert!(matches!(&outcome, RunOutcome::Done(f) if f.summary == "GET /todos is implemented"), "{outcome:?}");
         let written = std::fs::read_to_string(workspace.path().join("src/api/todos.py")).unwrap();
         assert!(written.contains("list_todos"));
         assert!(!workspace.path().join("src/ui/page.html").exists(), "the harness kept backend out of src/ui");
+        // Only the loop sets DONE, after validation: the agent's set_status DONE was refused.
         let r1 = ssot.get_requirement("demo", "R1", 0).await.unwrap().value;
-        assert_eq!(r1.status, crate::ssot::requirements::Status::Done);
+        assert_eq!(r1.status, crate::ssot::requirements::Status::InProgress);
 
         // The model saw the malformed call, the unknown tool and the denial as tool errors.
         let lines = std::fs::read_to_string(&recording).unwrap();
@@ -221,8 +342,8 @@ roles:
         assert!(tool_messages[2]["content"].as_str().unwrap().contains("unknown tool \"teleport\""));
         assert!(tool_messages[3]["content"].as_str().unwrap().contains("acl.write"));
         let spent = ssot.list_budgets("demo", "loop-1", 100, "").await.unwrap().items;
-        // Two actions passed the gate (the write and the status change); denials cost no step.
-        assert!(spent[0].value.tokens > 0 && spent[0].value.steps == 2, "{:?}", spent[0].value);
+        // One action passed the gate (the write); denials and refusals cost no step.
+        assert!(spent[0].value.tokens > 0 && spent[0].value.steps == 1, "{:?}", spent[0].value);
 
         // Replaying the recording on a fresh workspace and store gives the same files and SSOT.
         let workspace2 = tempfile::tempdir().unwrap();
@@ -234,6 +355,7 @@ roles:
             model: "scripted".into(),
             harness: &harness2,
             ctx: ctx(),
+            requirement: "R1".into(),
             max_turns: 8,
             max_tokens: 1024,
             observer: None,
@@ -314,13 +436,18 @@ roles:
                 model: "m".into(),
                 harness: &harness,
                 ctx: ctx(),
+                requirement: "R1".into(),
                 max_turns: 4,
                 max_tokens: 512,
                 observer: None,
             };
             let outcome =
                 run.run("You are the Backend agent.", "Implement R1", CancellationToken::new()).await.unwrap();
-            assert_eq!(outcome, RunOutcome::Done { summary: "written".into() }, "{}", provider.name());
+            assert!(
+                matches!(&outcome, RunOutcome::Done(f) if f.summary == "written"),
+                "{}: {outcome:?}",
+                provider.name()
+            );
             assert!(workspace.path().join(file).exists(), "{file}");
         }
     }
@@ -329,7 +456,7 @@ roles:
     fn tools_are_offered_by_policy_with_generated_schemas() {
         let policy = crate::harness::policy::Policy::from_raw(Default::default()).unwrap();
         let names = |role: &str| -> Vec<String> {
-            tools::specs(policy.role(role).unwrap()).into_iter().map(|t| t.name).collect()
+            tools::specs(role, policy.role(role).unwrap()).into_iter().map(|t| t.name).collect()
         };
         let review = names("review");
         assert!(review.contains(&"read_file".to_string()) && review.contains(&"annotate_log".to_string()));
@@ -337,8 +464,106 @@ roles:
         assert!(names("test").contains(&"run_command".to_string()));
         assert!(names("backend").contains(&"propose_contract".to_string()));
         assert!(!names("planning").contains(&"propose_contract".to_string()));
-        let write = tools::specs(policy.role("backend").unwrap()).into_iter().find(|t| t.name == "write_file").unwrap();
+        assert!(review.contains(&"review_verdict".to_string()));
+        assert!(!names("backend").contains(&"review_verdict".to_string()), "only review gives verdicts");
+        let write = tools::specs("backend", policy.role("backend").unwrap())
+            .into_iter()
+            .find(|t| t.name == "write_file")
+            .unwrap();
         assert_eq!(write.parameters["type"], "object");
         assert_eq!(write.parameters["required"], serde_json::json!(["path", "content"]));
+    }
+
+    /// Runs `script` (the backend role's) to its outcome.
+    async fn outcome_of(script: &str) -> (RunOutcome, Arc<Ssot>, tempfile::TempDir) {
+        let workspace = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let (harness, ssot) = setup(workspace.path(), data.path()).await;
+        let model = Scripted::parse(script, "backend").unwrap();
+        let run = AgentRun {
+            provider: &model,
+            model: "scripted".into(),
+            harness: &harness,
+            ctx: ctx(),
+            requirement: "R1".into(),
+            max_turns: 5,
+            max_tokens: 256,
+            observer: None,
+        };
+        let outcome = run.run("You are the Backend agent.", "Implement R1", CancellationToken::new()).await.unwrap();
+        (outcome, ssot, workspace)
+    }
+
+    fn failure(outcome: &RunOutcome) -> (FailureCause, String) {
+        match outcome {
+            RunOutcome::Failed(f) => (f.cause, f.reason.clone()),
+            other => panic!("not a failure: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_finish_ends_a_run_as_done() {
+        // Prose twice: one reminder, then the run fails.
+        let (outcome, ..) =
+            outcome_of("roles:\n  backend:\n    - text: I cannot help with that.\n    - text: I still cannot.\n").await;
+        let (cause, reason) = failure(&outcome);
+        assert_eq!(cause, FailureCause::NoToolCall);
+        assert!(reason.starts_with(NO_TOOL_CALL) && reason.contains("I still cannot"), "{reason}");
+        // Empty replies are no different.
+        let (outcome, ..) = outcome_of("roles:\n  backend:\n    - text: ''\n    - text: ''\n").await;
+        assert_eq!(failure(&outcome), (FailureCause::NoToolCall, NO_TOOL_CALL.to_string()));
+        // A tool call written as JSON in the text is still prose.
+        let json = "roles:\n  backend:\n    - text: '{\"name\": \"finish\", \"arguments\": {\"outcome\": \"done\"}}'\n    - text: '{\"name\": \"finish\"}'\n";
+        assert_eq!(failure(&outcome_of(json).await.0).0, FailureCause::NoToolCall);
+        // One reminder is enough for a model that then finishes.
+        let reminded = "roles:\n  backend:\n    - text: Let me think.\n    - tool_calls: [{name: finish, arguments: {outcome: done, summary: ok}}]\n";
+        assert!(matches!(outcome_of(reminded).await.0, RunOutcome::Done(_)));
+        // A reply cut at the token limit never finishes, even with a finish call in it.
+        let cut = "roles:\n  backend:\n    - stop: max_tokens\n      tool_calls: [{name: finish, arguments: {outcome: done, summary: ok}}]\n    - stop: max_tokens\n      text: and then\n    - stop: max_tokens\n";
+        let (cause, reason) = failure(&outcome_of(cut).await.0);
+        assert_eq!(cause, FailureCause::NoToolCall, "{reason}");
+        // finish{failed} is the agent giving up; running out of turns names the last tool error.
+        let gave_up = "roles:\n  backend:\n    - tool_calls: [{name: finish, arguments: {outcome: failed, summary: no database}}]\n";
+        assert_eq!(
+            failure(&outcome_of(gave_up).await.0),
+            (FailureCause::GaveUp, "the agent gave up: no database".into())
+        );
+        let looping =
+            "roles:\n  backend:\n".to_string() + &"    - tool_calls: [{name: teleport, arguments: {}}]\n".repeat(5);
+        let (cause, reason) = failure(&outcome_of(&looping).await.0);
+        assert_eq!(cause, FailureCause::TurnLimit);
+        assert!(reason.contains("no finish after 5 turns") && reason.contains("unknown tool \"teleport\""), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn finish_carries_a_no_change_reason_and_set_status_cannot_claim_done() {
+        let script = "roles:\n  backend:\n    - tool_calls:\n        - {name: set_status, arguments: {id: R1, status: DONE}}\n        - {name: finish, arguments: {outcome: done, summary: ok, no_change_reason: the endpoint exists already}}\n";
+        let (outcome, ssot, _ws) = outcome_of(script).await;
+        let RunOutcome::Done(finished) = outcome else { panic!("{outcome:?}") };
+        assert_eq!(finished.no_change_reason.as_deref(), Some("the endpoint exists already"));
+        let r1 = ssot.get_requirement("demo", "R1", 0).await.unwrap().value;
+        assert_eq!(r1.status, crate::ssot::requirements::Status::InProgress);
+    }
+
+    #[test]
+    fn permanent_model_errors_are_told_apart() {
+        let provider = "openai".to_string();
+        let permanent = [
+            LlmError::Auth { provider: provider.clone(), detail: "bad key".into() },
+            LlmError::UnknownModel { provider: provider.clone(), model: "gpt-9".into(), detail: "no".into() },
+            LlmError::Rejected { provider: provider.clone(), status: 400, detail: "context length exceeded".into() },
+            LlmError::MissingKey { provider: provider.clone(), variable: "OPENAI_API_KEY".into() },
+        ];
+        for error in permanent {
+            assert_eq!(model_failure(error).cause, FailureCause::ModelPermanent);
+        }
+        let transient = [
+            LlmError::RateLimited { provider: provider.clone(), attempts: 3 },
+            LlmError::Server { provider: provider.clone(), status: 500, attempts: 3, detail: "boom".into() },
+            LlmError::Unreachable { provider: provider.clone(), url: "http://x".into(), detail: "timed out".into() },
+        ];
+        for error in transient {
+            assert_eq!(model_failure(error).cause, FailureCause::Model);
+        }
     }
 }

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use super::llm::{ToolCall, ToolSpec};
-use crate::harness::executor::{ActionContext, ActionOutput, Harness};
+use crate::harness::executor::{ActionContext, ActionOutput, Harness, HarnessError};
 use crate::harness::gate::Action;
 use crate::harness::policy::RolePolicy;
 use crate::ssot::contracts::{ContractKind, ContractStatus, NewContract};
@@ -159,6 +159,100 @@ pub struct FinishArgs {
     pub outcome: Verdict,
     /// What was done, or why it failed.
     pub summary: String,
+    /// Only when the requirement needs no change to the files at all: why.
+    /// Review must accept the reason, or the requirement is not done.
+    #[serde(default)]
+    pub no_change_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewDecision {
+    Approve,
+    RequestChanges,
+}
+
+impl ReviewDecision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewDecision::Approve => "approve",
+            ReviewDecision::RequestChanges => "request_changes",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Minor,
+    Major,
+    Blocker,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Finding {
+    /// The file the finding is about.
+    #[serde(default)]
+    pub file: String,
+    /// The line, when it is about one.
+    #[serde(default)]
+    pub line: Option<u32>,
+    pub severity: Severity,
+    /// What is wrong and what to do instead.
+    pub text: String,
+}
+
+impl Finding {
+    /// One line for people and for the next attempt: `src/api/x.py:12 [major] text`.
+    pub fn line(&self) -> String {
+        let place = match (self.file.as_str(), self.line) {
+            ("", _) => String::new(),
+            (file, Some(line)) => format!("{file}:{line} "),
+            (file, None) => format!("{file} "),
+        };
+        let severity = serde_json::to_value(self.severity).ok().and_then(|v| v.as_str().map(String::from));
+        format!("{place}[{}] {}", severity.unwrap_or_default(), self.text)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictArgs {
+    /// The requirement reviewed; the one you were given when left out.
+    #[serde(default)]
+    pub requirement: String,
+    /// approve when the work can be committed as it is; request_changes otherwise.
+    pub verdict: ReviewDecision,
+    /// What must change (required with request_changes), and remarks.
+    #[serde(default)]
+    pub findings: Vec<Finding>,
+}
+
+/// What a tool call means for the run beyond its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    None,
+    /// The harness refused the action.
+    Denied,
+    /// A budget ran out: the agent must stop.
+    BudgetExhausted,
+    /// The agent ended its work.
+    Finish(FinishArgs),
+    /// Review gave its verdict.
+    Verdict(VerdictArgs),
+}
+
+/// What a successful tool call changed, so the loop knows what its agents did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touch {
+    File(String),
+    Command,
+    Requirement(String),
+    Contract(String),
+    /// (agent, key)
+    Memory(String, String),
 }
 
 /// What a tool call produced, for the model.
@@ -166,17 +260,22 @@ pub struct FinishArgs {
 pub struct ToolResult {
     pub content: String,
     pub is_error: bool,
-    /// Set by `finish`: the agent is done.
-    pub finish: Option<FinishArgs>,
+    pub signal: Signal,
+    pub touched: Option<Touch>,
 }
 
 impl ToolResult {
     fn ok(content: impl Into<String>) -> Self {
-        Self { content: content.into(), is_error: false, finish: None }
+        Self { content: content.into(), is_error: false, signal: Signal::None, touched: None }
     }
 
     fn error(content: impl Into<String>) -> Self {
-        Self { content: content.into(), is_error: true, finish: None }
+        Self { content: content.into(), is_error: true, signal: Signal::None, touched: None }
+    }
+
+    fn touching(mut self, touch: Touch) -> Self {
+        self.touched = Some(touch);
+        self
     }
 }
 
@@ -188,9 +287,10 @@ fn spec<T: JsonSchema>(name: &str, description: &str) -> ToolSpec {
     }
 }
 
-/// The tools `role` is offered: reading always; writing, deleting and running
-/// where its policy grants any; SSOT tools per granted collection; `finish`.
-pub fn specs(role: &RolePolicy) -> Vec<ToolSpec> {
+/// The tools role `name` is offered: reading always; writing, deleting and
+/// running where its policy grants any; SSOT tools per granted collection;
+/// `review_verdict` for review; `finish`.
+pub fn specs(name: &str, role: &RolePolicy) -> Vec<ToolSpec> {
     let mut tools = vec![
         spec::<PathArgs>("read_file", "Read a text file of the workspace."),
         spec::<PathArgs>("list_dir", "List a directory of the workspace ('.' for the root)."),
@@ -199,8 +299,17 @@ pub fn specs(role: &RolePolicy) -> Vec<ToolSpec> {
         spec::<ContractArgs>("get_contract", "Read a contract (the latest version unless one is given)."),
         spec::<ReadLogArgs>("read_log", "Read the most recent execution log entries."),
         spec::<MemoryGetArgs>("memory_get", "Read one of your notes."),
-        spec::<FinishArgs>("finish", "End your work on the requirement: done or failed, with a summary."),
+        spec::<FinishArgs>(
+            "finish",
+            "End your work on the requirement: done or failed, with a summary. The only way to finish.",
+        ),
     ];
+    if name == REVIEW_ROLE {
+        tools.push(spec::<VerdictArgs>(
+            "review_verdict",
+            "Give your verdict on the requirement you review: approve, or request_changes with findings.",
+        ));
+    }
     if !role.source.write.as_deref().unwrap_or_default().is_empty() {
         tools.push(spec::<WriteArgs>("write_file", "Create or replace a file of the workspace."));
         tools.push(spec::<PathArgs>("delete_file", "Delete a file or directory of the workspace."));
@@ -229,10 +338,15 @@ pub fn specs(role: &RolePolicy) -> Vec<ToolSpec> {
     tools
 }
 
+/// The role that gives verdicts.
+pub const REVIEW_ROLE: &str = "review";
+
 /// Runs tool calls for one agent.
 pub struct Tools<'a> {
     pub harness: &'a Harness,
     pub ctx: &'a ActionContext,
+    /// The requirement the agent works on (or reviews).
+    pub requirement: &'a str,
     pub offered: &'a [ToolSpec],
     pub cancel: CancellationToken,
 }
@@ -254,7 +368,14 @@ impl Tools<'_> {
     }
 
     async fn act(&self, action: Action) -> Result<ActionOutput, ToolResult> {
-        self.harness.perform(self.ctx, action, self.cancel.clone()).await.map_err(|e| ToolResult::error(e.to_string()))
+        self.harness.perform(self.ctx, action, self.cancel.clone()).await.map_err(|e| {
+            let signal = match e {
+                HarnessError::Denied(_) => Signal::Denied,
+                HarnessError::Budget(_) => Signal::BudgetExhausted,
+                _ => Signal::None,
+            };
+            ToolResult { signal, ..ToolResult::error(e.to_string()) }
+        })
     }
 
     /// Authorises an SSOT change through the harness (decision, budget, log).
@@ -285,12 +406,12 @@ impl Tools<'_> {
             "write_file" => {
                 let args = parse::<WriteArgs>(call)?;
                 self.act(Action::WriteFile { path: args.path.clone(), content: args.content }).await?;
-                ToolResult::ok(format!("wrote {}", args.path))
+                ToolResult::ok(format!("wrote {}", args.path)).touching(Touch::File(args.path))
             }
             "delete_file" => {
                 let args = parse::<PathArgs>(call)?;
                 self.act(Action::DeleteFile { path: args.path.clone() }).await?;
-                ToolResult::ok(format!("deleted {}", args.path))
+                ToolResult::ok(format!("deleted {}", args.path)).touching(Touch::File(args.path))
             }
             "run_command" => match self.act(Action::RunCommand { argv: parse::<RunArgs>(call)?.argv }).await? {
                 ActionOutput::Ran(out) => {
@@ -303,7 +424,8 @@ impl Tools<'_> {
                         out.stdout,
                         out.stderr
                     );
-                    if out.success() { ToolResult::ok(result) } else { ToolResult::error(result) }
+                    let result = if out.success() { ToolResult::ok(result) } else { ToolResult::error(result) };
+                    result.touching(Touch::Command)
                 }
                 other => ToolResult::ok(format!("{other:?}")),
             },
@@ -320,6 +442,19 @@ impl Tools<'_> {
             "create_requirement" => {
                 let args = parse::<CreateRequirementArgs>(call)?;
                 self.authorize("requirements", &args.title).await?;
+                // The same requirement twice under one parent is a replan (or a restarted
+                // one) repeating itself: point at the one that exists.
+                let all = ssot.all_requirements(project).await.map_err(fail)?;
+                if let Some(twin) = all.iter().map(|r| &r.value).find(|r| {
+                    r.parent_id == args.parent_id && r.title.trim() == args.title.trim() && r.status != Status::Done
+                }) {
+                    return Ok(ToolResult::ok(format!(
+                        "{} exists already with this title under {}; not created twice (change it with update_requirement)",
+                        twin.id,
+                        if twin.parent_id.is_empty() { "the project" } else { &twin.parent_id }
+                    ))
+                    .touching(Touch::Requirement(twin.id.clone())));
+                }
                 let new = NewRequirement {
                     parent_id: args.parent_id,
                     title: args.title,
@@ -329,7 +464,7 @@ impl Tools<'_> {
                     depends_on: args.depends_on,
                 };
                 let created = ssot.create_requirement(project, new).await.map_err(fail)?;
-                ToolResult::ok(format!("created {}", created.value.id))
+                ToolResult::ok(format!("created {}", created.value.id)).touching(Touch::Requirement(created.value.id))
             }
             "update_requirement" => {
                 let args = parse::<UpdateRequirementArgs>(call)?;
@@ -350,16 +485,22 @@ impl Tools<'_> {
                         .await
                         .map_err(fail)?;
                 }
-                ToolResult::ok(format!("updated {}", args.id))
+                ToolResult::ok(format!("updated {}", args.id)).touching(Touch::Requirement(args.id))
             }
             "set_status" => {
                 let args = parse::<SetStatusArgs>(call)?;
+                if args.status == Status::Done {
+                    return Err(ToolResult::error(
+                        "DONE is set by the loop once the work is validated and committed; call finish when you are done",
+                    ));
+                }
                 self.authorize("requirements", &args.id).await?;
                 let updated = ssot
                     .set_requirement_status(project, &args.id, args.status, &args.reason, &self.ctx.agent, "")
                     .await
                     .map_err(fail)?;
                 ToolResult::ok(format!("{} is {}", updated.value.id, updated.value.status.as_str()))
+                    .touching(Touch::Requirement(updated.value.id))
             }
             "propose_contract" => {
                 let args = parse::<ProposeContractArgs>(call)?;
@@ -381,6 +522,7 @@ impl Tools<'_> {
                 };
                 let stored = ssot.put_contract(project, new).await.map_err(fail)?;
                 ToolResult::ok(format!("proposed {} version {}", stored.value.name, stored.value.version))
+                    .touching(Touch::Contract(stored.value.name))
             }
             "get_contract" => {
                 let args = parse::<ContractArgs>(call)?;
@@ -389,16 +531,12 @@ impl Tools<'_> {
             }
             "read_log" => {
                 let limit = parse::<ReadLogArgs>(call)?.limit.unwrap_or(20).clamp(1, 200) as usize;
-                let all = ssot.list_log(project, 0, "", "", 1000, "").await.map_err(fail)?;
-                let recent: Vec<String> = all
-                    .items
+                let entries = ssot.recent_log(project, limit, limit as u64, |_| true).await.map_err(fail)?;
+                let recent: Vec<String> = entries
                     .iter()
-                    .rev()
-                    .take(limit)
-                    .rev()
                     .map(|e| {
-                        let b = &e.value.body;
-                        format!("#{} {} {} {} → {} {}", e.value.seq, b.agent, b.action, b.target, b.outcome, b.detail)
+                        let b = &e.body;
+                        format!("#{} {} {} {} → {} {}", e.seq, b.agent, b.action, b.target, b.outcome, b.detail)
                     })
                     .collect();
                 ToolResult::ok(recent.join("\n"))
@@ -426,14 +564,43 @@ impl Tools<'_> {
             "memory_put" => {
                 let args = parse::<MemoryPutArgs>(call)?;
                 self.authorize("memory", &args.key).await?;
-                ssot.put_memory(project, &memory_agent(&self.ctx.role), &args.key, &args.value, 0, "")
-                    .await
-                    .map_err(fail)?;
-                ToolResult::ok(format!("kept {}", args.key))
+                let agent = memory_agent(&self.ctx.role);
+                ssot.put_memory(project, &agent, &args.key, &args.value, 0, "").await.map_err(fail)?;
+                ToolResult::ok(format!("kept {}", args.key)).touching(Touch::Memory(agent, args.key))
+            }
+            "review_verdict" => {
+                let mut args = parse::<VerdictArgs>(call)?;
+                if args.requirement.is_empty() {
+                    args.requirement = self.requirement.to_string();
+                }
+                if args.requirement != self.requirement {
+                    return Err(ToolResult::error(format!(
+                        "you review {}, not {}; give the verdict for {}",
+                        self.requirement, args.requirement, self.requirement
+                    )));
+                }
+                if args.verdict == ReviewDecision::RequestChanges && args.findings.is_empty() {
+                    return Err(ToolResult::error("request_changes needs findings: say what must change and where"));
+                }
+                self.authorize("log", &args.requirement).await?;
+                let entry = NewLogEntry {
+                    loop_id: self.ctx.loop_id.clone(),
+                    epoch: self.ctx.epoch,
+                    agent: self.ctx.agent.clone(),
+                    action: "review_verdict".into(),
+                    target: args.requirement.clone(),
+                    outcome: args.verdict.as_str().into(),
+                    detail: args.findings.iter().map(Finding::line).collect::<Vec<_>>().join("\n"),
+                    ..NewLogEntry::default()
+                };
+                ssot.append_log(project, entry).await.map_err(fail)?;
+                let content =
+                    format!("verdict {} recorded for {}; now call finish", args.verdict.as_str(), args.requirement);
+                ToolResult { signal: Signal::Verdict(args), ..ToolResult::ok(content) }
             }
             "finish" => {
                 let args = parse::<FinishArgs>(call)?;
-                ToolResult { content: "finished".into(), is_error: false, finish: Some(args) }
+                ToolResult { signal: Signal::Finish(args), ..ToolResult::ok("finished") }
             }
             other => ToolResult::error(format!("tool {other:?} has no handler")),
         })

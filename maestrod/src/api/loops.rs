@@ -10,8 +10,8 @@ use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
 use super::status::IntoStatus;
+use crate::autoloop::fsm::Decision;
 use crate::autoloop::manager::{LoopManager, StartRequest};
-use crate::autoloop::runner::Decision;
 use crate::ssot::Ssot;
 use crate::ssot::loops::{LoopEvent, LoopRecord, LoopState};
 
@@ -28,10 +28,6 @@ fn state(state: LoopState) -> v1::LoopState {
         LoopState::Aborted => v1::LoopState::Aborted,
         LoopState::Cancelled => v1::LoopState::Cancelled,
     }
-}
-
-fn state_named(name: &str) -> v1::LoopState {
-    v1::LoopState::from_str_name(&format!("LOOP_STATE_{name}")).unwrap_or(v1::LoopState::Unspecified)
 }
 
 fn to_wire(r: LoopRecord) -> v1::Loop {
@@ -63,13 +59,13 @@ fn event_to_wire(loop_id: &str, e: LoopEvent) -> v1::LoopEvent {
         loop_id: loop_id.to_string(),
         seq: e.seq,
         time_ms: e.time_ms,
-        kind: e.kind,
-        phase: e.phase,
+        kind: e.kind.as_str().to_string(),
+        phase: e.phase.map(|p| p.as_str().to_string()).unwrap_or_default(),
         epoch: e.epoch,
         agent: e.agent,
         requirement_id: e.requirement,
         message: e.message,
-        state: state_named(&e.state).into(),
+        state: e.state.map_or(v1::LoopState::Unspecified, state).into(),
         requirements_done: e.done,
         requirements_total: e.total,
         tokens: e.tokens,
@@ -81,7 +77,7 @@ fn actor(actor: &str) -> String {
 }
 
 fn is_final(event: &LoopEvent) -> bool {
-    ["SUCCEEDED", "FAILED", "ABORTED", "CANCELLED"].contains(&event.state.as_str())
+    event.state.is_some_and(LoopState::is_final)
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::LoopEvent, Status>> + Send>>;

@@ -3,8 +3,9 @@
 //! ```yaml
 //! loop:
 //!   retries: 2            # full-cycle retries before a loop escalates to a human
-//!   test_command: [python3, -m, unittest, discover, -s, tests, -v]
-//!   tests_dir: tests      # VALID runs the test command once this directory exists
+//!   test_command: [python3, -m, unittest, discover, -s, tests, -v]   # default: detected; [] turns tests off
+//!   tests_dir: tests      # a configured test command runs once this directory exists ("" : always)
+//!   require_tests: true   # code changes count as verified only after a passing test run
 //!   max_agents: 4         # requirements claimed per epoch
 //!   max_turns: 24         # model turns per agent run
 //!   max_tokens: 4096      # output tokens per model turn
@@ -20,8 +21,10 @@ use crate::harness::policy::section;
 #[serde(deny_unknown_fields, default)]
 pub struct LoopConfig {
     pub retries: u32,
-    pub test_command: Vec<String>,
+    /// `None`: detect the runner from the workspace; `Some([])`: no tests.
+    pub test_command: Option<Vec<String>>,
     pub tests_dir: String,
+    pub require_tests: bool,
     pub max_agents: usize,
     pub max_turns: usize,
     pub max_tokens: u32,
@@ -31,8 +34,9 @@ impl Default for LoopConfig {
     fn default() -> Self {
         Self {
             retries: 2,
-            test_command: Vec::new(),
+            test_command: None,
             tests_dir: "tests".into(),
+            require_tests: true,
             max_agents: 4,
             max_turns: 24,
             max_tokens: 4096,
@@ -71,7 +75,10 @@ mod tests {
     fn defaults_and_overrides() {
         assert_eq!(LoopConfig::parse("").unwrap(), LoopConfig::default());
         let config = LoopConfig::parse("loop:\n  retries: 0\n  test_command: [npm, test]\n").unwrap();
-        assert_eq!((config.retries, config.test_command.len(), config.max_agents), (0, 2, 4));
+        assert_eq!((config.retries, config.test_command.map(|c| c.len()), config.max_agents), (0, Some(2), 4));
+        let off = LoopConfig::parse("loop:\n  test_command: []\n  require_tests: false\n").unwrap();
+        assert_eq!((off.test_command, off.require_tests), (Some(Vec::new()), false));
+        assert_eq!(LoopConfig::parse("").unwrap().test_command, None, "detected by default");
         assert!(LoopConfig::parse("loop:\n  retry: 1\n").unwrap_err().contains("retry"));
         assert!(LoopConfig::parse("loop:\n  max_agents: 0\n").is_err());
     }

@@ -134,7 +134,8 @@ pub fn script() -> String {
         "review": [
             step("", vec![call("list_dir", json!({"path": "src"}))]),
             step("", vec![
-                call("annotate_log", json!({"note": "review: standard library only, no shell-outs, input validated at the edge"})),
+                call("review_verdict", json!({"verdict": "approve", "findings": [{"severity": "info",
+                    "text": "standard library only, no shell-outs, input validated at the edge"}]})),
                 finish("no blocking findings"),
             ]),
         ],

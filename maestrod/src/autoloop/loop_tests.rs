@@ -38,11 +38,21 @@ async fn the_demo_fails_once_rolls_back_and_succeeds() {
     let started = manager.start(request).await.unwrap();
     let done = until_final(&manager, &started.id).await;
     let (events, _) = ssot.loop_events(&started.id, 0).await.unwrap();
-    let lines: Vec<String> = events.iter().map(|e| format!("{} {} {} {}", e.seq, e.kind, e.phase, e.message)).collect();
+    let lines: Vec<String> = events
+        .iter()
+        .map(|e| {
+            format!("{} {} {} {}", e.seq, e.kind.as_str(), e.phase.map(|p| p.as_str()).unwrap_or_default(), e.message)
+        })
+        .collect();
     assert_eq!(done.state, LoopState::Succeeded, "{done:?}\n{}", lines.join("\n"));
     assert!(lines.iter().any(|l| l.contains("test_result VALID") && l.contains("failed")), "{}", lines.join("\n"));
     assert!(lines.iter().any(|l| l.contains(" rollback ")), "{}", lines.join("\n"));
     assert_eq!((done.done, done.total), (4, 4));
+    let last = events.last().unwrap();
+    assert_eq!(
+        last.message, "succeeded: 4/4 requirements done, 6 tests passed, review approved (5 epochs)",
+        "the last line says what was verified"
+    );
     for file in ["src/api/todos.py", "src/ui/cli.py", "tests/test_todos.py"] {
         assert!(dir.join(file).exists(), "{file}");
     }

@@ -8,15 +8,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::Mutex;
+use futures::FutureExt;
+use tokio::sync::{Mutex, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
+use super::control::{Control, PendingDecision};
 use super::demo;
-use super::runner::{self, Control, Decision, Runner};
+use super::fsm::Decision;
+use super::runner::{self, Runner};
 use crate::harness::sandbox::SandboxProvider;
-use crate::ssot::loops::{LoopEvent, LoopRecord, LoopState};
+use crate::ssot::loops::{EventKind, LoopEvent, LoopRecord, LoopState};
 use crate::ssot::projects::MAX_ID_LEN;
 use crate::ssot::{Page, Result, Ssot, SsotError};
 
@@ -103,10 +106,18 @@ impl LoopManager {
         record.root = root.clone();
         let queued_behind = inner.active.get(&project).cloned();
         let message = match &queued_behind {
-            Some(active) => format!("queued behind {active}; root requirement {root}"),
+            Some(active) => {
+                let escalated = self.ssot.get_loop(active).await.is_ok_and(|l| l.value.state == LoopState::Escalated);
+                record.reason = if escalated {
+                    format!("waiting for {active}, ESCALATED: approve, retry or abort it")
+                } else {
+                    format!("queued behind {active}")
+                };
+                format!("{}; root requirement {root}", record.reason)
+            }
             None => format!("root requirement {root}"),
         };
-        let event = LoopEvent { kind: "state".into(), phase: String::new(), message, ..Default::default() };
+        let event = LoopEvent { kind: EventKind::State, message, ..Default::default() };
         let record = self.ssot.create_loop(record, vec![event]).await?;
         if queued_behind.is_none() {
             self.spawn(&mut inner, record.clone(), false);
@@ -165,16 +176,40 @@ impl LoopManager {
     }
 
     fn spawn(self: &Arc<Self>, inner: &mut Inner, record: LoopRecord, resumed: bool) {
-        let control = inner.controls.entry(record.id.clone()).or_insert_with(|| Control::new(record.clone())).clone();
+        let control = inner
+            .controls
+            .entry(record.id.clone())
+            .or_insert_with(|| Control::new(record.clone(), &self.shutdown))
+            .clone();
         inner.active.insert(record.project.clone(), record.id.clone());
         let (id, project) = (record.id.clone(), record.project.clone());
         let manager = self.clone();
-        match Runner::new(self.ssot.clone(), self.sandbox.clone(), control, self.shutdown.clone(), record.clone()) {
+        let runner = Runner::new(
+            self.ssot.clone(),
+            self.sandbox.clone(),
+            control,
+            self.shutdown.clone(),
+            self.tasks.clone(),
+            record.clone(),
+        );
+        match runner {
             Ok(runner) => {
-                self.tasks.spawn(async move {
-                    runner.run(resumed).await;
-                    manager.finished(&project, &id).await;
-                });
+                let span = info_span!("supervise", loop_id = %id);
+                self.tasks.spawn(
+                    async move {
+                        // A panic in the loop's task fails the loop, not the daemon, and frees the project.
+                        if let Err(panic) = std::panic::AssertUnwindSafe(runner.run(resumed)).catch_unwind().await {
+                            let message = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "no message".into());
+                            manager.crashed(&id, &message).await;
+                        }
+                        manager.finished(&project, &id).await;
+                    }
+                    .instrument(span),
+                );
             }
             Err(reason) => {
                 warn!(loop_id = %id, %reason, "the loop cannot start");
@@ -182,7 +217,7 @@ impl LoopManager {
                 record.state = LoopState::Failed;
                 record.reason = reason.clone();
                 let event =
-                    LoopEvent { kind: "state".into(), message: format!("failed: {reason}"), ..Default::default() };
+                    LoopEvent { kind: EventKind::State, message: format!("failed: {reason}"), ..Default::default() };
                 let ssot = self.ssot.clone();
                 self.tasks.spawn(async move {
                     if let Err(error) = ssot.save_loop(record, vec![event]).await {
@@ -192,6 +227,33 @@ impl LoopManager {
                 inner.controls.remove(&id);
                 inner.active.remove(&project);
             }
+        }
+    }
+
+    /// A loop's task panicked: the loop is FAILED with the panic's message, its
+    /// claims and lease released.
+    async fn crashed(&self, id: &str, message: &str) {
+        warn!(loop_id = %id, panic = %message, "a loop's task panicked");
+        let Ok(current) = self.ssot.get_loop(id).await else { return };
+        let mut record = current.value;
+        if record.state.is_final() {
+            return;
+        }
+        for claim in std::mem::take(&mut record.claims) {
+            let _ =
+                self.ssot.release_lock(&record.project, &format!("claim/{}", claim.requirement), record.lease).await;
+        }
+        if record.lease != 0 {
+            let _ = self.ssot.revoke_lease(record.lease).await;
+            record.lease = 0;
+        }
+        record.state = LoopState::Failed;
+        record.reason = format!("internal error: the loop's task panicked: {message}");
+        record.end_time_ms = crate::ssot::clock::now_ms();
+        let event =
+            LoopEvent { kind: EventKind::State, message: format!("failed: {}", record.reason), ..Default::default() };
+        if let Err(error) = self.ssot.save_loop(record, vec![event]).await {
+            warn!(%error, "cannot record the failure");
         }
     }
 
@@ -257,6 +319,7 @@ impl LoopManager {
         match inner.controls.get(id).cloned() {
             Some(control) => {
                 drop(inner);
+                control.cancel_requested.store(true, Ordering::SeqCst);
                 control.cancel.cancel();
                 control.wake.notify_one();
                 Ok(Self::wait(&control, |r| r.state.is_final()).await)
@@ -266,8 +329,11 @@ impl LoopManager {
                 let mut record = record;
                 record.state = LoopState::Cancelled;
                 record.reason = "cancelled while queued".into();
-                let event =
-                    LoopEvent { kind: "state".into(), message: "cancelled while queued".into(), ..Default::default() };
+                let event = LoopEvent {
+                    kind: EventKind::State,
+                    message: "cancelled while queued".into(),
+                    ..Default::default()
+                };
                 Ok(self.ssot.save_loop(record, vec![event]).await?)
             }
         }
@@ -311,8 +377,15 @@ impl LoopManager {
             )));
         }
         let control = control.ok_or_else(|| Self::not_running(&record))?;
-        *control.decision.lock().expect("decision lock") = Some(decision);
+        let (reply, answer) = oneshot::channel();
+        *control.decision.lock().expect("decision lock") = Some(PendingDecision { decision, reply });
         control.wake.notify_one();
+        match tokio::time::timeout(ACTION_WAIT, answer).await {
+            Ok(Ok(Err(refusal))) => return Err(SsotError::FailedPrecondition(refusal)),
+            Ok(Ok(Ok(()))) => {}
+            // The loop stopped (shutdown) or did not answer in time: report where it is.
+            Ok(Err(_)) | Err(_) => return Ok(control.published.borrow().clone()),
+        }
         Ok(Self::wait(&control, |r| r.state != LoopState::Escalated).await)
     }
 

@@ -1,43 +1,52 @@
-//! One loop's task: the state machine PLAN → ASSIGN → EXEC → VALID → COMMIT →
-//! CHECK, ROLLBACK on failure, ESCALATED when the retry budget is spent.
+//! One loop's task: the driver of the state machine in `fsm`. Each phase's
+//! work (agents, git, the test run) ends in a typed `Outcome`; `fsm::next`
+//! turns it into the next record and a list of effects; the driver performs
+//! them in order and saves the record with the step's events in one
+//! transaction.
 //!
-//! Durability: every transition rewrites the loop record with its events in
-//! one transaction. Entering PLAN, ASSIGN, EXEC and VALID takes an SSOT
-//! snapshot (`<loop>-e<epoch>-<phase>`), and PLAN and VALID a git checkpoint,
-//! so a daemon that dies inside a phase resumes by putting the SSOT and the
-//! workspace back to the phase's start and running it again: no phase is
-//! skipped, none is completed twice. COMMIT and CHECK are idempotent.
+//! Durability: entering PLAN, ASSIGN, EXEC and VALID takes an SSOT snapshot
+//! (`<loop>-e<epoch>-<phase>`), and PLAN and VALID a git checkpoint, so a
+//! daemon that dies inside a phase resumes by putting the loop's part of the
+//! SSOT and the workspace back to the phase's start and running it again.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
+use super::activity::{Activity, AgentObserver};
 use super::config::LoopConfig;
+use super::control::Control;
+use super::fsm::{
+    self, Assignment, Decision, Effect, Outcome, Plan, ReviewResult, Tests, Validation, Work, WorkResult, first_line,
+};
 use super::scheduler::{self, Pick};
+use super::test_run::{self, TestPlan};
 use crate::agents::contract_validator;
 use crate::agents::llm::config::RawLlm;
-use crate::agents::llm::http::RetryPolicy;
-use crate::agents::llm::{TokenUsage, ToolCall};
-use crate::agents::roles::Assignment;
-use crate::agents::runtime::{Observer, RunOutcome};
-use crate::agents::tools::ToolResult;
+use crate::agents::roles::Assignment as AgentAssignment;
+use crate::agents::runtime::{RunOutcome, model_failure};
+use crate::agents::tools::ReviewDecision;
 use crate::harness::budget::Budget;
 use crate::harness::executor::{ActionContext, ActionOutput, Harness, HarnessError};
 use crate::harness::gate::{Action, Gate};
 use crate::harness::rollback::{GitWorkspace, RollbackError};
 use crate::harness::sandbox::{Limits, SandboxProvider};
 use crate::ssot::exec_log::NewLogEntry;
-use crate::ssot::loops::{Claim, Failure, LoopEvent, LoopRecord, LoopState, Phase};
+use crate::ssot::loops::{Claim, EventKind, FailureCause, LoopEvent, LoopRecord, LoopState, Phase, Touched};
 use crate::ssot::requirements::{NewRequirement, Requirement, Status};
+use crate::ssot::snapshots::RestoreScope;
 use crate::ssot::{Ssot, SsotError};
 
 /// How long a claim lease lives without keep-alive.
 const CLAIM_TTL_SECONDS: u64 = 30;
+/// How much of a failed test run's output reaches the next attempt.
+const TEST_TAIL_BYTES: usize = 3 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoopError {
@@ -47,122 +56,15 @@ pub enum LoopError {
     Git(#[from] RollbackError),
     #[error(transparent)]
     Harness(#[from] HarnessError),
-    #[error("{0}")]
-    Config(String),
     #[error("internal: {0}")]
     Internal(String),
 }
 
 type Result<T> = std::result::Result<T, LoopError>;
 
-/// A human's answer to an escalation.
-#[derive(Debug, Clone)]
-pub enum Decision {
-    Approve { actor: String },
-    Retry { guidance: String, actor: String },
-    Abort { actor: String },
-}
-
-/// How the API steers a running loop.
-pub struct Control {
-    pub cancel: CancellationToken,
-    pub pause: AtomicBool,
-    pub decision: Mutex<Option<Decision>>,
-    pub wake: Notify,
-    pub published: watch::Sender<LoopRecord>,
-    /// Every event as soon as it is durable, for live followers (the SSOT
-    /// has them all; a follower that lags reads them from there).
-    pub events: broadcast::Sender<LoopEvent>,
-}
-
-impl Control {
-    pub fn new(record: LoopRecord) -> Arc<Control> {
-        Arc::new(Control {
-            cancel: CancellationToken::new(),
-            pause: AtomicBool::new(false),
-            decision: Mutex::new(None),
-            wake: Notify::new(),
-            published: watch::channel(record).0,
-            // Small: a follower that falls further behind reads from the SSOT.
-            events: broadcast::channel(64).0,
-        })
-    }
-}
-
-/// Agent activity waiting to be written as events.
-#[derive(Default)]
-struct Activity {
-    events: Mutex<Vec<LoopEvent>>,
-    added: Notify,
-    /// Tokens spent since the record was last saved, and the record's count then.
-    tokens: AtomicU64,
-    base: AtomicU64,
-    /// Requirements done and in all, as of the last save.
-    done: AtomicU32,
-    total: AtomicU32,
-}
-
-impl Activity {
-    /// Queues `event`, stamped with the loop's token count as of its turn.
-    fn push(&self, mut event: LoopEvent) {
-        event.tokens = self.base.load(Ordering::SeqCst) + self.tokens.load(Ordering::SeqCst);
-        event.done = self.done.load(Ordering::SeqCst);
-        event.total = self.total.load(Ordering::SeqCst);
-        self.events.lock().expect("activity lock").push(event);
-        self.added.notify_one();
-    }
-
-    fn take(&self) -> Vec<LoopEvent> {
-        std::mem::take(&mut *self.events.lock().expect("activity lock"))
-    }
-}
-
-/// Turns one agent's tool calls into events.
-struct AgentObserver<'a> {
-    activity: &'a Activity,
-    requirement: String,
-    phase: Phase,
-}
-
-/// What a tool call touched, for people: the path, the command, the id.
-fn call_target(call: &ToolCall) -> String {
-    let args: serde_json::Value = serde_json::from_str(&call.arguments).unwrap_or_default();
-    if let Some(argv) = args["argv"].as_array() {
-        return argv.iter().filter_map(|a| a.as_str()).collect::<Vec<_>>().join(" ");
-    }
-    ["path", "id", "name", "key", "title", "note"]
-        .iter()
-        .find_map(|k| args[*k].as_str().map(|v| first_line(v, 120)))
-        .unwrap_or_default()
-}
-
-fn first_line(text: &str, max: usize) -> String {
-    let line = text.lines().next().unwrap_or_default();
-    if line.chars().count() > max { format!("{}…", line.chars().take(max).collect::<String>()) } else { line.into() }
-}
-
-impl Observer for AgentObserver<'_> {
-    fn turn(&self, _ctx: &ActionContext, usage: &TokenUsage) {
-        self.activity.tokens.fetch_add(usage.total(), Ordering::SeqCst);
-    }
-
-    fn tool(&self, ctx: &ActionContext, call: &ToolCall, result: &ToolResult) {
-        if call.name == "finish" {
-            return;
-        }
-        let denied = result.is_error && result.content.starts_with("denied by");
-        let outcome =
-            if result.is_error { format!(" → {}", first_line(&result.content, 160)) } else { String::new() };
-        self.activity.push(LoopEvent {
-            kind: if denied { "denied" } else { "tool_call" }.into(),
-            phase: self.phase.as_str().into(),
-            agent: ctx.agent.clone(),
-            requirement: self.requirement.clone(),
-            message: format!("{} {}{outcome}", call.name, call_target(call)),
-            ..Default::default()
-        });
-    }
-}
+/// Test hook: the loop of this project panics when it reaches this phase.
+#[cfg(test)]
+pub(crate) static PANIC_IN: std::sync::Mutex<Option<(String, Phase)>> = std::sync::Mutex::new(None);
 
 /// What an agent run needs from its loop, owned so runs can go on while the
 /// loop writes their activity.
@@ -185,15 +87,15 @@ impl AgentEnv {
         let Claim { requirement, role, agent } = claim;
         let settings = match self.llm.for_role(&role, &self.root) {
             Ok(settings) => settings,
-            Err(e) => return RunOutcome::Failed { reason: e.to_string() },
+            Err(e) => return RunOutcome::failed(FailureCause::Setup, e.to_string()),
         };
-        let provider = match settings.provider_for(&role, &requirement, attempt, RetryPolicy::default()) {
+        let provider = match settings.provider_for(&role, &requirement, attempt, settings.policy) {
             Ok(provider) => provider,
-            Err(e) => return RunOutcome::Failed { reason: e.to_string() },
+            Err(e) => return RunOutcome::Failed(model_failure(e)),
         };
         let observer = AgentObserver { activity: &self.activity, requirement: requirement.clone(), phase: self.phase };
         let ctx = ActionContext { loop_id: self.loop_id.clone(), epoch: self.epoch, agent, role };
-        let assignment = Assignment {
+        let assignment = AgentAssignment {
             provider: provider.as_ref(),
             model: settings.model.clone(),
             harness: &self.harness,
@@ -206,25 +108,13 @@ impl AgentEnv {
         };
         match assignment.work(cancel).await {
             Ok(outcome) => outcome,
-            Err(error) => RunOutcome::Failed { reason: error.to_string() },
+            Err(error) => RunOutcome::Failed(error.into_failure()),
         }
     }
 }
 
-pub struct Runner {
-    ssot: Arc<Ssot>,
-    control: Arc<Control>,
-    shutdown: CancellationToken,
-    record: LoopRecord,
-    root: PathBuf,
-    config: LoopConfig,
-    llm: Arc<RawLlm>,
-    harness: Arc<Harness>,
-    activity: Arc<Activity>,
-}
-
-fn snapshot_name(record: &LoopRecord, phase: Phase) -> String {
-    format!("{}-e{}-{}", record.id, record.epoch, phase.as_str().to_lowercase())
+fn snapshot_name(id: &str, epoch: u64, phase: Phase) -> String {
+    format!("{id}-e{epoch}-{}", phase.as_str().to_lowercase())
 }
 
 /// Runs blocking git work off the async threads.
@@ -258,12 +148,27 @@ pub fn open_workspace(
     Ok((harness, config, llm))
 }
 
+pub struct Runner {
+    ssot: Arc<Ssot>,
+    sandbox: Arc<dyn SandboxProvider>,
+    control: Arc<Control>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    record: LoopRecord,
+    root: PathBuf,
+    config: LoopConfig,
+    llm: Arc<RawLlm>,
+    harness: Arc<Harness>,
+    activity: Arc<Activity>,
+}
+
 impl Runner {
     pub fn new(
         ssot: Arc<Ssot>,
         sandbox: Arc<dyn SandboxProvider>,
         control: Arc<Control>,
         shutdown: CancellationToken,
+        tasks: TaskTracker,
         record: LoopRecord,
     ) -> std::result::Result<Runner, String> {
         let root = PathBuf::from(&record.workspace);
@@ -274,8 +179,10 @@ impl Runner {
         activity.total.store(record.total, Ordering::SeqCst);
         Ok(Runner {
             ssot,
+            sandbox,
             control,
             shutdown,
+            tasks,
             record,
             root,
             config,
@@ -299,13 +206,18 @@ impl Runner {
         }
     }
 
-    fn event(&self, kind: &str, message: impl Into<String>) -> LoopEvent {
-        LoopEvent {
-            kind: kind.into(),
-            phase: self.record.phase.as_str().into(),
-            message: message.into(),
-            ..Default::default()
-        }
+    fn event(&self, kind: EventKind, message: impl Into<String>) -> LoopEvent {
+        LoopEvent { kind, phase: Some(self.record.phase), message: message.into(), ..Default::default() }
+    }
+
+    fn agent_event(&self, kind: EventKind, agent: &str, requirement: &str, message: String) -> LoopEvent {
+        LoopEvent { agent: agent.into(), requirement: requirement.into(), ..self.event(kind, message) }
+    }
+
+    /// Takes the SSOT changes agents made into the record (they are restored on rollback).
+    fn absorb(&mut self) {
+        let touched = self.activity.take_touched();
+        self.record.touched.extend(touched);
     }
 
     /// Writes the record with the pending agent activity and `events`.
@@ -323,6 +235,7 @@ impl Runner {
 
     /// Writes the record with `events` and hands them to live followers.
     async fn commit_events(&mut self, events: Vec<LoopEvent>) -> Result<()> {
+        self.absorb();
         let (record, events) = self.ssot.save_loop_events(self.record.clone(), events).await?;
         self.record = record;
         for event in events {
@@ -332,28 +245,222 @@ impl Runner {
         Ok(())
     }
 
-    async fn log(&self, action: &str, outcome: &str, detail: &str) {
+    /// Feeds `outcome` to the state machine, performs its effects, saves.
+    async fn apply(&mut self, outcome: Outcome) -> Result<()> {
+        self.absorb();
+        let (mut record, effects) = fsm::next(&self.record, outcome);
+        let mut events = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::Emit(event) => events.push(event),
+                other => self.perform(other, &mut record).await?,
+            }
+        }
+        self.record = record;
+        self.count().await?;
+        self.save(events).await
+    }
+
+    async fn perform(&self, effect: Effect, record: &mut LoopRecord) -> Result<()> {
+        let project = record.project.clone();
+        match effect {
+            Effect::AcquireLease => {
+                if record.lease == 0 || self.ssot.keep_alive(record.lease).await.is_err() {
+                    record.lease = self.ssot.grant_lease(CLAIM_TTL_SECONDS).await?.id;
+                }
+            }
+            Effect::ClearGitLocks => {
+                let loop_id = record.id.clone();
+                let cleared = git(self.root.clone(), move |g| g.clear_stale_locks(&loop_id)).await?;
+                if cleared > 0 {
+                    warn!(loop_id = %record.id, cleared, "removed stale git ref locks left by the previous daemon");
+                }
+            }
+            Effect::Reclaim => {
+                // Claims live on the lease: take them again (the old lease may have expired).
+                for claim in &record.claims {
+                    let holder = format!("{}/{}", record.id, claim.agent);
+                    let name = format!("claim/{}", claim.requirement);
+                    self.ssot.acquire_lock(&project, &name, &holder, record.lease, 0).await?;
+                }
+            }
+            Effect::HoldPaused => self.control.pause.store(true, Ordering::SeqCst),
+            Effect::Prepare(phase) => self.prepare(phase, record).await?,
+            Effect::Restore { phase, epoch, ssot, touched } => {
+                self.restore(record, phase, epoch, ssot, touched).await?
+            }
+            Effect::ReleaseClaims(claims) => {
+                for claim in claims {
+                    let name = format!("claim/{}", claim.requirement);
+                    let _ = self.ssot.release_lock(&project, &name, record.lease).await;
+                }
+            }
+            Effect::MarkFailed { requirements, reason } => {
+                for id in requirements {
+                    self.advance(&project, &id, Status::InProgress, Status::Failed, &reason).await?;
+                }
+            }
+            Effect::MarkDone(done) => {
+                for (id, reason) in done {
+                    self.complete(&project, &id, &reason).await?;
+                }
+            }
+            Effect::MarkRootDone => self.complete(&project, &record.root, "every sub-requirement is done").await?,
+            Effect::DropSnapshots { through_epoch } => self.drop_snapshots(record, through_epoch).await?,
+            Effect::Log { action, outcome, detail } => self.log(record, action, outcome, &detail).await,
+            Effect::TellQueued(message) => self.tell_queued(record, &message).await?,
+            Effect::Wait(duration) => {
+                tokio::select! {
+                    () = tokio::time::sleep(duration) => {}
+                    () = self.control.cancel.cancelled() => {}
+                }
+            }
+            Effect::Finish => {
+                if record.lease != 0 {
+                    let _ = self.ssot.revoke_lease(record.lease).await;
+                    record.lease = 0;
+                }
+                record.end_time_ms = crate::ssot::clock::now_ms();
+            }
+            Effect::Emit(_) => unreachable!("events are collected by apply"),
+        }
+        Ok(())
+    }
+
+    /// Takes what resuming `phase` needs: workspace checkpoints and an SSOT snapshot.
+    async fn prepare(&self, phase: Phase, record: &mut LoopRecord) -> Result<()> {
+        let (root, id, epoch) = (self.root.clone(), record.id.clone(), record.epoch);
+        match phase {
+            Phase::Plan => record.epoch_checkpoint = git(root, move |g| g.checkpoint(&id, epoch)).await?.commit,
+            Phase::Valid => {
+                record.valid_checkpoint = git(root, move |g| g.checkpoint_stage(&id, epoch, "valid")).await?.commit;
+            }
+            _ => {}
+        }
+        if matches!(phase, Phase::Plan | Phase::Assign | Phase::Exec | Phase::Valid) {
+            let name = snapshot_name(&record.id, epoch, phase);
+            match self.ssot.delete_snapshot(&record.project, &name).await {
+                Ok(()) | Err(SsotError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let commit = if phase == Phase::Valid { &record.valid_checkpoint } else { &record.epoch_checkpoint };
+            let description = format!("{} {}", record.id, phase.as_str());
+            self.ssot.create_snapshot(&record.project, &name, commit, &description).await?;
+        }
+        Ok(())
+    }
+
+    /// Puts the workspace back to the checkpoint of `phase` and, with `ssot`, the
+    /// loop's tree and what its agents touched to the snapshot of `phase` in `epoch`.
+    async fn restore(&self, record: &LoopRecord, phase: Phase, epoch: u64, ssot: bool, touched: Touched) -> Result<()> {
+        if ssot {
+            let name = snapshot_name(&record.id, epoch, phase);
+            let scope = RestoreScope {
+                root: record.root.clone(),
+                requirements: touched.requirements,
+                contracts: touched.contracts,
+                memory: touched.memory,
+            };
+            match self.ssot.restore_scope(&record.project, &name, &scope).await {
+                Ok(_) => {}
+                Err(SsotError::NotFound { .. }) => warn!(snapshot = %name, "no snapshot to restore"),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let commit =
+            if phase == Phase::Valid { record.valid_checkpoint.clone() } else { record.epoch_checkpoint.clone() };
+        if !commit.is_empty() {
+            git(self.root.clone(), move |g| g.rollback(&g.checkpoint_of(&commit)?)).await?;
+        }
+        Ok(())
+    }
+
+    /// Drops this loop's phase snapshots of epochs up to `through` (epoch commits stay).
+    async fn drop_snapshots(&self, record: &LoopRecord, through: u64) -> Result<()> {
+        let prefix = format!("{}-e", record.id);
+        let mut token = String::new();
+        let mut names = Vec::new();
+        loop {
+            let page = self.ssot.list_snapshots(&record.project, 1000, &token).await?;
+            for snapshot in page.items {
+                let name = snapshot.value.name;
+                let Some((epoch, _phase)) = name.strip_prefix(&prefix).and_then(|rest| rest.split_once('-')) else {
+                    continue;
+                };
+                if epoch.parse::<u64>().is_ok_and(|e| e <= through) {
+                    names.push(name);
+                }
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        for name in names {
+            match self.ssot.delete_snapshot(&record.project, &name).await {
+                Ok(()) | Err(SsotError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn log(&self, record: &LoopRecord, action: &str, outcome: &str, detail: &str) {
         let entry = NewLogEntry {
-            loop_id: self.record.id.clone(),
-            epoch: self.record.epoch,
+            loop_id: record.id.clone(),
+            epoch: record.epoch,
             agent: "autoloop".into(),
             action: action.into(),
-            target: self.record.id.clone(),
+            target: record.id.clone(),
             outcome: outcome.into(),
             detail: detail.into(),
             ..Default::default()
         };
-        if let Err(error) = self.ssot.append_log(&self.record.project, entry).await {
+        if let Err(error) = self.ssot.append_log(&record.project, entry).await {
             warn!(%error, "cannot append to the execution log");
         }
     }
 
-    /// Moves `requirement` from `from` to `to`; leaves it alone in any other status
-    /// (an agent may have moved it itself).
-    async fn advance(&self, requirement: &str, from: Status, to: Status, reason: &str, by: &str) -> Result<()> {
-        let project = &self.record.project;
-        if self.ssot.get_requirement(project, requirement, 0).await?.value.status == from {
-            self.ssot.set_requirement_status(project, requirement, to, reason, by, "").await?;
+    /// Tells every loop queued in this project why it waits.
+    async fn tell_queued(&self, record: &LoopRecord, message: &str) -> Result<()> {
+        for queued in self.ssot.unfinished_loops().await? {
+            if queued.project == record.project && queued.state == LoopState::Queued {
+                let event = LoopEvent { kind: EventKind::Waiting, message: message.into(), ..Default::default() };
+                self.ssot.note_queued_loop(&queued.id, message, event).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves `requirement` from `from` to `to`; leaves it alone in any other status.
+    async fn advance(&self, project: &str, requirement: &str, from: Status, to: Status, reason: &str) -> Result<()> {
+        match self.ssot.get_requirement(project, requirement, 0).await {
+            Ok(r) if r.value.status == from => {
+                self.ssot.set_requirement_status(project, requirement, to, reason, "autoloop", "").await?;
+            }
+            Ok(_) | Err(SsotError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// Walks `requirement` along its status machine to DONE.
+    async fn complete(&self, project: &str, requirement: &str, reason: &str) -> Result<()> {
+        let mut status = match self.ssot.get_requirement(project, requirement, 0).await {
+            Ok(r) => r.value.status,
+            Err(SsotError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        while status != Status::Done {
+            let next = match status {
+                Status::Pending => Status::Claimed,
+                Status::Claimed => Status::InProgress,
+                Status::InProgress => Status::Done,
+                Status::Failed | Status::Blocked => Status::Pending,
+                Status::Done => break,
+            };
+            self.ssot.set_requirement_status(project, requirement, next, reason, "autoloop", "").await?;
+            status = next;
         }
         Ok(())
     }
@@ -372,91 +479,19 @@ impl Runner {
         Ok(())
     }
 
-    /// Moves to `phase`, taking what resuming it needs.
-    async fn enter(&mut self, phase: Phase, mut events: Vec<LoopEvent>) -> Result<()> {
-        if phase == Phase::Plan {
-            self.record.epoch += 1;
-            let (root, id, epoch) = (self.root.clone(), self.record.id.clone(), self.record.epoch);
-            self.record.epoch_checkpoint = git(root, move |g| g.checkpoint(&id, epoch)).await?.commit;
-        }
-        if phase == Phase::Valid {
-            let (root, id, epoch) = (self.root.clone(), self.record.id.clone(), self.record.epoch);
-            self.record.valid_checkpoint = git(root, move |g| g.checkpoint_stage(&id, epoch, "valid")).await?.commit;
-        }
-        if matches!(phase, Phase::Plan | Phase::Assign | Phase::Exec | Phase::Valid) {
-            let name = snapshot_name(&self.record, phase);
-            let project = self.record.project.clone();
-            match self.ssot.delete_snapshot(&project, &name).await {
-                Ok(()) | Err(SsotError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-            let commit =
-                if phase == Phase::Valid { &self.record.valid_checkpoint } else { &self.record.epoch_checkpoint };
-            self.ssot
-                .create_snapshot(&project, &name, commit, &format!("{} {}", self.record.id, phase.as_str()))
-                .await?;
-        }
-        self.record.phase = phase;
-        self.count().await?;
-        let message = match phase {
-            Phase::Plan => format!("epoch {}", self.record.epoch),
-            _ => String::new(),
-        };
-        events.push(self.event("phase", message));
-        self.save(events).await
-    }
-
-    /// Puts the SSOT and the workspace back to the start of the current phase.
-    async fn restore(&mut self, phase: Phase) -> Result<()> {
-        let name = snapshot_name(&self.record, phase);
-        match self.ssot.restore_snapshot(&self.record.project, &name).await {
-            Ok(_) => {}
-            Err(SsotError::NotFound { .. }) => warn!(snapshot = %name, "no snapshot to restore"),
-            Err(e) => return Err(e.into()),
-        }
-        let commit = if phase == Phase::Valid {
-            self.record.valid_checkpoint.clone()
-        } else {
-            self.record.epoch_checkpoint.clone()
-        };
-        if !commit.is_empty() {
-            git(self.root.clone(), move |g| g.rollback(&g.checkpoint_of(&commit)?)).await?;
-        }
-        Ok(())
-    }
-
-    /// The lease under which this loop claims requirements.
-    async fn lease(&mut self) -> Result<u64> {
-        if self.record.lease != 0 && self.ssot.keep_alive(self.record.lease).await.is_ok() {
-            return Ok(self.record.lease);
-        }
-        self.record.lease = self.ssot.grant_lease(CLAIM_TTL_SECONDS).await?.id;
-        Ok(self.record.lease)
-    }
-
-    async fn release_claims(&mut self) {
-        for claim in std::mem::take(&mut self.record.claims) {
-            let name = format!("claim/{}", claim.requirement);
-            let _ = self.ssot.release_lock(&self.record.project, &name, self.record.lease).await;
-        }
-    }
-
     /// Runs the loop to its end, or until the daemon shuts down.
     pub async fn run(mut self, resumed: bool) {
         let span = info_span!("loop", id = %self.record.id, project = %self.record.project);
         async move {
-            let keep_alive = self.spawn_keep_alive();
+            // Dropped on return and when a panic unwinds: the keep-alive stops either way.
+            let _keep_alive = self.spawn_keep_alive().drop_guard();
             let result = self.drive(resumed).await;
-            keep_alive.cancel();
             match result {
                 Ok(()) => {}
-                Err(error) if self.shutdown.is_cancelled() => info!(%error, "stopped by shutdown"),
+                Err(error) if self.stopping() => info!(%error, "stopped by shutdown"),
                 Err(error) => {
                     warn!(%error, "the loop failed");
-                    self.record.state = LoopState::Failed;
-                    self.record.reason = error.to_string();
-                    let event = self.event("state", format!("failed: {error}"));
-                    if let Err(e) = self.finish(vec![event]).await {
+                    if let Err(e) = self.fail_hard(&error.to_string()).await {
                         warn!(error = %e, "cannot record the failure");
                     }
                 }
@@ -466,196 +501,175 @@ impl Runner {
         .await
     }
 
-    /// Keeps the claim lease alive while the loop runs.
-    fn spawn_keep_alive(&self) -> CancellationToken {
-        let stop = CancellationToken::new();
-        let (ssot, control, stop2) = (self.ssot.clone(), self.control.clone(), stop.clone());
-        let mut published = control.published.subscribe();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(CLAIM_TTL_SECONDS / 3));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    () = stop2.cancelled() => return,
-                }
-                let lease = published.borrow_and_update().lease;
-                if lease != 0 {
-                    let _ = ssot.keep_alive(lease).await;
-                }
-            }
-        });
-        stop
+    /// An error the loop cannot go on from: FAILED, claims and lease released.
+    async fn fail_hard(&mut self, reason: &str) -> Result<()> {
+        self.record.state = LoopState::Failed;
+        self.record.reason = reason.to_string();
+        let mut record = self.record.clone();
+        let claims = std::mem::take(&mut record.claims);
+        self.perform(Effect::ReleaseClaims(claims), &mut record).await?;
+        self.perform(Effect::Finish, &mut record).await?;
+        self.record = record;
+        let event = self.event(EventKind::State, format!("failed: {reason}"));
+        self.save(vec![event]).await
     }
 
-    async fn finish(&mut self, events: Vec<LoopEvent>) -> Result<()> {
-        self.release_claims().await;
-        if self.record.lease != 0 {
-            let _ = self.ssot.revoke_lease(self.record.lease).await;
-            self.record.lease = 0;
-        }
-        self.record.end_time_ms = crate::ssot::clock::now_ms();
-        self.save(events).await
+    /// Keeps the claim lease alive while the loop runs.
+    fn spawn_keep_alive(&self) -> CancellationToken {
+        let stop = self.control.cancel.child_token();
+        let (ssot, control, stop2) = (self.ssot.clone(), self.control.clone(), stop.clone());
+        let mut published = control.published.subscribe();
+        self.tasks.spawn(
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(CLAIM_TTL_SECONDS / 3));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        () = stop2.cancelled() => return,
+                    }
+                    let lease = published.borrow_and_update().lease;
+                    if lease != 0 {
+                        let _ = ssot.keep_alive(lease).await;
+                    }
+                }
+            }
+            .instrument(info_span!("keep-alive")),
+        );
+        stop
     }
 
     fn stopping(&self) -> bool {
         self.shutdown.is_cancelled()
     }
 
+    fn cancel_requested(&self) -> bool {
+        self.control.cancel_requested.load(Ordering::SeqCst)
+    }
+
+    /// Agents stop when the user cancels or the daemon shuts down.
+    fn interrupted(&self) -> bool {
+        self.stopping() || self.cancel_requested()
+    }
+
     async fn drive(&mut self, resumed: bool) -> Result<()> {
-        if resumed {
-            self.recover().await?;
-        } else {
-            self.begin().await?;
-        }
+        let first = if resumed { Outcome::Resumed } else { Outcome::Started };
+        self.apply(first).await?;
         loop {
-            if self.stopping() {
+            if self.stopping() || self.record.state.is_final() {
                 return Ok(());
             }
-            if self.record.state.is_final() {
-                return Ok(());
-            }
-            if self.control.cancel.is_cancelled() {
-                return self.cancelled().await;
+            if self.cancel_requested() {
+                self.apply(Outcome::CancelRequested).await?;
+                continue;
             }
             if self.record.state == LoopState::Escalated {
-                self.await_decision().await?;
+                if let Some(decision) = self.await_decision().await? {
+                    self.apply(Outcome::Decided(decision)).await?;
+                }
                 continue;
             }
             if self.control.pause.load(Ordering::SeqCst) {
-                self.paused().await?;
+                self.apply(Outcome::PauseRequested).await?;
+                while self.control.pause.load(Ordering::SeqCst) && !self.control.cancel.is_cancelled() {
+                    tokio::select! {
+                        () = self.control.wake.notified() => {}
+                        () = self.control.cancel.cancelled() => {}
+                    }
+                }
+                if !self.interrupted() {
+                    self.apply(Outcome::Unpaused).await?;
+                }
                 continue;
             }
-            match self.record.phase {
+            #[cfg(test)]
+            if PANIC_IN.lock().expect("test hook").as_ref() == Some(&(self.record.project.clone(), self.record.phase)) {
+                panic!("test hook: panic in {}", self.record.phase.as_str());
+            }
+            let outcome = match self.record.phase {
                 Phase::Plan => self.plan().await?,
                 Phase::Assign => self.assign().await?,
                 Phase::Exec => self.exec().await?,
                 Phase::Valid => self.valid().await?,
-                Phase::Commit => self.commit().await?,
-                Phase::Check => self.check().await?,
-                Phase::Rollback => self.rollback().await?,
+                Phase::Commit => Some(self.commit().await?),
+                Phase::Check => Some(self.check().await?),
+                Phase::Rollback => Some(Outcome::RollbackDue),
+            };
+            // No outcome: the work was interrupted (cancel, shutdown); the top of the loop says how.
+            if let Some(outcome) = outcome {
+                self.apply(outcome).await?;
             }
         }
     }
 
-    async fn begin(&mut self) -> Result<()> {
-        self.lease().await?;
-        self.record.state = LoopState::Running;
-        self.log("loop-start", "ok", &self.record.task.clone()).await;
-        let event =
-            self.event("state", format!("started on {}: {}", self.record.root, first_line(&self.record.task, 200)));
-        self.enter(Phase::Plan, vec![event]).await
-    }
-
-    /// Picks up after a daemon restart: the interrupted phase starts over from its snapshot.
-    async fn recover(&mut self) -> Result<()> {
-        self.record.restarts += 1;
-        if self.record.state == LoopState::Queued {
-            return self.begin().await;
-        }
-        let phase = self.record.phase;
-        // A daemon killed while git wrote one of this loop's refs leaves a lock behind.
-        let loop_id = self.record.id.clone();
-        let cleared = git(self.root.clone(), move |g| g.clear_stale_locks(&loop_id)).await?;
-        if cleared > 0 {
-            warn!(loop_id = %self.record.id, cleared, "removed stale git ref locks left by the previous daemon");
-        }
-        self.log(
-            "loop-restart",
-            "ok",
-            &format!("resuming {} in {} of epoch {}", self.record.id, phase.as_str(), self.record.epoch),
-        )
-        .await;
-        let mut message = format!("daemon restarted; resuming {} of epoch {}", phase.as_str(), self.record.epoch);
-        if self.record.state != LoopState::Escalated
-            && matches!(phase, Phase::Plan | Phase::Assign | Phase::Exec | Phase::Valid)
-        {
-            self.restore(phase).await?;
-            message.push_str(&format!(" from its start ({})", snapshot_name(&self.record, phase)));
-        }
-        self.lease().await?;
-        // Claims live on the lease: take them again (the old lease may have expired).
-        for claim in self.record.claims.clone() {
-            let holder = format!("{}/{}", self.record.id, claim.agent);
-            self.ssot
-                .acquire_lock(
-                    &self.record.project,
-                    &format!("claim/{}", claim.requirement),
-                    &holder,
-                    self.record.lease,
-                    0,
-                )
-                .await?;
-        }
-        if self.record.state == LoopState::Paused {
-            // Still paused after the restart: the pause request lives on in memory.
-            self.control.pause.store(true, Ordering::SeqCst);
-            self.record.state = LoopState::Running;
-        }
-        let event = self.event("restart", message);
-        self.save(vec![event]).await
-    }
-
-    async fn paused(&mut self) -> Result<()> {
-        self.record.state = LoopState::Paused;
-        let event = self.event("state", "paused");
-        self.save(vec![event]).await?;
-        while self.control.pause.load(Ordering::SeqCst) {
+    /// Waits for a human's decision the loop can act on; refused ones are answered and waited past.
+    async fn await_decision(&mut self) -> Result<Option<Decision>> {
+        loop {
+            let pending = self.control.decision.lock().expect("decision lock").take();
+            if let Some(pending) = pending {
+                match self.vet(&pending.decision).await? {
+                    Ok(()) => {
+                        let _ = pending.reply.send(Ok(()));
+                        return Ok(Some(pending.decision));
+                    }
+                    Err(refusal) => {
+                        let _ = pending.reply.send(Err(refusal));
+                        continue;
+                    }
+                }
+            }
             tokio::select! {
                 () = self.control.wake.notified() => {}
-                () = self.control.cancel.cancelled() => break,
-                () = self.shutdown.cancelled() => return Ok(()),
+                () = self.control.cancel.cancelled() => return Ok(None),
             }
         }
-        self.record.state = LoopState::Running;
-        let event = self.event("state", "resumed");
-        self.save(vec![event]).await
     }
 
-    /// The notes an agent gets besides its requirement: earlier failures, guidance.
-    fn notes(&self, requirement: Option<&str>) -> String {
-        let mut notes = String::new();
-        let failures: Vec<&Failure> = self
-            .record
-            .failures
-            .iter()
-            .filter(|f| requirement.is_none_or(|r| f.requirements.iter().any(|x| x == r)))
-            .collect();
-        if !failures.is_empty() {
-            notes.push_str("Earlier attempts failed:\n");
-            for f in failures {
-                notes.push_str(&format!("- epoch {} ({}): {}\n", f.epoch, f.requirements.join(", "), f.reason));
-            }
-        }
-        if !self.record.guidance.is_empty() {
-            notes.push_str("Guidance from a human:\n");
-            for g in &self.record.guidance {
-                notes.push_str(&format!("- {g}\n"));
-            }
-        }
-        notes
-    }
-
-    /// How many times `requirement` has been attempted before, plus one.
-    fn attempt(&self, requirement: Option<&str>) -> u32 {
-        let failed = match requirement {
-            None => self.record.failures.len(),
-            Some(r) => self.record.failures.iter().filter(|f| f.requirements.iter().any(|x| x == r)).count(),
+    /// Whether the loop can act on `decision`: approve and retry read the project's
+    /// configuration again (a fixed model setting takes effect); approve needs work to approve.
+    async fn vet(&mut self, decision: &Decision) -> Result<std::result::Result<(), String>> {
+        let verb = match decision {
+            Decision::Approve { .. } => "approve",
+            Decision::Retry { .. } => "retry",
+            Decision::Abort { .. } => return Ok(Ok(())),
         };
-        failed as u32 + 1
-    }
-
-    /// Agents stop when the user cancels or the daemon shuts down.
-    fn agent_cancel(&self) -> CancellationToken {
-        let token = CancellationToken::new();
-        let (child, cancel, shutdown) = (token.clone(), self.control.cancel.clone(), self.shutdown.clone());
-        tokio::spawn(async move {
-            tokio::select! {
-                () = cancel.cancelled() => child.cancel(),
-                () = shutdown.cancelled() => child.cancel(),
-                () = child.cancelled() => {}
+        let (harness, config, llm) = match open_workspace(&self.ssot, &self.sandbox, &self.record.project, &self.root) {
+            Ok(opened) => opened,
+            Err(e) => return Ok(Err(format!("cannot {verb} {}: {e}", self.record.id))),
+        };
+        let (id, epoch) = (self.record.id.clone(), self.record.epoch);
+        if verb == "approve" {
+            let next = "retry it with guidance or abort it";
+            match self.record.phase {
+                Phase::Assign => {
+                    return Ok(Err(format!(
+                        "nothing to approve: {id} escalated before any work of epoch {epoch}; {next}"
+                    )));
+                }
+                Phase::Plan => {
+                    let all = self.tree().await?;
+                    if !all.iter().any(|r| r.parent_id == self.record.root) {
+                        return Ok(Err(format!(
+                            "nothing to approve: the plan of epoch {epoch} of {id} is empty; {next}"
+                        )));
+                    }
+                }
+                Phase::Exec | Phase::Valid | Phase::Commit => {
+                    let checkpoint = self.record.epoch_checkpoint.clone();
+                    let changed =
+                        git(self.root.clone(), move |g| g.changed_since(&g.checkpoint_of(&checkpoint)?)).await?;
+                    let reasoned = self.record.results.values().any(|r| r.no_change_reason.is_some());
+                    if changed.is_empty() && !reasoned {
+                        return Ok(Err(format!("nothing to approve: epoch {epoch} of {id} changed no files; {next}")));
+                    }
+                }
+                Phase::Check | Phase::Rollback => {}
             }
-        });
-        token
+        }
+        self.harness = Arc::new(harness);
+        self.config = config;
+        self.llm = Arc::new(llm);
+        self.record.retry_budget = self.config.retries;
+        Ok(Ok(()))
     }
 
     /// Runs `work` while writing agent activity as it comes.
@@ -675,107 +689,124 @@ impl Runner {
         }
     }
 
-    async fn plan(&mut self) -> Result<()> {
-        let all = self.tree().await?;
-        let has_children = all.iter().any(|r| r.parent_id == self.record.root);
-        if !self.record.replan && has_children {
-            let event = self.event("note", "the plan stands");
-            return self.enter(Phase::Assign, vec![event]).await;
-        }
-        let attempt = self.attempt(None);
-        let started = LoopEvent {
-            agent: "planning-1".into(),
-            requirement: self.record.root.clone(),
-            ..self.event("agent_started", format!("planning {} (attempt {attempt})", self.record.root))
-        };
-        self.save(vec![started]).await?;
-        let cancel = self.agent_cancel();
-        let root = self.record.root.clone();
-        let claim = Claim { requirement: root.clone(), role: "planning".into(), agent: "planning-1".into() };
-        let env = self.env();
-        let outcome = self.with_activity(env.run(claim, attempt, self.notes(None), cancel.clone())).await?;
-        cancel.cancel();
-        if self.control.cancel.is_cancelled() || self.stopping() {
-            return Ok(());
-        }
-        let finished = self.finished_event("planning-1", &root, &outcome);
-        match outcome {
-            RunOutcome::Done { .. } => {
-                self.record.replan = false;
-                self.enter(Phase::Assign, vec![finished]).await
-            }
-            RunOutcome::Failed { reason } | RunOutcome::OutOfBudget { reason } => {
-                self.save(vec![finished]).await?;
-                self.fail(vec![root], format!("planning failed: {reason}")).await
-            }
-            RunOutcome::Cancelled => Ok(()),
-        }
-    }
-
     fn finished_event(&self, agent: &str, requirement: &str, outcome: &RunOutcome) -> LoopEvent {
         let message = match outcome {
-            RunOutcome::Done { summary } => format!("done: {}", first_line(summary, 200)),
-            RunOutcome::Failed { reason } => format!("failed: {}", first_line(reason, 200)),
-            RunOutcome::OutOfBudget { reason } => format!("out of budget: {}", first_line(reason, 200)),
+            RunOutcome::Done(f) => match &f.no_change_reason {
+                Some(why) => format!("done, no change needed: {}", first_line(why, 200)),
+                None => format!("done: {}", first_line(&f.summary, 200)),
+            },
+            RunOutcome::Failed(f) => format!("failed: {}", first_line(&f.reason, 200)),
             RunOutcome::Cancelled => "cancelled".into(),
         };
-        LoopEvent { agent: agent.into(), requirement: requirement.into(), ..self.event("agent_finished", message) }
+        self.agent_event(EventKind::AgentFinished, agent, requirement, message)
     }
 
-    async fn assign(&mut self) -> Result<()> {
+    /// Runs one agent, writing its activity; `None` when interrupted.
+    async fn run_agent(&mut self, claim: Claim, attempt: u32, notes: String) -> Result<Option<RunOutcome>> {
+        let started = self.agent_event(
+            EventKind::AgentStarted,
+            &claim.agent,
+            &claim.requirement,
+            format!("{} works on {}", claim.agent, claim.requirement),
+        );
+        self.save(vec![started]).await?;
+        let cancel = self.control.cancel.child_token();
+        let (agent, requirement) = (claim.agent.clone(), claim.requirement.clone());
+        let env = self.env();
+        let outcome = self.with_activity(env.run(claim, attempt, notes, cancel.clone())).await?;
+        cancel.cancel();
+        if self.interrupted() || outcome == RunOutcome::Cancelled {
+            return Ok(None);
+        }
+        self.activity.push(self.finished_event(&agent, &requirement, &outcome));
+        Ok(Some(outcome))
+    }
+
+    async fn plan(&mut self) -> Result<Option<Outcome>> {
         let all = self.tree().await?;
-        let picks = scheduler::ready(&all, &self.record.root, self.harness.policy(), self.config.max_agents);
-        if picks.is_empty() {
-            let leaves = scheduler::leaves(&all, &self.record.root);
-            if leaves.iter().all(|r| r.status == Status::Done) {
-                let event = self.event("note", "nothing left to assign");
-                return self.enter(Phase::Check, vec![event]).await;
+        let root = self.record.root.clone();
+        let has_children = all.iter().any(|r| r.parent_id == root);
+        if !self.record.replan && has_children {
+            return Ok(Some(Outcome::Planned(Plan::Stands)));
+        }
+        let claim = Claim { requirement: root.clone(), role: "planning".into(), agent: "planning-1".into() };
+        let (attempt, notes) = (fsm::attempt(&self.record, None), fsm::notes(&self.record, None));
+        let Some(outcome) = self.run_agent(claim, attempt, notes).await? else { return Ok(None) };
+        let plan = match outcome {
+            RunOutcome::Done(_) => {
+                let all = self.tree().await?;
+                let problems = scheduler::plan_problems(&all, &root, self.harness.policy());
+                if problems.is_empty() { Plan::Made } else { Plan::Invalid { problems } }
             }
-            let stuck: Vec<String> = leaves
+            RunOutcome::Failed(failure) => Plan::Failed(failure),
+            RunOutcome::Cancelled => return Ok(None),
+        };
+        Ok(Some(Outcome::Planned(plan)))
+    }
+
+    async fn assign(&mut self) -> Result<Option<Outcome>> {
+        let all = self.tree().await?;
+        let root = self.record.root.clone();
+        let picks = scheduler::ready(&all, &root, self.harness.policy(), self.config.max_agents);
+        if picks.is_empty() {
+            let leaves = scheduler::leaves(&all, &root);
+            if leaves.iter().all(|r| r.status == Status::Done) {
+                return Ok(Some(Outcome::Assigned(Assignment::AllDone)));
+            }
+            let waiting = leaves
                 .iter()
                 .filter(|r| r.status != Status::Done)
                 .map(|r| format!("{} [{}]", r.id, r.status.as_str()))
                 .collect();
-            let ids = leaves.iter().filter(|r| r.status != Status::Done).map(|r| r.id.clone()).collect();
-            return self.fail(ids, format!("no requirement is ready; waiting: {}", stuck.join(", "))).await;
+            return Ok(Some(Outcome::Assigned(Assignment::Stuck { waiting })));
         }
-        let lease = self.lease().await?;
+        let (project, lease) = (self.record.project.clone(), self.record.lease);
         let mut per_role: BTreeMap<String, u32> = BTreeMap::new();
-        let mut events = Vec::new();
+        let mut claims = Vec::new();
+        let mut notes = Vec::new();
         for Pick { requirement, role } in picks {
             let n = per_role.entry(role.clone()).or_default();
             *n += 1;
             let agent = format!("{role}-{n}");
             let holder = format!("{}/{agent}", self.record.id);
-            let project = self.record.project.clone();
             match self.ssot.acquire_lock(&project, &format!("claim/{requirement}"), &holder, lease, 0).await {
                 Ok(_) => {}
                 Err(SsotError::Conflict(reason)) => {
-                    events.push(self.event("note", format!("{requirement} is claimed elsewhere: {reason}")));
+                    notes.push(format!("{requirement} is claimed elsewhere: {reason}"));
                     continue;
                 }
                 Err(e) => return Err(e.into()),
             }
             self.ssot.set_requirement_status(&project, &requirement, Status::Claimed, "", &agent, "").await?;
-            events.push(LoopEvent {
-                agent: agent.clone(),
-                requirement: requirement.clone(),
-                ..self.event("assigned", format!("{requirement} → {agent}"))
-            });
-            self.record.claims.push(Claim { requirement, role, agent });
+            claims.push(Claim { requirement, role, agent });
         }
-        if self.record.claims.is_empty() {
-            // Everything ready is claimed by other loops: wait a moment and look again.
-            self.save(events).await?;
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            return Ok(());
+        if claims.is_empty() {
+            return Ok(Some(Outcome::Assigned(Assignment::HeldElsewhere { notes })));
         }
-        self.enter(Phase::Exec, events).await
+        Ok(Some(Outcome::Assigned(Assignment::Claimed(claims))))
     }
 
-    async fn exec(&mut self) -> Result<()> {
+    /// The files of `claim`'s write set that changed in this epoch; with another
+    /// agent of the same role in the epoch, only those this agent wrote.
+    async fn changed_by(&self, claim: &Claim, changed: &[String]) -> (Vec<String>, bool, String) {
+        let policy = self.harness.policy();
+        let Some(role) = policy.roles.get(&claim.role) else { return (Vec::new(), false, String::new()) };
+        let globs = role.source.write.clone().unwrap_or_default();
+        let mine: Vec<String> = changed.iter().filter(|p| role.write.is_match(p.as_str())).cloned().collect();
+        let shared = self.record.claims.iter().filter(|c| c.role == claim.role).count() > 1;
+        let files = self.activity.take_files(&claim.agent);
+        let mine = if shared && !files.ran_commands {
+            mine.into_iter().filter(|p| files.files.contains(p)).collect()
+        } else {
+            mine
+        };
+        (mine, !globs.is_empty(), globs.join(", "))
+    }
+
+    async fn exec(&mut self) -> Result<Option<Outcome>> {
+        let project = self.record.project.clone();
         for claim in &self.record.claims {
-            self.advance(&claim.requirement, Status::Claimed, Status::InProgress, "", &claim.agent).await?;
+            self.advance(&project, &claim.requirement, Status::Claimed, Status::InProgress, "").await?;
         }
         let picks: Vec<Pick> = self
             .record
@@ -784,7 +815,7 @@ impl Runner {
             .map(|c| Pick { requirement: c.requirement.clone(), role: c.role.clone() })
             .collect();
         let waves = scheduler::waves(&picks, self.harness.policy());
-        let mut failures = Vec::new();
+        let mut works = Vec::new();
         for wave in waves {
             let claims: Vec<Claim> = wave
                 .iter()
@@ -792,149 +823,202 @@ impl Runner {
                 .collect();
             let started: Vec<LoopEvent> = claims
                 .iter()
-                .map(|c| LoopEvent {
-                    agent: c.agent.clone(),
-                    requirement: c.requirement.clone(),
-                    ..self.event("agent_started", format!("{} works on {}", c.agent, c.requirement))
+                .map(|c| {
+                    let message = format!("{} works on {}", c.agent, c.requirement);
+                    self.agent_event(EventKind::AgentStarted, &c.agent, &c.requirement, message)
                 })
                 .collect();
             self.save(started).await?;
-            let cancel = self.agent_cancel();
+            let cancel = self.control.cancel.child_token();
             let env = self.env();
             let runs: Vec<_> = claims
                 .iter()
                 .map(|c| {
-                    let (attempt, notes) = (self.attempt(Some(&c.requirement)), self.notes(Some(&c.requirement)));
+                    let attempt = fsm::attempt(&self.record, Some(&c.requirement));
+                    let notes = fsm::notes(&self.record, Some(&c.requirement));
                     env.run(c.clone(), attempt, notes, cancel.clone())
                 })
                 .collect();
             let outcomes = self.with_activity(futures::future::join_all(runs)).await?;
             cancel.cancel();
-            if self.control.cancel.is_cancelled() || self.stopping() {
-                return Ok(());
+            if self.interrupted() {
+                return Ok(None);
             }
-            let mut events = Vec::new();
-            for (claim, outcome) in claims.iter().zip(outcomes) {
-                events.push(self.finished_event(&claim.agent, &claim.requirement, &outcome));
-                match outcome {
-                    RunOutcome::Done { summary } => {
-                        let reason = first_line(&summary, 500);
-                        self.advance(&claim.requirement, Status::InProgress, Status::Done, &reason, &claim.agent)
-                            .await?;
+            let checkpoint = self.record.epoch_checkpoint.clone();
+            let changed = git(self.root.clone(), move |g| g.changed_since(&g.checkpoint_of(&checkpoint)?)).await?;
+            let mut failed = false;
+            for (claim, outcome) in claims.into_iter().zip(outcomes) {
+                self.activity.push(self.finished_event(&claim.agent, &claim.requirement, &outcome));
+                let result = match outcome {
+                    RunOutcome::Done(finished) => {
+                        let (files, implementing, paths) = self.changed_by(&claim, &changed).await;
+                        WorkResult::Finished {
+                            summary: finished.summary,
+                            changed: files,
+                            no_change_reason: finished.no_change_reason,
+                            implementing,
+                            paths,
+                        }
                     }
-                    RunOutcome::Failed { reason } | RunOutcome::OutOfBudget { reason } => {
-                        failures.push((
-                            claim.requirement.clone(),
-                            format!("{} ({}): {reason}", claim.requirement, claim.agent),
-                        ));
+                    RunOutcome::Failed(failure) => {
+                        failed = true;
+                        WorkResult::Failed(failure)
                     }
-                    RunOutcome::Cancelled => return Ok(()),
-                }
+                    RunOutcome::Cancelled => return Ok(None),
+                };
+                works.push(Work { claim, result });
             }
             self.count().await?;
-            self.save(events).await?;
-            if !failures.is_empty() {
+            self.save(Vec::new()).await?;
+            if failed {
                 break;
             }
         }
-        if failures.is_empty() {
-            self.enter(Phase::Valid, Vec::new()).await
-        } else {
-            let (ids, reasons): (Vec<String>, Vec<String>) = failures.into_iter().unzip();
-            self.fail(ids, reasons.join("; ")).await
-        }
+        Ok(Some(Outcome::Executed(works)))
     }
 
-    async fn valid(&mut self) -> Result<()> {
-        let mut reasons = Vec::new();
-        let mut events = Vec::new();
+    /// What review reads besides the requirement: what the implementer did.
+    fn review_notes(&self, requirement: &str) -> String {
+        let mut notes = String::from("You review the work done for this requirement in this epoch.\n");
+        if let Some(result) = self.record.results.get(requirement) {
+            notes.push_str(&format!("The implementer's summary: {}\n", first_line(&result.summary, 1000)));
+            if result.changed.is_empty() {
+                notes.push_str("Files changed: none.\n");
+            } else {
+                notes.push_str(&format!("Files changed: {}\n", result.changed.join(", ")));
+            }
+            if let Some(why) = &result.no_change_reason {
+                notes.push_str(&format!(
+                    "The implementer says no change is needed: {why}\nApprove only if that is true.\n"
+                ));
+            }
+        }
+        notes.push_str(
+            "Give your verdict with review_verdict (approve, or request_changes with findings), then call finish.\n",
+        );
+        notes.push_str(&fsm::notes(&self.record, Some(requirement)));
+        notes
+    }
+
+    async fn valid(&mut self) -> Result<Option<Outcome>> {
         // 1. Contracts.
         let report =
             contract_validator::validate(&self.ssot, &self.record.project, &self.root, self.harness.policy()).await?;
-        for violation in &report.violations {
-            reasons.push(format!("contract {}: {} ({})", violation.contract, violation.detail, violation.rule));
-        }
-        let contracts = if report.violations.is_empty() {
+        self.record.touched.contracts.extend(report.status_changes.iter().map(|(name, _)| name.clone()));
+        let contracts: Vec<(String, String)> =
+            report.violations.iter().map(|v| (v.contract.clone(), format!("{} ({})", v.detail, v.rule))).collect();
+        let summary = if contracts.is_empty() {
             format!("contracts ok ({} status changes)", report.status_changes.len())
         } else {
-            format!("{} contract violations", report.violations.len())
+            format!("{} contract violations", contracts.len())
         };
-        events.push(LoopEvent { agent: "contract-validator".into(), ..self.event("validation", contracts) });
-        self.save(events).await?;
-        // 2. Review of each requirement of the epoch.
-        let cancel = self.agent_cancel();
+        let event = LoopEvent { agent: "contract-validator".into(), ..self.event(EventKind::Validation, summary) };
+        self.save(vec![event]).await?;
+        // 2. Review of each requirement whose role writes files.
+        let mut reviews = Vec::new();
         for claim in self.record.claims.clone() {
-            let started = LoopEvent {
-                agent: "review-1".into(),
-                requirement: claim.requirement.clone(),
-                ..self.event("agent_started", format!("review-1 reviews {}", claim.requirement))
-            };
-            self.save(vec![started]).await?;
-            let attempt = self.attempt(Some(&claim.requirement));
+            let implementing = self
+                .harness
+                .policy()
+                .roles
+                .get(&claim.role)
+                .is_some_and(|r| !r.source.write.as_deref().unwrap_or_default().is_empty());
+            if !implementing {
+                continue;
+            }
             let review = Claim { role: "review".into(), agent: "review-1".into(), ..claim.clone() };
-            let env = self.env();
-            let notes = self.notes(Some(&claim.requirement));
-            let outcome = self.with_activity(env.run(review, attempt, notes, cancel.clone())).await?;
-            if self.control.cancel.is_cancelled() || self.stopping() {
-                cancel.cancel();
-                return Ok(());
-            }
-            let finished = self.finished_event("review-1", &claim.requirement, &outcome);
-            if let RunOutcome::Failed { reason } | RunOutcome::OutOfBudget { reason } = outcome {
-                reasons.push(format!("review of {}: {reason}", claim.requirement));
-            }
-            self.save(vec![finished]).await?;
+            let (attempt, notes) =
+                (fsm::attempt(&self.record, Some(&claim.requirement)), self.review_notes(&claim.requirement));
+            let Some(outcome) = self.run_agent(review, attempt, notes).await? else { return Ok(None) };
+            let result = match outcome {
+                RunOutcome::Done(finished) => match finished.verdict {
+                    Some(v) if v.verdict == ReviewDecision::Approve => ReviewResult::Approved,
+                    Some(v) => {
+                        ReviewResult::ChangesRequested { findings: v.findings.iter().map(|f| f.line()).collect() }
+                    }
+                    None => ReviewResult::NoVerdict,
+                },
+                RunOutcome::Failed(failure) => ReviewResult::Failed(failure),
+                RunOutcome::Cancelled => return Ok(None),
+            };
+            reviews.push((claim.requirement.clone(), result));
         }
         // 3. The project's tests.
-        if !self.config.test_command.is_empty() && self.root.join(&self.config.tests_dir).is_dir() {
-            let ctx = ActionContext {
-                loop_id: self.record.id.clone(),
-                epoch: self.record.epoch,
-                agent: "maestro-tests".into(),
-                role: "test".into(),
-            };
-            let argv = self.config.test_command.clone();
-            let result = self.harness.perform(&ctx, Action::RunCommand { argv: argv.clone() }, cancel.clone()).await;
-            let (passed, message) = match result {
-                Ok(ActionOutput::Ran(out)) => {
-                    let text = if out.stderr.trim().is_empty() { &out.stdout } else { &out.stderr };
-                    let meaningful = |l: &&str| !l.trim().is_empty() && !l.trim().chars().all(|c| c == '-' || c == '=');
-                    let tail: Vec<&str> = text.lines().rev().filter(meaningful).take(2).collect();
-                    let summary = tail.into_iter().rev().collect::<Vec<_>>().join(" | ");
-                    let failing: Vec<&str> = text
-                        .lines()
-                        .filter_map(|l| l.strip_prefix("FAIL: ").or_else(|| l.strip_prefix("ERROR: ")))
-                        .collect();
-                    let detail =
-                        if failing.is_empty() { summary } else { format!("{} — {summary}", failing.join(", ")) };
-                    (out.success(), detail)
+        let tests = self.run_tests().await;
+        if self.interrupted() {
+            return Ok(None);
+        }
+        let message = match &tests {
+            Tests::Passed { command, count: Some(n) } => format!("{command}: passed: {n} tests"),
+            Tests::Passed { command, count: None } => format!("{command}: passed"),
+            Tests::Failed { command, summary, .. } => format!("{command}: failed: {summary}"),
+            Tests::Missing { why } => format!("no tests ran: {why}"),
+            Tests::Off => "tests are off (loop.test_command: [])".into(),
+        };
+        let event = self.event(EventKind::TestResult, message);
+        self.save(vec![event]).await?;
+        let checkpoint = self.record.epoch_checkpoint.clone();
+        let changed = git(self.root.clone(), move |g| g.changed_since(&g.checkpoint_of(&checkpoint)?)).await?;
+        Ok(Some(Outcome::Validated(Validation { contracts, reviews, tests, code_changed: !changed.is_empty() })))
+    }
+
+    /// Runs the project's tests in the sandbox (as the test role).
+    async fn run_tests(&self) -> Tests {
+        let argv = match test_run::plan(&self.config, &self.root) {
+            TestPlan::Run(argv) => argv,
+            TestPlan::Off => return Tests::Off,
+            TestPlan::Missing(why) => return Tests::Missing { why },
+        };
+        let ctx = ActionContext {
+            loop_id: self.record.id.clone(),
+            epoch: self.record.epoch,
+            agent: "maestro-tests".into(),
+            role: "test".into(),
+        };
+        let command = argv.join(" ");
+        let cancel = self.control.cancel.child_token();
+        match self.harness.perform(&ctx, Action::RunCommand { argv }, cancel).await {
+            Ok(ActionOutput::Ran(out)) if out.success() => {
+                let reading = test_run::read(&out.stdout, &out.stderr, out.exit_code);
+                if reading.none_ran {
+                    Tests::Missing { why: format!("{command} ran no tests") }
+                } else {
+                    Tests::Passed { command, count: reading.passed }
                 }
-                Ok(other) => (false, format!("unexpected result {other:?}")),
-                Err(e) => (false, e.to_string()),
-            };
-            let verdict = if passed { "passed" } else { "failed" };
-            let event = self.event("test_result", format!("{}: {verdict}: {message}", argv.join(" ")));
-            self.save(vec![event]).await?;
-            if !passed {
-                reasons.push(format!("tests failed: {message}"));
             }
-        } else {
-            let event = self.event("test_result", "no tests yet");
-            self.save(vec![event]).await?;
-        }
-        cancel.cancel();
-        if self.control.cancel.is_cancelled() || self.stopping() {
-            return Ok(());
-        }
-        if reasons.is_empty() {
-            self.enter(Phase::Commit, Vec::new()).await
-        } else {
-            let ids = self.record.claims.iter().map(|c| c.requirement.clone()).collect();
-            self.fail(ids, reasons.join("; ")).await
+            Ok(ActionOutput::Ran(out)) => {
+                let reading = test_run::read(&out.stdout, &out.stderr, out.exit_code);
+                if reading.none_ran {
+                    return Tests::Missing { why: format!("{command} ran no tests") };
+                }
+                let text = if out.stderr.trim().is_empty() { &out.stdout } else { &out.stderr };
+                let failing: Vec<&str> = text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("FAIL: ").or_else(|| l.strip_prefix("ERROR: ")))
+                    .collect();
+                let meaningful = |l: &&str| !l.trim().is_empty() && !l.trim().chars().all(|c| c == '-' || c == '=');
+                let last: Vec<&str> = text.lines().rev().filter(meaningful).take(2).collect();
+                let last = last.into_iter().rev().collect::<Vec<_>>().join(" | ");
+                let how = match (out.timed_out, out.exit_code) {
+                    (true, _) => "timed out".to_string(),
+                    (false, Some(code)) => format!("exit {code}"),
+                    (false, None) => "killed".to_string(),
+                };
+                let summary = if failing.is_empty() {
+                    format!("{how}: {last}")
+                } else {
+                    format!("{} — {last}", failing.join(", "))
+                };
+                Tests::Failed { command, summary, tail: test_run::tail(&out.stdout, &out.stderr, TEST_TAIL_BYTES) }
+            }
+            Ok(other) => {
+                Tests::Failed { command, summary: format!("unexpected result {other:?}"), tail: String::new() }
+            }
+            Err(e) => Tests::Failed { command, summary: e.to_string(), tail: e.to_string() },
         }
     }
 
-    async fn commit(&mut self) -> Result<()> {
+    async fn commit(&mut self) -> Result<Outcome> {
         let (root, id, epoch) = (self.root.clone(), self.record.id.clone(), self.record.epoch);
         let checkpoint = self.record.epoch_checkpoint.clone();
         let done: Vec<String> = self.record.claims.iter().map(|c| c.requirement.clone()).collect();
@@ -948,160 +1032,20 @@ impl Runner {
         })
         .await?;
         let project = self.record.project.clone();
-        let name = format!("{}-e{}", self.record.id, self.record.epoch);
-        match self
-            .ssot
-            .create_snapshot(&project, &name, &commit, &format!("{} epoch {} committed", self.record.id, epoch))
-            .await
-        {
+        let name = format!("{}-e{}", self.record.id, epoch);
+        let description = format!("{} epoch {epoch} committed", self.record.id);
+        match self.ssot.create_snapshot(&project, &name, &commit, &description).await {
             Ok(_) | Err(SsotError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        for phase in [Phase::Plan, Phase::Assign, Phase::Exec, Phase::Valid] {
-            let _ = self.ssot.delete_snapshot(&project, &snapshot_name(&self.record, phase)).await;
-        }
-        self.release_claims().await;
-        // From here on, "the last commit" (for cancel) is this epoch's.
-        self.record.epoch_checkpoint = commit.clone();
-        self.log("commit", "ok", &format!("epoch {epoch} → {}", &commit[..12.min(commit.len())])).await;
-        let event = self.event(
-            "commit",
-            format!(
-                "epoch {epoch} committed {} (tag maestro/{}/{epoch})",
-                &commit[..12.min(commit.len())],
-                self.record.id
-            ),
-        );
-        self.enter(Phase::Check, vec![event]).await
+        Ok(Outcome::Committed { commit })
     }
 
-    async fn check(&mut self) -> Result<()> {
+    async fn check(&mut self) -> Result<Outcome> {
         let all = self.tree().await?;
         let leaves = scheduler::leaves(&all, &self.record.root);
-        if !leaves.is_empty() && leaves.iter().all(|r| r.status == Status::Done) {
-            let project = self.record.project.clone();
-            let root = self.ssot.get_requirement(&project, &self.record.root, 0).await?.value;
-            let mut status = root.status;
-            while status != Status::Done {
-                let next = match status {
-                    Status::Pending => Status::Claimed,
-                    Status::Claimed => Status::InProgress,
-                    Status::InProgress => Status::Done,
-                    Status::Failed | Status::Blocked => Status::Pending,
-                    Status::Done => break,
-                };
-                self.ssot
-                    .set_requirement_status(&project, &root.id, next, "every sub-requirement is done", "autoloop", "")
-                    .await?;
-                status = next;
-            }
-            self.count().await?;
-            self.record.state = LoopState::Succeeded;
-            self.record.reason = String::new();
-            self.log("loop-end", "succeeded", &format!("{} epochs", self.record.epoch)).await;
-            let event = self.event(
-                "state",
-                format!(
-                    "succeeded: {}/{} requirements done in {} epochs",
-                    self.record.done, self.record.total, self.record.epoch
-                ),
-            );
-            return self.finish(vec![event]).await;
-        }
-        let event = self.event("note", format!("{}/{} requirements done", self.record.done, self.record.total));
-        self.enter(Phase::Plan, vec![event]).await
-    }
-
-    /// An epoch failed: roll back and retry while the budget lasts, else escalate.
-    async fn fail(&mut self, requirements: Vec<String>, reason: String) -> Result<()> {
-        let failure = Failure { epoch: self.record.epoch, requirements, reason: reason.clone() };
-        self.record.failures.push(failure);
-        self.record.reason = reason.clone();
-        self.log("epoch-failed", "failed", &reason).await;
-        let failed = self.event("failed", first_line(&reason, 400));
-        if self.record.retries < self.record.retry_budget {
-            self.record.retries += 1;
-            self.record.replan = true;
-            self.enter(Phase::Rollback, vec![failed]).await
-        } else {
-            self.record.state = LoopState::Escalated;
-            let message = format!(
-                "escalated after {} retries: {} (approve, retry --guidance, or abort)",
-                self.record.retries,
-                first_line(&reason, 300)
-            );
-            self.log("escalated", "waiting", &message).await;
-            let escalated = self.event("escalated", message);
-            self.save(vec![failed, escalated]).await
-        }
-    }
-
-    async fn rollback(&mut self) -> Result<()> {
-        self.restore(Phase::Plan).await?;
-        self.release_claims().await;
-        let event =
-            self.event("rollback", format!("workspace and SSOT back to the start of epoch {}", self.record.epoch));
-        self.enter(Phase::Plan, vec![event]).await
-    }
-
-    async fn cancelled(&mut self) -> Result<()> {
-        if !self.record.epoch_checkpoint.is_empty() {
-            self.restore(Phase::Plan).await?;
-        }
-        self.record.state = LoopState::Cancelled;
-        self.record.reason = "cancelled".into();
-        self.log("loop-end", "cancelled", "workspace back to the last commit").await;
-        let event = self.event("state", "cancelled; the workspace is back at the last commit");
-        self.finish(vec![event]).await
-    }
-
-    async fn await_decision(&mut self) -> Result<()> {
-        let decision = loop {
-            if let Some(decision) = self.control.decision.lock().expect("decision lock").take() {
-                break decision;
-            }
-            tokio::select! {
-                () = self.control.wake.notified() => {}
-                () = self.control.cancel.cancelled() => return Ok(()),
-                () = self.shutdown.cancelled() => return Ok(()),
-            }
-        };
-        match decision {
-            Decision::Approve { actor } => {
-                for claim in self.record.claims.clone() {
-                    let reason = format!("approved by {actor}");
-                    self.advance(&claim.requirement, Status::InProgress, Status::Done, &reason, &actor).await?;
-                }
-                self.record.state = LoopState::Running;
-                self.log("approve", "ok", &format!("approved by {actor}")).await;
-                let event = self.event("decision", format!("{actor} approved the epoch as it is"));
-                let next = if self.record.phase == Phase::Plan { Phase::Assign } else { Phase::Commit };
-                if next == Phase::Assign {
-                    self.record.replan = false;
-                }
-                self.enter(next, vec![event]).await
-            }
-            Decision::Retry { guidance, actor } => {
-                self.record.state = LoopState::Running;
-                self.record.retries = 0;
-                self.record.replan = true;
-                if !guidance.is_empty() {
-                    self.record.guidance.push(guidance.clone());
-                }
-                self.log("retry", "ok", &format!("{actor}: {guidance}")).await;
-                let event = self.event("guidance", format!("{actor} asked for a retry: {guidance}"));
-                self.enter(Phase::Rollback, vec![event]).await
-            }
-            Decision::Abort { actor } => {
-                self.restore(Phase::Plan).await?;
-                self.record.state = LoopState::Aborted;
-                self.record.reason = format!("aborted by {actor}");
-                self.log("loop-end", "aborted", &self.record.reason.clone()).await;
-                let event =
-                    self.event("state", format!("aborted by {actor}; the workspace is back at the last commit"));
-                self.finish(vec![event]).await
-            }
-        }
+        let done = leaves.iter().filter(|r| r.status == Status::Done).count() as u32;
+        Ok(Outcome::Checked { done, total: leaves.len() as u32, require_tests: self.config.require_tests })
     }
 
     /// Creates the root requirement of a new loop.

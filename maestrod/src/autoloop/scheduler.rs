@@ -72,6 +72,40 @@ pub fn ready(all: &[Requirement], root: &str, policy: &Policy, max: usize) -> Ve
     picks.into_iter().take(max).map(|r| Pick { requirement: r.id.clone(), role: role_for(r, policy) }).collect()
 }
 
+/// Why the loop's tree cannot be worked as planned (empty when it can): no
+/// requirement under the root, role hints the project does not define,
+/// dependencies on an ancestor or a descendant (never ready), on a
+/// requirement that does not exist.
+pub fn plan_problems(all: &[Requirement], root: &str, policy: &Policy) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !all.iter().any(|r| r.parent_id == root) {
+        problems.push(format!("planning created no requirement under {root} (an empty plan)"));
+    }
+    let ids: BTreeSet<&str> = all.iter().map(|r| r.id.as_str()).collect();
+    for r in all.iter().filter(|r| r.id != root && r.status != Status::Done && in_tree(all, root, &r.id)) {
+        let hint = r.role_hint.as_str();
+        if !hint.is_empty() && (!policy.roles.contains_key(hint) || NOT_ASSIGNABLE.contains(&hint)) {
+            let roles: Vec<&str> =
+                policy.roles.keys().map(String::as_str).filter(|k| !NOT_ASSIGNABLE.contains(k)).collect();
+            problems.push(format!(
+                "{} has role {hint:?}, which no agent of this project takes (roles: {})",
+                r.id,
+                roles.join(", ")
+            ));
+        }
+        for dep in &r.depends_on {
+            if !ids.contains(dep.as_str()) {
+                problems.push(format!("{} depends on {dep}, which does not exist", r.id));
+            } else if in_tree(all, dep, &r.id) {
+                problems.push(format!("{} depends on {dep}, which contains it: it could never be ready", r.id));
+            } else if in_tree(all, &r.id, dep) {
+                problems.push(format!("{} depends on {dep}, which is part of it: it could never be ready", r.id));
+            }
+        }
+    }
+    problems
+}
+
 /// The literal directory prefixes of a role's write globs ("src/api/" for "src/api/**").
 fn write_prefixes(policy: &Policy, role: &str) -> Vec<String> {
     let globs = policy.roles.get(role).and_then(|r| r.source.write.clone()).unwrap_or_default();
@@ -145,5 +179,34 @@ mod tests {
         assert_eq!(waves(&two, &policy).len(), 2);
         // A root without children is itself the work.
         assert_eq!(ready(&all, "R7", &policy, 10)[0].requirement, "R7");
+    }
+
+    #[test]
+    fn plans_that_cannot_work_are_named() {
+        let policy = Policy::from_raw(Default::default()).unwrap();
+        let good = vec![
+            req("R1", "", "", "App", Status::Pending, &[]),
+            req("R2", "R1", "backend", "API", Status::Pending, &[]),
+            req("R3", "R1", "", "Tests", Status::Pending, &["R2"]),
+        ];
+        assert!(plan_problems(&good, "R1", &policy).is_empty());
+        let empty = vec![req("R1", "", "", "App", Status::Pending, &[])];
+        assert!(plan_problems(&empty, "R1", &policy)[0].contains("empty plan"));
+        let bad = vec![
+            req("R1", "", "", "App", Status::Pending, &[]),
+            req("R2", "R1", "wizard", "Magic", Status::Pending, &[]),
+            req("R3", "R1", "planning", "Plan more", Status::Pending, &[]),
+            req("R4", "R1", "backend", "API", Status::Pending, &["R1"]),
+            req("R5", "R1", "backend", "Parts", Status::Pending, &["R6"]),
+            req("R6", "R5", "backend", "A part", Status::Pending, &["R9"]),
+        ];
+        let problems = plan_problems(&bad, "R1", &policy);
+        let has = |needle: &str| problems.iter().any(|p| p.contains(needle));
+        assert!(has("R2 has role \"wizard\""), "{problems:?}");
+        assert!(has("R3 has role \"planning\""), "{problems:?}");
+        assert!(has("R4 depends on R1, which contains it"), "{problems:?}");
+        assert!(has("R5 depends on R6, which is part of it"), "{problems:?}");
+        assert!(has("R6 depends on R9, which does not exist"), "{problems:?}");
+        assert_eq!(problems.len(), 5, "{problems:?}");
     }
 }

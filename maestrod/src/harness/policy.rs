@@ -145,6 +145,7 @@ pub fn default_roles() -> BTreeMap<String, RawRole> {
         &["cargo", "test"],
         &["npm", "test"],
         &["node", "--test"],
+        &["go", "test"],
     ];
     BTreeMap::from([
         ("planning".to_string(), role(&[], &[], &["requirements", "memory", "log"])),

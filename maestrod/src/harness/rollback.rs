@@ -193,6 +193,23 @@ impl GitWorkspace {
         Ok(())
     }
 
+    /// Paths (relative, `/`-separated) whose content, mode or existence differs
+    /// between `checkpoint` and the working tree as it is (ignored files aside).
+    pub fn changed_since(&self, checkpoint: &Checkpoint) -> Result<Vec<String>, RollbackError> {
+        let old = self.repo.find_commit(Oid::from_str(&checkpoint.commit)?)?.tree()?;
+        let new = self.repo.find_tree(self.worktree_tree()?)?;
+        let diff = self.repo.diff_tree_to_tree(Some(&old), Some(&new), None)?;
+        let mut paths = std::collections::BTreeSet::new();
+        for delta in diff.deltas() {
+            for file in [delta.old_file(), delta.new_file()] {
+                if let Some(path) = file.path() {
+                    paths.insert(path.to_string_lossy().into_owned());
+                }
+            }
+        }
+        Ok(paths.into_iter().collect())
+    }
+
     /// Removes the lock files a killed process left on this loop's own refs
     /// (`refs/maestro/<loop>/…`, `refs/tags/maestro/<loop>/…`). Only the loop
     /// writes those refs, so call it while holding the loop (e.g. on resume);
@@ -300,10 +317,25 @@ mod tests {
         let ws = GitWorkspace::open_or_init(dir.path()).unwrap();
         assert!(dir.path().join(".git").is_dir());
         let checkpoint = ws.checkpoint("loop-1", 1).unwrap();
+        assert!(ws.changed_since(&checkpoint).unwrap().is_empty());
         mess_up(dir.path());
         assert_ne!(fingerprint(dir.path()), before);
+        let changed = ws.changed_since(&checkpoint).unwrap();
+        for path in [
+            "src/api/app.py",
+            "README.md",
+            "src/api/new_module.py",
+            "brand/new/dir/file.txt",
+            "docs/guide.md",
+            "run.sh",
+            "link",
+            "other-link",
+        ] {
+            assert!(changed.iter().any(|c| c == path), "{path} in {changed:?}");
+        }
         ws.rollback(&checkpoint).unwrap();
         assert_eq!(fingerprint(dir.path()), before);
+        assert!(ws.changed_since(&checkpoint).unwrap().is_empty(), "writing the same content back is no change");
     }
 
     #[test]

@@ -141,6 +141,45 @@ impl Ssot {
         .await
     }
 
+    /// The newest entries of the log that `keep` accepts, oldest first: at most
+    /// `limit` of them, looking back over at most `window` entries.
+    pub async fn recent_log(
+        &self,
+        project: &str,
+        limit: usize,
+        window: u64,
+        keep: impl Fn(&LogEntry) -> bool,
+    ) -> Result<Vec<LogEntry>> {
+        self.project_guard(project).await?;
+        let head = self.get::<Head>(&keys::in_project(project, HEAD), 0).await?.map_or(0, |h| h.value.seq);
+        let mut found = Vec::new();
+        let mut end = head;
+        let floor = head.saturating_sub(window);
+        // Newest first, in chunks, until enough entries are kept or the window ends.
+        while end > floor && found.len() < limit {
+            let start = end.saturating_sub(256).max(floor) + 1;
+            let request = super::store::RangeRequest {
+                start: entry_key(project, start).into_bytes(),
+                end: entry_key(project, end + 1).into_bytes(),
+                revision: 0,
+                limit: 0,
+            };
+            let chunk = self.store.range(request).await?;
+            for kv in chunk.kvs.iter().rev() {
+                let entry = super::decode_versioned::<LogEntry>(kv)?.value;
+                if keep(&entry) {
+                    found.push(entry);
+                    if found.len() == limit {
+                        break;
+                    }
+                }
+            }
+            end = start - 1;
+        }
+        found.reverse();
+        Ok(found)
+    }
+
     /// Recomputes every hash and link of the project's log.
     pub async fn verify_log(&self, project: &str) -> Result<Verification> {
         self.project_guard(project).await?;

@@ -23,5 +23,6 @@ pub fn resource_path<'a>(project: &str, key: &'a str) -> &'a str {
 }
 
 /// Resource paths of project data that snapshots cover (diff and restore).
-/// (`_meta/requirements` holds the id counter: a restored tree reuses the same ids.)
-pub const SNAPSHOT_PATHS: [&str; 4] = ["requirements/", "contracts/", "memory/", "_meta/requirements"];
+/// The requirement id counter (`_meta/requirements`) is not among them: ids
+/// are never reused, so a restore never takes the counter back.
+pub const SNAPSHOT_PATHS: [&str; 3] = ["requirements/", "contracts/", "memory/"];

@@ -6,12 +6,14 @@
 //! Keys: `loops/<id>` the record, `loop-events/<id>/<seq>` its events,
 //! `_meta/loops` the id counter.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 use super::clock::now_ms;
-use super::store::{Compare, EventKind, Op, RangeRequest, Revision, Txn, prefix_end};
+use super::store::{self, Compare, Op, RangeRequest, Revision, Txn, prefix_end};
 use super::{Page, Result, Ssot, SsotError, Versioned, validate};
 
 const RECORDS: &str = "loops/";
@@ -85,12 +87,127 @@ pub struct Claim {
     pub agent: String,
 }
 
+/// Why an epoch failed, as a kind the state machine decides on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCause {
+    #[default]
+    Other,
+    /// The model twice answered without calling a tool.
+    NoToolCall,
+    /// The agent used its turns without calling `finish`.
+    TurnLimit,
+    /// The agent called `finish` with outcome `failed`.
+    GaveUp,
+    /// A step or token budget ran out.
+    Budget,
+    /// A model error that retrying may cure (429, 5xx, unreachable, a garbled reply).
+    Model,
+    /// A model error that retrying cannot cure (bad key, unknown model, a refused request).
+    ModelPermanent,
+    /// The loop cannot run an agent as configured (a broken configuration, a missing script).
+    Setup,
+    /// The plan is unusable (empty, unknown roles, impossible dependencies).
+    Plan,
+    /// An implementing agent finished without changing anything in its write set.
+    NoChange,
+    /// Review asked for changes, or gave no verdict.
+    Review,
+    Tests,
+    Contracts,
+    /// Every requirement is done but no test run verified the code.
+    NoTests,
+    /// Nothing is ready and not everything is done.
+    Stuck,
+}
+
+impl FailureCause {
+    /// Failures that a full-cycle retry cannot cure: they escalate at once.
+    pub fn is_permanent(self) -> bool {
+        matches!(self, FailureCause::ModelPermanent | FailureCause::Setup)
+    }
+}
+
+/// What the next attempt at a requirement should know: failing tests,
+/// review findings, the last tool error, contract violations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Feedback {
+    pub requirement: String,
+    /// `tests`, `review`, `agent`, `contracts`, `plan`.
+    pub source: String,
+    pub text: String,
+}
+
 /// An epoch that failed validation or execution, kept for replanning.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
     pub epoch: u64,
     pub requirements: Vec<String>,
     pub reason: String,
+    #[serde(default)]
+    pub cause: FailureCause,
+    #[serde(default)]
+    pub feedback: Vec<Feedback>,
+    /// The phase it failed in (what a rollback undoes).
+    #[serde(default)]
+    pub phase: Option<Phase>,
+}
+
+/// What EXEC recorded about a claim, kept until COMMIT (and shown to review).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimResult {
+    pub summary: String,
+    /// Files of the role's write set that differ from the epoch's start.
+    pub changed: Vec<String>,
+    pub no_change_reason: Option<String>,
+}
+
+/// What an epoch's validation found, kept until COMMIT.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochCheck {
+    pub code_changed: bool,
+    /// Tests passed (with the count when the runner says).
+    pub tests_passed: Option<Option<u32>>,
+    pub reviews_approved: u32,
+    /// A human approved the epoch as it was.
+    pub approved_by: Option<String>,
+}
+
+/// What the current epoch's agents changed in the SSOT outside files, so a
+/// rollback restores exactly that (and the loop's own tree).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Touched {
+    pub requirements: BTreeSet<String>,
+    pub contracts: BTreeSet<String>,
+    /// (agent, key) of memory entries.
+    pub memory: BTreeSet<(String, String)>,
+}
+
+impl Touched {
+    pub fn is_empty(&self) -> bool {
+        self.requirements.is_empty() && self.contracts.is_empty() && self.memory.is_empty()
+    }
+
+    pub fn extend(&mut self, other: Touched) {
+        self.requirements.extend(other.requirements);
+        self.contracts.extend(other.contracts);
+        self.memory.extend(other.memory);
+    }
+}
+
+/// What the committed epochs have verified so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    /// The first epoch whose code changes no passing test run has covered yet.
+    pub unverified_since: Option<u64>,
+    /// The last test run that passed: how many tests (when the runner says).
+    pub tests_passed: Option<u32>,
+    /// Whether any test run has passed in this loop.
+    pub tests_ran: bool,
+    /// Review verdicts that approved committed work.
+    pub reviews_approved: u32,
+    /// Epochs a human approved as they were: "epoch 2 by ada".
+    pub approvals: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +242,18 @@ pub struct LoopRecord {
     pub lease: u64,
     /// Daemon restarts this loop has lived through.
     pub restarts: u32,
+    /// What this epoch's agents changed in the SSOT (restored on rollback).
+    #[serde(default)]
+    pub touched: Touched,
+    /// What the committed epochs verified.
+    #[serde(default)]
+    pub verification: Verification,
+    /// What EXEC's agents did, per requirement, until COMMIT.
+    #[serde(default)]
+    pub results: BTreeMap<String, ClaimResult>,
+    /// What VALID found, until COMMIT.
+    #[serde(default)]
+    pub epoch_check: Option<EpochCheck>,
     pub create_time_ms: i64,
     pub update_time_ms: i64,
     pub end_time_ms: i64,
@@ -157,6 +286,10 @@ impl LoopRecord {
             valid_checkpoint: String::new(),
             lease: 0,
             restarts: 0,
+            touched: Touched::default(),
+            verification: Verification::default(),
+            results: BTreeMap::new(),
+            epoch_check: None,
             create_time_ms: 0,
             update_time_ms: 0,
             end_time_ms: 0,
@@ -164,18 +297,92 @@ impl LoopRecord {
     }
 }
 
+/// What a loop event tells (a string on the wire).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    #[default]
+    Note,
+    Phase,
+    State,
+    Assigned,
+    AgentStarted,
+    AgentFinished,
+    ToolCall,
+    Denied,
+    Validation,
+    Review,
+    TestResult,
+    Commit,
+    Failed,
+    Rollback,
+    Escalated,
+    Decision,
+    Guidance,
+    Restart,
+    /// A queued loop waits for an escalated one.
+    Waiting,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Note => "note",
+            EventKind::Phase => "phase",
+            EventKind::State => "state",
+            EventKind::Assigned => "assigned",
+            EventKind::AgentStarted => "agent_started",
+            EventKind::AgentFinished => "agent_finished",
+            EventKind::ToolCall => "tool_call",
+            EventKind::Denied => "denied",
+            EventKind::Validation => "validation",
+            EventKind::Review => "review",
+            EventKind::TestResult => "test_result",
+            EventKind::Commit => "commit",
+            EventKind::Failed => "failed",
+            EventKind::Rollback => "rollback",
+            EventKind::Escalated => "escalated",
+            EventKind::Decision => "decision",
+            EventKind::Guidance => "guidance",
+            EventKind::Restart => "restart",
+            EventKind::Waiting => "waiting",
+        }
+    }
+}
+
+/// Reads a phase stored as a string, where "" (no phase) is `None`.
+fn optional_phase<'de, D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Option<Phase>, D::Error> {
+    let text = Option::<String>::deserialize(deserializer)?.unwrap_or_default();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    Phase::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(&text)).map(Some)
+}
+
+fn optional_state<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Option<LoopState>, D::Error> {
+    let text = Option::<String>::deserialize(deserializer)?.unwrap_or_default();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    LoopState::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(&text)).map(Some)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct LoopEvent {
     pub seq: u64,
     pub time_ms: i64,
-    pub kind: String,
-    pub phase: String,
+    pub kind: EventKind,
+    #[serde(default, deserialize_with = "optional_phase")]
+    pub phase: Option<Phase>,
     pub epoch: u64,
     pub agent: String,
     pub requirement: String,
     pub message: String,
     /// The loop's state after this event.
-    pub state: String,
+    #[serde(default, deserialize_with = "optional_state")]
+    pub state: Option<LoopState>,
     pub done: u32,
     pub total: u32,
     pub tokens: u64,
@@ -245,8 +452,8 @@ impl Ssot {
             if event.time_ms == 0 {
                 event.time_ms = now;
             }
-            if event.state.is_empty() {
-                event.state = record.state.as_str().to_string();
+            if event.state.is_none() {
+                event.state = Some(record.state);
             }
             if event.epoch == 0 {
                 event.epoch = record.epoch;
@@ -279,6 +486,26 @@ impl Ssot {
         let (txn, stored, events) = self.loop_write(Txn::new(), record, events);
         self.commit(txn).await?.map_err(|_| SsotError::not_found(KIND, &stored.id))?;
         Ok((stored, events))
+    }
+
+    /// Tells a queued loop why it waits: its reason, and `event`. A loop that
+    /// is no longer queued (started, cancelled) is left alone. Returns whether it was told.
+    pub async fn note_queued_loop(&self, id: &str, reason: &str, event: LoopEvent) -> Result<bool> {
+        for _ in 0..super::RETRIES {
+            let current = self.get_loop(id).await?;
+            if current.value.state != LoopState::Queued || current.value.reason == reason {
+                return Ok(false);
+            }
+            let mut record = current.value;
+            record.reason = reason.to_string();
+            let txn = Txn::new().when(Compare::mod_revision(record_key(id), current.meta.mod_revision));
+            let (txn, _, _) = self.loop_write(txn, record, vec![event.clone()]);
+            match self.commit(txn).await? {
+                Ok(_) => return Ok(true),
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+        Err(super::lost_race(KIND, id))
     }
 
     pub async fn get_loop(&self, id: &str) -> Result<Versioned<LoopRecord>> {
@@ -333,7 +560,7 @@ impl Ssot {
                     Ok(batch) => batch
                         .events
                         .iter()
-                        .filter(|e| e.kind == EventKind::Put)
+                        .filter(|e| e.kind == store::EventKind::Put)
                         .map(|e| super::decode_versioned::<LoopEvent>(&e.kv).map(|v| v.value))
                         .collect(),
                     Err(e) => vec![Err(e.into())],

@@ -12,8 +12,8 @@ use super::{Edit, Meta, Page, Result, Ssot, SsotError, Target, Versioned, check_
 const KIND: &str = "requirement";
 /// The per-project record whose mod revision versions the tree's structure
 /// (ids, parents, dependencies); every structural change rewrites it.
-const STRUCTURE: &str = "_meta/requirements";
-const PREFIX: &str = "requirements/";
+pub(super) const STRUCTURE: &str = "_meta/requirements";
+pub(super) const PREFIX: &str = "requirements/";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

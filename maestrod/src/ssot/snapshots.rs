@@ -3,7 +3,7 @@
 //! needs. Diff and restore cover requirements, contracts and memory; the
 //! execution log is append-only and never rewound.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -179,34 +179,68 @@ impl Ssot {
 
     /// Makes the snapshot's requirements, contracts and memory current again,
     /// as one new revision. Returns the revision and how many resources changed.
+    /// The requirement id counter never goes back: requirements created after
+    /// the snapshot are removed, and their ids are not given out again.
     pub async fn restore_snapshot(&self, project: &str, name: &str) -> Result<(Revision, usize)> {
+        self.restore_where(project, name, |_, _, _| true).await
+    }
+
+    /// Restores, from snapshot `name`, only what `scope` covers: the
+    /// requirements of a loop's tree (as it was then and as it is now) and
+    /// the requirements, contracts and memory entries the loop changed.
+    /// Everything else in the project (other runs, human edits) stays.
+    pub async fn restore_scope(&self, project: &str, name: &str, scope: &RestoreScope) -> Result<(Revision, usize)> {
+        self.restore_where(project, name, |path, then, now| scope.covers(path, then, now)).await
+    }
+
+    /// The restore itself: every covered resource whose path `select` accepts
+    /// (given the resources then and now) is put back as it was.
+    async fn restore_where(
+        &self,
+        project: &str,
+        name: &str,
+        select: impl Fn(&str, &Tree, &Tree) -> bool,
+    ) -> Result<(Revision, usize)> {
         let snapshot = self.get_snapshot(project, name).await?;
-        // Bookkeeping (the id counter) is restored too, but is not a resource.
-        let counts = |path: &str| usize::from(!path.starts_with("_meta/"));
         for _ in 0..super::RETRIES {
             let guard = self.project_guard(project).await?;
             let (then, _) = self.covered_state(project, snapshot.revision.max(1)).await?;
-            let (now, _) = self.covered_state(project, 0).await?;
+            let (now, read_at) = self.covered_state(project, 0).await?;
+            let (then_tree, now_tree) = (Tree::of(&then), Tree::of(&now));
             let mut txn = Txn::new().when(guard);
             let mut changed = 0;
+            let mut structure_changed = false;
             for (path, current) in &now {
+                if !select(path, &then_tree, &now_tree) {
+                    continue;
+                }
                 txn = txn.when(Compare::mod_revision(current.key.clone(), current.mod_revision));
                 match then.get(path) {
-                    None => {
-                        txn = txn.then(Op::delete(current.key.clone()));
-                        changed += counts(path);
-                    }
+                    None => txn = txn.then(Op::delete(current.key.clone())),
                     Some(old) if old.value != current.value => {
-                        txn = txn.then(Op::put(current.key.clone(), old.value.clone()));
-                        changed += counts(path);
+                        txn = txn.then(Op::put(current.key.clone(), old.value.clone()))
                     }
-                    Some(_) => {}
+                    Some(_) => continue,
                 }
+                changed += 1;
+                structure_changed |= path.starts_with(super::requirements::PREFIX);
             }
             for (path, old) in &then {
-                if !now.contains_key(path) {
+                if !now.contains_key(path) && select(path, &then_tree, &now_tree) {
                     txn = txn.when(Compare::absent(old.key.clone())).then(Op::put(old.key.clone(), old.value.clone()));
-                    changed += counts(path);
+                    changed += 1;
+                    structure_changed |= path.starts_with(super::requirements::PREFIX);
+                }
+            }
+            if structure_changed {
+                // The tree's structure changed: rewrite its record (same id counter) so that
+                // writers that checked the structure before this restore retry.
+                let key = keys::in_project(project, super::requirements::STRUCTURE);
+                let current = self.store.range(RangeRequest::key(key.as_str()).at(read_at)).await?;
+                if let Some(kv) = current.kvs.into_iter().next() {
+                    txn = txn
+                        .when(Compare::mod_revision(kv.key.clone(), kv.mod_revision))
+                        .then(Op::put(kv.key, kv.value));
                 }
             }
             match self.commit(txn).await? {
@@ -216,5 +250,82 @@ impl Ssot {
             }
         }
         Err(super::lost_race(KIND, name))
+    }
+}
+
+/// The requirements tree of one state: id → parent.
+struct Tree {
+    parents: BTreeMap<String, String>,
+    ids: BTreeMap<String, String>,
+}
+
+impl Tree {
+    fn of(state: &BTreeMap<String, KeyValue>) -> Tree {
+        let mut parents = BTreeMap::new();
+        let mut ids = BTreeMap::new();
+        for (path, kv) in state.range(super::requirements::PREFIX.to_string()..) {
+            if !path.starts_with(super::requirements::PREFIX) {
+                break;
+            }
+            if let Ok(r) = serde_json::from_slice::<super::requirements::Requirement>(&kv.value) {
+                parents.insert(r.id.clone(), r.parent_id);
+                ids.insert(path.clone(), r.id);
+            }
+        }
+        Tree { parents, ids }
+    }
+
+    /// The requirement id stored at a resource path.
+    fn id_at(&self, path: &str) -> Option<&str> {
+        self.ids.get(path).map(String::as_str)
+    }
+
+    /// Whether `id` is `root` or below it.
+    fn under(&self, root: &str, id: &str) -> bool {
+        let mut node = id;
+        for _ in 0..=self.parents.len() {
+            if node == root {
+                return true;
+            }
+            match self.parents.get(node) {
+                Some(parent) if !parent.is_empty() => node = parent,
+                _ => return false,
+            }
+        }
+        false
+    }
+}
+
+/// What a loop's rollback restores: its tree, and what its agents changed.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreScope {
+    /// The loop's root requirement: it and everything below it, then or now.
+    pub root: String,
+    /// Further requirements the loop changed (outside its tree).
+    pub requirements: BTreeSet<String>,
+    /// Contract names the loop proposed versions of or changed.
+    pub contracts: BTreeSet<String>,
+    /// Memory entries the loop wrote: (agent, key).
+    pub memory: BTreeSet<(String, String)>,
+}
+
+impl RestoreScope {
+    fn covers(&self, path: &str, then: &Tree, now: &Tree) -> bool {
+        if path.starts_with(super::requirements::PREFIX) {
+            let ids = [then.id_at(path), now.id_at(path)];
+            return ids.into_iter().flatten().any(|id| {
+                self.requirements.contains(id)
+                    || (!self.root.is_empty() && (then.under(&self.root, id) || now.under(&self.root, id)))
+            });
+        }
+        if let Some(rest) = path.strip_prefix("contracts/") {
+            let name = rest.split('/').next().unwrap_or_default();
+            return self.contracts.contains(name);
+        }
+        if let Some(rest) = path.strip_prefix("memory/") {
+            let (agent, key) = rest.split_once('/').unwrap_or((rest, ""));
+            return self.memory.contains(&(agent.to_string(), key.to_string()));
+        }
+        false
     }
 }

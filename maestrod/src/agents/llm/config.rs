@@ -25,6 +25,10 @@ pub struct RawLlm {
     pub api_key_env: Option<String>,
     /// For `scripted`: the script file, relative to the workspace.
     pub script: Option<String>,
+    /// Seconds one request may take (default 300).
+    pub timeout_seconds: Option<u64>,
+    /// Further attempts after a failed request (429, 5xx; a timeout at most once). Default 4.
+    pub retries: Option<u32>,
     #[serde(default)]
     pub roles: BTreeMap<String, RawLlmRole>,
 }
@@ -37,6 +41,8 @@ pub struct RawLlmRole {
     pub base_url: Option<String>,
     pub api_key_env: Option<String>,
     pub script: Option<String>,
+    pub timeout_seconds: Option<u64>,
+    pub retries: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +60,8 @@ pub struct LlmSettings {
     pub base_url: String,
     pub api_key_env: String,
     pub script: Option<PathBuf>,
+    /// Timeouts and retries of the requests.
+    pub policy: RetryPolicy,
 }
 
 impl RawLlm {
@@ -90,7 +98,18 @@ impl RawLlm {
         if provider == ProviderKind::Scripted && script.is_none() {
             return Err(invalid("llm.script: the scripted provider needs a script file".into()));
         }
+        let mut policy = RetryPolicy::default();
+        if let Some(seconds) = own.timeout_seconds.or(self.timeout_seconds) {
+            if seconds == 0 {
+                return Err(invalid("llm.timeout_seconds: must be at least 1".into()));
+            }
+            policy.request_timeout = std::time::Duration::from_secs(seconds);
+        }
+        if let Some(retries) = own.retries.or(self.retries) {
+            policy.attempts = retries.saturating_add(1);
+        }
         Ok(LlmSettings {
+            policy,
             provider,
             model: own.model.or_else(|| project(&self.model)).unwrap_or_else(|| default_model.into()),
             base_url: own.base_url.or_else(|| project(&self.base_url)).unwrap_or_else(|| default_url.into()),
@@ -169,6 +188,7 @@ mod tests {
                 base_url: "http://localhost:11434/v1".into(),
                 api_key_env: "OPENAI_API_KEY".into(),
                 script: None,
+                policy: RetryPolicy::default(),
             }
         );
         let review = raw.for_role("review", ws).unwrap();

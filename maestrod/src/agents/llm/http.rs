@@ -66,6 +66,7 @@ pub async fn send(
     make: impl Fn() -> reqwest::RequestBuilder,
 ) -> Result<Reply, LlmError> {
     let mut attempt = 0;
+    let mut timeouts = 0;
     loop {
         attempt += 1;
         let last = attempt >= policy.attempts;
@@ -93,8 +94,15 @@ pub async fn send(
                 after.unwrap_or_else(|| backoff(policy, attempt))
             }
             Err(error) => {
-                let detail = error.to_string();
-                if last || !(error.is_connect() || error.is_timeout() || error.is_request()) {
+                let detail = if error.is_timeout() {
+                    format!("no answer within {} s (llm.timeout_seconds)", policy.request_timeout.as_secs())
+                } else {
+                    error.to_string()
+                };
+                // A server that stalls once usually stalls again: one more try at most.
+                let timed_out_before = error.is_timeout() && timeouts > 0;
+                timeouts += u32::from(error.is_timeout());
+                if last || timed_out_before || !(error.is_connect() || error.is_timeout() || error.is_request()) {
                     return Err(LlmError::Unreachable { provider: provider.into(), url: url.into(), detail });
                 }
                 warn!(provider, %detail, attempt, "model server unreachable; retrying");

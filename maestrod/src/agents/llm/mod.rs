@@ -125,6 +125,19 @@ pub enum LlmError {
 }
 
 impl LlmError {
+    /// Errors that asking again cannot cure: a rejected key, an unknown model,
+    /// a request the server refuses as it is (too long for the context, invalid).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            LlmError::Auth { .. }
+                | LlmError::UnknownModel { .. }
+                | LlmError::Rejected { .. }
+                | LlmError::Config(_)
+                | LlmError::MissingKey { .. }
+        )
+    }
+
     /// Removes `secret` (an API key, also a prefix of it that a server echoes) from every detail.
     pub fn redact(self, secret: &str) -> LlmError {
         if secret.len() < 8 {

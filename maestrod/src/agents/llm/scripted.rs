@@ -41,6 +41,9 @@ struct Step {
     text: String,
     #[serde(default)]
     tool_calls: Vec<ScriptedCall>,
+    /// `max_tokens` plays a reply cut at the token limit.
+    #[serde(default)]
+    stop: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -131,7 +134,12 @@ impl LlmProvider for Scripted {
             let output = step.text.len() + tool_calls.iter().map(|c| c.arguments.len()).sum::<usize>();
             Ok(ChatResponse {
                 text: step.text.clone(),
-                stop: if tool_calls.is_empty() { StopReason::EndTurn } else { StopReason::ToolUse },
+                stop: match step.stop.as_deref() {
+                    Some("max_tokens") => StopReason::MaxTokens,
+                    Some(other) => StopReason::Other(other.to_string()),
+                    None if tool_calls.is_empty() => StopReason::EndTurn,
+                    None => StopReason::ToolUse,
+                },
                 tool_calls,
                 usage: TokenUsage { input_tokens: estimate_tokens(prompt), output_tokens: estimate_tokens(output) },
             })
