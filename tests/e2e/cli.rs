@@ -152,12 +152,12 @@ fn every_subcommand_in_table_and_json() {
         assert!(json.is_object() || json.is_array(), "{args:?}: {json}");
     }
 
-    // Deletions. (Restoring s1 also restored the id counter: the next requirement is R4 again.)
-    assert!(p(&["req", "add", "Temporary"]).ok().contains("R4"));
+    // Deletions. Restoring s1 removed R4, but ids are never reused: the next one is R5.
+    assert!(p(&["req", "add", "Temporary"]).ok().contains("R5"));
     let refused = p(&["req", "delete", "R1"]);
     assert_eq!(refused.code, 1);
     assert!(refused.stderr.contains("has children"), "{}", refused.stderr);
-    assert!(p(&["req", "delete", "R4"]).ok().contains("deleted requirement R4"));
+    assert!(p(&["req", "delete", "R5"]).ok().contains("deleted requirement R5"));
     let lease = p(&["-o", "json", "lock", "acquire", "deploy", "--holder", "ci"]).json()["leaseId"]
         .as_str()
         .unwrap()

@@ -173,6 +173,7 @@ roles:
         - {name: write_file, arguments: {path: src/api/calc.py, content: "def add(a, b):\n    return a + b\n"}}
     - tool_calls: [{name: finish, arguments: {outcome: done, summary: "add() fixed"}}]
   review:
+    - tool_calls: [{name: review_verdict, arguments: {verdict: approve}}]
     - tool_calls: [{name: finish, arguments: {outcome: done, summary: "fine"}}]
 "#;
 
@@ -395,13 +396,14 @@ roles:
     - tool_calls: [{name: finish, arguments: {outcome: done, summary: "R4"}}]
   test@R4:
     - tool_calls: [{name: run_command, arguments: {argv: [python3, -m, unittest, discover, -s, tests]}}]
-    - tool_calls: [{name: finish, arguments: {outcome: done, summary: "ran"}}]
+    - tool_calls: [{name: finish, arguments: {outcome: done, summary: "ran", no_change_reason: "the test R2 wrote covers it"}}]
   test@R2:
     - tool_calls:
         - {name: write_file, arguments: {path: tests/test_wait.py, content: "import time, unittest\n\nclass Wait(unittest.TestCase):\n    def test_wait(self):\n        time.sleep(2)\n"}}
     - tool_calls: [{name: run_command, arguments: {argv: [python3, -m, unittest, discover, -s, tests]}}]
     - tool_calls: [{name: finish, arguments: {outcome: done, summary: "ran"}}]
   review:
+    - tool_calls: [{name: review_verdict, arguments: {verdict: approve}}]
     - tool_calls: [{name: finish, arguments: {outcome: done, summary: "fine"}}]
 "#;
 

@@ -977,7 +977,22 @@ impl Runner {
         };
         let command = argv.join(" ");
         let cancel = self.control.cancel.child_token();
-        match self.harness.perform(&ctx, Action::RunCommand { argv }, cancel).await {
+        let result = self.harness.perform(&ctx, Action::RunCommand { argv }, cancel).await;
+        // Paths in tracebacks relative to the workspace: what agents use, the same in every checkout.
+        let result = result.map(|output| match output {
+            ActionOutput::Ran(mut out) => {
+                for root in [self.root.canonicalize().unwrap_or_default(), self.root.clone()] {
+                    let root = format!("{}/", root.display());
+                    if root.len() > 1 {
+                        out.stdout = out.stdout.replace(&root, "");
+                        out.stderr = out.stderr.replace(&root, "");
+                    }
+                }
+                ActionOutput::Ran(out)
+            }
+            other => other,
+        });
+        match result {
             Ok(ActionOutput::Ran(out)) if out.success() => {
                 let reading = test_run::read(&out.stdout, &out.stderr, out.exit_code);
                 if reading.none_ran {
