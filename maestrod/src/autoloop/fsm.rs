@@ -14,7 +14,7 @@
 //! must approve, and CHECK succeeds only when every requirement is DONE and
 //! the code changed since the last passing test run is none.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 pub use crate::agents::runtime::AgentFailure;
@@ -801,15 +801,29 @@ pub fn notes(record: &LoopRecord, requirement: Option<&str>) -> String {
     if !relevant.is_empty() {
         out.push_str("Earlier attempts failed:\n");
         for f in relevant {
-            out.push_str(&format!(
-                "- epoch {} ({}): {}\n",
-                f.epoch,
-                f.requirements.join(", "),
-                first_line(&f.reason, 600)
-            ));
             let mut by_source: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
             for fb in f.feedback.iter().filter(|fb| requirement.is_none_or(|r| fb.requirement == r)) {
                 by_source.entry(fb.source.as_str()).or_default().push(fb.text.as_str());
+            }
+            match requirement {
+                // The planner reads every reason; an agent reads what is about its requirement.
+                None => out.push_str(&format!(
+                    "- epoch {} ({}): {}\n",
+                    f.epoch,
+                    f.requirements.join(", "),
+                    first_line(&f.reason, 600)
+                )),
+                Some(r) if by_source.is_empty() => {
+                    let others: BTreeSet<&str> =
+                        f.feedback.iter().map(|fb| fb.requirement.as_str()).filter(|other| *other != r).collect();
+                    let others = others.into_iter().collect::<Vec<_>>().join(", ");
+                    out.push_str(&format!(
+                        "- epoch {}: {r} was rolled back with the rest of the epoch, which failed on {}\n",
+                        f.epoch,
+                        if others.is_empty() { "other work".to_string() } else { others }
+                    ));
+                }
+                Some(_) => out.push_str(&format!("- epoch {}:\n", f.epoch)),
             }
             for (source, texts) in by_source {
                 let mut text = texts.join("\n");

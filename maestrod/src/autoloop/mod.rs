@@ -12,6 +12,8 @@ pub mod control;
 pub mod demo;
 pub mod fsm;
 #[cfg(test)]
+mod fsm_tests;
+#[cfg(test)]
 mod loop_tests;
 pub mod manager;
 pub mod runner;
