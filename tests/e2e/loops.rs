@@ -42,12 +42,12 @@ fn tags(root: &Path) -> Vec<String> {
     tags
 }
 
-async fn get(daemon: &Daemon, id: &str) -> v1::Loop {
+pub(crate) async fn get(daemon: &Daemon, id: &str) -> v1::Loop {
     let mut client = LoopServiceClient::new(daemon.channel().await.unwrap());
     client.get_loop(v1::GetLoopRequest { loop_id: id.into() }).await.unwrap().into_inner()
 }
 
-async fn wait_end(daemon: &Daemon, id: &str) -> v1::Loop {
+pub(crate) async fn wait_end(daemon: &Daemon, id: &str) -> v1::Loop {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let l = get(daemon, id).await;
@@ -180,7 +180,7 @@ roles:
 const CALC_TEST: &str = "import os, sys, unittest\nsys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'src'))\nfrom api.calc import add\n\nclass AddTest(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 2), 4)\n";
 
 /// A project folder whose model plays `script`.
-fn scripted_workspace(root: &Path, script: &str, retries: u32) {
+pub(crate) fn scripted_workspace(root: &Path, script: &str, retries: u32) {
     std::fs::create_dir_all(root.join(".maestro")).unwrap();
     std::fs::create_dir_all(root.join("tests")).unwrap();
     std::fs::write(root.join(".gitignore"), "__pycache__/\n").unwrap();

@@ -7,6 +7,9 @@ mod cli;
 mod durability;
 mod harness;
 mod loops;
+mod misbehaving;
+mod model_server;
+mod rollback;
 mod watch;
 
 use maestro_shared::v1::{

@@ -30,6 +30,7 @@ pub struct Daemon {
     data_dir: PathBuf,
     log: PathBuf,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -41,6 +42,11 @@ impl Daemon {
 
     /// Starts a daemon with extra command-line arguments.
     pub fn start_with(args: &[&str]) -> anyhow::Result<Daemon> {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Starts a daemon with extra arguments and environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Daemon> {
         let temp = tempfile::tempdir().context("creating a temporary data directory")?;
         let mut daemon = Daemon {
             child: None,
@@ -48,6 +54,7 @@ impl Daemon {
             data_dir: temp.path().join("data"),
             log: temp.path().join("maestrod.log"),
             extra_args: args.iter().map(|a| a.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             _temp: Some(temp),
         };
         daemon.boot()?;
@@ -55,7 +62,7 @@ impl Daemon {
     }
 
     fn boot(&mut self) -> anyhow::Result<()> {
-        let (child, addr) = spawn_daemon(&self.data_dir, &self.log, &self.extra_args)?;
+        let (child, addr) = spawn_daemon_env(&self.data_dir, &self.log, &self.extra_args, &self.env)?;
         self.child = Some(child);
         self.addr = addr;
         Ok(())
@@ -126,11 +133,22 @@ impl Drop for Daemon {
 
 /// Spawns `maestrod` and waits for its "listening on" line.
 pub fn spawn_daemon(data_dir: &Path, log: &Path, extra: &[String]) -> anyhow::Result<(Child, String)> {
+    spawn_daemon_env(data_dir, log, extra, &[])
+}
+
+/// `spawn_daemon` with extra environment variables.
+pub fn spawn_daemon_env(
+    data_dir: &Path,
+    log: &Path,
+    extra: &[String],
+    env: &[(String, String)],
+) -> anyhow::Result<(Child, String)> {
     let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     let mut child = Command::new(binary("e2e-maestrod"))
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("RUST_LOG", "info")
         .env_remove("MAESTRO_LISTEN")
         .env_remove("MAESTRO_DATA_DIR")

@@ -358,6 +358,7 @@ pub fn next(record: &LoopRecord, outcome: Outcome) -> (LoopRecord, Vec<Effect>) 
 fn start(s: &mut Step) {
     s.effects.push(Effect::AcquireLease);
     s.record.state = LoopState::Running;
+    s.record.reason.clear();
     s.log("loop-start", "ok", s.record.task.clone());
     let message = format!("started on {}: {}", s.record.root, first_line(&s.record.task, 200));
     s.emit(EventKind::State, message);
