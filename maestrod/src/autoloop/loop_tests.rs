@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::manager::{LoopManager, StartRequest};
 use crate::harness::sandbox::LocalSandbox;
 use crate::ssot::Ssot;
-use crate::ssot::loops::{LoopRecord, LoopState};
+use crate::ssot::loops::{LoopRecord, LoopState, Phase};
 use crate::ssot::sled_store::{SledOptions, SledStore};
 
 async fn until_final(manager: &LoopManager, id: &str) -> LoopRecord {
@@ -59,5 +59,39 @@ async fn the_demo_fails_once_rolls_back_and_succeeds() {
     let repo = git2::Repository::open(&dir).unwrap();
     let tags = repo.tag_names(Some("maestro/*")).unwrap();
     assert_eq!(tags.len(), 4, "{:?}", tags.iter().collect::<Vec<_>>());
+    manager.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_loop_task_fails_that_loop_and_frees_its_project() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(data.path(), SledOptions::default()).unwrap());
+    let ssot = Arc::new(Ssot::new(store, Default::default()));
+    let manager = LoopManager::new(ssot.clone(), Arc::new(LocalSandbox::probe()));
+    *super::runner::PANIC_IN.lock().unwrap() = Some(("panics".into(), Phase::Exec));
+    let dir = work.path().join("panics");
+    let request = StartRequest {
+        project: String::new(),
+        task: super::demo::DEFAULT_TASK.into(),
+        demo: true,
+        workspace: dir.display().to_string(),
+    };
+    let started = manager.start(request).await.unwrap();
+    let failed = until_final(&manager, &started.id).await;
+    *super::runner::PANIC_IN.lock().unwrap() = None;
+    assert_eq!(failed.state, LoopState::Failed, "{failed:?}");
+    assert!(failed.reason.contains("panicked: test hook: panic in EXEC"), "{}", failed.reason);
+    assert_eq!(failed.lease, 0, "the lease is revoked");
+    let (events, _) = ssot.loop_events(&started.id, 0).await.unwrap();
+    assert!(events.last().unwrap().message.contains("panicked"), "the failure is the last event");
+    // Its claims are released, and the project takes the next run at once.
+    assert!(ssot.list_locks("panics", 100, "").await.unwrap().items.is_empty());
+    let next =
+        StartRequest { project: "panics".into(), task: "Another task".into(), demo: false, workspace: String::new() };
+    let second = manager.start(next).await.unwrap();
+    assert!(second.reason.is_empty(), "not queued behind the dead loop: {}", second.reason);
+    let ended = until_final(&manager, &second.id).await;
+    assert!(ended.epoch >= 1, "it ran: {ended:?}");
     manager.shutdown().await;
 }
