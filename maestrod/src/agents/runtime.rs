@@ -214,7 +214,7 @@ impl AgentRun<'_> {
                         Signal::BudgetExhausted => {
                             return Ok(RunOutcome::failed(FailureCause::Budget, result.content));
                         }
-                        Signal::Verdict(given) => verdict = Some(given.clone()),
+                        Signal::Verdict(given) => verdict = Some((**given).clone()),
                         Signal::Denied | Signal::None => {}
                     }
                     if result.is_error {

@@ -239,9 +239,9 @@ pub enum Signal {
     /// A budget ran out: the agent must stop.
     BudgetExhausted,
     /// The agent ended its work.
-    Finish(FinishArgs),
+    Finish(Box<FinishArgs>),
     /// Review gave its verdict.
-    Verdict(VerdictArgs),
+    Verdict(Box<VerdictArgs>),
 }
 
 /// What a successful tool call changed, so the loop knows what its agents did.
@@ -596,11 +596,11 @@ impl Tools<'_> {
                 ssot.append_log(project, entry).await.map_err(fail)?;
                 let content =
                     format!("verdict {} recorded for {}; now call finish", args.verdict.as_str(), args.requirement);
-                ToolResult { signal: Signal::Verdict(args), ..ToolResult::ok(content) }
+                ToolResult { signal: Signal::Verdict(Box::new(args)), ..ToolResult::ok(content) }
             }
             "finish" => {
                 let args = parse::<FinishArgs>(call)?;
-                ToolResult { signal: Signal::Finish(args), ..ToolResult::ok("finished") }
+                ToolResult { signal: Signal::Finish(Box::new(args)), ..ToolResult::ok("finished") }
             }
             other => ToolResult::error(format!("tool {other:?} has no handler")),
         })

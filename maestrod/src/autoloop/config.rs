@@ -71,6 +71,16 @@ impl LoopConfig {
 mod tests {
     use super::*;
 
+    /// The README's example is a working configuration.
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```yaml\nloop:").expect("the README has a loop example") + "```yaml\n".len();
+        let end = start + readme[start..].find("```").expect("the example ends");
+        let config = LoopConfig::parse(&readme[start..end]).unwrap();
+        assert!(config.require_tests && config.test_command.is_some_and(|c| c[0] == "python3"));
+    }
+
     #[test]
     fn defaults_and_overrides() {
         assert_eq!(LoopConfig::parse("").unwrap(), LoopConfig::default());

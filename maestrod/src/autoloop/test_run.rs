@@ -108,6 +108,7 @@ static PYTEST: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(\d+) passed").ex
 static CARGO: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?m)^test result: \w+\. (\d+) passed").expect("valid regex"));
 static TAP: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?m)^# pass (\d+)").expect("valid regex"));
+static TAP_FAIL: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?m)^# fail (\d+)").expect("valid regex"));
 static JEST: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?m)^Tests:.*?(\d+) passed").expect("valid regex"));
 static GO_PASS: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?m)^\s*--- PASS").expect("valid regex"));
 
@@ -129,7 +130,8 @@ pub fn read(stdout: &str, stderr: &str, exit_code: Option<i32>) -> Reading {
         return Reading { passed: Some(passed), none_ran: passed == 0 };
     }
     if let Some(passed) = TAP.captures_iter(&text).last().and_then(|c| number(c.get(1))) {
-        return Reading { passed: Some(passed), none_ran: passed == 0 && !text.contains("# fail 1") };
+        let failed = TAP_FAIL.captures_iter(&text).last().and_then(|c| number(c.get(1))).unwrap_or(0);
+        return Reading { passed: Some(passed), none_ran: passed == 0 && failed == 0 };
     }
     if let Some(passed) = JEST.captures_iter(&text).last().and_then(|c| number(c.get(1))) {
         return Reading { passed: Some(passed), none_ran: false };
@@ -211,6 +213,8 @@ mod tests {
         );
         check("test result: ok. 0 passed; 0 failed\n", "", Some(0), Some(0), true);
         check("# tests 3\n# pass 3\n# fail 0\n", "", Some(0), Some(3), false);
+        check("# tests 2\n# pass 0\n# fail 2\n", "", Some(1), Some(0), false);
+        check("# tests 0\n# pass 0\n# fail 0\n", "", Some(0), Some(0), true);
         check("Tests:       1 failed, 5 passed, 6 total\n", "", Some(1), Some(5), false);
         check(
             "=== RUN   TestA\n--- PASS: TestA (0.00s)\n--- PASS: TestB (0.00s)\nok  \tx\t0.1s\n",
