@@ -41,6 +41,8 @@ pub(crate) fn behaves(t: &Turn) -> Reply {
 /// One misbehaviour: what the model does differently, and how the loop must end.
 struct Case {
     name: &'static str,
+    /// Extra lines of the `loop` section.
+    config: &'static str,
     /// Its answer where it misbehaves (`None`: it behaves).
     play: fn(&Turn) -> Option<Reply>,
     code: i32,
@@ -55,8 +57,9 @@ fn planner(t: &Turn, reply: Reply) -> Option<Reply> {
 }
 
 const CASES: &[Case] = &[
-    Case { name: "behaves", play: |_| None, code: 0, cause: "", permanent: false },
+    Case { config: "", name: "behaves", play: |_| None, code: 0, cause: "", permanent: false },
     Case {
+        config: "",
         name: "text-only",
         play: |_| Some(text("I cannot help with that.")),
         code: 2,
@@ -64,6 +67,7 @@ const CASES: &[Case] = &[
         permanent: false,
     },
     Case {
+        config: "",
         name: "empty-replies",
         play: |_| Some(text("")),
         code: 2,
@@ -71,6 +75,7 @@ const CASES: &[Case] = &[
         permanent: false,
     },
     Case {
+        config: "",
         name: "json-in-text",
         play: |t| {
             planner(t, text(r#"{"name": "create_requirement", "arguments": {"parent_id": "R1", "title": "add()"}}"#))
@@ -80,6 +85,7 @@ const CASES: &[Case] = &[
         permanent: false,
     },
     Case {
+        config: "",
         name: "cut-at-max-tokens",
         play: |t| {
             let finish = ("finish".to_string(), json!({"outcome": "done", "summary": "planned"}));
@@ -90,6 +96,7 @@ const CASES: &[Case] = &[
         permanent: false,
     },
     Case {
+        config: "",
         name: "unknown-tool",
         play: |t| planner(t, call("teleport", json!({"to": "done"}))),
         code: 2,
@@ -97,6 +104,7 @@ const CASES: &[Case] = &[
         permanent: false,
     },
     Case {
+        config: "",
         name: "malformed-arguments",
         play: |t| planner(t, Reply::Raw("create_requirement".into(), r#"{"parent_id": "R1", "title": "#.into())),
         code: 2,
@@ -104,6 +112,7 @@ const CASES: &[Case] = &[
         permanent: false,
     },
     Case {
+        config: "",
         name: "writes-outside-its-paths",
         play: |t| {
             (t.role == "backend" && t.turn == 0).then(|| {
@@ -115,6 +124,7 @@ const CASES: &[Case] = &[
         permanent: false,
     },
     Case {
+        config: "",
         name: "fails-its-tests",
         play: |t| {
             (t.role == "backend" && t.turn == 0).then(|| {
@@ -126,6 +136,7 @@ const CASES: &[Case] = &[
         permanent: false,
     },
     Case {
+        config: "",
         name: "review-without-verdict",
         play: |t| (t.role == "review").then(|| done("looks fine")),
         code: 2,
@@ -133,6 +144,7 @@ const CASES: &[Case] = &[
         permanent: false,
     },
     Case {
+        config: "",
         name: "empty-plan",
         play: |t| planner(t, done("nothing to do")),
         code: 2,
@@ -140,6 +152,7 @@ const CASES: &[Case] = &[
         permanent: false,
     },
     Case {
+        config: "",
         name: "unknown-role",
         play: |t| {
             let create =
@@ -151,6 +164,7 @@ const CASES: &[Case] = &[
         permanent: false,
     },
     Case {
+        config: "",
         name: "depends-on-its-ancestor",
         play: |t| {
             let create = call(
@@ -164,6 +178,7 @@ const CASES: &[Case] = &[
         permanent: false,
     },
     Case {
+        config: "",
         name: "never-finishes",
         play: |t| (t.role == "backend").then(|| call("list_dir", json!({"path": "."}))),
         code: 2,
@@ -171,6 +186,7 @@ const CASES: &[Case] = &[
         permanent: false,
     },
     Case {
+        config: "",
         name: "http-401",
         play: |_| Some(Reply::Status(401, "Incorrect API key provided: sk-wrong".into())),
         code: 2,
@@ -178,6 +194,7 @@ const CASES: &[Case] = &[
         permanent: true,
     },
     Case {
+        config: "",
         name: "http-404-model",
         play: |_| Some(Reply::Status(404, "The model `http-404-model` does not exist".into())),
         code: 2,
@@ -185,6 +202,7 @@ const CASES: &[Case] = &[
         permanent: true,
     },
     Case {
+        config: "",
         name: "http-400-context-overflow",
         play: |_| {
             Some(Reply::Status(
@@ -198,6 +216,7 @@ const CASES: &[Case] = &[
         permanent: true,
     },
     Case {
+        config: "",
         name: "http-429",
         play: |_| Some(Reply::Status(429, "Rate limit reached for requests".into())),
         code: 2,
@@ -205,6 +224,7 @@ const CASES: &[Case] = &[
         permanent: false,
     },
     Case {
+        config: "",
         name: "http-500",
         play: |_| Some(Reply::Status(500, "The server had an error while processing your request".into())),
         code: 2,
@@ -212,6 +232,7 @@ const CASES: &[Case] = &[
         permanent: false,
     },
     Case {
+        config: "",
         name: "stalled-server",
         play: |_| Some(Reply::Stall),
         code: 2,
@@ -253,7 +274,7 @@ async fn no_misbehaving_model_ends_in_succeeded() {
         for wire in [Wire::OpenAi, Wire::Anthropic] {
             let name = format!("{}-{}", case.name, wire.provider());
             let ws = dir.path().join(&name);
-            model_workspace(&ws, wire, &server.base_url(wire), case.name, "");
+            model_workspace(&ws, wire, &server.base_url(wire), case.name, case.config);
             let daemon = daemon.clone();
             runs.push(tokio::task::spawn_blocking(move || {
                 let out = run_ctl_in(&daemon.url(), &ws, &["run", "Write add(a, b) in src/api/calc.py"]);

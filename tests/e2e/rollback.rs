@@ -48,7 +48,8 @@ async fn aborting_a_loop_keeps_the_run_queued_behind_it_and_a_humans_requirement
         all.extend_from_slice(args);
         daemon.ctl(&all)
     };
-    assert!(p(&["req", "add", "A human's note"]).ok().contains("R3"));
+    // A human adds a requirement, even under the escalated loop's own root: not the loop's to undo.
+    assert!(p(&["req", "add", "A human's note", "--parent", "R1"]).ok().contains("R3"));
     let second = run_ctl_in(&daemon.url(), &ws, &["run", "--detach", "Write sub()"]).ok().trim().to_string();
     assert_eq!(second, "loop-2");
     // The queued loop says what it waits for, in `loop show` and in its events.

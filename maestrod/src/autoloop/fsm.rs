@@ -22,6 +22,7 @@ use crate::ssot::loops::{
     Claim, ClaimResult, EpochCheck, EventKind, Failure, FailureCause, Feedback, LoopEvent, LoopRecord, LoopState,
     Phase, Touched,
 };
+use crate::ssot::requirements::Status;
 
 /// The first line of `text`, at most `max` characters.
 pub fn first_line(text: &str, max: usize) -> String {
@@ -55,7 +56,7 @@ pub enum Assignment {
     },
     /// Nothing is ready and not everything is done.
     Stuck {
-        waiting: Vec<String>,
+        waiting: Vec<(String, Status)>,
     },
 }
 
@@ -125,6 +126,9 @@ pub struct Validation {
     pub code_changed: bool,
 }
 
+/// How long (ASSIGN rounds, about a second each) a loop waits for requirements other loops hold.
+pub const MAX_HELD_ROUNDS: u32 = 300;
+
 /// A human's answer to an escalation (checked by the driver before it gets here).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -191,6 +195,8 @@ pub enum Effect {
     },
     /// IN_PROGRESS → DONE, with the agent's summary as the reason.
     MarkDone(Vec<(String, String)>),
+    /// Back to PENDING (work that never ran).
+    MarkPending(Vec<String>),
     /// The root requirement becomes DONE.
     MarkRootDone,
     /// Drop this loop's phase snapshots of epochs up to `epoch`.
@@ -448,6 +454,7 @@ fn planned(s: &mut Step, plan: Plan) {
 fn assigned(s: &mut Step, assignment: Assignment) {
     match assignment {
         Assignment::Claimed(claims) => {
+            s.record.held_rounds = 0;
             for claim in &claims {
                 let message = format!("{} → {}", claim.requirement, claim.agent);
                 s.emit_about(EventKind::Assigned, &claim.agent, &claim.requirement, message);
@@ -460,18 +467,39 @@ fn assigned(s: &mut Step, assignment: Assignment) {
             s.enter(Phase::Check);
         }
         Assignment::HeldElsewhere { notes } => {
-            for note in notes {
-                s.emit(EventKind::Note, note);
+            s.record.held_rounds += 1;
+            if s.record.held_rounds > MAX_HELD_ROUNDS {
+                s.record.held_rounds = 0;
+                let epoch = s.record.epoch;
+                let reason = format!(
+                    "every ready requirement has been held by another loop for {MAX_HELD_ROUNDS} rounds: {}",
+                    notes.join("; ")
+                );
+                return s.fail(Failure {
+                    epoch,
+                    requirements: Vec::new(),
+                    reason,
+                    cause: FailureCause::Stuck,
+                    feedback: Vec::new(),
+                    phase: Some(Phase::Assign),
+                });
+            }
+            // Said once; then the loop looks again every second, quietly.
+            if s.record.held_rounds == 1 {
+                for note in notes {
+                    s.emit(EventKind::Note, note);
+                }
             }
             s.effects.push(Effect::Wait(Duration::from_secs(1)));
         }
         Assignment::Stuck { waiting } => {
             let epoch = s.record.epoch;
-            let ids = waiting.iter().filter_map(|w| w.split_whitespace().next()).map(String::from).collect();
+            let ids = waiting.iter().map(|(id, _)| id.clone()).collect();
+            let list: Vec<String> = waiting.iter().map(|(id, status)| format!("{id} [{}]", status.as_str())).collect();
             s.fail(Failure {
                 epoch,
                 requirements: ids,
-                reason: format!("no requirement is ready; waiting: {}", waiting.join(", ")),
+                reason: format!("no requirement is ready; waiting: {}", list.join(", ")),
                 cause: FailureCause::Stuck,
                 feedback: Vec::new(),
                 phase: Some(Phase::Assign),
@@ -508,8 +536,8 @@ fn executed(s: &mut Step, works: Vec<Work>) {
                     format!("finished without changing any file in its paths ({paths}) and without a no_change_reason");
                 problem(FailureCause::NoChange, reason, &mut feedback);
             }
-            WorkResult::Finished { summary, changed, no_change_reason, .. } => {
-                let result = ClaimResult { summary, changed, no_change_reason };
+            WorkResult::Finished { summary, changed, no_change_reason, implementing, .. } => {
+                let result = ClaimResult { summary, changed, no_change_reason, implementing };
                 s.record.results.insert(claim.requirement.clone(), result);
             }
             WorkResult::Failed(failure) => problem(failure.cause, failure.reason, &mut feedback),
@@ -600,6 +628,12 @@ fn validated(s: &mut Step, v: Validation) {
 fn committed(s: &mut Step, commit: &str) {
     let epoch = s.record.epoch;
     let claims = std::mem::take(&mut s.record.claims);
+    // Reasons for no change that review approved (only roles that write files are reviewed).
+    let accepted = claims
+        .iter()
+        .filter_map(|c| s.record.results.get(&c.requirement))
+        .filter(|r| r.implementing && r.no_change_reason.is_some())
+        .count() as u32;
     let done: Vec<(String, String)> = claims
         .iter()
         .map(|c| {
@@ -619,6 +653,8 @@ fn committed(s: &mut Step, commit: &str) {
     let check = s.record.epoch_check.take().unwrap_or_default();
     let v = &mut s.record.verification;
     v.reviews_approved += check.reviews_approved;
+    v.changed |= check.code_changed;
+    v.no_change_accepted += accepted;
     match (check.tests_passed, &check.approved_by) {
         (Some(count), _) => {
             v.unverified_since = None;
@@ -647,6 +683,23 @@ fn checked(s: &mut Step, done: u32, total: u32, require_tests: bool) {
     if total == 0 || done < total {
         s.emit(EventKind::Note, format!("{done}/{total} requirements done"));
         return s.enter(Phase::Plan);
+    }
+    let v = &s.record.verification;
+    if !v.changed && v.no_change_accepted == 0 && v.approvals.is_empty() {
+        let epoch = s.record.epoch;
+        let root = s.record.root.clone();
+        let reason = "every requirement is done, but the loop changed no file and no reviewer accepted a reason why \
+                      none was needed"
+            .to_string();
+        let feedback = vec![Feedback { requirement: root.clone(), source: "plan".into(), text: reason.clone() }];
+        return s.fail(Failure {
+            epoch,
+            requirements: vec![root],
+            reason,
+            cause: FailureCause::NoChange,
+            feedback,
+            phase: Some(Phase::Check),
+        });
     }
     if let Some(since) = s.record.verification.unverified_since.filter(|_| require_tests) {
         let epoch = s.record.epoch;
@@ -737,13 +790,26 @@ fn decided(s: &mut Step, decision: Decision) {
                     s.enter(Phase::Check);
                 }
                 _ => {
-                    // The failed epoch's work as it is: the claims become DONE at COMMIT.
-                    for claim in &s.record.claims {
+                    // The failed epoch's work as it is: the claims whose agents ran become DONE
+                    // at COMMIT; those that never ran go back to PENDING for a later epoch.
+                    let failed: Vec<String> =
+                        s.record.failures.last().map(|f| f.requirements.clone()).unwrap_or_default();
+                    let (ran, idle): (Vec<Claim>, Vec<Claim>) =
+                        std::mem::take(&mut s.record.claims).into_iter().partition(|c| {
+                            s.record.results.contains_key(&c.requirement) || failed.contains(&c.requirement)
+                        });
+                    for claim in &ran {
                         s.record.results.entry(claim.requirement.clone()).or_insert_with(|| ClaimResult {
                             summary: format!("approved by {actor}"),
                             ..Default::default()
                         });
                     }
+                    if !idle.is_empty() {
+                        let ids = idle.iter().map(|c| c.requirement.clone()).collect();
+                        s.effects.push(Effect::MarkPending(ids));
+                        s.effects.push(Effect::ReleaseClaims(idle));
+                    }
+                    s.record.claims = ran;
                     s.record.epoch_check =
                         Some(EpochCheck { code_changed: true, approved_by: Some(actor), ..Default::default() });
                     s.enter(Phase::Commit);

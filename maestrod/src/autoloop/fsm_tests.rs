@@ -4,12 +4,13 @@
 //! `restore ASSIGN+ssot`, `failed R2`, `emit escalated`, …
 
 use super::fsm::{
-    AgentFailure, Assignment, Decision, Effect, Outcome, Plan as PlanResult, ReviewResult, Tests, Validation, Work,
-    WorkResult, attempt, next, notes, success_line,
+    AgentFailure, Assignment, Decision, Effect, MAX_HELD_ROUNDS, Outcome, Plan as PlanResult, ReviewResult, Tests,
+    Validation, Work, WorkResult, attempt, next, notes, success_line,
 };
 use crate::ssot::loops::{
     Claim, ClaimResult, EpochCheck, Failure, FailureCause, Feedback, LoopRecord, LoopState, Phase, Touched,
 };
+use crate::ssot::requirements::Status;
 
 fn record(state: LoopState, phase: Phase) -> LoopRecord {
     let mut r = LoopRecord::new("p", "Build a calculator", "/w", false, 2);
@@ -47,6 +48,7 @@ fn short(effect: &Effect) -> String {
         }
         Effect::MarkFailed { requirements, .. } => format!("failed {}", requirements.join("/")),
         Effect::MarkDone(d) => format!("done {}", d.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>().join("/")),
+        Effect::MarkPending(ids) => format!("pending {}", ids.join("/")),
         Effect::MarkRootDone => "root done".into(),
         Effect::DropSnapshots { through_epoch } => format!("drop ≤{through_epoch}"),
         Effect::Log { action, .. } => format!("log {action}"),
@@ -195,14 +197,14 @@ fn assign() {
     );
     assert_eq!(after.claims, claims);
     check(&assign, Outcome::Assigned(Assignment::AllDone), Running, Check, "emit note, prepare CHECK, emit phase");
-    check(
-        &assign,
-        Outcome::Assigned(Assignment::HeldElsewhere { notes: vec!["R2 is claimed elsewhere".into()] }),
-        Running,
-        Assign,
-        "emit note, wait",
-    );
-    let stuck = Outcome::Assigned(Assignment::Stuck { waiting: vec!["R4 [BLOCKED]".into()] });
+    let held = || Outcome::Assigned(Assignment::HeldElsewhere { notes: vec!["R2 is claimed elsewhere".into()] });
+    let once = check(&assign, held(), Running, Assign, "emit note, wait");
+    check(&once, held(), Running, Assign, "wait");
+    let mut long = assign.clone();
+    long.held_rounds = MAX_HELD_ROUNDS;
+    let after = check(&long, held(), Running, Rollback, "log epoch-failed, emit failed, prepare ROLLBACK, emit phase");
+    assert!(after.reason.contains("held by another loop"), "{}", after.reason);
+    let stuck = Outcome::Assigned(Assignment::Stuck { waiting: vec![("R4".into(), Status::Blocked)] });
     let after = check(&assign, stuck, Running, Rollback, "log epoch-failed, emit failed, prepare ROLLBACK, emit phase");
     assert_eq!(
         (after.failures[0].requirements.clone(), after.failures[0].cause),
@@ -357,6 +359,7 @@ fn commit_marks_the_work_done_and_records_what_was_verified() {
 fn check_succeeds_only_when_everything_is_done_and_verified() {
     let mut verified = record(Running, Check);
     verified.epoch = 5;
+    verified.verification.changed = true;
     verified.verification.tests_ran = true;
     verified.verification.tests_passed = Some(6);
     verified.verification.reviews_approved = 4;
@@ -467,6 +470,15 @@ fn decisions() {
         let mut r = with_claims(record(Escalated, phase));
         r.retries = 2;
         r.reason = "tests failed".into();
+        let failed = vec!["R2".to_string(), "R3".to_string()];
+        r.failures.push(Failure {
+            epoch: 1,
+            requirements: failed,
+            reason: r.reason.clone(),
+            cause: FailureCause::Tests,
+            feedback: Vec::new(),
+            phase: Some(phase),
+        });
         r
     };
     let approve = || Outcome::Decided(Decision::Approve { actor: "ada".into() });
@@ -480,6 +492,17 @@ fn decisions() {
     assert_eq!(after.verification.approvals, ["epoch 1 by ada"]);
     assert_eq!(after.epoch_check.as_ref().unwrap().approved_by.as_deref(), Some("ada"));
     assert!(after.results.contains_key("R2") && after.results.contains_key("R3"));
+    // EXEC stopped after R2's wave failed: R3 never ran, so it goes back to PENDING, not DONE.
+    let mut halfway = escalated(Exec);
+    halfway.failures.last_mut().unwrap().requirements = vec!["R2".into()];
+    let after = check(
+        &halfway,
+        approve(),
+        Running,
+        Commit,
+        "log approve, emit decision, tell, pending R3, release R3, prepare COMMIT, emit phase",
+    );
+    assert_eq!(after.claims, vec![claim("R2", "backend")]);
     let after = check(
         &escalated(Plan),
         approve(),

@@ -118,9 +118,20 @@ impl LoopManager {
             None => format!("root requirement {root}"),
         };
         let event = LoopEvent { kind: EventKind::State, message, ..Default::default() };
-        let record = self.ssot.create_loop(record, vec![event]).await?;
-        if queued_behind.is_none() {
-            self.spawn(&mut inner, record.clone(), false);
+        let mut record = self.ssot.create_loop(record, vec![event]).await?;
+        match queued_behind {
+            None => self.spawn(&mut inner, record.clone(), false),
+            // The active loop may have escalated since it was looked at: say so.
+            Some(active) if !record.reason.starts_with("waiting for") => {
+                if self.ssot.get_loop(&active).await.is_ok_and(|l| l.value.state == LoopState::Escalated) {
+                    let message = format!("waiting for {active}, ESCALATED: approve, retry or abort it");
+                    let event = LoopEvent { kind: EventKind::Waiting, message: message.clone(), ..Default::default() };
+                    if self.ssot.note_queued_loop(&record.id, &message, event).await? {
+                        record = self.ssot.get_loop(&record.id).await?.value;
+                    }
+                }
+            }
+            Some(_) => {}
         }
         Ok(record)
     }
@@ -311,30 +322,30 @@ impl LoopManager {
     }
 
     pub async fn cancel(&self, id: &str) -> Result<LoopRecord> {
-        let inner = self.inner.lock().await;
-        let record = self.get(id).await?;
-        if record.state.is_final() {
-            return Err(Self::ended(&record));
-        }
-        match inner.controls.get(id).cloned() {
-            Some(control) => {
+        loop {
+            let inner = self.inner.lock().await;
+            let record = self.get(id).await?;
+            if record.state.is_final() {
+                return Err(Self::ended(&record));
+            }
+            if let Some(control) = inner.controls.get(id).cloned() {
                 drop(inner);
+                // Kept in the SSOT first: a daemon that stops before the loop acts on it cancels on restart.
+                self.ssot.request_loop_cancel(id).await?;
                 control.cancel_requested.store(true, Ordering::SeqCst);
                 control.cancel.cancel();
                 control.wake.notify_one();
-                Ok(Self::wait(&control, |r| r.state.is_final()).await)
+                return Ok(Self::wait(&control, |r| r.state.is_final()).await);
             }
-            None => {
-                // Queued: nothing runs yet, so nothing to roll back.
-                let mut record = record;
-                record.state = LoopState::Cancelled;
-                record.reason = "cancelled while queued".into();
-                let event = LoopEvent {
-                    kind: EventKind::State,
-                    message: "cancelled while queued".into(),
-                    ..Default::default()
-                };
-                Ok(self.ssot.save_loop(record, vec![event]).await?)
+            drop(inner);
+            // Queued: nothing runs yet, so nothing to roll back. Conditional, so a
+            // concurrent write (a start, a "waiting for" notice) is never overwritten.
+            let event =
+                LoopEvent { kind: EventKind::State, message: "cancelled while queued".into(), ..Default::default() };
+            match self.ssot.end_queued_loop(id, LoopState::Cancelled, "cancelled while queued", event).await? {
+                Some(record) => return Ok(record),
+                // It left the queue meanwhile: cancel it as a running loop.
+                None => tokio::task::yield_now().await,
             }
         }
     }

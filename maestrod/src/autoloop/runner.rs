@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::activity::{Activity, AgentObserver};
+use super::activity::{Activity, AgentFiles, AgentObserver};
 use super::config::LoopConfig;
 use super::control::Control;
 use super::fsm::{
@@ -249,16 +249,26 @@ impl Runner {
     async fn apply(&mut self, outcome: Outcome) -> Result<()> {
         self.absorb();
         let (mut record, effects) = fsm::next(&self.record, outcome);
+        let ending = record.state.is_final();
         let mut events = Vec::new();
+        let mut after_save = Vec::new();
         for effect in effects {
             match effect {
                 Effect::Emit(event) => events.push(event),
+                // An ending loop's snapshots go once its end is durable: a daemon killed
+                // before that resumes the loop, and its restore still finds them.
+                drop @ Effect::DropSnapshots { .. } if ending => after_save.push(drop),
                 other => self.perform(other, &mut record).await?,
             }
         }
         self.record = record;
         self.count().await?;
-        self.save(events).await
+        self.save(events).await?;
+        let mut record = self.record.clone();
+        for effect in after_save {
+            self.perform(effect, &mut record).await?;
+        }
+        Ok(())
     }
 
     async fn perform(&self, effect: Effect, record: &mut LoopRecord) -> Result<()> {
@@ -298,6 +308,12 @@ impl Runner {
             Effect::MarkFailed { requirements, reason } => {
                 for id in requirements {
                     self.advance(&project, &id, Status::InProgress, Status::Failed, &reason).await?;
+                }
+            }
+            Effect::MarkPending(ids) => {
+                for id in ids {
+                    self.advance(&project, &id, Status::InProgress, Status::Pending, "not worked on yet").await?;
+                    self.advance(&project, &id, Status::Claimed, Status::Pending, "not worked on yet").await?;
                 }
             }
             Effect::MarkDone(done) => {
@@ -552,6 +568,10 @@ impl Runner {
     }
 
     async fn drive(&mut self, resumed: bool) -> Result<()> {
+        // A cancel asked for before a restart still holds.
+        if resumed && self.ssot.loop_cancel_requested(&self.record.id).await? {
+            self.control.cancel_requested.store(true, Ordering::SeqCst);
+        }
         let first = if resumed { Outcome::Resumed } else { Outcome::Started };
         self.apply(first).await?;
         loop {
@@ -753,11 +773,8 @@ impl Runner {
             if leaves.iter().all(|r| r.status == Status::Done) {
                 return Ok(Some(Outcome::Assigned(Assignment::AllDone)));
             }
-            let waiting = leaves
-                .iter()
-                .filter(|r| r.status != Status::Done)
-                .map(|r| format!("{} [{}]", r.id, r.status.as_str()))
-                .collect();
+            let waiting =
+                leaves.iter().filter(|r| r.status != Status::Done).map(|r| (r.id.clone(), r.status)).collect();
             return Ok(Some(Outcome::Assigned(Assignment::Stuck { waiting })));
         }
         let (project, lease) = (self.record.project.clone(), self.record.lease);
@@ -786,20 +803,18 @@ impl Runner {
         Ok(Some(Outcome::Assigned(Assignment::Claimed(claims))))
     }
 
-    /// The files of `claim`'s write set that changed in this epoch; with another
-    /// agent of the same role in the epoch, only those this agent wrote.
-    async fn changed_by(&self, claim: &Claim, changed: &[String]) -> (Vec<String>, bool, String) {
+    /// The files of `claim`'s write set that changed in this epoch and that its
+    /// agent wrote itself (a build leftover or another agent's file is not its work);
+    /// whether its role writes files at all; its write set, for messages.
+    fn changed_by(&self, claim: &Claim, changed: &[String], wrote: &AgentFiles) -> (Vec<String>, bool, String) {
         let policy = self.harness.policy();
         let Some(role) = policy.roles.get(&claim.role) else { return (Vec::new(), false, String::new()) };
         let globs = role.source.write.clone().unwrap_or_default();
-        let mine: Vec<String> = changed.iter().filter(|p| role.write.is_match(p.as_str())).cloned().collect();
-        let shared = self.record.claims.iter().filter(|c| c.role == claim.role).count() > 1;
-        let files = self.activity.take_files(&claim.agent);
-        let mine = if shared && !files.ran_commands {
-            mine.into_iter().filter(|p| files.files.contains(p)).collect()
-        } else {
-            mine
-        };
+        let mine = changed
+            .iter()
+            .filter(|p| role.write.is_match(p.as_str()) && wrote.files.contains(p.as_str()))
+            .cloned()
+            .collect();
         (mine, !globs.is_empty(), globs.join(", "))
     }
 
@@ -849,9 +864,10 @@ impl Runner {
             let mut failed = false;
             for (claim, outcome) in claims.into_iter().zip(outcomes) {
                 self.activity.push(self.finished_event(&claim.agent, &claim.requirement, &outcome));
+                let wrote = self.activity.take_files(&claim.agent);
                 let result = match outcome {
                     RunOutcome::Done(finished) => {
-                        let (files, implementing, paths) = self.changed_by(&claim, &changed).await;
+                        let (files, implementing, paths) = self.changed_by(&claim, &changed, &wrote);
                         WorkResult::Finished {
                             summary: finished.summary,
                             changed: files,
@@ -962,13 +978,31 @@ impl Runner {
         Ok(Some(Outcome::Validated(Validation { contracts, reviews, tests, code_changed: !changed.is_empty() })))
     }
 
-    /// Runs the project's tests in the sandbox (as the test role).
+    /// Runs the project's tests in the sandbox (as the test role): every runner must pass.
     async fn run_tests(&self) -> Tests {
-        let argv = match test_run::plan(&self.config, &self.root) {
-            TestPlan::Run(argv) => argv,
+        let commands = match test_run::plan(&self.config, &self.root) {
+            TestPlan::Run(commands) => commands,
             TestPlan::Off => return Tests::Off,
             TestPlan::Missing(why) => return Tests::Missing { why },
         };
+        let mut passed = Vec::new();
+        let mut missing = Vec::new();
+        for argv in commands {
+            match self.run_test_command(argv).await {
+                Tests::Passed { command, count } => passed.push((command, count)),
+                Tests::Missing { why } => missing.push(why),
+                failed => return failed,
+            }
+        }
+        if passed.is_empty() {
+            return Tests::Missing { why: missing.join("; ") };
+        }
+        let command = passed.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>().join(" && ");
+        let count = passed.iter().map(|(_, n)| *n).sum::<Option<u32>>();
+        Tests::Passed { command, count }
+    }
+
+    async fn run_test_command(&self, argv: Vec<String>) -> Tests {
         let ctx = ActionContext {
             loop_id: self.record.id.clone(),
             epoch: self.record.epoch,

@@ -12,7 +12,8 @@ use super::config::LoopConfig;
 /// What VALID should run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TestPlan {
-    Run(Vec<String>),
+    /// Every command must pass.
+    Run(Vec<Vec<String>>),
     /// `loop.test_command: []`.
     Off,
     /// Nothing to run; says why.
@@ -28,15 +29,15 @@ pub fn plan(config: &LoopConfig, root: &Path) -> TestPlan {
             if !dir.is_empty() && !root.join(dir).is_dir() {
                 TestPlan::Missing(format!("{dir}/ does not exist yet"))
             } else {
-                TestPlan::Run(argv.clone())
+                TestPlan::Run(vec![argv.clone()])
             }
         }
         None => detect(root),
     }
 }
 
-fn argv(words: &[&str]) -> TestPlan {
-    TestPlan::Run(words.iter().map(|w| w.to_string()).collect())
+fn argv(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| w.to_string()).collect()
 }
 
 /// Whether `dir` holds a Python file (looking a few levels down).
@@ -56,23 +57,26 @@ fn file_mentions(path: &Path, needle: &str) -> bool {
     std::fs::read_to_string(path).is_ok_and(|text| text.contains(needle))
 }
 
-/// The usual runner of the project's language, from the files it has.
+/// The usual runner of each language the project has, from its files. Every
+/// one runs: an agent that adds a Python test to a Cargo project does not
+/// get to skip `cargo test`. Only files at the root (which agents' default
+/// paths do not reach) choose pytest over unittest.
 pub fn detect(root: &Path) -> TestPlan {
+    let mut runners = Vec::new();
     if has_python(&root.join("tests"), 3) {
         let pytest = root.join("pytest.ini").is_file()
             || root.join("conftest.py").is_file()
-            || root.join("tests/conftest.py").is_file()
             || file_mentions(&root.join("pyproject.toml"), "[tool.pytest")
             || file_mentions(&root.join("setup.cfg"), "[tool:pytest]")
             || file_mentions(&root.join("tox.ini"), "[pytest]");
-        return if pytest {
+        runners.push(if pytest {
             argv(&["python3", "-m", "pytest", "-q"])
         } else {
             argv(&["python3", "-m", "unittest", "discover", "-s", "tests"])
-        };
+        });
     }
     if root.join("Cargo.toml").is_file() {
-        return argv(&["cargo", "test"]);
+        runners.push(argv(&["cargo", "test"]));
     }
     if let Ok(text) = std::fs::read_to_string(root.join("package.json")) {
         let test = serde_json::from_str::<serde_json::Value>(&text)
@@ -81,15 +85,19 @@ pub fn detect(root: &Path) -> TestPlan {
             .unwrap_or_default();
         // `npm init` writes a test script that only fails.
         if !test.is_empty() && !test.contains("no test specified") {
-            return argv(&["npm", "test"]);
+            runners.push(argv(&["npm", "test"]));
         }
     }
     if root.join("go.mod").is_file() {
-        return argv(&["go", "test", "./..."]);
+        runners.push(argv(&["go", "test", "./..."]));
     }
-    TestPlan::Missing(
-        "no tests found (a tests/ folder with Python files, Cargo.toml, a package.json test script or go.mod)".into(),
-    )
+    if runners.is_empty() {
+        return TestPlan::Missing(
+            "no tests found (a tests/ folder with Python files, Cargo.toml, a package.json test script or go.mod)"
+                .into(),
+        );
+    }
+    TestPlan::Run(runners)
 }
 
 /// What a finished test run's output says.
@@ -241,25 +249,33 @@ mod tests {
     fn runners_are_detected_from_the_workspace() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
+        let run = |runners: &[&[&str]]| TestPlan::Run(runners.iter().map(|r| argv(r)).collect());
         assert!(matches!(detect(root), TestPlan::Missing(_)));
         std::fs::write(root.join("go.mod"), "module x\n").unwrap();
-        assert_eq!(detect(root), argv(&["go", "test", "./..."]));
+        assert_eq!(detect(root), run(&[&["go", "test", "./..."]]));
         std::fs::write(
             root.join("package.json"),
             r#"{"scripts": {"test": "echo \"Error: no test specified\" && exit 1"}}"#,
         )
         .unwrap();
-        assert_eq!(detect(root), argv(&["go", "test", "./..."]), "npm init's placeholder is no test script");
+        assert_eq!(detect(root), run(&[&["go", "test", "./..."]]), "npm init's placeholder is no test script");
+        std::fs::remove_file(root.join("go.mod")).unwrap();
         std::fs::write(root.join("package.json"), r#"{"scripts": {"test": "node --test"}}"#).unwrap();
-        assert_eq!(detect(root), argv(&["npm", "test"]));
+        assert_eq!(detect(root), run(&[&["npm", "test"]]));
+        std::fs::remove_file(root.join("package.json")).unwrap();
         std::fs::write(root.join("Cargo.toml"), "[package]\n").unwrap();
-        assert_eq!(detect(root), argv(&["cargo", "test"]));
+        assert_eq!(detect(root), run(&[&["cargo", "test"]]));
         std::fs::create_dir_all(root.join("tests/unit")).unwrap();
-        assert_eq!(detect(root), argv(&["cargo", "test"]), "an empty tests/ is not a Python suite");
+        assert_eq!(detect(root), run(&[&["cargo", "test"]]), "an empty tests/ is not a Python suite");
+        // A Python test added to a Cargo project does not replace cargo test: both run.
         std::fs::write(root.join("tests/unit/test_x.py"), "").unwrap();
-        assert_eq!(detect(root), argv(&["python3", "-m", "unittest", "discover", "-s", "tests"]));
+        let unittest: &[&str] = &["python3", "-m", "unittest", "discover", "-s", "tests"];
+        assert_eq!(detect(root), run(&[unittest, &["cargo", "test"]]));
+        // Only the project's own root chooses pytest; a conftest.py an agent writes under tests/ does not.
+        std::fs::write(root.join("tests/conftest.py"), "").unwrap();
+        assert_eq!(detect(root), run(&[unittest, &["cargo", "test"]]));
         std::fs::write(root.join("pyproject.toml"), "[tool.pytest.ini_options]\n").unwrap();
-        assert_eq!(detect(root), argv(&["python3", "-m", "pytest", "-q"]));
+        assert_eq!(detect(root), run(&[&["python3", "-m", "pytest", "-q"], &["cargo", "test"]]));
 
         let off = LoopConfig { test_command: Some(Vec::new()), ..LoopConfig::default() };
         assert_eq!(plan(&off, root), TestPlan::Off);
@@ -270,6 +286,6 @@ mod tests {
         };
         assert!(matches!(plan(&custom, root), TestPlan::Missing(why) if why.contains("spec/")));
         std::fs::create_dir(root.join("spec")).unwrap();
-        assert_eq!(plan(&custom, root), argv(&["make", "check"]));
+        assert_eq!(plan(&custom, root), run(&[&["make", "check"]]));
     }
 }

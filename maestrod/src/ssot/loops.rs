@@ -4,7 +4,7 @@
 //! transaction. Events are numbered per loop from 1 and never change.
 //!
 //! Keys: `loops/<id>` the record, `loop-events/<id>/<seq>` its events,
-//! `_meta/loops` the id counter.
+//! `loop-cancels/<id>` a cancel request, `_meta/loops` the id counter.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,6 +18,7 @@ use super::{Page, Result, Ssot, SsotError, Versioned, validate};
 
 const RECORDS: &str = "loops/";
 const EVENTS: &str = "loop-events/";
+const CANCELS: &str = "loop-cancels/";
 const COUNTER: &str = "_meta/loops";
 const KIND: &str = "loop";
 
@@ -160,6 +161,9 @@ pub struct ClaimResult {
     /// Files of the role's write set that differ from the epoch's start.
     pub changed: Vec<String>,
     pub no_change_reason: Option<String>,
+    /// The role writes files (so review judged a `no_change_reason`).
+    #[serde(default)]
+    pub implementing: bool,
 }
 
 /// What an epoch's validation found, kept until COMMIT.
@@ -208,6 +212,12 @@ pub struct Verification {
     pub reviews_approved: u32,
     /// Epochs a human approved as they were: "epoch 2 by ada".
     pub approvals: Vec<String>,
+    /// Some committed epoch changed files.
+    #[serde(default)]
+    pub changed: bool,
+    /// Requirements whose `no_change_reason` review approved.
+    #[serde(default)]
+    pub no_change_accepted: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,6 +264,9 @@ pub struct LoopRecord {
     /// What VALID found, until COMMIT.
     #[serde(default)]
     pub epoch_check: Option<EpochCheck>,
+    /// ASSIGN rounds in a row that found every ready requirement held by another loop.
+    #[serde(default)]
+    pub held_rounds: u32,
     pub create_time_ms: i64,
     pub update_time_ms: i64,
     pub end_time_ms: i64,
@@ -290,6 +303,7 @@ impl LoopRecord {
             verification: Verification::default(),
             results: BTreeMap::new(),
             epoch_check: None,
+            held_rounds: 0,
             create_time_ms: 0,
             update_time_ms: 0,
             end_time_ms: 0,
@@ -405,6 +419,11 @@ fn record_key(id: &str) -> String {
     format!("{RECORDS}{:010}", number(id).unwrap_or_default())
 }
 
+/// A cancel request that outlives a restart.
+fn cancel_key(id: &str) -> String {
+    format!("{CANCELS}{:010}", number(id).unwrap_or_default())
+}
+
 fn events_prefix(id: &str) -> String {
     format!("{EVENTS}{:010}/", number(id).unwrap_or_default())
 }
@@ -506,6 +525,48 @@ impl Ssot {
             }
         }
         Err(super::lost_race(KIND, id))
+    }
+
+    /// Ends a loop that is still queued (nothing runs it yet) as `state` with
+    /// `reason` and `event`, in one conditional write. `None` when the loop is
+    /// no longer queued (its task took it meanwhile).
+    pub async fn end_queued_loop(
+        &self,
+        id: &str,
+        state: LoopState,
+        reason: &str,
+        event: LoopEvent,
+    ) -> Result<Option<LoopRecord>> {
+        for _ in 0..super::RETRIES {
+            let current = self.get_loop(id).await?;
+            if current.value.state != LoopState::Queued {
+                return Ok(None);
+            }
+            let mut record = current.value;
+            record.state = state;
+            record.reason = reason.to_string();
+            record.end_time_ms = now_ms();
+            let txn = Txn::new().when(Compare::mod_revision(record_key(id), current.meta.mod_revision));
+            let (txn, stored, _) = self.loop_write(txn, record, vec![event.clone()]);
+            match self.commit(txn).await? {
+                Ok(_) => return Ok(Some(stored)),
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+        Err(super::lost_race(KIND, id))
+    }
+
+    /// Records that someone asked to cancel loop `id`, so the request outlives a restart.
+    pub async fn request_loop_cancel(&self, id: &str) -> Result<()> {
+        check_id(id)?;
+        let txn = Txn::new().then(Op::put(cancel_key(id), super::encode_json(&now_ms())));
+        self.commit(txn).await?.map_err(|_| SsotError::not_found(KIND, id))?;
+        Ok(())
+    }
+
+    pub async fn loop_cancel_requested(&self, id: &str) -> Result<bool> {
+        check_id(id)?;
+        Ok(self.get::<i64>(&cancel_key(id), 0).await?.is_some())
     }
 
     pub async fn get_loop(&self, id: &str) -> Result<Versioned<LoopRecord>> {

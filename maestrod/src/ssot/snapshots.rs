@@ -296,12 +296,14 @@ impl Tree {
     }
 }
 
-/// What a loop's rollback restores: its tree, and what its agents changed.
+/// What a loop's rollback restores: its tree as it was at the snapshot, and
+/// what its agents changed. A requirement someone else adds meanwhile (even
+/// under the loop's root) stays.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreScope {
-    /// The loop's root requirement: it and everything below it, then or now.
+    /// The loop's root requirement: it and everything below it at the snapshot.
     pub root: String,
-    /// Further requirements the loop changed (outside its tree).
+    /// Requirements the loop created or changed.
     pub requirements: BTreeSet<String>,
     /// Contract names the loop proposed versions of or changed.
     pub contracts: BTreeSet<String>,
@@ -312,11 +314,10 @@ pub struct RestoreScope {
 impl RestoreScope {
     fn covers(&self, path: &str, then: &Tree, now: &Tree) -> bool {
         if path.starts_with(super::requirements::PREFIX) {
-            let ids = [then.id_at(path), now.id_at(path)];
-            return ids.into_iter().flatten().any(|id| {
-                self.requirements.contains(id)
-                    || (!self.root.is_empty() && (then.under(&self.root, id) || now.under(&self.root, id)))
-            });
+            let in_tree_then = then.id_at(path).is_some_and(|id| !self.root.is_empty() && then.under(&self.root, id));
+            let touched =
+                [then.id_at(path), now.id_at(path)].into_iter().flatten().any(|id| self.requirements.contains(id));
+            return in_tree_then || touched;
         }
         if let Some(rest) = path.strip_prefix("contracts/") {
             let name = rest.split('/').next().unwrap_or_default();
