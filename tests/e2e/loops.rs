@@ -115,6 +115,11 @@ async fn the_demo_succeeds_deterministically_and_its_tests_pass() {
     let kinds = |kind: &str| events.iter().filter(|e| e.contains(&format!("\"kind\":\"{kind}\""))).count();
     assert!(kinds("rollback") == 1 && kinds("failed") == 1, "one failed attempt, rolled back:\n{}", events.join("\n"));
     assert!(events.last().unwrap().contains("LOOP_STATE_SUCCEEDED"), "{}", events.last().unwrap());
+    assert!(
+        events.last().unwrap().contains("succeeded: 4/4 requirements done, 6 tests passed, review approved (5 epochs)"),
+        "the last line says what was verified: {}",
+        events.last().unwrap()
+    );
     // The generated project: real code, a contract, tests that pass when run by hand.
     let tree = files(&demo);
     for file in ["src/api/todos.py", "src/ui/cli.py", "tests/test_todos.py", ".maestro/demo-script.yaml"] {
