@@ -59,6 +59,22 @@ fn planner(t: &Turn, reply: Reply) -> Option<Reply> {
 const CASES: &[Case] = &[
     Case { config: "", name: "behaves", play: |_| None, code: 0, cause: "", permanent: false },
     Case {
+        // Paths are compared as the workspace-relative paths they name.
+        config: "",
+        name: "behaves-with-odd-paths",
+        play: |t| {
+            (t.role == "backend" && t.turn == 0).then(|| {
+                call(
+                    "write_file",
+                    json!({"path": "./src//api/calc.py", "content": "def add(a, b):\n    return a + b\n"}),
+                )
+            })
+        },
+        code: 0,
+        cause: "",
+        permanent: false,
+    },
+    Case {
         config: "",
         name: "text-only",
         play: |_| Some(text("I cannot help with that.")),

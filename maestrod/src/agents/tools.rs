@@ -406,12 +406,14 @@ impl Tools<'_> {
             "write_file" => {
                 let args = parse::<WriteArgs>(call)?;
                 self.act(Action::WriteFile { path: args.path.clone(), content: args.content }).await?;
-                ToolResult::ok(format!("wrote {}", args.path)).touching(Touch::File(args.path))
+                let file = self.harness.relative(&args.path).unwrap_or_else(|| args.path.clone());
+                ToolResult::ok(format!("wrote {}", args.path)).touching(Touch::File(file))
             }
             "delete_file" => {
                 let args = parse::<PathArgs>(call)?;
                 self.act(Action::DeleteFile { path: args.path.clone() }).await?;
-                ToolResult::ok(format!("deleted {}", args.path)).touching(Touch::File(args.path))
+                let file = self.harness.relative(&args.path).unwrap_or_else(|| args.path.clone());
+                ToolResult::ok(format!("deleted {}", args.path)).touching(Touch::File(file))
             }
             "run_command" => match self.act(Action::RunCommand { argv: parse::<RunArgs>(call)?.argv }).await? {
                 ActionOutput::Ran(out) => {

@@ -810,11 +810,14 @@ impl Runner {
         let policy = self.harness.policy();
         let Some(role) = policy.roles.get(&claim.role) else { return (Vec::new(), false, String::new()) };
         let globs = role.source.write.clone().unwrap_or_default();
-        let mine = changed
-            .iter()
-            .filter(|p| role.write.is_match(p.as_str()) && wrote.files.contains(p.as_str()))
-            .cloned()
-            .collect();
+        // A deleted directory counts for the files that were in it.
+        let wrote_it = |path: &str| {
+            wrote
+                .files
+                .iter()
+                .any(|f| path == f || path.strip_prefix(f.as_str()).is_some_and(|rest| rest.starts_with('/')))
+        };
+        let mine = changed.iter().filter(|p| role.write.is_match(p.as_str()) && wrote_it(p)).cloned().collect();
         (mine, !globs.is_empty(), globs.join(", "))
     }
 

@@ -167,6 +167,11 @@ impl Harness {
         self.gate.policy()
     }
 
+    /// `path` as the workspace-relative path it names (`./src//a.py` → `src/a.py`), if it is inside.
+    pub fn relative(&self, path: &str) -> Option<String> {
+        self.gate.root().resolve(path).ok().map(|p| p.relative().to_string())
+    }
+
     pub fn project(&self) -> &str {
         &self.project
     }

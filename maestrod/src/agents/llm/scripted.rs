@@ -15,6 +15,7 @@
 //!         - name: write_file
 //!           arguments: {path: src/api/todos.py, content: "def list_todos():\n    return []\n"}
 //!     - text: "R2 is done."
+//!       stop: max_tokens     # plays a reply cut at the token limit
 //! ```
 
 use std::collections::BTreeMap;
