@@ -43,6 +43,11 @@ pub struct Args {
     /// Log format on stderr.
     #[arg(long, env = "MAESTRO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// A further path agents' commands may read, such as a toolchain outside /usr
+    /// (`~/.rustup`, `/opt/go`); repeat for several. Everything else outside the
+    /// system directories and the workspace stays invisible to them.
+    #[arg(long = "sandbox-read", value_name = "PATH")]
+    sandbox_read: Vec<PathBuf>,
     /// Without a command, maestrod runs the daemon.
     #[command(subcommand)]
     command: Option<Command>,
@@ -175,6 +180,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.maintenance_interval = std::time::Duration::from_secs(args.maintenance_interval);
     config.limits.memory_entries_per_agent = usize::try_from(args.memory_max_entries).unwrap_or(usize::MAX);
     config.limits.memory_bytes_per_agent = usize::try_from(args.memory_max_bytes).unwrap_or(usize::MAX);
+    for path in &args.sandbox_read {
+        if !path.is_absolute() || !path.exists() {
+            anyhow::bail!("--sandbox-read {}: give an absolute path that exists", path.display());
+        }
+    }
+    config.sandbox_read = args.sandbox_read.clone();
     // Open (and lock) the store before announcing the address, so a refused
     // start never looks like a running daemon.
     let daemon = crate::server::Daemon::open(config)?;

@@ -16,6 +16,8 @@ pub struct DaemonConfig {
     /// How long in-flight requests get to finish on shutdown.
     pub shutdown_grace: Duration,
     pub limits: Limits,
+    /// Further paths sandboxed commands may read (toolchains outside `/usr`).
+    pub sandbox_read: Vec<PathBuf>,
 }
 
 impl DaemonConfig {
@@ -26,6 +28,7 @@ impl DaemonConfig {
             maintenance_interval: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             limits: Limits::default(),
+            sandbox_read: Vec::new(),
         }
     }
 }

@@ -14,7 +14,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::autoloop::manager::LoopManager;
 use crate::config::DaemonConfig;
-use crate::harness::sandbox::{LocalSandbox, SandboxProvider};
+use crate::harness::sandbox::{LocalSandbox, SandboxOptions, SandboxProvider};
 use crate::ssot::Ssot;
 use crate::ssot::sled_store::{SledOptions, SledStore};
 use crate::ssot::store::StoreError;
@@ -51,7 +51,8 @@ impl Daemon {
         let store = Arc::new(SledStore::open(&config.data_dir, SledOptions::default())?);
         let ssot = Arc::new(Ssot::new(store.clone(), config.limits.clone()));
         // What the sandbox can enforce here; weaker confinement is logged by the probe.
-        let sandbox = Arc::new(LocalSandbox::probe());
+        let options = SandboxOptions { extra_read: config.sandbox_read.clone() };
+        let sandbox = Arc::new(LocalSandbox::probe_with(options));
         Ok(Daemon { config, sandbox, store, ssot })
     }
 

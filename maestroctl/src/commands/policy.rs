@@ -39,6 +39,9 @@ fn show(policy: &v1::HarnessPolicy) {
     rules.print();
     if let Some(sandbox) = &policy.confinement {
         println!("\nsandbox: filesystem {}, network {}", sandbox.filesystem, sandbox.network);
+        if !sandbox.layers.is_empty() {
+            println!("  layers: {}", sandbox.layers.join(", "));
+        }
         for note in &sandbox.notes {
             println!("  weaker confinement: {note}");
         }

@@ -36,6 +36,9 @@ pub(super) async fn status(channel: Channel, output: Output) -> anyhow::Result<E
             yes_no(sandbox.filesystem),
             yes_no(sandbox.network)
         );
+        if !sandbox.layers.is_empty() {
+            println!("sandbox layers: {}", sandbox.layers.join(", "));
+        }
         for note in &sandbox.notes {
             println!("  weaker confinement: {note}");
         }

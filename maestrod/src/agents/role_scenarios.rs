@@ -173,6 +173,8 @@ async fn every_role_completes_a_requirement_over_both_wire_formats() {
     let anthropic = Anthropic::new(&anthropic_server.uri(), "sk-ant-local".into(), fast);
     let f = fixture().await;
     let root = f.git.root().to_path_buf();
+    // The workspace before any agent wrote to it.
+    let baseline = f.git.checkpoint("loop-1", 0).unwrap();
 
     // Planning builds the tree (OpenAI).
     let planned = work(&f, &openai, "planning", "R1").await;
@@ -230,7 +232,7 @@ async fn every_role_completes_a_requirement_over_both_wire_formats() {
 
     // The workspace is a git repository: the epoch commits and is tagged.
     let start = f.git.checkpoint("loop-1", 1).unwrap();
-    f.git.commit("loop-1", 1, &start, "epoch 1").unwrap();
+    f.git.commit("loop-1", 1, &start, &baseline, "epoch 1").unwrap();
     let repo = git2::Repository::open(&root).unwrap();
     let tagged = repo.revparse_single("maestro/loop-1/1").unwrap().peel_to_tree().unwrap();
     for file in ["src/api/greet.py", "src/ui/page.html", "tests/test_greet.py"] {

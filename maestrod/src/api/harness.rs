@@ -18,7 +18,12 @@ pub(crate) struct Harness {
 }
 
 pub(crate) fn confinement(c: &Confinement) -> v1::SandboxConfinement {
-    v1::SandboxConfinement { filesystem: c.filesystem, network: c.network, notes: c.notes.clone() }
+    v1::SandboxConfinement {
+        filesystem: c.filesystem,
+        network: c.network,
+        notes: c.notes.clone(),
+        layers: c.layers.clone(),
+    }
 }
 
 impl Harness {

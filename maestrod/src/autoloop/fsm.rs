@@ -148,8 +148,14 @@ pub enum Outcome {
     Assigned(Assignment),
     Executed(Vec<Work>),
     Validated(Validation),
+    /// COMMIT: the complete checkpoint and the tagged work.
     Committed {
-        commit: String,
+        checkpoint: String,
+        tagged: String,
+    },
+    /// A command changed what git and the daemon trust (`.git` is put back already).
+    Tampered {
+        changed: Vec<String>,
     },
     /// CHECK: the tree's leaves, done and in all.
     Checked {
@@ -334,7 +340,24 @@ pub fn next(record: &LoopRecord, outcome: Outcome) -> (LoopRecord, Vec<Effect>) 
         Outcome::Assigned(assignment) => assigned(s, assignment),
         Outcome::Executed(works) => executed(s, works),
         Outcome::Validated(validation) => validated(s, validation),
-        Outcome::Committed { commit } => committed(s, &commit),
+        Outcome::Committed { checkpoint, tagged } => committed(s, &checkpoint, &tagged),
+        Outcome::Tampered { changed } => {
+            let epoch = s.record.epoch;
+            let phase = s.record.phase;
+            let claimed = s.record.claims.iter().map(|c| c.requirement.clone()).collect();
+            let reason = format!(
+                "a command changed what git and the daemon trust: {}; .git was put back, the epoch is not committed",
+                changed.join(", ")
+            );
+            s.fail(Failure {
+                epoch,
+                requirements: claimed,
+                reason,
+                cause: FailureCause::Tampering,
+                feedback: Vec::new(),
+                phase: Some(phase),
+            });
+        }
         Outcome::Checked { done, total, require_tests } => checked(s, done, total, require_tests),
         Outcome::RollbackDue => roll_back(s),
         Outcome::Decided(decision) => decided(s, decision),
@@ -625,7 +648,7 @@ fn validated(s: &mut Step, v: Validation) {
     });
 }
 
-fn committed(s: &mut Step, commit: &str) {
+fn committed(s: &mut Step, checkpoint: &str, tagged: &str) {
     let epoch = s.record.epoch;
     let claims = std::mem::take(&mut s.record.claims);
     // Reasons for no change that review approved (only roles that write files are reviewed).
@@ -668,9 +691,9 @@ fn committed(s: &mut Step, commit: &str) {
         }
         (None, None) => {}
     }
-    // From here on, "the last commit" (for cancel) is this epoch's.
-    s.record.epoch_checkpoint = commit.to_string();
-    let short = &commit[..12.min(commit.len())];
+    // From here on, "the last commit" (for cancel) is this epoch's complete state.
+    s.record.epoch_checkpoint = checkpoint.to_string();
+    let short = &tagged[..12.min(tagged.len())];
     s.log("commit", "ok", format!("epoch {epoch} → {short}"));
     let id = s.record.id.clone();
     s.emit(EventKind::Commit, format!("epoch {epoch} committed {short} (tag maestro/{id}/{epoch})"));

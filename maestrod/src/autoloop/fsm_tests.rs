@@ -332,7 +332,7 @@ fn commit_marks_the_work_done_and_records_what_was_verified() {
         Some(EpochCheck { code_changed: true, tests_passed: None, reviews_approved: 2, approved_by: None });
     let after = check(
         &commit,
-        Outcome::Committed { commit: "abcdef0123456789".into() },
+        Outcome::Committed { checkpoint: "abcdef0123456789".into(), tagged: "fedcba987654".into() },
         Running,
         Check,
         "done R2/R3, release R2/R3, drop ≤1, log commit, emit commit, prepare CHECK, emit phase",
@@ -347,7 +347,7 @@ fn commit_marks_the_work_done_and_records_what_was_verified() {
         Some(EpochCheck { code_changed: true, tests_passed: Some(Some(6)), reviews_approved: 1, approved_by: None });
     let after = check(
         &later,
-        Outcome::Committed { commit: "0123456789ab".into() },
+        Outcome::Committed { checkpoint: "0123456789ab".into(), tagged: "ba9876543210".into() },
         Running,
         Check,
         "done R2/R3, release R2/R3, drop ≤2, log commit, emit commit, prepare CHECK, emit phase",

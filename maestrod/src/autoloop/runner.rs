@@ -347,7 +347,15 @@ impl Runner {
     async fn prepare(&self, phase: Phase, record: &mut LoopRecord) -> Result<()> {
         let (root, id, epoch) = (self.root.clone(), record.id.clone(), record.epoch);
         match phase {
-            Phase::Plan => record.epoch_checkpoint = git(root, move |g| g.checkpoint(&id, epoch)).await?.commit,
+            Phase::Plan => {
+                let (checkpoint, guard) =
+                    git(root, move |g| Ok((g.checkpoint(&id, epoch)?.commit, g.guard(&id, epoch)?))).await?;
+                if record.baseline_checkpoint.is_empty() {
+                    record.baseline_checkpoint = checkpoint.clone();
+                }
+                record.epoch_checkpoint = checkpoint;
+                record.guard = guard;
+            }
             Phase::Valid => {
                 record.valid_checkpoint = git(root, move |g| g.checkpoint_stage(&id, epoch, "valid")).await?.commit;
             }
@@ -893,7 +901,33 @@ impl Runner {
                 break;
             }
         }
+        if let Some(tampered) = self.tampered().await? {
+            return Ok(Some(tampered));
+        }
         Ok(Some(Outcome::Executed(works)))
+    }
+
+    /// Whether commands changed what git and the daemon trust since the epoch
+    /// began; `.git` is put back at once (the user's next `git` must not run
+    /// what a command planted).
+    async fn tampered(&self) -> Result<Option<Outcome>> {
+        if self.record.guard.is_empty() {
+            return Ok(None);
+        }
+        let guard = self.record.guard.clone();
+        let changed = git(self.root.clone(), move |g| {
+            let changed = g.tampered(&guard)?;
+            if !changed.is_empty() {
+                g.restore_guarded(&guard)?;
+            }
+            Ok(changed)
+        })
+        .await?;
+        if changed.is_empty() {
+            return Ok(None);
+        }
+        warn!(loop_id = %self.record.id, ?changed, "commands changed guarded files");
+        Ok(Some(Outcome::Tampered { changed }))
     }
 
     /// What review reads besides the requirement: what the implementer did.
@@ -976,6 +1010,9 @@ impl Runner {
         };
         let event = self.event(EventKind::TestResult, message);
         self.save(vec![event]).await?;
+        if let Some(tampered) = self.tampered().await? {
+            return Ok(Some(tampered));
+        }
         let checkpoint = self.record.epoch_checkpoint.clone();
         let changed = git(self.root.clone(), move |g| g.changed_since(&g.checkpoint_of(&checkpoint)?)).await?;
         Ok(Some(Outcome::Validated(Validation { contracts, reviews, tests, code_changed: !changed.is_empty() })))
@@ -1078,19 +1115,24 @@ impl Runner {
             "maestro {id} epoch {epoch}: {}",
             if done.is_empty() { "no changes".into() } else { done.join(", ") }
         );
-        let commit = git(root, move |g| match g.committed(&id, epoch) {
-            Some(commit) => Ok(commit),
-            None => g.commit(&id, epoch, &g.checkpoint_of(&checkpoint)?, &message),
+        let baseline = if self.record.baseline_checkpoint.is_empty() {
+            checkpoint.clone()
+        } else {
+            self.record.baseline_checkpoint.clone()
+        };
+        let committed = git(root, move |g| match g.committed(&id, epoch) {
+            Some(committed) => Ok(committed),
+            None => g.commit(&id, epoch, &g.checkpoint_of(&checkpoint)?, &g.checkpoint_of(&baseline)?, &message),
         })
         .await?;
         let project = self.record.project.clone();
         let name = format!("{}-e{}", self.record.id, epoch);
         let description = format!("{} epoch {epoch} committed", self.record.id);
-        match self.ssot.create_snapshot(&project, &name, &commit, &description).await {
+        match self.ssot.create_snapshot(&project, &name, &committed.tagged, &description).await {
             Ok(_) | Err(SsotError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        Ok(Outcome::Committed { commit })
+        Ok(Outcome::Committed { checkpoint: committed.checkpoint, tagged: committed.tagged })
     }
 
     async fn check(&mut self) -> Result<Outcome> {

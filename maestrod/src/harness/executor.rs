@@ -303,15 +303,38 @@ fn check_opened(root: &WorkspaceRoot, file: &std::fs::File, requested: &str) -> 
     }
 }
 
+/// The daemon reads and writes only plain files with one name: a hard link
+/// to a file outside the workspace, a device or a fifo is refused.
+fn check_plain(file: &std::fs::File, requested: &str) -> Result<(), HarnessError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().map_err(file_error(requested))?;
+    let refuse = |rule: &str, reason: String| Err(HarnessError::Denied(Violation { rule: rule.into(), reason }));
+    if !meta.file_type().is_file() {
+        return refuse("path.special", format!("{requested:?} is not a regular file"));
+    }
+    if meta.nlink() > 1 {
+        return refuse(
+            "path.hardlink",
+            format!("{requested:?} has {} names (a hard link): it may be a file outside the workspace", meta.nlink()),
+        );
+    }
+    Ok(())
+}
+
 fn no_follow() -> i32 {
     nix::fcntl::OFlag::O_NOFOLLOW.bits()
 }
 
 fn read_file(root: &WorkspaceRoot, requested: &str) -> Result<String, HarnessError> {
     let path = resolve(root, requested)?;
-    let file =
-        std::fs::OpenOptions::new().read(true).custom_flags(no_follow()).open(&path).map_err(file_error(requested))?;
+    // Non-blocking: opening a fifo must not hang the daemon (it is refused right after).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(no_follow() | nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(&path)
+        .map_err(file_error(requested))?;
     check_opened(root, &file, requested)?;
+    check_plain(&file, requested)?;
     let mut bytes = Vec::new();
     file.take(MAX_READ_BYTES + 1).read_to_end(&mut bytes).map_err(file_error(requested))?;
     if bytes.len() as u64 > MAX_READ_BYTES {
@@ -350,10 +373,11 @@ fn write_file(root: &WorkspaceRoot, requested: &str, content: &str) -> Result<us
         .write(true)
         .create(true)
         .truncate(false)
-        .custom_flags(no_follow())
+        .custom_flags(no_follow() | nix::fcntl::OFlag::O_NONBLOCK.bits())
         .open(&path)
         .map_err(file_error(requested))?;
     check_opened(root, &file, requested)?;
+    check_plain(&file, requested)?;
     file.set_len(0).map_err(file_error(requested))?;
     file.write_all(content.as_bytes()).map_err(file_error(requested))?;
     Ok(content.len())

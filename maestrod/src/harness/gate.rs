@@ -128,7 +128,10 @@ impl Gate {
             }
             Access::Write | Access::Delete => {
                 if self.policy.protected.is_match(relative) {
-                    return Decision::deny("acl.protected", format!("{target} is the harness's own configuration"));
+                    return Decision::deny(
+                        "acl.protected",
+                        format!("{target} is the harness's own configuration or a git repository's internals"),
+                    );
                 }
                 if !role.write.is_match(relative) {
                     let allowed = role.source.write.as_deref().unwrap_or_default();

@@ -15,8 +15,10 @@ use super::validator::{RawValidator, Validator};
 
 /// Paths no role may read or write: repository internals and secrets.
 pub const DEFAULT_DENY: [&str; 6] = [".git", ".git/**", "**/.env*", "**/*.pem", "**/*.key", "**/id_rsa*"];
-/// Paths no role may write: the harness's own configuration.
-pub const DEFAULT_PROTECTED: [&str; 2] = [".maestro", ".maestro/**"];
+/// Paths no role may write, whatever the project's deny list says: the
+/// harness's own configuration, and every `.git` (a nested repository's
+/// hooks and config run in its user's `git`).
+pub const DEFAULT_PROTECTED: [&str; 6] = [".maestro", ".maestro/**", ".git", ".git/**", "**/.git", "**/.git/**"];
 
 /// The project configuration file, relative to the workspace.
 pub const CONFIG_FILE: &str = ".maestro/config.yaml";

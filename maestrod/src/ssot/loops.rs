@@ -118,6 +118,8 @@ pub enum FailureCause {
     Contracts,
     /// Every requirement is done but no test run verified the code.
     NoTests,
+    /// A command changed what git and the daemon trust (`.git` hooks or config, `.maestro/`).
+    Tampering,
     /// Nothing is ready and not everything is done.
     Stuck,
 }
@@ -125,7 +127,7 @@ pub enum FailureCause {
 impl FailureCause {
     /// Failures that a full-cycle retry cannot cure: they escalate at once.
     pub fn is_permanent(self) -> bool {
-        matches!(self, FailureCause::ModelPermanent | FailureCause::Setup)
+        matches!(self, FailureCause::ModelPermanent | FailureCause::Setup | FailureCause::Tampering)
     }
 }
 
@@ -248,6 +250,12 @@ pub struct LoopRecord {
     /// Git commits of the working tree at the start of the epoch and of VALID.
     pub epoch_checkpoint: String,
     pub valid_checkpoint: String,
+    /// The loop's first checkpoint: what the workspace held before the loop wrote anything.
+    #[serde(default)]
+    pub baseline_checkpoint: String,
+    /// The commit recording what git and the daemon trust at the epoch's start.
+    #[serde(default)]
+    pub guard: String,
     /// The lease holding this loop's claims.
     pub lease: u64,
     /// Daemon restarts this loop has lived through.
@@ -297,6 +305,8 @@ impl LoopRecord {
             replan: true,
             epoch_checkpoint: String::new(),
             valid_checkpoint: String::new(),
+            baseline_checkpoint: String::new(),
+            guard: String::new(),
             lease: 0,
             restarts: 0,
             touched: Touched::default(),
