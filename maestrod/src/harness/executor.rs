@@ -475,6 +475,33 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn the_daemon_never_reads_or_writes_through_a_hard_link_or_a_special_file() {
+        let f = fixture(100).await;
+        let outside = tempfile::tempdir().unwrap();
+        let secret = outside.path().join("secret");
+        std::fs::write(&secret, "the daemon's secret\n").unwrap();
+        std::fs::hard_link(&secret, f.workspace.path().join("src/api/linked.py")).unwrap();
+        nix::unistd::mkfifo(&f.workspace.path().join("src/api/pipe.py"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let write = |path: &str| Action::WriteFile { path: path.into(), content: "x = 1\n".into() };
+        let read = |path: &str| Action::ReadFile { path: path.into() };
+        for (action, rule) in [
+            (write("src/api/linked.py"), "path.hardlink"),
+            (read("src/api/linked.py"), "path.hardlink"),
+            (write("src/api/pipe.py"), "path.special"),
+            (read("src/api/pipe.py"), "path.special"),
+        ] {
+            let result = f.harness.perform(&ctx("backend"), action.clone(), CancellationToken::new()).await;
+            match result {
+                Err(HarnessError::Denied(v)) => assert_eq!(v.rule, rule, "{action:?}"),
+                // Opening a fifo for writing without a reader fails outright: refused all the same.
+                Err(HarnessError::File { .. }) if rule == "path.special" => {}
+                other => panic!("{action:?}: {other:?}"),
+            }
+        }
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "the daemon's secret\n", "written through the link");
+    }
+
     fn ctx(role: &str) -> ActionContext {
         ActionContext { loop_id: "loop-1".into(), epoch: 1, agent: format!("{role}-1"), role: role.into() }
     }

@@ -189,8 +189,23 @@ enum Access {
 }
 
 /// Lines of an existing text file (0 when absent or unreadable).
+/// Lines of the regular file at `path` (0 for anything else: a fifo must not block the gate).
 fn line_count(path: &Path) -> usize {
-    std::fs::read_to_string(path).map(|text| text.lines().count()).unwrap_or(0)
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file()) {
+        return 0;
+    }
+    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+    let Ok(file) = std::fs::OpenOptions::new().read(true).custom_flags(flags.bits()).open(path) else { return 0 };
+    if !file.metadata().is_ok_and(|m| m.file_type().is_file()) {
+        return 0;
+    }
+    let mut text = Vec::new();
+    if file.take(64 << 20).read_to_end(&mut text).is_err() {
+        return 0;
+    }
+    text.iter().filter(|b| **b == b'\n').count() + usize::from(text.last().is_some_and(|b| *b != b'\n'))
 }
 
 /// Files and lines a deletion of `path` removes (a directory counts everything below it).

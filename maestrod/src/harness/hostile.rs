@@ -95,6 +95,28 @@ pub(crate) fn cases(outside: &Path) -> Vec<(&'static str, Action, Option<&'stati
         ("planning", run("python -m pytest"), Some("acl.command")),
         ("test", run("python -c import os"), Some("acl.command")),
         ("test", Action::RunCommand { argv: Vec::new() }, Some("command.invalid")),
+        // Allowed tools made to run other code.
+        ("test", run("node --test -e require('child_process').execSync('id')"), Some("command.runs-code")),
+        ("test", run("node --test --require=./evil.js"), Some("command.runs-code")),
+        ("test", run("cargo test --config target.x86_64-unknown-linux-gnu.runner='sh'"), Some("command.runs-code")),
+        ("test", run("npm test --prefix /tmp/evil"), Some("command.runs-code")),
+        ("test", run("python3 -m pytest -p evil_plugin"), Some("command.runs-code")),
+        ("test", run("python3 -m pytest -pevil_plugin"), Some("command.runs-code")),
+        ("test", run("pytest -o python_files=*.txt"), Some("command.runs-code")),
+        ("test", run("python3 -m pytest -q -p no:cacheprovider tests"), None),
+        ("test", run("cargo test -- --nocapture"), None),
+        // Code that hides what it runs (a guard; the sandbox is the fence).
+        ("test", write("tests/t.py", "__import__('os').system('id')\n"), Some("content.dynamic-import")),
+        ("test", write("tests/t.py", "import os\ngetattr(os, 'sys' + 'tem')('id')\n"), Some("content.reflection")),
+        (
+            "test",
+            write("tests/t.py", "import subprocess\nsubprocess.run(['sh', '-c', 'id'])\n"),
+            Some("content.shell-argv"),
+        ),
+        ("test", write("tests/t.py", "import os\nos.execvp('sh', ['sh'])\n"), Some("content.process-spawn")),
+        // Nested repositories: their hooks run in a user's git.
+        ("backend", write("src/api/.git/hooks/pre-commit", "#!/bin/sh\n"), Some("acl.protected")),
+        ("backend", write("src/api/.git/config", "[core]\n"), Some("acl.protected")),
         // SSOT writes outside the role's collections.
         (
             "contract-validator",

@@ -64,11 +64,35 @@ pub struct Validator {
 }
 
 /// (id, applies to, pattern, reason) of the built-in rules.
-const BUILT_IN: [(&str, Applies, &str, &str); 14] = [
+const BUILT_IN: [(&str, Applies, &str, &str); 18] = [
     ("content.eval", Applies::Content, r"\beval\s*\(", "eval() runs arbitrary code"),
     ("content.exec", Applies::Content, r"(?m)(^|[^.\w])exec\s*\(", "exec() runs arbitrary code"),
     ("content.os-system", Applies::Content, r"\bos\.(system|popen)\s*\(", "os.system/os.popen run a shell"),
     ("content.shell-true", Applies::Content, r"shell\s*=\s*True", "subprocess with shell=True runs a shell"),
+    (
+        "content.dynamic-import",
+        Applies::Content,
+        r"\b__import__\s*\(|\bimportlib\.import_module\s*\(\s*['\x22](os|subprocess|pty|ctypes|shutil)",
+        "a dynamic import hides which code runs",
+    ),
+    (
+        "content.reflection",
+        Applies::Content,
+        r"\bgetattr\s*\(\s*(os|subprocess|pty|sys|builtins|__builtins__|ctypes)\s*,",
+        "reflective access to os/subprocess hides a call",
+    ),
+    (
+        "content.shell-argv",
+        Applies::Content,
+        r"\[\s*['\x22](/usr)?(/bin/)?(ba|z|da|k)?sh['\x22]\s*,\s*['\x22]-c['\x22]",
+        "running `sh -c` runs a shell",
+    ),
+    (
+        "content.process-spawn",
+        Applies::Content,
+        r"\bos\.(exec[lv]p?e?|spawn[lv]p?e?|posix_spawnp?|fork)\s*\(|\bpty\.spawn\s*\(",
+        "os.exec*/os.spawn*/pty.spawn start other programs",
+    ),
     (
         "content.child-process",
         Applies::Content,
@@ -182,8 +206,92 @@ impl Validator {
                 reason: format!("rm aimed at {target:?}, outside the workspace"),
             });
         }
+        if let Some((tool, flag)) = runs_other_code(argv) {
+            return Err(Violation {
+                rule: "command.runs-code".into(),
+                reason: format!("{tool} {flag} makes an allowed command run other code; see the README's list"),
+            });
+        }
         Ok(())
     }
+}
+
+/// Flags that make a tool on the allow-list run other code: the tool, and the
+/// flags it may not get (also as `--flag=value`, and short ones with the
+/// value attached).
+pub const RUNS_OTHER_CODE: [(&str, &[&str]); 5] = [
+    (
+        "node",
+        &[
+            "-e",
+            "--eval",
+            "-p",
+            "--print",
+            "-r",
+            "--require",
+            "--import",
+            "--loader",
+            "--experimental-loader",
+            "-i",
+            "--interactive",
+            "--inspect",
+            "--inspect-brk",
+        ],
+    ),
+    ("cargo", &["--config", "-Z", "--manifest-path", "-C"]),
+    ("npm", &["--prefix", "-C", "--script-shell", "--node-options", "--userconfig", "--globalconfig", "--call", "-c"]),
+    ("pytest", &["-p", "-c", "--config-file", "-o", "--override-ini", "--rootdir", "--confcutdir", "--pyargs"]),
+    ("go", &["-exec", "-toolexec", "-overlay", "-modfile", "-C", "-vet"]),
+];
+
+/// The tool an argv runs (`python -m pytest …` is pytest) and its arguments.
+fn tool_of(argv: &[String]) -> Option<(&'static str, &[String])> {
+    let program = argv.first()?.rsplit('/').next()?;
+    let is_python =
+        program == "python" || program.strip_prefix("python3").is_some_and(|v| v.is_empty() || v.starts_with('.'));
+    if is_python {
+        return match argv.get(1).map(String::as_str) {
+            Some("-m") => match argv.get(2).map(String::as_str) {
+                Some("pytest") => Some(("pytest", &argv[3..])),
+                Some("unittest") => Some(("unittest", &argv[3..])),
+                _ => Some(("python", &argv[1..])),
+            },
+            _ => Some(("python", &argv[1..])),
+        };
+    }
+    let name = match program {
+        "node" | "nodejs" => "node",
+        "cargo" => "cargo",
+        "npm" => "npm",
+        "pytest" | "py.test" => "pytest",
+        "go" => "go",
+        _ => return None,
+    };
+    Some((name, &argv[1..]))
+}
+
+/// The first flag of `argv` that makes its tool run other code.
+fn runs_other_code(argv: &[String]) -> Option<(&'static str, String)> {
+    let (tool, args) = tool_of(argv)?;
+    let refused = RUNS_OTHER_CODE.iter().find(|(t, _)| *t == tool)?.1;
+    for (i, arg) in args.iter().enumerate() {
+        // What follows `--` goes to the program under test, not to the tool.
+        if arg == "--" {
+            break;
+        }
+        for flag in refused {
+            let attached = flag.len() == 2 && arg.starts_with(flag) && !arg.starts_with("--") && arg.len() > 2;
+            if arg == flag || arg.starts_with(&format!("{flag}=")) || attached {
+                // `pytest -p no:NAME` switches a plugin off; only loading one runs code.
+                let value = if attached { Some(&arg[2..]) } else { args.get(i + 1).map(String::as_str) };
+                if tool == "pytest" && *flag == "-p" && value.is_some_and(|v| v.starts_with("no:")) {
+                    continue;
+                }
+                return Some((tool, (*flag).to_string()));
+            }
+        }
+    }
+    None
 }
 
 /// The first target of an `rm` that leaves the workspace (absolute, home, or `..` at the top).
