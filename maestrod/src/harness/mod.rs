@@ -7,6 +7,8 @@
 //! check`), `budget`, `sandbox` (running commands), `rollback` (git
 //! checkpoints), and `executor`, the single entry point agents use.
 
+#[cfg(test)]
+mod attacks;
 pub mod budget;
 pub mod executor;
 pub mod gate;

@@ -104,6 +104,16 @@ impl Jail {
                 for op in &self.program {
                     run(op)?;
                 }
+                // The fresh /proc came after the Landlock rules: add it now.
+                if let Some(ruleset) = self.ruleset.take() {
+                    let fd = libc::open(c"/proc".as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    let added = super::rules::allow_proc(ruleset, std::os::fd::BorrowedFd::borrow_raw(fd));
+                    libc::close(fd);
+                    self.ruleset = Some(added.map_err(|()| io::Error::other("landlock rule for /proc"))?);
+                }
             }
             if self.drop_capabilities {
                 drop_capabilities(ns.user)?;

@@ -73,8 +73,6 @@ pub struct View {
     pub tmp: PathBuf,
     /// An empty directory of the run: `/dev/shm` inside.
     pub shm: PathBuf,
-    /// An empty directory of the run: the fresh `/proc` is mounted on it inside.
-    pub proc_anchor: PathBuf,
     /// An empty directory of the run: the private root is built on it.
     pub new_root: PathBuf,
 }
@@ -142,23 +140,19 @@ impl View {
             workspace: workspace.to_path_buf(),
             tmp,
             shm: run.join("shm"),
-            proc_anchor: run.join("proc"),
             new_root: run.join("root"),
         }
     }
 
-    /// Paths commands may read (for Landlock).
+    /// Paths commands may read (for Landlock; the fresh `/proc` is added in the child).
     pub fn readable(&self) -> Vec<PathBuf> {
-        let mut paths: Vec<PathBuf> = self
-            .entries
+        self.entries
             .iter()
             .filter_map(|e| match e {
                 Entry::ReadOnly(p) => Some(p.clone()),
                 _ => None,
             })
-            .collect();
-        paths.push(self.proc_anchor.clone());
-        paths
+            .collect()
     }
 
     /// Paths commands may write (for Landlock).
@@ -214,9 +208,9 @@ impl View {
         ] {
             program.ops.push(Op::Symlink { target: c(Path::new(target)), link: c(&program.inside(Path::new(link))) });
         }
-        // A fresh /proc for the command's PID namespace, mounted on the run's anchor so
-        // that Landlock's rule for the anchor covers it.
-        program.bind(&self.proc_anchor, Path::new("/proc"), false);
+        // A fresh /proc for the command's PID namespace (mounted while the host's is still
+        // attached: the kernel only mounts a proc where one is already fully visible).
+        program.dirs(Path::new("/proc"));
         program.ops.push(Op::Proc { target: c(&program.inside(Path::new("/proc"))) });
         for path in &self.protected {
             let inside = c(&program.inside(path));
@@ -407,7 +401,6 @@ mod tests {
         let tmp =
             find(&Op::Bind { source: c(&run.path().join("tmp")), target: inside(Path::new("/tmp")), read_only: false });
         assert!(tmp.is_some() && tmp < workspace, "{program:#?}");
-        assert!(view.readable().contains(&run.path().join("proc")));
         assert!(
             view.writable().contains(&ws.path().to_path_buf()) && view.writable().contains(&run.path().join("tmp"))
         );

@@ -170,14 +170,14 @@ fn default_slots() -> usize {
     std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
 }
 
-/// The private directory of one run: its temp dir, `/dev/shm`, the anchor of
-/// its `/proc`, and the mount point of its private root.
+/// The private directory of one run: its temp dir, `/dev/shm`, and the mount
+/// point of its private root.
 fn run_dir() -> Result<tempfile::TempDir, SandboxError> {
     let run = tempfile::Builder::new()
         .prefix("maestro-sandbox-")
         .tempdir()
         .map_err(|e| SandboxError::Setup(format!("cannot create a private temp dir: {e}")))?;
-    for sub in ["tmp", "shm", "proc", "root"] {
+    for sub in ["tmp", "shm", "root"] {
         std::fs::create_dir(run.path().join(sub))
             .map_err(|e| SandboxError::Setup(format!("cannot create the sandbox's {sub} dir: {e}")))?;
     }

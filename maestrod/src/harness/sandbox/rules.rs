@@ -4,9 +4,11 @@
 //! has scopes, no signals and no abstract Unix sockets outside the sandbox.
 //! Inside a private root this is a second fence; without one it is the fence.
 
+use std::os::fd::BorrowedFd;
+
 use landlock::{
-    ABI, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr, Scope,
-    path_beneath_rules,
+    ABI, Access, AccessFs, CompatLevel, Compatible, PathBeneath, Ruleset, RulesetAttr, RulesetCreated,
+    RulesetCreatedAttr, Scope, path_beneath_rules,
 };
 
 use super::layout::View;
@@ -27,4 +29,12 @@ pub(super) fn ruleset(view: &View) -> Result<RulesetCreated, String> {
         .and_then(|r| r.add_rules(path_beneath_rules(view.writable(), all)))
         .and_then(|r| r.add_rules(path_beneath_rules(view.devices(), device)))
         .map_err(|e| e.to_string())
+}
+
+/// Adds read access to the command's own `/proc`, mounted in its PID
+/// namespace after the ruleset was made (a rule on the mount point would not
+/// cover what is mounted on it). Called in the jailed child: a system call
+/// on a descriptor it opened, no allocation on the success path.
+pub(super) fn allow_proc(ruleset: RulesetCreated, proc: BorrowedFd<'_>) -> Result<RulesetCreated, ()> {
+    ruleset.add_rule(PathBeneath::new(proc, AccessFs::from_read(ABI_VERSION))).map_err(drop)
 }
