@@ -95,3 +95,46 @@ async fn a_panic_in_a_loop_task_fails_that_loop_and_frees_its_project() {
     assert!(ended.epoch >= 1, "it ran: {ended:?}");
     manager.shutdown().await;
 }
+
+const PLANTS_A_HOOK: &str = r#"
+roles:
+  planning:
+    - tool_calls: [{name: create_requirement, arguments: {parent_id: R1, title: "Tests", role_hint: test}}]
+    - tool_calls: [{name: finish, arguments: {outcome: done, summary: R2}}]
+  test@R2:
+    - tool_calls:
+        - name: write_file
+          arguments: {path: tests/test_x.py, content: "open('.git/hooks/pre-commit', 'w').write('#!/bin/sh\\nid\\n')\n"}
+    - tool_calls: [{name: run_command, arguments: {argv: [python3, -m, unittest, discover, -s, tests]}}]
+    - tool_calls: [{name: finish, arguments: {outcome: done, summary: done}}]
+"#;
+
+/// Without a sandbox that makes .git read-only (a weaker machine), the loop's
+/// guard still finds a planted hook after EXEC, removes it and escalates at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_planted_by_a_command_is_removed_and_the_loop_escalates_at_once() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let ws = work.path().join("evil");
+    std::fs::create_dir_all(ws.join(".maestro")).unwrap();
+    std::fs::create_dir_all(ws.join("tests")).unwrap();
+    std::fs::write(ws.join(".maestro/script.yaml"), PLANTS_A_HOOK).unwrap();
+    std::fs::write(
+        ws.join(".maestro/config.yaml"),
+        "llm:\n  provider: scripted\n  script: .maestro/script.yaml\nloop:\n  retries: 2\n",
+    )
+    .unwrap();
+    crate::harness::rollback::GitWorkspace::open_or_init(&ws).unwrap();
+    let store = Arc::new(SledStore::open(data.path(), SledOptions::default()).unwrap());
+    let ssot = Arc::new(Ssot::new(store, Default::default()));
+    ssot.create_project("evil", "", &ws.display().to_string()).await.unwrap();
+    let manager = LoopManager::new(ssot.clone(), Arc::new(LocalSandbox::unconfined()));
+    let request =
+        StartRequest { project: "evil".into(), task: "Write tests".into(), demo: false, workspace: String::new() };
+    let started = manager.start(request).await.unwrap();
+    let end = until_final(&manager, &started.id).await;
+    assert_eq!((end.state, end.retries), (LoopState::Escalated, 0), "{end:?}");
+    assert!(end.reason.contains("git/hooks/pre-commit") && end.reason.contains("a command changed"), "{}", end.reason);
+    assert!(!ws.join(".git/hooks/pre-commit").exists(), "the planted hook is gone");
+    manager.shutdown().await;
+}

@@ -248,6 +248,23 @@ impl LocalSandbox {
         sandbox
     }
 
+    /// A sandbox with no layers but rlimits and process groups: what a machine
+    /// without namespaces, Landlock and seccomp gives. For tests of the checks
+    /// that do not rely on the sandbox (the loop's guard of `.git`).
+    #[cfg(test)]
+    pub(crate) fn unconfined() -> LocalSandbox {
+        let layers = Layers { namespaces: Namespaces::default(), landlock: false, seccomp: false, capabilities: false };
+        let mut sandbox = LocalSandbox {
+            confinement: Confinement::default(),
+            layers,
+            system: Arc::new(Vec::new()),
+            filters: Arc::new(Vec::new()),
+            slots: Arc::new(tokio::sync::Semaphore::new(default_slots())),
+        };
+        sandbox.confinement = sandbox.describe();
+        sandbox
+    }
+
     /// Runs `true` with the current layers; whether it worked.
     fn probe_run(&self) -> bool {
         let Ok(workspace) = tempfile::tempdir() else { return false };
