@@ -193,6 +193,11 @@ async fn code_an_agent_wrote_and_ran_gets_nowhere() {
         details.join("\n"),
         confinement.layers,
     );
+    // These are refused by the seccomp filter itself, not by chance (no terminal, no target).
+    for case in ["TIOCSTI", "ptrace", "mount", "unshare user namespace", "chroot"] {
+        let detail = report[case]["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("Operation not permitted"), "{case}: {detail}");
+    }
     // The run is in the execution log.
     let log = ssot.list_log("attack", 0, "", "", 100, "").await.unwrap().items;
     assert!(log.iter().any(|e| e.value.body.action == "run_command" && e.value.body.agent == "test-1"));
