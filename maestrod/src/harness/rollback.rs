@@ -29,7 +29,12 @@ pub enum RollbackError {
     Io { path: String, source: std::io::Error },
     #[error("invalid loop id {0:?}: use lowercase letters, digits and '-'")]
     LoopId(String),
+    #[error("the workspace nests folders more than {MAX_DEPTH} deep ({0}…); Maestro does not checkpoint such a tree")]
+    TooDeep(String),
 }
+
+/// Deepest folder nesting a checkpoint follows (deeper trees are refused, not recursed into).
+pub const MAX_DEPTH: usize = 128;
 
 /// Files never checkpointed, committed or rolled back (gitignore syntax).
 pub const SECRET_PATTERNS: [&str; 17] = [
@@ -142,6 +147,9 @@ impl GitWorkspace {
 
     /// The tree of `dir` (relative path `rel`); `None` when nothing in it is kept.
     fn tree_of(&self, dir: &Path, rel: &Path) -> Result<Option<Oid>, RollbackError> {
+        if rel.components().count() > MAX_DEPTH {
+            return Err(RollbackError::TooDeep(rel.display().to_string()));
+        }
         let mut builder = self.repo.treebuilder(None)?;
         let mut entries = 0;
         for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
@@ -226,12 +234,42 @@ impl GitWorkspace {
     pub fn rollback(&self, checkpoint: &Checkpoint) -> Result<(), RollbackError> {
         let commit = self.repo.find_commit(Oid::from_str(&checkpoint.commit)?)?;
         let tree = commit.tree()?;
+        // A command may have put a link where the checkpoint has a folder or a file:
+        // the checkout must create them again, never write through the link.
+        self.unplant(&tree, Path::new(""))?;
         // A private index of the checkpoint: the user's index is never written.
         let mut index = Index::new()?;
         index.read_tree(&tree)?;
         let mut checkout = CheckoutBuilder::new();
         checkout.force().remove_untracked(true).recreate_missing(true).update_index(false);
         self.repo.checkout_index(Some(&mut index), Some(&mut checkout))?;
+        Ok(())
+    }
+
+    /// Removes what stands where `tree` has a folder or a regular file but is a
+    /// symbolic link or another kind of file, below the relative path `rel`.
+    fn unplant(&self, tree: &git2::Tree<'_>, rel: &Path) -> Result<(), RollbackError> {
+        for entry in tree.iter() {
+            let name = entry.name().unwrap_or_default();
+            let rel = rel.join(name);
+            let path = self.root.join(&rel);
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            let kind = meta.file_type();
+            let wanted_dir = entry.kind() == Some(ObjectType::Tree);
+            let wanted_file = entry.kind() == Some(ObjectType::Blob) && entry.filemode() != 0o120000;
+            let misplaced = if wanted_dir {
+                !kind.is_dir()
+            } else {
+                wanted_file && (kind.is_symlink() || !(kind.is_file() || kind.is_dir()))
+            };
+            if misplaced {
+                // remove_file removes a link itself, never what it points to.
+                std::fs::remove_file(&path).map_err(io_error(&path))?;
+            }
+            if wanted_dir {
+                self.unplant(&self.repo.find_tree(entry.id())?, &rel)?;
+            }
+        }
         Ok(())
     }
 
@@ -717,6 +755,39 @@ mod tests {
         assert_eq!(second.parent_id(0).unwrap().to_string(), committed.tagged);
         assert!(repo.head().is_err(), "no branch was created or moved");
         assert!(ws.checkpoint("Bad Id", 1).is_err());
+    }
+
+    #[test]
+    fn a_rollback_never_writes_through_a_link_planted_in_place_of_a_folder_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        populate(root);
+        write(root, "tests/fixtures/authorized_keys", "ssh-ed25519 ATTACKER\n");
+        let ws = GitWorkspace::open_or_init(root).unwrap();
+        let checkpoint = ws.checkpoint("loop-1", 1).unwrap();
+        let before = fingerprint(root);
+        // A command swaps folders and a file for links to the outside.
+        std::fs::remove_dir_all(root.join("tests/fixtures")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.join("tests/fixtures")).unwrap();
+        std::fs::remove_dir_all(root.join("src")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.join("src")).unwrap();
+        std::fs::remove_file(root.join("README.md")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("victim"), root.join("README.md")).unwrap();
+        ws.rollback(&checkpoint).unwrap();
+        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none(), "the rollback wrote outside");
+        assert_eq!(fingerprint(root), before, "the workspace is back as it was");
+    }
+
+    #[test]
+    fn a_tree_too_deep_is_refused_not_recursed_into() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = GitWorkspace::open_or_init(dir.path()).unwrap();
+        let deep: PathBuf = (0..MAX_DEPTH + 5).map(|_| "a").collect();
+        std::fs::create_dir_all(dir.path().join(&deep)).unwrap();
+        std::fs::write(dir.path().join(&deep).join("f"), "x").unwrap();
+        let error = ws.checkpoint("loop-1", 1).unwrap_err();
+        assert!(error.to_string().contains("more than 128 deep"), "{error}");
     }
 
     #[test]
