@@ -51,7 +51,7 @@ impl Daemon {
         let store = Arc::new(SledStore::open(&config.data_dir, SledOptions::default())?);
         let ssot = Arc::new(Ssot::new(store.clone(), config.limits.clone()));
         // What the sandbox can enforce here; weaker confinement is logged by the probe.
-        let options = SandboxOptions { extra_read: config.sandbox_read.clone() };
+        let options = SandboxOptions { extra_read: config.sandbox_read.clone(), hidden: vec![config.data_dir.clone()] };
         let sandbox = Arc::new(LocalSandbox::probe_with(options));
         Ok(Daemon { config, sandbox, store, ssot })
     }
@@ -63,7 +63,7 @@ impl Daemon {
         let tasks = TaskTracker::new();
         tasks.spawn(maintenance(ssot.clone(), config.clone(), cancel.clone()).instrument(info_span!("maintenance")));
 
-        let loops = LoopManager::new(ssot.clone(), sandbox.clone());
+        let loops = LoopManager::with_data_dir(ssot.clone(), sandbox.clone(), Some(config.data_dir.clone()));
         match loops.resume_all().await {
             Ok(0) => {}
             Ok(resumed) => info!(resumed, "unfinished loops resumed"),

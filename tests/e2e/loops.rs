@@ -475,3 +475,14 @@ async fn approve_accepts_an_escalated_epoch_and_abort_rolls_it_back() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_that_holds_the_daemons_data_is_refused() {
+    let daemon = Daemon::start().unwrap();
+    // The daemon's data dir lies inside this folder: agents' commands would see every project's store.
+    let ws = daemon.data_dir().parent().unwrap().to_path_buf();
+    scripted_workspace(&ws, SLOW, 0);
+    let run = run_ctl_in(&daemon.url(), &ws, &["run", "Anything"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("overlap") && run.stderr.lines().count() == 1, "{}", run.stderr);
+}

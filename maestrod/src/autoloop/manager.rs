@@ -42,6 +42,8 @@ struct Inner {
 
 pub struct LoopManager {
     ssot: Arc<Ssot>,
+    /// The daemon's data dir: no workspace may contain it (nor sit inside it).
+    data_dir: Option<PathBuf>,
     sandbox: Arc<dyn SandboxProvider>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -59,8 +61,17 @@ fn project_id_from(dir: &Path) -> String {
 
 impl LoopManager {
     pub fn new(ssot: Arc<Ssot>, sandbox: Arc<dyn SandboxProvider>) -> Arc<LoopManager> {
+        Self::with_data_dir(ssot, sandbox, None)
+    }
+
+    pub fn with_data_dir(
+        ssot: Arc<Ssot>,
+        sandbox: Arc<dyn SandboxProvider>,
+        data_dir: Option<PathBuf>,
+    ) -> Arc<LoopManager> {
         Arc::new(LoopManager {
             ssot,
+            data_dir: data_dir.map(|d| d.canonicalize().unwrap_or(d)),
             sandbox,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -151,7 +162,22 @@ impl LoopManager {
                 "workspace {workspace} does not exist or is not a folder"
             )));
         }
+        self.check_apart(Path::new(&workspace))?;
         Ok((project.id, workspace))
+    }
+
+    /// Agents' commands must never reach the daemon's data: a workspace may not contain it or lie in it.
+    fn check_apart(&self, workspace: &Path) -> Result<()> {
+        let Some(data) = &self.data_dir else { return Ok(()) };
+        let workspace = workspace.canonicalize().unwrap_or_else(|_| workspace.to_path_buf());
+        if data.starts_with(&workspace) || workspace.starts_with(data) {
+            return Err(SsotError::FailedPrecondition(format!(
+                "workspace {} and the daemon's data dir {} overlap; keep projects out of the data dir and the data dir out of projects",
+                workspace.display(),
+                data.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Creates the demo's workspace and project.
@@ -173,6 +199,7 @@ impl LoopManager {
                 Err(e) => return Err(e),
             }
         }
+        self.check_apart(&dir)?;
         let (dir2, id) = (dir.clone(), project.clone());
         tokio::task::spawn_blocking(move || demo::prepare(&dir2, &id))
             .await

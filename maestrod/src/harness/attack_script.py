@@ -130,6 +130,7 @@ class Attacks(unittest.TestCase):
         attempt("unix socket", lambda: connect(socket.AF_UNIX, TARGETS["unix_socket"]))
         attempt("abstract socket", lambda: connect(socket.AF_UNIX, "\0" + TARGETS["abstract_socket"]))
         attempt("udp", udp)
+        attempt("vsock", lambda: socket.socket(40, socket.SOCK_STREAM) and "vsock socket")
         attempt("ptrace", ptrace_a_child)
         attempt("mount", lambda: call(LIBC.mount(b"tmpfs", b"/tmp", b"tmpfs", 0, None), "mounted"))
         attempt("chroot", lambda: call(LIBC.chroot(b"/tmp"), "chrooted"))
@@ -140,6 +141,9 @@ class Attacks(unittest.TestCase):
             attempt("keyctl", lambda: call(LIBC.syscall(250, 0, 0, 0, 0, 0), "keyctl"))
             attempt("bpf", lambda: call(LIBC.syscall(321, 0, 0, 0), "bpf"))
         attempt("capabilities", capabilities)
+        # Same mode and times as they have: an escape would show without harming the host.
+        attempt("chmod a device", lambda: os.chmod("/dev/null", os.stat("/dev/null").st_mode & 0o7777) or "chmodded")
+        attempt("utime a device", lambda: os.utime("/dev/zero", ns=(os.stat("/dev/zero").st_atime_ns, os.stat("/dev/zero").st_mtime_ns)) or "touched")
         attempt("write /proc/sys", lambda: append("/proc/sys/kernel/hostname", "evil"))
         attempt("survivors", survivors)
         with open("report.json", "w") as f:

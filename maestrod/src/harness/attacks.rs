@@ -164,7 +164,7 @@ async fn code_an_agent_wrote_and_ran_gets_nowhere() {
     assert!(out.success(), "the attack script did not run: {out:?}");
     let report: BTreeMap<String, serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(root.join("report.json")).expect("report.json")).unwrap();
-    assert!(report.len() >= 27, "{report:?}");
+    assert!(report.len() >= 30, "{report:?}");
     let escaped: Vec<String> = report
         .iter()
         .filter(|(_, r)| r["escaped"] == true)
@@ -194,7 +194,7 @@ async fn code_an_agent_wrote_and_ran_gets_nowhere() {
         confinement.layers,
     );
     // These are refused by the seccomp filter itself, not by chance (no terminal, no target).
-    for case in ["TIOCSTI", "ptrace", "mount", "unshare user namespace", "chroot"] {
+    for case in ["TIOCSTI", "ptrace", "mount", "unshare user namespace", "chroot", "vsock"] {
         let detail = report[case]["detail"].as_str().unwrap_or_default();
         assert!(detail.contains("Operation not permitted"), "{case}: {detail}");
     }

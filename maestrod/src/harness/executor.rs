@@ -400,8 +400,8 @@ fn delete(root: &WorkspaceRoot, requested: &str) -> Result<(), HarnessError> {
     check_opened(root, &directory, requested)?;
     let target = Path::new("/proc/self/fd").join(directory.as_raw_fd().to_string()).join(name);
     let meta = std::fs::symlink_metadata(&target).map_err(file_error(requested))?;
-    // remove_dir_all does not follow links inside the tree it removes.
-    if meta.is_dir() { std::fs::remove_dir_all(&target) } else { std::fs::remove_file(&target) }
+    // Neither follows links inside the tree it removes; remove_tree does not recurse.
+    if meta.is_dir() { crate::harness::sandbox::remove_tree(&target) } else { std::fs::remove_file(&target) }
         .map_err(file_error(requested))
 }
 

@@ -210,15 +210,17 @@ fn line_count(path: &Path) -> usize {
 
 /// Files and lines a deletion of `path` removes (a directory counts everything below it).
 fn deletion_size(path: &Path) -> (usize, usize) {
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return (0, 0) };
-    if !meta.is_dir() {
-        return (1, line_count(path));
-    }
+    // Without recursion: a command may have nested folders thousands deep.
     let mut totals = (0, 0);
-    if let Ok(entries) = std::fs::read_dir(path) {
-        for entry in entries.flatten() {
-            let (files, lines) = deletion_size(&entry.path());
-            totals = (totals.0 + files, totals.1 + lines);
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if !meta.is_dir() {
+            totals = (totals.0 + 1, totals.1 + line_count(&path));
+            continue;
+        }
+        if let Ok(entries) = std::fs::read_dir(&path) {
+            stack.extend(entries.flatten().map(|e| e.path()));
         }
     }
     totals

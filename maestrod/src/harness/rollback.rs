@@ -482,7 +482,7 @@ impl GitWorkspace {
                 if !then.contains_key(&key) {
                     let path = entry.path();
                     if path.is_dir() && !path.is_symlink() {
-                        std::fs::remove_dir_all(&path).map_err(io_error(&path))?;
+                        super::sandbox::remove_tree(&path).map_err(io_error(&path))?;
                     } else {
                         std::fs::remove_file(&path).map_err(io_error(&path))?;
                     }
@@ -515,7 +515,7 @@ impl GitWorkspace {
         for rel in nested.into_iter().filter(|n| !allowed.contains(n)) {
             let path = self.root.join(&rel);
             if path.is_dir() && !path.is_symlink() {
-                std::fs::remove_dir_all(&path).map_err(io_error(&path))?;
+                super::sandbox::remove_tree(&path).map_err(io_error(&path))?;
             } else {
                 std::fs::remove_file(&path).map_err(io_error(&path))?;
             }
@@ -547,11 +547,22 @@ fn collect(
     Ok(())
 }
 
-/// Nested `.git` entries below `dir` (relative paths), not the workspace's own.
+/// Whether `dir` is a git directory under another name (a bare repository:
+/// `HEAD`, `objects/`, `refs/`): git treats it as a repository and runs its
+/// config for whoever works in it.
+pub fn looks_like_git_dir(dir: &Path) -> bool {
+    dir.join("HEAD").is_file() && dir.join("objects").is_dir() && dir.join("refs").is_dir()
+}
+
+/// Nested `.git` entries and bare repositories below `dir` (relative paths), not the workspace's own.
 fn find_nested_git(root: &Path, dir: &Path, depth: usize, out: &mut Vec<String>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     let mut entries: Vec<_> = entries.flatten().collect();
     entries.sort_by_key(|e| e.file_name());
+    if dir != root && looks_like_git_dir(dir) {
+        out.push(dir.strip_prefix(root).unwrap_or(dir).display().to_string());
+        return;
+    }
     for entry in entries {
         let path = entry.path();
         if entry.file_name() == ".git" {
@@ -827,6 +838,11 @@ mod tests {
         std::fs::write(root.join(".git/config"), format!("{config}[core]\n\tfsmonitor = sh -c id\n")).unwrap();
         write(root, ".git/info/attributes", "* filter=evil\n");
         write(root, "src/api/.git/hooks/post-checkout", "#!/bin/sh\nid\n");
+        // A bare repository under another name: git runs its config for whoever cds into it.
+        write(root, "tests/vendor/lib/HEAD", "ref: refs/heads/main\n");
+        write(root, "tests/vendor/lib/config", "[core]\n\tbare = false\n\tworktree = .\n\tfsmonitor = id\n");
+        std::fs::create_dir_all(root.join("tests/vendor/lib/objects")).unwrap();
+        std::fs::create_dir_all(root.join("tests/vendor/lib/refs/heads")).unwrap();
         write(root, ".maestro/config.yaml", "llm: {base_url: http://evil}\n");
         let changed = ws.tampered(&guard).unwrap();
         assert_eq!(
@@ -837,6 +853,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(root.join(".git/config")).unwrap(), config);
         assert!(!root.join(".git/hooks/pre-commit").exists() && !root.join(".git/info/attributes").exists());
         assert!(!root.join("src/api/.git").exists());
+        assert!(!root.join("tests/vendor/lib").exists(), "the bare repository is gone too");
         assert!(root.join(".git/hooks").is_dir(), "the hooks folder itself stays");
         // .maestro is a person's to change: reported, not written back.
         assert_eq!(ws.tampered(&guard).unwrap(), ["maestro/config.yaml"]);

@@ -2,7 +2,7 @@
 //! `seccompiler`): system calls that reach beyond the command's own
 //! processes and files — tracing other processes, mounting, new namespaces,
 //! kernel keys, BPF, loading modules, faking terminal input — fail with
-//! `EPERM`; `clone3`, whose flags a filter cannot read, fails with `ENOSYS`
+//! `EPERM` (so do vsock sockets, which cross the network namespace); `clone3`, whose flags a filter cannot read, fails with `ENOSYS`
 //! so that the C library falls back to `clone`, whose flags it can.
 
 use std::collections::BTreeMap;
@@ -106,6 +106,10 @@ pub(super) fn filters() -> Result<Vec<BpfProgram>, String> {
         .map(|flag| rule(vec![condition(0, SeccompCmpOp::MaskedEq(flag), flag)?]))
         .collect::<Result<Vec<_>, String>>()?;
     refused.insert(libc::SYS_clone, namespaces);
+    // vsock reaches the host and the hypervisor whatever the network namespace.
+    let vsock = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::AF_VSOCK as u64)
+        .map_err(|e| format!("seccomp condition: {e}"))?;
+    refused.insert(libc::SYS_socket, vec![rule(vec![vsock])?]);
     let eperm = SeccompFilter::new(refused, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch)
         .map_err(|e| format!("seccomp filter: {e}"))?;
     let clone3 = SeccompFilter::new(

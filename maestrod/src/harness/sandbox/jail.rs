@@ -104,15 +104,16 @@ impl Jail {
                 for op in &self.program {
                     run(op)?;
                 }
-                // The fresh /proc came after the Landlock rules: add it now.
-                if let Some(ruleset) = self.ruleset.take() {
-                    let fd = libc::open(c"/proc".as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+                // The fresh /proc, /tmp and /dev/shm came after the Landlock rules: add them now.
+                for (path, writable) in super::rules::CHILD_MOUNTS {
+                    let Some(ruleset) = self.ruleset.take() else { break };
+                    let fd = libc::open(path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
                     if fd < 0 {
                         return Err(io::Error::last_os_error());
                     }
-                    let added = super::rules::allow_proc(ruleset, std::os::fd::BorrowedFd::borrow_raw(fd));
+                    let added = super::rules::allow(ruleset, std::os::fd::BorrowedFd::borrow_raw(fd), writable);
                     libc::close(fd);
-                    self.ruleset = Some(added.map_err(|()| io::Error::other("landlock rule for /proc"))?);
+                    self.ruleset = Some(added.map_err(|()| io::Error::other("landlock rule for a private mount"))?);
                 }
             }
             if self.drop_capabilities {
@@ -265,12 +266,12 @@ unsafe fn run(op: &Op) -> io::Result<()> {
     // SAFETY: every string is a CString made before the fork; the calls are plain system calls.
     unsafe {
         match op {
-            Op::Tmpfs { target } => check(libc::mount(
+            Op::Tmpfs { target, options, read_only } => check(libc::mount(
                 c"tmpfs".as_ptr(),
                 target.as_ptr(),
                 c"tmpfs".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                c"mode=0755".as_ptr().cast(),
+                libc::MS_NOSUID | libc::MS_NODEV | if *read_only { libc::MS_RDONLY } else { 0 },
+                options.as_ptr().cast(),
             )),
             Op::Mkdir { path } => exists(libc::mkdir(path.as_ptr(), 0o755)),
             Op::Touch { path } => {
@@ -282,7 +283,9 @@ unsafe fn run(op: &Op) -> io::Result<()> {
                 Ok(())
             }
             Op::Bind { source, target, read_only } => {
-                check(libc::mount(source.as_ptr(), target.as_ptr(), null, libc::MS_BIND | libc::MS_REC, null.cast()))?;
+                // Not recursive: a mount below the source (a cgroup controller, say) stays out,
+                // rather than coming in writable under a read-only bind.
+                check(libc::mount(source.as_ptr(), target.as_ptr(), null, libc::MS_BIND, null.cast()))?;
                 if *read_only {
                     let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | kept_flags(target);
                     check(libc::mount(null, target.as_ptr(), null, flags, null.cast()))?;

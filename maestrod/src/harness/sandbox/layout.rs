@@ -10,7 +10,7 @@
 //! Landlock rules on the same paths (see `rules`). Both are computed here,
 //! with no I/O but reading the host's directory entries.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -41,7 +41,10 @@ const DEVICES: [&str; 5] = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random"
 /// Read-only inside the workspace: what git and the daemon trust.
 const PROTECTED: [&str; 2] = [".git", ".maestro"];
 /// Below `/sys`, what runtimes read to size themselves (CPU count, cgroup limits).
-const SYS: [&str; 2] = ["/sys/devices/system/cpu", "/sys/fs/cgroup"];
+const SYS: [&str; 1] = ["/sys/devices/system/cpu"];
+/// Private, memory-backed scratch space, gone with the command's namespace.
+const TMP_OPTIONS: &CStr = c"mode=1777,size=1g";
+const SHM_OPTIONS: &CStr = c"mode=1777,size=256m";
 
 /// A path as the kernel takes it.
 fn c(path: &Path) -> CString {
@@ -71,8 +74,8 @@ pub struct View {
     pub workspace: PathBuf,
     /// Private, writable: the command's `$HOME` and `$TMPDIR`, also bound at `/tmp`.
     pub tmp: PathBuf,
-    /// An empty directory of the run: `/dev/shm` inside.
-    pub shm: PathBuf,
+    /// Paths that must not exist for the command even inside the workspace (the daemon's data).
+    pub hidden: Vec<PathBuf>,
     /// An empty directory of the run: the private root is built on it.
     pub new_root: PathBuf,
 }
@@ -126,7 +129,7 @@ fn etc(dir: &Path, prefix: &str, add: &mut impl FnMut(&Path)) {
 
 impl View {
     /// The view of a command in `workspace` whose private directory is `run`.
-    pub fn new(system: &[Entry], workspace: &Path, run: &Path) -> View {
+    pub fn new(system: &[Entry], workspace: &Path, run: &Path, hidden: &[PathBuf]) -> View {
         let mut entries = system.to_vec();
         let tmp = run.join("tmp");
         entries.push(Entry::Writable(workspace.to_path_buf()));
@@ -139,7 +142,7 @@ impl View {
             protected,
             workspace: workspace.to_path_buf(),
             tmp,
-            shm: run.join("shm"),
+            hidden: hidden.iter().filter(|h| h.starts_with(workspace) && h.exists()).cloned().collect(),
             new_root: run.join("root"),
         }
     }
@@ -155,18 +158,15 @@ impl View {
             .collect()
     }
 
-    /// Paths commands may write (for Landlock).
+    /// Paths commands may write (for Landlock; the private `/tmp` and `/dev/shm` are added in the child).
     pub fn writable(&self) -> Vec<PathBuf> {
-        let mut paths: Vec<PathBuf> = self
-            .entries
+        self.entries
             .iter()
             .filter_map(|e| match e {
                 Entry::Writable(p) => Some(p.clone()),
                 _ => None,
             })
-            .collect();
-        paths.push(self.shm.clone());
-        paths
+            .collect()
     }
 
     pub fn devices(&self) -> Vec<PathBuf> {
@@ -182,15 +182,15 @@ impl View {
     /// The mount program that builds the private root, in order.
     pub fn program(&self) -> Vec<Op> {
         let mut program = Program { ops: Vec::new(), made: Vec::new(), root: self.new_root.clone() };
-        program.ops.push(Op::Tmpfs { target: c(&self.new_root) });
-        // The private temp dir is the command's /tmp (and $HOME, $TMPDIR). First, so that a
-        // workspace below /tmp is bound on top of it rather than hidden by it.
-        program.bind(&self.tmp, Path::new("/tmp"), false);
+        program.ops.push(Op::Tmpfs { target: c(&self.new_root), options: c"mode=0755".into(), read_only: false });
+        // The command's /tmp (and $HOME, $TMPDIR): memory, bounded, gone with the command.
+        // First, so that a workspace below /tmp is bound on top of it rather than hidden by it.
+        program.tmpfs(Path::new("/tmp"), TMP_OPTIONS);
         for entry in &self.entries {
             match entry {
                 Entry::Writable(path) if *path == self.tmp => {}
-                Entry::ReadOnly(path) => program.bind(path, path, true),
-                Entry::Writable(path) | Entry::Device(path) => program.bind(path, path, false),
+                Entry::ReadOnly(path) | Entry::Device(path) => program.bind(path, path, true),
+                Entry::Writable(path) => program.bind(path, path, false),
                 Entry::Link { path, target } => {
                     if let Some(parent) = path.parent() {
                         program.dirs(parent);
@@ -199,7 +199,7 @@ impl View {
                 }
             }
         }
-        program.bind(&self.shm, Path::new("/dev/shm"), false);
+        program.tmpfs(Path::new("/dev/shm"), SHM_OPTIONS);
         for (link, target) in [
             ("/dev/fd", "/proc/self/fd"),
             ("/dev/stdin", "/proc/self/fd/0"),
@@ -215,6 +215,10 @@ impl View {
         for path in &self.protected {
             let inside = c(&program.inside(path));
             program.ops.push(Op::Bind { source: inside.clone(), target: inside, read_only: true });
+        }
+        for path in &self.hidden {
+            let target = c(&program.inside(path));
+            program.ops.push(Op::Tmpfs { target, options: c"mode=000,size=4k".into(), read_only: true });
         }
         program.ops.push(Op::Mkdir { path: c(&self.new_root.join(".old")) });
         program.ops.push(Op::Pivot {
@@ -232,6 +236,10 @@ impl View {
 fn nested_git(workspace: &Path, dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
     const MAX_DEPTH: usize = 12;
     let Ok(entries) = std::fs::read_dir(dir) else { return };
+    if dir != workspace && crate::harness::rollback::looks_like_git_dir(dir) {
+        out.push(dir.to_path_buf());
+        return;
+    }
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name();
@@ -253,6 +261,8 @@ fn nested_git(workspace: &Path, dir: &Path, depth: usize, out: &mut Vec<PathBuf>
 pub enum Op {
     Tmpfs {
         target: CString,
+        options: CString,
+        read_only: bool,
     },
     Mkdir {
         path: CString,
@@ -314,6 +324,12 @@ impl Program {
         }
     }
 
+    /// A fresh tmpfs at `target` inside the new root.
+    fn tmpfs(&mut self, target: &Path, options: &CStr) {
+        self.dirs(target);
+        self.ops.push(Op::Tmpfs { target: c(&self.inside(target)), options: options.into(), read_only: false });
+    }
+
     /// Binds host `source` at `target` inside the new root.
     fn bind(&mut self, source: &Path, target: &Path, read_only: bool) {
         let is_dir = source.is_dir();
@@ -371,7 +387,9 @@ mod tests {
             Entry::Link { path: "/bin".into(), target: "usr/bin".into() },
             Entry::Device("/dev/null".into()),
         ];
-        let view = View::new(&system, ws.path(), run.path());
+        std::fs::create_dir_all(ws.path().join(".maestro/data")).unwrap();
+        let view =
+            View::new(&system, ws.path(), run.path(), &[ws.path().join(".maestro/data"), PathBuf::from("/elsewhere")]);
         let mut protected = view.protected.clone();
         protected.sort();
         let expected: Vec<PathBuf> =
@@ -381,7 +399,7 @@ mod tests {
         let root = run.path().join("root");
         let inside = |p: &Path| c(&root.join(p.strip_prefix("/").unwrap()));
         let find = |op: &Op| program.iter().position(|o| o == op);
-        assert_eq!(program[0], Op::Tmpfs { target: c(&root) });
+        assert_eq!(program[0], Op::Tmpfs { target: c(&root), options: c"mode=0755".into(), read_only: false });
         let usr = find(&Op::Bind { source: c(Path::new("/usr")), target: inside(Path::new("/usr")), read_only: true });
         let workspace = find(&Op::Bind { source: c(ws.path()), target: inside(ws.path()), read_only: false });
         let git = inside(&ws.path().join(".git"));
@@ -392,15 +410,24 @@ mod tests {
         assert!(workspace < git_ro && git_ro < pivot && proc < pivot, "{program:#?}");
         assert!(program.contains(&Op::Symlink { target: c(Path::new("usr/bin")), link: inside(Path::new("/bin")) }));
         assert!(program.contains(&Op::Touch { path: inside(Path::new("/dev/null")) }), "files are bound onto files");
+        let null =
+            Op::Bind { source: c(Path::new("/dev/null")), target: inside(Path::new("/dev/null")), read_only: true };
+        assert!(program.contains(&null), "devices are bound read-only: no chmod or utime of the host's nodes");
+        let hidden = Op::Tmpfs {
+            target: inside(&ws.path().join(".maestro/data")),
+            options: c"mode=000,size=4k".into(),
+            read_only: true,
+        };
+        assert!(find(&hidden) > git_ro && find(&hidden) < pivot, "the daemon's data inside the workspace is covered");
         assert_eq!(program.last(), Some(&Op::Chdir { path: c(ws.path()) }));
         // Parents are made once, before what is bound below them.
         let mkdirs: Vec<&Op> = program.iter().filter(|o| matches!(o, Op::Mkdir { .. })).collect();
         let unique: std::collections::BTreeSet<String> = mkdirs.iter().map(|o| format!("{o:?}")).collect();
         assert_eq!(mkdirs.len(), unique.len(), "{mkdirs:#?}");
-        // /tmp is the private temp dir, bound before a workspace that may live below it.
-        let tmp =
-            find(&Op::Bind { source: c(&run.path().join("tmp")), target: inside(Path::new("/tmp")), read_only: false });
+        // /tmp is private scratch space, mounted before a workspace that may live below it.
+        let tmp = find(&Op::Tmpfs { target: inside(Path::new("/tmp")), options: TMP_OPTIONS.into(), read_only: false });
         assert!(tmp.is_some() && tmp < workspace, "{program:#?}");
+        assert_eq!(view.hidden, [ws.path().join(".maestro/data")]);
         assert!(
             view.writable().contains(&ws.path().to_path_buf()) && view.writable().contains(&run.path().join("tmp"))
         );

@@ -140,6 +140,8 @@ pub trait SandboxProvider: Send + Sync {
 pub struct SandboxOptions {
     /// Further paths commands may read (toolchains outside `/usr`, like `~/.rustup`).
     pub extra_read: Vec<PathBuf>,
+    /// Paths commands must never see, even inside a workspace (the daemon's data dir).
+    pub hidden: Vec<PathBuf>,
 }
 
 /// Which layers this machine supports (the strongest combination that works).
@@ -159,6 +161,7 @@ pub struct LocalSandbox {
     layers: Layers,
     /// The system part of every command's view.
     system: Arc<Vec<Entry>>,
+    hidden: Arc<Vec<PathBuf>>,
     filters: Arc<Vec<BpfProgram>>,
     /// Commands running at once, across every loop of the daemon: more
     /// would only fight for the cores; the rest wait their turn.
@@ -170,14 +173,14 @@ fn default_slots() -> usize {
     std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
 }
 
-/// The private directory of one run: its temp dir, `/dev/shm`, and the mount
-/// point of its private root.
+/// The private directory of one run: its temp dir (without a private root)
+/// and the mount point of its private root.
 fn run_dir() -> Result<tempfile::TempDir, SandboxError> {
     let run = tempfile::Builder::new()
         .prefix("maestro-sandbox-")
         .tempdir()
         .map_err(|e| SandboxError::Setup(format!("cannot create a private temp dir: {e}")))?;
-    for sub in ["tmp", "shm", "root"] {
+    for sub in ["tmp", "root"] {
         std::fs::create_dir(run.path().join(sub))
             .map_err(|e| SandboxError::Setup(format!("cannot create the sandbox's {sub} dir: {e}")))?;
     }
@@ -228,6 +231,7 @@ impl LocalSandbox {
             confinement: Confinement::default(),
             layers: candidates[candidates.len() - 1],
             system,
+            hidden: Arc::new(options.hidden.iter().map(|p| p.canonicalize().unwrap_or_else(|_| p.clone())).collect()),
             filters: Arc::new(filters),
             slots: Arc::new(tokio::sync::Semaphore::new(default_slots())),
         };
@@ -258,6 +262,7 @@ impl LocalSandbox {
             confinement: Confinement::default(),
             layers,
             system: Arc::new(Vec::new()),
+            hidden: Arc::new(Vec::new()),
             filters: Arc::new(Vec::new()),
             slots: Arc::new(tokio::sync::Semaphore::new(default_slots())),
         };
@@ -312,7 +317,7 @@ impl LocalSandbox {
         let Some(program) = spec.argv.first() else { return Err(SandboxError::EmptyCommand) };
         let layers = self.layers;
         let private_root = layers.namespaces.user && layers.namespaces.mount;
-        let view = View::new(&self.system, &spec.workspace, run);
+        let view = View::new(&self.system, &spec.workspace, run, &self.hidden);
         // Inside a private root the run's temp dir is /tmp; otherwise it is where it is.
         let tmp = if private_root { PathBuf::from("/tmp") } else { view.tmp.clone() };
         let ruleset = if layers.landlock { Some(rules::ruleset(&view).map_err(SandboxError::Setup)?) } else { None };
@@ -366,6 +371,42 @@ impl LocalSandbox {
         }
         Ok(command)
     }
+}
+
+/// Removes `root` and everything below it without recursion and without long
+/// paths, whatever a command made there (30,000 nested folders, folders
+/// without permissions): every folder is first moved up to `root` itself.
+pub(crate) fn remove_tree(root: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut counter = 0u64;
+    let mut queue = vec![root.to_path_buf()];
+    let mut emptied = Vec::new();
+    while let Some(dir) = queue.pop() {
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                counter += 1;
+                let flat = root.join(format!(".maestro-rm-{counter}"));
+                let moved = if dir == root {
+                    path
+                } else if std::fs::rename(&path, &flat).is_ok() {
+                    flat
+                } else {
+                    continue;
+                };
+                queue.push(moved);
+            } else {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        emptied.push(dir);
+    }
+    for dir in emptied.into_iter().rev() {
+        let _ = std::fs::remove_dir(&dir);
+    }
+    if root.exists() { Err(std::io::Error::other(format!("{} was not removed", root.display()))) } else { Ok(()) }
 }
 
 /// The environment variable that marks every process a command starts.
@@ -458,6 +499,10 @@ impl SandboxProvider for LocalSandbox {
             outcome.stderr_truncated = err_truncated;
             outcome.duration = started.elapsed();
             debug!(program, exit = ?outcome.exit_code, signal = ?outcome.signal, timed_out = outcome.timed_out, "command finished");
+            // What the command left in its temp dir may be arbitrarily deep or locked: removed
+            // without recursion, off the async threads.
+            let run = run.keep();
+            let _ = tokio::task::spawn_blocking(move || remove_tree(&run)).await;
             Ok(outcome)
         }
         .boxed()
@@ -497,6 +542,43 @@ mod tests {
         let missing =
             LocalSandbox::probe().run(spec(dir.path(), &["no-such-program-xyz"]), CancellationToken::new()).await;
         assert!(matches!(missing, Err(SandboxError::Spawn { .. })), "{missing:?}");
+    }
+
+    #[test]
+    fn trees_of_any_depth_and_permissions_are_removed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("run");
+        std::fs::create_dir(&root).unwrap();
+        // Deeper than PATH_MAX and than any recursion would survive: built with relative steps.
+        let mut at: std::os::fd::OwnedFd = std::fs::File::open(&root).unwrap().into();
+        for _ in 0..5000 {
+            nix::sys::stat::mkdirat(&at, "a", nix::sys::stat::Mode::S_IRWXU).unwrap();
+            let flags = nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY;
+            at = nix::fcntl::openat(&at, "a", flags, nix::sys::stat::Mode::empty()).unwrap();
+        }
+        std::fs::create_dir_all(root.join("locked/inner")).unwrap();
+        std::fs::write(root.join("locked/inner/big"), vec![0u8; 1 << 20]).unwrap();
+        std::fs::set_permissions(root.join("locked"), std::fs::Permissions::from_mode(0o000)).unwrap();
+        remove_tree(&root).unwrap();
+        assert!(!root.exists());
+    }
+
+    #[tokio::test]
+    async fn the_command_has_its_own_proc_tmp_and_shm() {
+        let sandbox = LocalSandbox::probe();
+        if !sandbox.layers.namespaces.mount {
+            require_or_skip(&sandbox);
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let script = "grep -c . /proc/self/status >/dev/null && echo x > /tmp/t && echo y > /dev/shm/s && cat /tmp/t /dev/shm/s && ls /proc | grep -c '^[0-9]'";
+        let out = sandbox.run(spec(dir.path(), &["sh", "-c", script]), CancellationToken::new()).await.unwrap();
+        assert!(out.success(), "{out:?}");
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        assert_eq!(&lines[..2], ["x", "y"]);
+        let processes: u32 = lines[2].parse().unwrap();
+        assert!(processes <= 4, "only the command's own processes are in its /proc: {processes}");
     }
 
     #[tokio::test]

@@ -31,10 +31,13 @@ pub(super) fn ruleset(view: &View) -> Result<RulesetCreated, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Adds read access to the command's own `/proc`, mounted in its PID
-/// namespace after the ruleset was made (a rule on the mount point would not
-/// cover what is mounted on it). Called in the jailed child: a system call
-/// on a descriptor it opened, no allocation on the success path.
-pub(super) fn allow_proc(ruleset: RulesetCreated, proc: BorrowedFd<'_>) -> Result<RulesetCreated, ()> {
-    ruleset.add_rule(PathBeneath::new(proc, AccessFs::from_read(ABI_VERSION))).map_err(drop)
+/// Mounts made in the jailed child after the ruleset (a rule on a mount point
+/// does not cover what is mounted on it), with what the command may do there.
+pub(super) const CHILD_MOUNTS: [(&std::ffi::CStr, bool); 3] = [(c"/proc", false), (c"/tmp", true), (c"/dev/shm", true)];
+
+/// Adds a rule for a directory the child opened (`writable`: every right; else reading).
+/// Called in the jailed child: a system call on a descriptor it owns.
+pub(super) fn allow(ruleset: RulesetCreated, dir: BorrowedFd<'_>, writable: bool) -> Result<RulesetCreated, ()> {
+    let access = if writable { AccessFs::from_all(ABI_VERSION) } else { AccessFs::from_read(ABI_VERSION) };
+    ruleset.add_rule(PathBeneath::new(dir, access)).map_err(drop)
 }
