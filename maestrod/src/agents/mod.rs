@@ -8,4 +8,6 @@ pub mod llm;
 mod role_scenarios;
 pub mod roles;
 pub mod runtime;
+#[cfg(test)]
+mod tool_tests;
 pub mod tools;

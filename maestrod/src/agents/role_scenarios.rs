@@ -148,6 +148,10 @@ async fn work(f: &Fixture, provider: &dyn LlmProvider, role: &str, id: &str) -> 
         max_turns: 8,
         max_tokens: 1024,
         observer: None,
+        temperature: None,
+        context_window: 32_768,
+        tests: Vec::new(),
+        on_retry: Default::default(),
     };
     let outcome = assignment.work(CancellationToken::new()).await.unwrap();
     if claims && role != "planning" && matches!(outcome, RunOutcome::Done(_)) {

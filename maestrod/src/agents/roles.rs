@@ -29,6 +29,11 @@ pub struct Assignment<'a> {
     pub max_turns: usize,
     pub max_tokens: u32,
     pub observer: Option<&'a dyn Observer>,
+    pub temperature: Option<f32>,
+    pub context_window: u32,
+    /// The project's test commands (`run_tests`).
+    pub tests: Vec<Vec<String>>,
+    pub on_retry: super::llm::RetryHook,
 }
 
 impl Assignment<'_> {
@@ -39,6 +44,7 @@ impl Assignment<'_> {
         let mut task = context(&ssot, self.harness.project(), &self.requirement, &self.ctx.role)
             .await
             .map_err(AgentError::Context)?;
+        task.push_str(&self.workspace_section(&cancel).await);
         if !self.notes.is_empty() {
             let _ = write!(task, "\n{}", self.notes);
         }
@@ -51,8 +57,57 @@ impl Assignment<'_> {
             max_turns: self.max_turns,
             max_tokens: self.max_tokens,
             observer: self.observer,
+            temperature: self.temperature,
+            context_window: self.context_window,
+            tests: self.tests,
+            on_retry: self.on_retry,
         };
         run.run(system, &task, cancel).await
+    }
+}
+
+impl Assignment<'_> {
+    /// What the agent may do here and what the workspace holds: its paths and
+    /// commands, the test commands, and the tree two levels down with sizes.
+    async fn workspace_section(&self, cancel: &CancellationToken) -> String {
+        let mut out = String::new();
+        if let Ok(role) = self.harness.policy().role(&self.ctx.role) {
+            let write = role.source.write.clone().unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "\nYou may write: {}.",
+                if write.is_empty() { "nothing (you read and report)".to_string() } else { write.join(", ") }
+            );
+            if !role.commands.is_empty() {
+                let commands: Vec<String> = role.commands.iter().map(|c| c.join(" ")).collect();
+                let _ = writeln!(out, "You may run (argv prefixes, no shell): {}.", commands.join("; "));
+            }
+        }
+        if !self.tests.is_empty() && self.harness.policy().role(&self.ctx.role).is_ok_and(|r| !r.commands.is_empty()) {
+            let tests: Vec<String> = self.tests.iter().map(|c| c.join(" ")).collect();
+            let _ = writeln!(out, "The project's tests (run_tests runs them): {}.", tests.join(" && "));
+        }
+        let listing = self
+            .harness
+            .perform(&self.ctx, crate::harness::gate::Action::ListTree { path: ".".into(), depth: 2 }, cancel.clone())
+            .await;
+        if let Ok(crate::harness::executor::ActionOutput::Tree(entries, _)) = listing {
+            let _ = writeln!(out, "\nThe workspace (two levels):");
+            if entries.is_empty() {
+                let _ = writeln!(out, "(empty)");
+            }
+            for entry in entries.iter().take(80) {
+                if entry.is_dir {
+                    let _ = writeln!(out, "{}/", entry.path);
+                } else {
+                    let _ = writeln!(out, "{} ({} bytes)", entry.path, entry.bytes);
+                }
+            }
+            if entries.len() > 80 {
+                let _ = writeln!(out, "… {} more (list_dir shows them)", entries.len() - 80);
+            }
+        }
+        out
     }
 }
 
@@ -116,10 +171,12 @@ pub async fn context(ssot: &Ssot, project: &str, id: &str, role: &str) -> Result
         }
     }
     if !requirement.depends_on.is_empty() {
-        let _ = writeln!(out, "\nDepends on:");
+        let _ = writeln!(out, "\nDepends on (and what it produced):");
         for dep in &requirement.depends_on {
             if let Some(node) = find(dep) {
-                let _ = writeln!(out, "- {} [{}] {}", node.id, node.status.as_str(), node.title);
+                let produced =
+                    if node.status_reason.is_empty() { String::new() } else { format!(" — {}", node.status_reason) };
+                let _ = writeln!(out, "- {} [{}] {}{produced}", node.id, node.status.as_str(), node.title);
             }
         }
     }

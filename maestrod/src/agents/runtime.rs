@@ -7,7 +7,7 @@
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span};
 
-use super::llm::{ChatRequest, LlmError, LlmProvider, Message, StopReason, TokenUsage, ToolCall};
+use super::llm::{ChatRequest, LlmError, LlmProvider, Message, RetryHook, StopReason, TokenUsage, ToolCall};
 use super::tools::{self, Signal, ToolResult, Tools, Verdict, VerdictArgs};
 use crate::harness::executor::{ActionContext, Harness, HarnessError};
 use crate::ssot::loops::FailureCause;
@@ -96,6 +96,51 @@ pub struct AgentRun<'a> {
     pub max_turns: usize,
     pub max_tokens: u32,
     pub observer: Option<&'a dyn Observer>,
+    /// Model knobs: temperature (None: the provider's default), the context window in tokens.
+    pub temperature: Option<f32>,
+    pub context_window: u32,
+    /// The project's test commands (`run_tests`).
+    pub tests: Vec<Vec<String>>,
+    /// Told about each retry of a model request.
+    pub on_retry: RetryHook,
+}
+
+/// Tokens a conversation is estimated to take (about four bytes a token).
+pub fn estimate_tokens(messages: &[Message], tools: &[super::llm::ToolSpec]) -> u64 {
+    let text: usize = messages
+        .iter()
+        .map(|m| match m {
+            Message::System { text } | Message::User { text } => text.len(),
+            Message::Assistant { text, tool_calls } => {
+                text.len() + tool_calls.iter().map(|c| c.arguments.len() + c.name.len()).sum::<usize>()
+            }
+            Message::Tool { content, .. } => content.len(),
+        })
+        .sum();
+    let schemas: usize = tools.iter().map(|t| t.parameters.to_string().len() + t.description.len()).sum();
+    ((text + schemas) as u64).div_ceil(4) + 4 * messages.len() as u64
+}
+
+/// Keeps a conversation within `budget` tokens by eliding the oldest tool
+/// results (the system prompt, the task and the last turns stay whole).
+/// Returns whether it fits.
+pub fn fit(messages: &mut [Message], tools: &[super::llm::ToolSpec], budget: u64) -> bool {
+    const KEEP_LAST: usize = 6;
+    let protected_from = messages.len().saturating_sub(KEEP_LAST);
+    for i in 2..protected_from {
+        if estimate_tokens(messages, tools) <= budget {
+            return true;
+        }
+        if let Message::Tool { content, .. } = &mut messages[i]
+            && !content.starts_with("[elided")
+        {
+            *content = format!(
+                "[elided to fit the context window: {} bytes; call the tool again if you need it]",
+                content.len()
+            );
+        }
+    }
+    estimate_tokens(messages, tools) <= budget
 }
 
 /// The first line of `text`, at most `max` characters.
@@ -105,6 +150,42 @@ fn first_line(text: &str, max: usize) -> String {
 }
 
 impl AgentRun<'_> {
+    /// Every model call goes in the execution log: model, tokens in and out, latency, stop reason or error.
+    async fn log_call(&self, response: &Result<super::llm::ChatResponse, LlmError>, took: std::time::Duration) {
+        let (outcome, tokens, detail) = match response {
+            Ok(r) => {
+                let stop = match &r.stop {
+                    StopReason::EndTurn => "end_turn".to_string(),
+                    StopReason::ToolUse => "tool_use".to_string(),
+                    StopReason::MaxTokens => "max_tokens".to_string(),
+                    StopReason::Other(other) => other.clone(),
+                };
+                let detail = format!(
+                    "in {} out {} tokens, {} tool calls",
+                    r.usage.input_tokens,
+                    r.usage.output_tokens,
+                    r.tool_calls.len()
+                );
+                (stop, r.usage.total(), detail)
+            }
+            Err(error) => ("error".to_string(), 0, error.to_string()),
+        };
+        let entry = crate::ssot::exec_log::NewLogEntry {
+            loop_id: self.ctx.loop_id.clone(),
+            epoch: self.ctx.epoch,
+            agent: self.ctx.agent.clone(),
+            action: "model_call".into(),
+            target: self.model.clone(),
+            outcome,
+            tokens,
+            duration_ms: took.as_millis() as u64,
+            detail,
+        };
+        if let Err(error) = self.harness.ssot().append_log(self.harness.project(), entry).await {
+            tracing::warn!(%error, "cannot log a model call");
+        }
+    }
+
     /// Runs until the agent finishes. `system` is the role's prompt, `task` the focused context.
     pub async fn run(&self, system: &str, task: &str, cancel: CancellationToken) -> Result<RunOutcome, AgentError> {
         let span = info_span!("agent", role = %self.ctx.role, agent = %self.ctx.agent, requirement = %self.requirement);
@@ -115,6 +196,7 @@ impl AgentRun<'_> {
                 harness: self.harness,
                 ctx: &self.ctx,
                 requirement: &self.requirement,
+                tests: &self.tests,
                 offered: &offered,
                 cancel: cancel.clone(),
             };
@@ -127,19 +209,33 @@ impl AgentRun<'_> {
                 if cancel.is_cancelled() {
                     return Ok(RunOutcome::Cancelled);
                 }
+                let budget = u64::from(self.context_window).saturating_sub(u64::from(self.max_tokens));
+                if !fit(&mut messages, &offered, budget) {
+                    return Ok(RunOutcome::failed(
+                        FailureCause::Setup,
+                        format!(
+                            "the conversation does not fit the model's context window ({} tokens, llm.context_window) even with old tool results elided",
+                            self.context_window
+                        ),
+                    ));
+                }
                 let request = ChatRequest {
                     model: self.model.clone(),
                     messages: messages.clone(),
                     tools: offered.clone(),
                     max_tokens: self.max_tokens,
-                    temperature: Some(0.0),
+                    temperature: self.temperature,
+                    on_retry: self.on_retry.clone(),
                 };
+                let started = std::time::Instant::now();
                 let response = tokio::select! {
-                    response = self.provider.chat(&request) => match response {
-                        Ok(response) => response,
-                        Err(error) => return Ok(RunOutcome::Failed(model_failure(error))),
-                    },
+                    response = self.provider.chat(&request) => response,
                     () = cancel.cancelled() => return Ok(RunOutcome::Cancelled),
+                };
+                self.log_call(&response, started.elapsed()).await;
+                let response = match response {
+                    Ok(response) => response,
+                    Err(error) => return Ok(RunOutcome::Failed(model_failure(error))),
                 };
                 if let Some(observer) = self.observer {
                     observer.turn(&self.ctx, &response.usage);
@@ -320,6 +416,10 @@ roles:
             max_turns: 8,
             max_tokens: 1024,
             observer: None,
+            temperature: None,
+            context_window: 32_768,
+            tests: Vec::new(),
+            on_retry: Default::default(),
         };
         let outcome =
             run.run("You are the Backend agent.", "Implement R1: GET /todos", CancellationToken::new()).await.unwrap();
@@ -359,6 +459,10 @@ roles:
             max_turns: 8,
             max_tokens: 1024,
             observer: None,
+            temperature: None,
+            context_window: 32_768,
+            tests: Vec::new(),
+            on_retry: Default::default(),
         };
         let replayed =
             run.run("You are the Backend agent.", "Implement R1: GET /todos", CancellationToken::new()).await.unwrap();
@@ -440,6 +544,10 @@ roles:
                 max_turns: 4,
                 max_tokens: 512,
                 observer: None,
+                temperature: None,
+                context_window: 32_768,
+                tests: Vec::new(),
+                on_retry: Default::default(),
             };
             let outcome =
                 run.run("You are the Backend agent.", "Implement R1", CancellationToken::new()).await.unwrap();
@@ -489,6 +597,10 @@ roles:
             max_turns: 5,
             max_tokens: 256,
             observer: None,
+            temperature: None,
+            context_window: 32_768,
+            tests: Vec::new(),
+            on_retry: Default::default(),
         };
         let outcome = run.run("You are the Backend agent.", "Implement R1", CancellationToken::new()).await.unwrap();
         (outcome, ssot, workspace)
@@ -558,7 +670,7 @@ roles:
             assert_eq!(model_failure(error).cause, FailureCause::ModelPermanent);
         }
         let transient = [
-            LlmError::RateLimited { provider: provider.clone(), attempts: 3 },
+            LlmError::RateLimited { provider: provider.clone(), attempts: 3, detail: "slow down".into() },
             LlmError::Server { provider: provider.clone(), status: 500, attempts: 3, detail: "boom".into() },
             LlmError::Unreachable { provider: provider.clone(), url: "http://x".into(), detail: "timed out".into() },
         ];

@@ -25,6 +25,54 @@ struct PathArgs {
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+struct ReadArgs {
+    /// Path relative to the workspace root.
+    path: String,
+    /// First line to return (from 1).
+    #[serde(default)]
+    start_line: Option<usize>,
+    /// Last line to return (inclusive).
+    #[serde(default)]
+    end_line: Option<usize>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ListArgs {
+    /// Folder relative to the workspace root ("." for the root).
+    path: String,
+    /// Levels to list (1: just this folder; at most 6).
+    #[serde(default)]
+    depth: Option<u32>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct SearchArgs {
+    /// A regular expression (Rust syntax), matched against each line.
+    pattern: String,
+    /// Folder to search in ("." when left out).
+    #[serde(default)]
+    path: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct EditArgs {
+    /// Path relative to the workspace root.
+    path: String,
+    /// The exact text to replace: it must occur exactly once in the file.
+    old: String,
+    /// The text that replaces it.
+    new: String,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct NoArgs {}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 struct WriteArgs {
     /// Path relative to the workspace root.
     path: String,
@@ -280,11 +328,100 @@ impl ToolResult {
 }
 
 fn spec<T: JsonSchema>(name: &str, description: &str) -> ToolSpec {
-    ToolSpec {
-        name: name.to_string(),
-        description: description.to_string(),
-        parameters: serde_json::to_value(schema_for!(T)).expect("schemas encode as JSON"),
+    let schema = serde_json::to_value(schema_for!(T)).expect("schemas encode as JSON");
+    ToolSpec { name: name.to_string(), description: description.to_string(), parameters: compact(schema) }
+}
+
+/// A schema as small models read it best: no `$schema` URL (one read it as a
+/// path), no titles, every `$ref` inlined.
+pub fn compact(mut schema: serde_json::Value) -> serde_json::Value {
+    let defs = schema.as_object_mut().and_then(|o| o.remove("$defs")).unwrap_or_default();
+    fn inline(value: &mut serde_json::Value, defs: &serde_json::Value, depth: usize) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.remove("$schema");
+                // The annotation, not a property that happens to be called "title".
+                if map.get("title").is_some_and(|t| t.is_string()) {
+                    map.remove("title");
+                }
+                if let Some(target) = map.get("$ref").and_then(|r| r.as_str()).and_then(|r| r.strip_prefix("#/$defs/"))
+                    && let Some(def) = defs.get(target)
+                    && depth < 8
+                {
+                    let mut def = def.clone();
+                    inline(&mut def, defs, depth + 1);
+                    *value = def;
+                    return;
+                }
+                for child in map.values_mut() {
+                    inline(child, defs, depth);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|i| inline(i, defs, depth)),
+            _ => {}
+        }
     }
+    inline(&mut schema, &defs, 0);
+    schema
+}
+
+/// Most bytes of one tool result in the conversation.
+pub const MAX_RESULT_BYTES: usize = 16 << 10;
+
+/// `text` within `MAX_RESULT_BYTES`: its head and its tail, cut at lines, with
+/// what was left out in between (`hint` says how to get it).
+pub fn cap(text: &str, hint: &str) -> String {
+    if text.len() <= MAX_RESULT_BYTES {
+        return text.to_string();
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let (mut head, mut head_bytes) = (0, 0);
+    while head < lines.len() && head_bytes + lines[head].len() < MAX_RESULT_BYTES / 2 {
+        head_bytes += lines[head].len() + 1;
+        head += 1;
+    }
+    let (mut tail, mut tail_bytes) = (lines.len(), 0);
+    while tail > head && tail_bytes + lines[tail - 1].len() < MAX_RESULT_BYTES / 2 {
+        tail_bytes += lines[tail - 1].len() + 1;
+        tail -= 1;
+    }
+    if head == 0 && tail == lines.len() {
+        // One enormous line: cut by characters.
+        let start: String = text.chars().take(MAX_RESULT_BYTES / 2).collect();
+        let end: String = text.chars().rev().take(MAX_RESULT_BYTES / 2).collect::<Vec<_>>().into_iter().rev().collect();
+        return format!("{start}\n… {} bytes omitted …\n{end}", text.len() - MAX_RESULT_BYTES);
+    }
+    let omitted = tail - head;
+    format!(
+        "{}\n… {omitted} lines omitted (lines {}–{}){hint} …\n{}",
+        lines[..head].join("\n"),
+        head + 1,
+        tail,
+        lines[tail..].join("\n")
+    )
+}
+
+/// Lines `start..=end` of `text` (1-based), numbered like `  12| text`.
+fn numbered(text: &str, start: Option<usize>, end: Option<usize>) -> Result<String, String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let total = lines.len();
+    let first = start.unwrap_or(1).max(1);
+    let last = end.unwrap_or(total).min(total);
+    if total == 0 {
+        return Ok("(empty file)".into());
+    }
+    if first > total {
+        return Err(format!("start_line {first} is past the end: the file has {total} lines"));
+    }
+    if last < first {
+        return Err(format!("end_line {last} is before start_line {first}"));
+    }
+    let width = last.to_string().len();
+    let mut out: Vec<String> = (first..=last).map(|n| format!("{n:>width$}| {}", lines[n - 1])).collect();
+    if last < total {
+        out.push(format!("({} more lines; the file has {total})", total - last));
+    }
+    Ok(out.join("\n"))
 }
 
 /// The tools role `name` is offered: reading always; writing, deleting and
@@ -292,8 +429,15 @@ fn spec<T: JsonSchema>(name: &str, description: &str) -> ToolSpec {
 /// `review_verdict` for review; `finish`.
 pub fn specs(name: &str, role: &RolePolicy) -> Vec<ToolSpec> {
     let mut tools = vec![
-        spec::<PathArgs>("read_file", "Read a text file of the workspace."),
-        spec::<PathArgs>("list_dir", "List a directory of the workspace ('.' for the root)."),
+        spec::<ReadArgs>(
+            "read_file",
+            "Read a text file of the workspace, with line numbers; start_line/end_line read a part.",
+        ),
+        spec::<ListArgs>(
+            "list_dir",
+            "List a folder of the workspace ('.' for the root), depth levels down, with sizes.",
+        ),
+        spec::<SearchArgs>("search", "Find the lines matching a regular expression in the workspace: path:line: text."),
         spec::<RequirementArgs>("get_requirement", "Read one requirement."),
         spec::<ReadLogArgs>("list_requirements", "List every requirement of the project."),
         spec::<ContractArgs>("get_contract", "Read a contract (the latest version unless one is given)."),
@@ -311,11 +455,16 @@ pub fn specs(name: &str, role: &RolePolicy) -> Vec<ToolSpec> {
         ));
     }
     if !role.source.write.as_deref().unwrap_or_default().is_empty() {
-        tools.push(spec::<WriteArgs>("write_file", "Create or replace a file of the workspace."));
+        tools.push(spec::<EditArgs>(
+            "edit_file",
+            "Replace an exact piece of text in a file (it must occur once); the way to change part of a file.",
+        ));
+        tools.push(spec::<WriteArgs>("write_file", "Create a new file, or replace a whole file."));
         tools.push(spec::<PathArgs>("delete_file", "Delete a file or directory of the workspace."));
     }
     if !role.commands.is_empty() {
         tools.push(spec::<RunArgs>("run_command", "Run a command in the workspace sandbox (argv, no shell)."));
+        tools.push(spec::<NoArgs>("run_tests", "Run the project's tests, as the loop does when it validates."));
     }
     let grants = |collection: &str| role.ssot.iter().any(|c| c == collection);
     if grants("requirements") {
@@ -347,6 +496,8 @@ pub struct Tools<'a> {
     pub ctx: &'a ActionContext,
     /// The requirement the agent works on (or reviews).
     pub requirement: &'a str,
+    /// The project's test commands (what `run_tests` runs).
+    pub tests: &'a [Vec<String>],
     pub offered: &'a [ToolSpec],
     pub cancel: CancellationToken,
 }
@@ -359,6 +510,19 @@ fn parse<T: DeserializeOwned>(call: &ToolCall) -> Result<T, ToolResult> {
 impl Tools<'_> {
     pub async fn call(&self, call: &ToolCall) -> ToolResult {
         if !self.offered.iter().any(|t| t.name == call.name) {
+            // An SSOT tool the role has no right to: the harness's refusal, naming its rule.
+            let collection = match call.name.as_str() {
+                "create_requirement" | "update_requirement" | "set_status" => Some("requirements"),
+                "propose_contract" => Some("contracts"),
+                "annotate_log" => Some("log"),
+                "memory_put" => Some("memory"),
+                _ => None,
+            };
+            if let Some(collection) = collection
+                && let Err(refused) = self.authorize(collection, &call.name).await
+            {
+                return refused;
+            }
             let names: Vec<&str> = self.offered.iter().map(|t| t.name.as_str()).collect();
             return ToolResult::error(format!("unknown tool {:?}; available: {}", call.name, names.join(", ")));
         }
@@ -389,25 +553,116 @@ impl Tools<'_> {
         let fail = |e: crate::ssot::SsotError| ToolResult::error(e.to_string());
         let json = |v: serde_json::Value| ToolResult::ok(v.to_string());
         Ok(match call.name.as_str() {
-            "read_file" => match self.act(Action::ReadFile { path: parse::<PathArgs>(call)?.path }).await? {
-                ActionOutput::Read(text) => ToolResult::ok(text),
-                other => ToolResult::ok(format!("{other:?}")),
-            },
-            "list_dir" => match self.act(Action::ListDir { path: parse::<PathArgs>(call)?.path }).await? {
-                ActionOutput::Listing(entries) => ToolResult::ok(
-                    entries
-                        .iter()
-                        .map(|e| if e.is_dir { format!("{}/", e.name) } else { e.name.clone() })
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                ),
-                other => ToolResult::ok(format!("{other:?}")),
-            },
+            "read_file" => {
+                let args = parse::<ReadArgs>(call)?;
+                match self.act(Action::ReadFile { path: args.path.clone() }).await? {
+                    ActionOutput::Read(text) => match numbered(&text, args.start_line, args.end_line) {
+                        Ok(lines) => ToolResult::ok(cap(&lines, "; read them with start_line/end_line")),
+                        Err(message) => ToolResult::error(format!("{}: {message}", args.path)),
+                    },
+                    other => ToolResult::ok(format!("{other:?}")),
+                }
+            }
+            "list_dir" => {
+                let args = parse::<ListArgs>(call)?;
+                let depth = args.depth.unwrap_or(1).clamp(1, 6);
+                match self.act(Action::ListTree { path: args.path, depth }).await? {
+                    ActionOutput::Tree(entries, full) => {
+                        let mut lines: Vec<String> = entries
+                            .iter()
+                            .map(|e| {
+                                if e.is_dir {
+                                    format!("{}/", e.path)
+                                } else {
+                                    format!("{} ({} bytes)", e.path, e.bytes)
+                                }
+                            })
+                            .collect();
+                        if lines.is_empty() {
+                            lines.push("(empty)".into());
+                        }
+                        if full {
+                            lines.push("(more entries not shown: list a subfolder)".into());
+                        }
+                        ToolResult::ok(cap(&lines.join("\n"), "; list a subfolder"))
+                    }
+                    other => ToolResult::ok(format!("{other:?}")),
+                }
+            }
+            "search" => {
+                let args = parse::<SearchArgs>(call)?;
+                let path = args.path.unwrap_or_else(|| ".".into());
+                match self.act(Action::Search { path, pattern: args.pattern }).await? {
+                    ActionOutput::Matches(found, more) => {
+                        let mut lines: Vec<String> =
+                            found.iter().map(|m| format!("{}:{}: {}", m.path, m.line, m.text)).collect();
+                        if lines.is_empty() {
+                            lines.push("no match".into());
+                        }
+                        if more {
+                            lines.push("(more matches not shown: narrow the pattern or the path)".into());
+                        }
+                        ToolResult::ok(cap(&lines.join("\n"), "; narrow the pattern"))
+                    }
+                    other => ToolResult::ok(format!("{other:?}")),
+                }
+            }
+            "edit_file" => {
+                let args = parse::<EditArgs>(call)?;
+                if args.old.is_empty() {
+                    return Err(ToolResult::error(
+                        "old is empty: give the exact text to replace (write_file makes new files)",
+                    ));
+                }
+                let text = match self.act(Action::ReadFile { path: args.path.clone() }).await? {
+                    ActionOutput::Read(text) => text,
+                    other => return Err(ToolResult::error(format!("unexpected {other:?}"))),
+                };
+                match text.matches(&args.old).count() {
+                    0 => {
+                        return Err(ToolResult::error(format!(
+                            "old text not found in {}; read the file again and copy the text exactly (whitespace included)",
+                            args.path
+                        )));
+                    }
+                    1 => {}
+                    n => {
+                        return Err(ToolResult::error(format!(
+                            "old text occurs {n} times in {}; include more of the surrounding lines so it matches once",
+                            args.path
+                        )));
+                    }
+                }
+                let content = text.replacen(&args.old, &args.new, 1);
+                self.act(Action::WriteFile { path: args.path.clone(), content }).await?;
+                let file = self.harness.relative(&args.path).unwrap_or_else(|| args.path.clone());
+                ToolResult::ok(format!("edited {}", args.path)).touching(Touch::File(file))
+            }
             "write_file" => {
                 let args = parse::<WriteArgs>(call)?;
                 self.act(Action::WriteFile { path: args.path.clone(), content: args.content }).await?;
                 let file = self.harness.relative(&args.path).unwrap_or_else(|| args.path.clone());
                 ToolResult::ok(format!("wrote {}", args.path)).touching(Touch::File(file))
+            }
+            "run_tests" => {
+                parse::<NoArgs>(call)?;
+                if self.tests.is_empty() {
+                    return Err(ToolResult::error("this project has no test command yet (no tests found)"));
+                }
+                let mut report = Vec::new();
+                let mut failed = false;
+                for argv in self.tests {
+                    match self.act(Action::RunCommand { argv: argv.clone() }).await? {
+                        ActionOutput::Ran(out) => {
+                            failed |= !out.success();
+                            report.push(format!("$ {}\n{}", argv.join(" "), ran(&out)));
+                        }
+                        other => report.push(format!("{other:?}")),
+                    }
+                }
+                let text = cap(&report.join("\n"), "");
+                let result = if failed { ToolResult::error(text) } else { ToolResult::ok(text) };
+                result.touching(Touch::Command)
             }
             "delete_file" => {
                 let args = parse::<PathArgs>(call)?;
@@ -417,16 +672,8 @@ impl Tools<'_> {
             }
             "run_command" => match self.act(Action::RunCommand { argv: parse::<RunArgs>(call)?.argv }).await? {
                 ActionOutput::Ran(out) => {
-                    let status = out
-                        .exit_code
-                        .map_or_else(|| format!("killed by signal {:?}", out.signal), |c| format!("exit {c}"));
-                    let result = format!(
-                        "{status}{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                        if out.timed_out { " (timed out)" } else { "" },
-                        out.stdout,
-                        out.stderr
-                    );
-                    let result = if out.success() { ToolResult::ok(result) } else { ToolResult::error(result) };
+                    let text = cap(&ran(&out), "");
+                    let result = if out.success() { ToolResult::ok(text) } else { ToolResult::error(text) };
                     result.touching(Touch::Command)
                 }
                 other => ToolResult::ok(format!("{other:?}")),
@@ -607,6 +854,21 @@ impl Tools<'_> {
             other => ToolResult::error(format!("tool {other:?} has no handler")),
         })
     }
+}
+
+/// A command's outcome for the model: status, then stdout and stderr.
+fn ran(out: &crate::harness::sandbox::Outcome) -> String {
+    let status = match (out.exit_code, out.signal) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "stopped".into(),
+    };
+    format!(
+        "{status}{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        if out.timed_out { " (timed out)" } else { "" },
+        out.stdout,
+        out.stderr
+    )
 }
 
 /// Memory belongs to the role, so it carries across epochs and agent instances.

@@ -28,6 +28,7 @@ use super::fsm::{
 use super::scheduler::{self, Pick};
 use super::test_run::{self, TestPlan};
 use crate::agents::contract_validator;
+use crate::agents::llm::RetryHook;
 use crate::agents::llm::config::RawLlm;
 use crate::agents::roles::Assignment as AgentAssignment;
 use crate::agents::runtime::{RunOutcome, model_failure};
@@ -70,6 +71,8 @@ pub(crate) static PANIC_IN: std::sync::Mutex<Option<(String, Phase)>> = std::syn
 /// loop writes their activity.
 #[derive(Clone)]
 struct AgentEnv {
+    /// The project's test commands, as VALID would run them now.
+    tests: Vec<Vec<String>>,
     harness: Arc<Harness>,
     llm: Arc<RawLlm>,
     root: PathBuf,
@@ -94,6 +97,21 @@ impl AgentEnv {
             Err(e) => return RunOutcome::Failed(model_failure(e)),
         };
         let observer = AgentObserver { activity: &self.activity, requirement: requirement.clone(), phase: self.phase };
+        // Retries of model requests are loop events (`model retry 2/5 after 429: …`).
+        let on_retry = {
+            let (activity, agent, requirement, phase) =
+                (self.activity.clone(), agent.clone(), requirement.clone(), self.phase);
+            RetryHook(Some(Arc::new(move |message: &str| {
+                activity.push(LoopEvent {
+                    kind: EventKind::Note,
+                    phase: Some(phase),
+                    agent: agent.clone(),
+                    requirement: requirement.clone(),
+                    message: message.to_string(),
+                    ..Default::default()
+                });
+            })))
+        };
         let ctx = ActionContext { loop_id: self.loop_id.clone(), epoch: self.epoch, agent, role };
         let assignment = AgentAssignment {
             provider: provider.as_ref(),
@@ -103,8 +121,12 @@ impl AgentEnv {
             requirement,
             notes,
             max_turns: self.max_turns,
-            max_tokens: self.max_tokens,
+            max_tokens: settings.max_tokens.unwrap_or(self.max_tokens),
             observer: Some(&observer),
+            temperature: settings.temperature,
+            context_window: settings.context_window,
+            tests: self.tests.clone(),
+            on_retry,
         };
         match assignment.work(cancel).await {
             Ok(outcome) => outcome,
@@ -193,7 +215,12 @@ impl Runner {
     }
 
     fn env(&self) -> AgentEnv {
+        let tests = match test_run::plan(&self.config, &self.root) {
+            TestPlan::Run(commands) => commands,
+            TestPlan::Off | TestPlan::Missing(_) => Vec::new(),
+        };
         AgentEnv {
+            tests,
             harness: self.harness.clone(),
             llm: self.llm.clone(),
             root: self.root.clone(),
@@ -930,8 +957,21 @@ impl Runner {
         Ok(Some(Outcome::Tampered { changed }))
     }
 
-    /// What review reads besides the requirement: what the implementer did.
-    fn review_notes(&self, requirement: &str) -> String {
+    /// What review reads besides the requirement: what the implementer did, and the diff.
+    async fn review_notes(&self, requirement: &str) -> Result<String> {
+        let mut notes = self.review_summary(requirement);
+        let changed = self.record.results.get(requirement).map(|r| r.changed.clone()).unwrap_or_default();
+        if !changed.is_empty() {
+            let checkpoint = self.record.epoch_checkpoint.clone();
+            let diff =
+                git(self.root.clone(), move |g| g.diff_since(&g.checkpoint_of(&checkpoint)?, &changed, 12 << 10))
+                    .await?;
+            notes.push_str(&format!("\nThe diff of this epoch for it:\n```diff\n{diff}```\n"));
+        }
+        Ok(notes)
+    }
+
+    fn review_summary(&self, requirement: &str) -> String {
         let mut notes = String::from("You review the work done for this requirement in this epoch.\n");
         if let Some(result) = self.record.results.get(requirement) {
             notes.push_str(&format!("The implementer's summary: {}\n", first_line(&result.summary, 1000)));
@@ -981,7 +1021,7 @@ impl Runner {
             }
             let review = Claim { role: "review".into(), agent: "review-1".into(), ..claim.clone() };
             let (attempt, notes) =
-                (fsm::attempt(&self.record, Some(&claim.requirement)), self.review_notes(&claim.requirement));
+                (fsm::attempt(&self.record, Some(&claim.requirement)), self.review_notes(&claim.requirement).await?);
             let Some(outcome) = self.run_agent(review, attempt, notes).await? else { return Ok(None) };
             let result = match outcome {
                 RunOutcome::Done(finished) => match finished.verdict {

@@ -41,10 +41,35 @@ pub struct DirEntry {
     pub is_dir: bool,
 }
 
+/// One entry of a tree listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeEntry {
+    /// Relative to the workspace root.
+    pub path: String,
+    pub is_dir: bool,
+    pub bytes: u64,
+}
+
+/// One line a search found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Match {
+    pub path: String,
+    pub line: usize,
+    pub text: String,
+}
+
+/// Most entries a tree listing returns, and most lines a search returns.
+pub const MAX_TREE_ENTRIES: usize = 2000;
+pub const MAX_MATCHES: usize = 200;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ActionOutput {
     Read(String),
     Listing(Vec<DirEntry>),
+    /// Entries, and whether the listing stopped at its limit.
+    Tree(Vec<TreeEntry>, bool),
+    /// Matches, and whether the search stopped at its limit.
+    Matches(Vec<Match>, bool),
     Written {
         bytes: usize,
     },
@@ -84,6 +109,8 @@ fn kind(action: &Action) -> &'static str {
     match action {
         Action::ReadFile { .. } => "read_file",
         Action::ListDir { .. } => "list_dir",
+        Action::ListTree { .. } => "list_tree",
+        Action::Search { .. } => "search",
         Action::WriteFile { .. } => "write_file",
         Action::DeleteFile { .. } => "delete_file",
         Action::RunCommand { .. } => "run_command",
@@ -94,6 +121,8 @@ fn kind(action: &Action) -> &'static str {
 fn target(action: &Action) -> String {
     match action {
         Action::ReadFile { path } | Action::ListDir { path } | Action::DeleteFile { path } => path.clone(),
+        Action::ListTree { path, depth } => format!("{path} (depth {depth})"),
+        Action::Search { path, pattern } => format!("{pattern} in {path}"),
         Action::WriteFile { path, .. } => path.clone(),
         Action::RunCommand { argv } => argv.join(" "),
         Action::SsotWrite { collection, target } => format!("{collection}/{target}"),
@@ -255,6 +284,22 @@ impl Harness {
                 let path = path.clone();
                 blocking(move || list_dir(&root, &path)).await.map(ActionOutput::Listing)
             }
+            Action::ListTree { path, depth } => {
+                let (entries, full) = self.visible_tree(ctx, root, path, *depth).await?;
+                Ok(ActionOutput::Tree(entries, full))
+            }
+            Action::Search { path, pattern } => {
+                let regex = regex::RegexBuilder::new(pattern)
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| HarnessError::File { path: path.clone(), message: format!("invalid pattern: {e}") })?;
+                let (entries, _) = self.visible_tree(ctx, root, path, 64).await?;
+                let files: Vec<String> = entries.into_iter().filter(|e| !e.is_dir).map(|e| e.path).collect();
+                let root = root.clone();
+                blocking(move || Ok(search(&root, &files, &regex)))
+                    .await
+                    .map(|(m, more)| ActionOutput::Matches(m, more))
+            }
             Action::WriteFile { path, content } => {
                 let root = root.clone();
                 let (path, content) = (path.clone(), content.clone());
@@ -267,6 +312,98 @@ impl Harness {
             }
         }
     }
+}
+
+impl Harness {
+    /// The entries below `path` (`depth` levels) that `ctx`'s role may read: no
+    /// links followed, no `.git`, denied paths left out; at most `MAX_TREE_ENTRIES`.
+    async fn visible_tree(
+        &self,
+        ctx: &ActionContext,
+        root: &WorkspaceRoot,
+        path: &str,
+        depth: u32,
+    ) -> Result<(Vec<TreeEntry>, bool), HarnessError> {
+        let (root2, path2) = (root.clone(), path.to_string());
+        let entries = blocking(move || walk(&root2, &path2, depth)).await?;
+        let mut visible = Vec::new();
+        let mut full = false;
+        for entry in entries {
+            let allowed =
+                matches!(self.gate.check(&ctx.role, &Action::ReadFile { path: entry.path.clone() })?, Decision::Allow);
+            if allowed {
+                if visible.len() == MAX_TREE_ENTRIES {
+                    full = true;
+                    break;
+                }
+                visible.push(entry);
+            }
+        }
+        Ok((visible, full))
+    }
+}
+
+/// Files and folders below `requested`, breadth first, without following links
+/// or entering `.git`; a bounded number, whatever the tree holds.
+fn walk(root: &WorkspaceRoot, requested: &str, depth: u32) -> Result<Vec<TreeEntry>, HarnessError> {
+    let start = resolve(root, requested)?;
+    let mut out = Vec::new();
+    let mut queue = std::collections::VecDeque::from([(start, 0u32)]);
+    while let Some((dir, level)) = queue.pop_front() {
+        if level >= depth || out.len() > 4 * MAX_TREE_ENTRIES {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            if entry.file_name() == ".git" {
+                continue;
+            }
+            let Ok(meta) = entry.path().symlink_metadata() else { continue };
+            let path = entry.path();
+            let rel = path.strip_prefix(root.path()).unwrap_or(&path).display().to_string();
+            let is_dir = meta.is_dir();
+            if is_dir {
+                queue.push_back((path, level + 1));
+            }
+            if meta.is_dir() || meta.is_file() {
+                out.push(TreeEntry { path: rel, is_dir, bytes: if is_dir { 0 } else { meta.len() } });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Lines of `files` matching `regex`: text files up to 1 MiB, at most `MAX_MATCHES` lines.
+fn search(root: &WorkspaceRoot, files: &[String], regex: &regex::Regex) -> (Vec<Match>, bool) {
+    let mut matches = Vec::new();
+    for rel in files {
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(no_follow() | nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(root.path().join(rel))
+        else {
+            continue;
+        };
+        if !file.metadata().is_ok_and(|m| m.is_file() && m.len() <= MAX_READ_BYTES) {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        if file.take(MAX_READ_BYTES).read_to_end(&mut bytes).is_err() || bytes.contains(&0) {
+            continue;
+        }
+        for (n, line) in String::from_utf8_lossy(&bytes).lines().enumerate() {
+            if regex.is_match(line) {
+                if matches.len() == MAX_MATCHES {
+                    return (matches, true);
+                }
+                let text: String = line.chars().take(300).collect();
+                matches.push(Match { path: rel.clone(), line: n + 1, text });
+            }
+        }
+    }
+    (matches, false)
 }
 
 async fn blocking<T: Send + 'static>(

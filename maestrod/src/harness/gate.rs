@@ -20,6 +20,16 @@ pub enum Action {
     ListDir {
         path: String,
     },
+    /// The files and folders below `path`, `depth` levels down, with sizes.
+    ListTree {
+        path: String,
+        depth: u32,
+    },
+    /// Lines matching the regular expression `pattern` in the files below `path`.
+    Search {
+        path: String,
+        pattern: String,
+    },
     WriteFile {
         path: String,
         content: String,
@@ -86,7 +96,10 @@ impl Gate {
         let role = self.policy.role(role)?;
         Ok(match action {
             Action::RunCommand { argv } => self.check_command(role, argv),
-            Action::ReadFile { path } | Action::ListDir { path } => self.check_path(role, path, Access::Read, None),
+            Action::ReadFile { path }
+            | Action::ListDir { path }
+            | Action::ListTree { path, .. }
+            | Action::Search { path, .. } => self.check_path(role, path, Access::Read, None),
             Action::WriteFile { path, content } => self.check_path(role, path, Access::Write, Some(content)),
             Action::DeleteFile { path } => self.check_path(role, path, Access::Delete, None),
             Action::SsotWrite { collection, .. } => {

@@ -149,19 +149,22 @@ pub fn default_roles() -> BTreeMap<String, RawRole> {
         &["node", "--test"],
         &["go", "test"],
     ];
+    // What each role may change in the SSOT, as the seed's table says: planning the
+    // requirements tree, backend and frontend contracts, test and review the log
+    // (notes, verdicts), the contract validator contracts; everyone its own memory.
     BTreeMap::from([
-        ("planning".to_string(), role(&[], &[], &["requirements", "memory", "log"])),
+        ("planning".to_string(), role(&[], &[], &["requirements", "memory"])),
         (
             "backend".to_string(),
             role(
                 &["src/api/**"],
                 &[&["python", "-m", "py_compile"], &["python3", "-m", "py_compile"]],
-                &["requirements", "contracts", "memory", "log"],
+                &["contracts", "memory"],
             ),
         ),
-        ("frontend".to_string(), role(&["src/ui/**"], &[], &["requirements", "contracts", "memory", "log"])),
-        ("test".to_string(), role(&["tests/**"], tests, &["requirements", "memory", "log"])),
-        ("review".to_string(), role(&[], &[], &["requirements", "memory", "log"])),
+        ("frontend".to_string(), role(&["src/ui/**"], &[], &["contracts", "memory"])),
+        ("test".to_string(), role(&["tests/**"], tests, &["log", "memory"])),
+        ("review".to_string(), role(&[], &[], &["log", "memory"])),
         ("contract-validator".to_string(), role(&[], &[], &["contracts", "log"])),
     ])
 }

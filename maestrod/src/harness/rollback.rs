@@ -290,6 +290,41 @@ impl GitWorkspace {
         Ok(paths.into_iter().collect())
     }
 
+    /// A unified diff of `paths` between `checkpoint` and the working tree (at most `max` bytes).
+    pub fn diff_since(&self, checkpoint: &Checkpoint, paths: &[String], max: usize) -> Result<String, RollbackError> {
+        if paths.is_empty() {
+            return Ok(String::new());
+        }
+        let old = self.repo.find_commit(Oid::from_str(&checkpoint.commit)?)?.tree()?;
+        let new = self.repo.find_tree(self.worktree_tree()?)?;
+        let mut options = git2::DiffOptions::new();
+        for path in paths {
+            options.pathspec(path);
+        }
+        options.disable_pathspec_match(true).context_lines(3);
+        let diff = self.repo.diff_tree_to_tree(Some(&old), Some(&new), Some(&mut options))?;
+        let mut out = String::new();
+        let mut cut = false;
+        diff.print(git2::DiffFormat::Patch, |_, _, line| {
+            if out.len() > max {
+                cut = true;
+                return false;
+            }
+            let prefix = match line.origin() {
+                origin @ ('+' | '-' | ' ') => origin.to_string(),
+                _ => String::new(),
+            };
+            out.push_str(&prefix);
+            out.push_str(&String::from_utf8_lossy(line.content()));
+            true
+        })
+        .or_else(|e| if cut { Ok(()) } else { Err(e) })?;
+        if cut {
+            out.push_str("\n… (diff cut; read the files for the rest)\n");
+        }
+        Ok(out)
+    }
+
     /// Removes the lock files a killed process left on this loop's own refs
     /// (`refs/maestro/<loop>/…`, `refs/tags/maestro/<loop>/…`). Only the loop
     /// writes those refs, so call it while holding the loop (e.g. on resume);

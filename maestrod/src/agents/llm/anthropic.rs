@@ -6,6 +6,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::config::WireOptions;
 use super::http::{self, RetryPolicy};
 use super::{ChatRequest, ChatResponse, LlmError, LlmProvider, Message, StopReason, TokenUsage, ToolCall};
 
@@ -17,12 +18,25 @@ pub struct Anthropic {
     api_key: String,
     client: reqwest::Client,
     policy: RetryPolicy,
+    wire: WireOptions,
 }
 
 impl Anthropic {
     /// `base_url` like `https://api.anthropic.com`.
     pub fn new(base_url: &str, api_key: String, policy: RetryPolicy) -> Self {
-        Self { base_url: base_url.trim_end_matches('/').to_string(), api_key, client: http::client(&policy), policy }
+        Self {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            api_key,
+            client: http::client(&policy),
+            policy,
+            wire: WireOptions { tool_choice: Some("auto".into()), headers: Vec::new() },
+        }
+    }
+
+    /// `tool_choice` and extra headers (`llm.tool_choice`, `llm.headers`).
+    pub fn with_wire(mut self, wire: WireOptions) -> Self {
+        self.wire = wire;
+        self
     }
 }
 
@@ -35,6 +49,8 @@ struct WireRequest<'a> {
     messages: Vec<WireMessage>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tools: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
 }
@@ -135,15 +151,25 @@ impl LlmProvider for Anthropic {
                     .iter()
                     .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.parameters}))
                     .collect(),
+                tool_choice: match (request.tools.is_empty(), self.wire.tool_choice.as_deref()) {
+                    (false, Some("required")) => Some(json!({"type": "any"})),
+                    (false, Some(choice)) => Some(json!({"type": choice})),
+                    _ => None,
+                },
                 temperature: request.temperature,
             };
             let url = format!("{}/v1/messages", self.base_url);
-            let reply = http::send(NAME, &url, &self.policy, || {
-                self.client
+            let reply = http::send(NAME, &url, &self.policy, request.on_retry.as_deref(), || {
+                let mut builder = self
+                    .client
                     .post(&url)
                     .header("x-api-key", &self.api_key)
                     .header("anthropic-version", API_VERSION)
-                    .json(&body)
+                    .json(&body);
+                for (name, value) in &self.wire.headers {
+                    builder = builder.header(name, value);
+                }
+                builder
             })
             .await?;
             if !reply.status.is_success() {

@@ -29,6 +29,16 @@ pub struct RawLlm {
     pub timeout_seconds: Option<u64>,
     /// Further attempts after a failed request (429, 5xx; a timeout at most once). Default 4.
     pub retries: Option<u32>,
+    /// Output tokens per model turn (default: the loop's `max_tokens`).
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature; left out, the provider's default applies.
+    pub temperature: Option<f32>,
+    /// Tokens the model reads at most; old tool results are elided to stay below it (default 32768).
+    pub context_window: Option<u32>,
+    /// `auto` (default), `required`, `none`, or `off` to not send `tool_choice` at all.
+    pub tool_choice: Option<String>,
+    /// Extra HTTP headers sent with every request.
+    pub headers: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub roles: BTreeMap<String, RawLlmRole>,
 }
@@ -43,6 +53,11 @@ pub struct RawLlmRole {
     pub script: Option<String>,
     pub timeout_seconds: Option<u64>,
     pub retries: Option<u32>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub context_window: Option<u32>,
+    pub tool_choice: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +68,7 @@ pub enum ProviderKind {
 }
 
 /// One role's resolved model settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LlmSettings {
     pub provider: ProviderKind,
     pub model: String,
@@ -62,7 +77,22 @@ pub struct LlmSettings {
     pub script: Option<PathBuf>,
     /// Timeouts and retries of the requests.
     pub policy: RetryPolicy,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub context_window: u32,
+    pub wire: WireOptions,
 }
+
+/// How a request goes on the wire, beyond the model and the messages.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WireOptions {
+    /// `tool_choice` when tools are offered; `None` leaves it out.
+    pub tool_choice: Option<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// The context window assumed when none is configured.
+pub const DEFAULT_CONTEXT_WINDOW: u32 = 32_768;
 
 impl RawLlm {
     /// The `llm` section of a project configuration's YAML text.
@@ -108,8 +138,30 @@ impl RawLlm {
         if let Some(retries) = own.retries.or(self.retries) {
             policy.attempts = retries.saturating_add(1);
         }
+        let temperature = own.temperature.or(self.temperature);
+        if temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+            return Err(invalid("llm.temperature: between 0 and 2".into()));
+        }
+        let context_window = own.context_window.or(self.context_window).unwrap_or(DEFAULT_CONTEXT_WINDOW);
+        if context_window < 1024 {
+            return Err(invalid("llm.context_window: at least 1024 tokens".into()));
+        }
+        let tool_choice = match own.tool_choice.or_else(|| self.tool_choice.clone()).as_deref().unwrap_or("auto") {
+            "off" => None,
+            choice @ ("auto" | "required" | "none") => Some(choice.to_string()),
+            other => return Err(invalid(format!("llm.tool_choice: {other:?} is not auto, required, none or off"))),
+        };
+        let mut headers: Vec<(String, String)> = self.headers.clone().unwrap_or_default().into_iter().collect();
+        for (name, value) in own.headers.unwrap_or_default() {
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+            headers.push((name, value));
+        }
         Ok(LlmSettings {
             policy,
+            max_tokens: own.max_tokens.or(self.max_tokens),
+            temperature,
+            context_window,
+            wire: WireOptions { tool_choice, headers },
             provider,
             model: own.model.or_else(|| project(&self.model)).unwrap_or_else(|| default_model.into()),
             base_url: own.base_url.or_else(|| project(&self.base_url)).unwrap_or_else(|| default_url.into()),
@@ -136,13 +188,13 @@ impl LlmSettings {
     ) -> Result<Arc<dyn LlmProvider>, LlmError> {
         let key = || std::env::var(&self.api_key_env).ok().filter(|k| !k.is_empty());
         Ok(match self.provider {
-            ProviderKind::OpenAi => Arc::new(OpenAi::new(&self.base_url, key(), policy)),
+            ProviderKind::OpenAi => Arc::new(OpenAi::new(&self.base_url, key(), policy).with_wire(self.wire.clone())),
             ProviderKind::Anthropic => {
                 let key = key().ok_or_else(|| LlmError::MissingKey {
                     provider: "anthropic".into(),
                     variable: self.api_key_env.clone(),
                 })?;
-                Arc::new(Anthropic::new(&self.base_url, key, policy))
+                Arc::new(Anthropic::new(&self.base_url, key, policy).with_wire(self.wire.clone()))
             }
             ProviderKind::Scripted => {
                 let path = self.script.as_deref().expect("for_role requires a script for the scripted provider");
@@ -189,6 +241,10 @@ mod tests {
                 api_key_env: "OPENAI_API_KEY".into(),
                 script: None,
                 policy: RetryPolicy::default(),
+                max_tokens: None,
+                temperature: None,
+                context_window: DEFAULT_CONTEXT_WINDOW,
+                wire: WireOptions { tool_choice: Some("auto".into()), headers: Vec::new() },
             }
         );
         let review = raw.for_role("review", ws).unwrap();

@@ -63,10 +63,12 @@ pub async fn send(
     provider: &str,
     url: &str,
     policy: &RetryPolicy,
+    on_retry: Option<&(dyn Fn(&str) + Send + Sync)>,
     make: impl Fn() -> reqwest::RequestBuilder,
 ) -> Result<Reply, LlmError> {
     let mut attempt = 0;
     let mut timeouts = 0;
+    let mut last_body: Option<String> = None;
     loop {
         attempt += 1;
         let last = attempt >= policy.attempts;
@@ -75,10 +77,17 @@ pub async fn send(
                 let status = response.status();
                 let after = retry_after(response.headers());
                 let body = response.text().await.unwrap_or_default();
-                if !retryable(status) || last {
+                // A server error that says the same thing twice is not transient (a request it
+                // cannot handle): stop asking.
+                let repeated = status.is_server_error() && last_body.as_deref() == Some(body.as_str());
+                if !retryable(status) || last || repeated {
                     if retryable(status) {
                         return Err(if status == StatusCode::TOO_MANY_REQUESTS {
-                            LlmError::RateLimited { provider: provider.into(), attempts: attempt }
+                            LlmError::RateLimited {
+                                provider: provider.into(),
+                                attempts: attempt,
+                                detail: error_message(&body),
+                            }
                         } else {
                             LlmError::Server {
                                 provider: provider.into(),
@@ -91,6 +100,16 @@ pub async fn send(
                     return Ok(Reply { status, body });
                 }
                 warn!(provider, %status, attempt, "model server asked to retry");
+                if let Some(notify) = on_retry {
+                    notify(&format!(
+                        "model retry {}/{} after {}: {}",
+                        attempt + 1,
+                        policy.attempts,
+                        status.as_u16(),
+                        excerpt_line(&error_message(&body))
+                    ));
+                }
+                last_body = Some(body);
                 after.unwrap_or_else(|| backoff(policy, attempt))
             }
             Err(error) => {
@@ -106,6 +125,14 @@ pub async fn send(
                     return Err(LlmError::Unreachable { provider: provider.into(), url: url.into(), detail });
                 }
                 warn!(provider, %detail, attempt, "model server unreachable; retrying");
+                if let Some(notify) = on_retry {
+                    notify(&format!(
+                        "model retry {}/{} after: {}",
+                        attempt + 1,
+                        policy.attempts,
+                        excerpt_line(&detail)
+                    ));
+                }
                 backoff(policy, attempt)
             }
         };
@@ -123,12 +150,22 @@ pub fn excerpt(body: &str) -> String {
     if trimmed.is_empty() { "no details".into() } else { trimmed }
 }
 
-/// Maps a final non-success reply to an error; the message of the provider's JSON error if any.
-pub fn status_error(provider: &str, model: &str, reply: &Reply) -> LlmError {
-    let detail = serde_json::from_str::<serde_json::Value>(&reply.body)
+/// The message of a provider's JSON error body, else the start of the body.
+fn error_message(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v.pointer("/error/message").and_then(|m| m.as_str()).map(String::from))
-        .unwrap_or_else(|| excerpt(&reply.body));
+        .unwrap_or_else(|| excerpt(body))
+}
+
+fn excerpt_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    line.chars().take(160).collect()
+}
+
+/// Maps a final non-success reply to an error; the message of the provider's JSON error if any.
+pub fn status_error(provider: &str, model: &str, reply: &Reply) -> LlmError {
+    let detail = error_message(&reply.body);
     let mentions_model = detail.to_lowercase().contains("model");
     match reply.status.as_u16() {
         401 | 403 => LlmError::Auth { provider: provider.into(), detail },

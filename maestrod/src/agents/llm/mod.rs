@@ -67,6 +67,35 @@ pub struct ChatRequest {
     pub tools: Vec<ToolSpec>,
     pub max_tokens: u32,
     pub temperature: Option<f32>,
+    /// Told about each retry (`model retry 2/5 after 429: …`); not part of the request.
+    #[serde(skip)]
+    pub on_retry: RetryHook,
+}
+
+/// Told a line about each retry.
+pub type RetryNotice = dyn Fn(&str) + Send + Sync;
+
+/// A callback for retries of a request (the loop turns them into events).
+#[derive(Clone, Default)]
+pub struct RetryHook(pub Option<std::sync::Arc<RetryNotice>>);
+
+impl RetryHook {
+    pub fn as_deref(&self) -> Option<&RetryNotice> {
+        self.0.as_deref()
+    }
+}
+
+impl std::fmt::Debug for RetryHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "RetryHook(set)" } else { "RetryHook(none)" })
+    }
+}
+
+/// Requests are the same whoever listens to their retries.
+impl PartialEq for RetryHook {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,8 +139,8 @@ pub enum LlmError {
     UnknownModel { provider: String, model: String, detail: String },
     #[error("{provider}: cannot reach {url}: {detail}; check llm.base_url and that the server runs")]
     Unreachable { provider: String, url: String, detail: String },
-    #[error("{provider}: rate limited after {attempts} attempts; try again later")]
-    RateLimited { provider: String, attempts: u32 },
+    #[error("{provider}: rate limited after {attempts} attempts ({detail}); try again later")]
+    RateLimited { provider: String, attempts: u32, detail: String },
     #[error("{provider}: server error {status} after {attempts} attempts: {detail}")]
     Server { provider: String, status: u16, attempts: u32, detail: String },
     #[error("{provider}: the request was refused ({status}): {detail}")]
@@ -169,6 +198,9 @@ impl LlmError {
                 LlmError::Rejected { provider, status, detail: clean(detail) }
             }
             LlmError::BadResponse { provider, detail } => LlmError::BadResponse { provider, detail: clean(detail) },
+            LlmError::RateLimited { provider, attempts, detail } => {
+                LlmError::RateLimited { provider, attempts, detail: clean(detail) }
+            }
             other => other,
         }
     }

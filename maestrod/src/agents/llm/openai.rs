@@ -6,6 +6,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+use super::config::WireOptions;
 use super::http::{self, RetryPolicy};
 use super::{ChatRequest, ChatResponse, LlmError, LlmProvider, Message, StopReason, TokenUsage, ToolCall};
 
@@ -16,13 +17,26 @@ pub struct OpenAi {
     api_key: Option<String>,
     client: reqwest::Client,
     policy: RetryPolicy,
+    wire: WireOptions,
 }
 
 impl OpenAi {
     /// `base_url` like `https://api.openai.com/v1` or `http://localhost:11434/v1`;
     /// `api_key` is optional for local servers.
     pub fn new(base_url: &str, api_key: Option<String>, policy: RetryPolicy) -> Self {
-        Self { base_url: base_url.trim_end_matches('/').to_string(), api_key, client: http::client(&policy), policy }
+        Self {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            api_key,
+            client: http::client(&policy),
+            policy,
+            wire: WireOptions { tool_choice: Some("auto".into()), headers: Vec::new() },
+        }
+    }
+
+    /// `tool_choice` and extra headers (`llm.tool_choice`, `llm.headers`).
+    pub fn with_wire(mut self, wire: WireOptions) -> Self {
+        self.wire = wire;
+        self
     }
 }
 
@@ -32,6 +46,8 @@ struct WireRequest<'a> {
     messages: Vec<WireMessage>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tools: Vec<WireTool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<&'a str>,
     max_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
@@ -115,7 +131,8 @@ fn wire_messages(messages: &[Message]) -> Vec<WireMessage> {
             }
             Message::Assistant { text, tool_calls } => WireMessage {
                 role: "assistant".into(),
-                content: (!text.is_empty()).then(|| text.clone()),
+                // Always a string: servers built on strict schemas (llama-cpp-python) refuse null.
+                content: Some(text.clone()),
                 tool_calls: tool_calls
                     .iter()
                     .map(|c| WireToolCall {
@@ -159,12 +176,16 @@ impl LlmProvider for OpenAi {
                         },
                     })
                     .collect(),
+                tool_choice: if request.tools.is_empty() { None } else { self.wire.tool_choice.as_deref() },
                 max_tokens: request.max_tokens,
                 temperature: request.temperature,
             };
             let url = format!("{}/chat/completions", self.base_url);
-            let reply = http::send(NAME, &url, &self.policy, || {
-                let builder = self.client.post(&url).json(&body);
+            let reply = http::send(NAME, &url, &self.policy, request.on_retry.as_deref(), || {
+                let mut builder = self.client.post(&url).json(&body);
+                for (name, value) in &self.wire.headers {
+                    builder = builder.header(name, value);
+                }
                 match &self.api_key {
                     Some(key) => builder.bearer_auth(key),
                     None => builder,

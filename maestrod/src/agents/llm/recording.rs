@@ -119,6 +119,7 @@ mod tests {
             tools: Vec::new(),
             max_tokens: 64,
             temperature: None,
+            on_retry: Default::default(),
         };
         let first = recorder.chat(&request).await.unwrap();
         request.messages.push(Message::Assistant { text: first.text.clone(), tool_calls: first.tool_calls.clone() });

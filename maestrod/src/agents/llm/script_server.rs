@@ -56,6 +56,7 @@ impl ScriptServer {
             tools: Vec::new(),
             max_tokens: 1024,
             temperature: None,
+            on_retry: Default::default(),
         };
         let response = futures::executor::block_on(scripted.chat(&request)).map_err(|e| e.to_string())?;
         let model = body["model"].clone();

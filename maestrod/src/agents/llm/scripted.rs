@@ -170,7 +170,14 @@ roles:
         for _ in 0..assistant_turns {
             messages.push(Message::Assistant { text: "…".into(), tool_calls: Vec::new() });
         }
-        ChatRequest { model: "scripted".into(), messages, tools: Vec::new(), max_tokens: 100, temperature: None }
+        ChatRequest {
+            model: "scripted".into(),
+            messages,
+            tools: Vec::new(),
+            max_tokens: 100,
+            temperature: None,
+            on_retry: Default::default(),
+        }
     }
 
     #[tokio::test]

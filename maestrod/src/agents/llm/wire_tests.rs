@@ -28,6 +28,7 @@ fn request(messages: Vec<Message>) -> ChatRequest {
         }],
         max_tokens: 1024,
         temperature: Some(0.0),
+        on_retry: Default::default(),
     }
 }
 
@@ -167,7 +168,22 @@ async fn errors_are_one_readable_line_each() {
         .mount(&server)
         .await;
     Mock::given(path("/down/chat/completions")).respond_with(ResponseTemplate::new(503)).mount(&server).await;
-    Mock::given(path("/limited/chat/completions")).respond_with(ResponseTemplate::new(429)).mount(&server).await;
+    // A server that is busy in a different way each time is worth every retry.
+    let tries = std::sync::atomic::AtomicUsize::new(0);
+    Mock::given(path("/flaky/chat/completions"))
+        .respond_with(move |_: &wiremock::Request| {
+            let n = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            ResponseTemplate::new(503).set_body_string(format!("busy ({n})"))
+        })
+        .mount(&server)
+        .await;
+    Mock::given(path("/limited/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .set_body_json(json!({"error": {"message": "Rate limit reached for gpt-4o-mini"}})),
+        )
+        .mount(&server)
+        .await;
 
     let chat = |base: &str| {
         let provider = OpenAi::new(&format!("{}{base}", server.uri()), Some("sk-wrong-key-123".into()), fast());
@@ -179,8 +195,15 @@ async fn errors_are_one_readable_line_each() {
     assert!(auth.to_string().contains("[redacted]"), "{auth}");
     assert!(matches!(chat("/no-model").await, LlmError::UnknownModel { .. }));
     assert!(matches!(chat("/truncated").await, LlmError::BadResponse { .. }));
-    assert!(matches!(chat("/down").await, LlmError::Server { status: 503, attempts: 3, .. }));
-    assert!(matches!(chat("/limited").await, LlmError::RateLimited { attempts: 3, .. }));
+    // The same server error twice is not transient: not retried a third time.
+    assert!(matches!(chat("/down").await, LlmError::Server { status: 503, attempts: 2, .. }));
+    assert!(matches!(chat("/flaky").await, LlmError::Server { status: 503, attempts: 3, .. }));
+    let limited = chat("/limited").await;
+    assert!(matches!(limited, LlmError::RateLimited { attempts: 3, .. }), "{limited:?}");
+    assert!(
+        limited.to_string().contains("Rate limit reached for gpt-4o-mini"),
+        "the server's message is kept: {limited}"
+    );
     for error in [auth, chat("/down").await] {
         assert_eq!(error.to_string().lines().count(), 1, "{error}");
     }
