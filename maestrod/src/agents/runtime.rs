@@ -678,4 +678,68 @@ roles:
             assert_eq!(model_failure(error).cause, FailureCause::Model);
         }
     }
+
+    /// Fifty turns of reading a big file never exceed the context window: old
+    /// results are elided; every model call is in the execution log.
+    #[tokio::test]
+    async fn a_long_run_stays_within_the_context_window_and_every_call_is_logged() {
+        let workspace = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let (_, ssot) = setup(workspace.path(), &data.path().join("store")).await;
+        // A long run spends more than the default budget of one agent: lift it for this one.
+        let unlimited = BudgetConfig {
+            per_agent_epoch: crate::harness::budget::Limits { tokens: 0, steps: 0, wall_ms: 0 },
+            ..BudgetConfig::default()
+        };
+        let harness = Harness::new(
+            Gate::open(workspace.path()).unwrap(),
+            Arc::new(LocalSandbox::probe()),
+            ssot.clone(),
+            "demo",
+            Arc::new(Budget::new(unlimited)),
+            Limits::default(),
+        );
+        std::fs::create_dir_all(workspace.path().join("src/api")).unwrap();
+        std::fs::write(workspace.path().join("src/api/big.py"), "x = 1  # padding padding padding\n".repeat(2000))
+            .unwrap();
+        let mut script = String::from("roles:\n  backend:\n");
+        for _ in 0..49 {
+            script.push_str("    - tool_calls: [{name: read_file, arguments: {path: src/api/big.py}}]\n");
+        }
+        script.push_str("    - tool_calls: [{name: finish, arguments: {outcome: done, summary: read it all}}]\n");
+        let recording = data.path().join("exchanges.jsonl");
+        let recorder = Recorder::new(Arc::new(Scripted::parse(&script, "backend").unwrap()), &recording).unwrap();
+        let (window, max_tokens) = (16_384u32, 1024u32);
+        let run = AgentRun {
+            provider: &recorder,
+            model: "scripted".into(),
+            harness: &harness,
+            ctx: ctx(),
+            requirement: "R1".into(),
+            max_turns: 60,
+            max_tokens,
+            observer: None,
+            temperature: None,
+            context_window: window,
+            tests: Vec::new(),
+            on_retry: Default::default(),
+        };
+        let outcome = run.run("You are the Backend agent.", "Implement R1", CancellationToken::new()).await.unwrap();
+        assert!(matches!(outcome, RunOutcome::Done(_)), "{outcome:?}");
+        let lines = std::fs::read_to_string(&recording).unwrap();
+        let mut turns = 0;
+        for line in lines.lines() {
+            let exchange: serde_json::Value = serde_json::from_str(line).unwrap();
+            let request: ChatRequest = serde_json::from_value(exchange["request"].clone()).unwrap();
+            let used = estimate_tokens(&request.messages, &request.tools);
+            assert!(used + u64::from(max_tokens) <= u64::from(window), "turn {turns}: {used} tokens");
+            turns += 1;
+        }
+        assert_eq!(turns, 50);
+        let log = ssot.list_log("demo", 0, "", "", 1000, "").await.unwrap().items;
+        let calls: Vec<_> = log.iter().filter(|e| e.value.body.action == "model_call").collect();
+        assert_eq!(calls.len(), 50);
+        assert!(calls.iter().all(|e| e.value.body.agent == "backend-1" && e.value.body.tokens > 0));
+        assert_eq!(calls.last().unwrap().value.body.outcome, "tool_use");
+    }
 }

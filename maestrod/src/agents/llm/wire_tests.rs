@@ -306,3 +306,70 @@ async fn anthropic_overloaded_is_retried_and_errors_are_typed() {
     let error = provider.chat(&request(conversation())).await.unwrap_err();
     assert!(matches!(error, LlmError::UnknownModel { .. }), "{error:?}");
 }
+
+/// What `.maestro/config.yaml` says reaches the wire: tool_choice, max_tokens,
+/// temperature (left out when unset), extra headers; an assistant tool-call
+/// turn goes with `content: ""` (servers with strict schemas refuse null);
+/// each retry is told.
+#[tokio::test]
+async fn configured_knobs_reach_the_wire() {
+    use super::config::RawLlm;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .and(header("x-team", "platform"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(OPENAI_TOOL_TURN, "application/json"))
+        .mount(&server)
+        .await;
+    let text = format!(
+        "llm:\n  provider: openai\n  base_url: {}/v1\n  max_tokens: 777\n  retries: 0\n  headers: {{x-team: platform}}\n  roles:\n    review:\n      tool_choice: 'off'\n      temperature: 0.3\n",
+        server.uri()
+    );
+    let raw = RawLlm::from_project_config(&text).unwrap();
+    let workspace = std::path::Path::new("/w");
+    for (role, tool_choice, temperature) in [("backend", Some("auto"), None), ("review", None, Some(0.3))] {
+        let settings = raw.for_role(role, workspace).unwrap();
+        assert_eq!(settings.max_tokens, Some(777));
+        let provider = settings.provider(role, settings.policy).unwrap();
+        let mut messages = conversation();
+        messages.push(Message::Assistant {
+            text: String::new(),
+            tool_calls: vec![ToolCall { id: "call_1".into(), name: "write_file".into(), arguments: "{}".into() }],
+        });
+        messages.push(Message::Tool { call_id: "call_1".into(), content: "wrote x".into(), is_error: false });
+        let mut req = request(messages);
+        req.max_tokens = settings.max_tokens.unwrap();
+        req.temperature = settings.temperature;
+        provider.chat(&req).await.unwrap();
+        let sent = server.received_requests().await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&sent.last().unwrap().body).unwrap();
+        assert_eq!(body["max_tokens"], 777, "{role}");
+        assert_eq!(body["tool_choice"].as_str(), tool_choice, "{role}: {body}");
+        assert_eq!(
+            body["temperature"].as_f64().map(|t| (t * 10.0).round() / 10.0),
+            temperature.map(f64::from),
+            "{role}"
+        );
+        assert_eq!(body["messages"][2]["content"], "", "the tool-call turn's content is a string");
+    }
+    // Retries are told as they happen.
+    let busy = MockServer::start().await;
+    let tries = std::sync::atomic::AtomicUsize::new(0);
+    Mock::given(path("/v1/chat/completions"))
+        .respond_with(move |_: &wiremock::Request| {
+            let n = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n == 0 {
+                ResponseTemplate::new(429).set_body_json(json!({"error": {"message": "Rate limit reached"}}))
+            } else {
+                ResponseTemplate::new(200).set_body_raw(OPENAI_TOOL_TURN, "application/json")
+            }
+        })
+        .mount(&busy)
+        .await;
+    let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = told.clone();
+    let mut req = request(conversation());
+    req.on_retry = super::RetryHook(Some(std::sync::Arc::new(move |m: &str| sink.lock().unwrap().push(m.to_string()))));
+    OpenAi::new(&format!("{}/v1", busy.uri()), None, fast()).chat(&req).await.unwrap();
+    assert_eq!(*told.lock().unwrap(), ["model retry 2/3 after 429: Rate limit reached"]);
+}
