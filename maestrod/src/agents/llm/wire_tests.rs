@@ -347,7 +347,7 @@ async fn configured_knobs_reach_the_wire() {
         assert_eq!(body["tool_choice"].as_str(), tool_choice, "{role}: {body}");
         assert_eq!(
             body["temperature"].as_f64().map(|t| (t * 10.0).round() / 10.0),
-            temperature.map(f64::from),
+            temperature,
             "{role}"
         );
         assert_eq!(body["messages"][2]["content"], "", "the tool-call turn's content is a string");
