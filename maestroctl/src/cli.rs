@@ -164,6 +164,10 @@ pub(crate) struct RunArgs {
     /// Print the loop id and return at once.
     #[arg(long)]
     pub(crate) detach: bool,
+    /// Record every model exchange of the loop to FILE (inside the project folder),
+    /// for `llm.provider: replay` with `llm.replay_file`.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) record: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) follow: FollowArgs,
 }

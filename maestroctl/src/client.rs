@@ -21,9 +21,28 @@ pub(crate) fn endpoint_url(server: &str) -> anyhow::Result<String> {
     }
 }
 
+/// Whether the daemon this process talks to is on this machine (set when it connects).
+static LOOPBACK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the daemon is on this machine: only then does `run` hand it API keys.
+pub(crate) fn daemon_is_local() -> bool {
+    LOOPBACK.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Records whether `url` names this machine.
+pub(crate) fn note_server(url: &str) {
+    let host = Endpoint::from_shared(url.to_string()).ok().and_then(|e| e.uri().host().map(str::to_string));
+    let local = host.is_some_and(|h| {
+        let h = h.trim_start_matches('[').trim_end_matches(']');
+        h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    });
+    LOOPBACK.store(local, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Connects to `server` (e.g. `http://127.0.0.1:7700` or `127.0.0.1:7700`),
 /// failing fast with a message that says what to do.
 pub(crate) async fn connect(server: &str) -> anyhow::Result<Channel> {
+    note_server(&endpoint_url(server)?);
     let endpoint =
         Endpoint::from_shared(endpoint_url(server)?)?.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true);
     endpoint.connect().await.map_err(|error| {

@@ -29,6 +29,7 @@ fn daemon_binary() -> PathBuf {
 /// Connects to the local daemon, starting it if nothing answers.
 pub(crate) async fn connect_or_start() -> anyhow::Result<Channel> {
     let server = maestro_shared::default_server();
+    crate::client::note_server(&server);
     if let Some(channel) = try_connect(&server, Duration::from_millis(500)).await {
         return Ok(channel);
     }

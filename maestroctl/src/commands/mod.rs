@@ -49,7 +49,7 @@ pub(crate) async fn dispatch(
         Command::Init { path } => init::run(channel, path, project).await,
         Command::Run(args) => run::run(channel, args, project, output).await,
         Command::Demo { follow, workspace, detach } => {
-            let args = crate::cli::RunArgs { task: None, demo: true, workspace, detach, follow };
+            let args = crate::cli::RunArgs { task: None, demo: true, workspace, detach, record: None, follow };
             run::run(channel, args, project, output).await
         }
         Command::Attach { loop_id, from_seq, follow } => run::attach(channel, &loop_id, from_seq, follow, output).await,

@@ -53,6 +53,7 @@ pub(super) async fn run(
             task: args.task.clone().unwrap_or_else(|| DEMO_TASK.to_string()),
             demo: true,
             workspace: dir.display().to_string(),
+            ..Default::default()
         }
     } else {
         let task = args.task.clone().filter(|t| !t.trim().is_empty()).ok_or_else(|| {
@@ -66,7 +67,29 @@ pub(super) async fn run(
         };
         let project_id = ensure_project(channel.clone(), &dir, project, true).await?;
         let workspace = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
-        v1::StartLoopRequest { project_id, task, demo: false, workspace: workspace.display().to_string() }
+        let record = match &args.record {
+            Some(file) => {
+                let file = absolute(file)?;
+                let parent = file.parent().and_then(|p| p.canonicalize().ok()).unwrap_or_default();
+                let inside = parent.strip_prefix(&workspace).map_err(|_| {
+                    anyhow!(
+                        "--record {}: the recording goes inside the project folder {}",
+                        file.display(),
+                        workspace.display()
+                    )
+                })?;
+                inside.join(file.file_name().unwrap_or_default()).display().to_string()
+            }
+            None => String::new(),
+        };
+        v1::StartLoopRequest {
+            project_id,
+            task,
+            demo: false,
+            workspace: workspace.display().to_string(),
+            keys: if crate::client::daemon_is_local() { model_keys(&workspace) } else { Default::default() },
+            record,
+        }
     };
     let started = reply(client.start_loop(request).await)?;
     if args.detach {
@@ -93,6 +116,25 @@ pub(super) async fn run(
         println!("Its history: git -C {} log --oneline --tags='maestro/*'", started.workspace);
     }
     Ok(code)
+}
+
+/// The API keys the project's models need, from this environment: what
+/// `llm.api_key_env` names (and the providers' default variables).
+fn model_keys(workspace: &Path) -> std::collections::HashMap<String, String> {
+    let mut names = vec!["OPENAI_API_KEY".to_string(), "ANTHROPIC_API_KEY".to_string()];
+    if let Ok(text) = std::fs::read_to_string(workspace.join(".maestro/config.yaml"))
+        && let Ok(config) = yaml_serde::from_str::<serde_json::Value>(&text)
+    {
+        let llm = &config["llm"];
+        names.extend(llm["api_key_env"].as_str().map(String::from));
+        if let Some(roles) = llm["roles"].as_object() {
+            names.extend(roles.values().filter_map(|r| r["api_key_env"].as_str().map(String::from)));
+        }
+    }
+    names
+        .into_iter()
+        .filter_map(|name| std::env::var(&name).ok().filter(|v| !v.is_empty()).map(|value| (name, value)))
+        .collect()
 }
 
 /// The status line drawn under the events on a terminal.

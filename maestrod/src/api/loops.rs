@@ -174,8 +174,21 @@ fn live_from_store(ssot: &Ssot, loop_id: String, revision: u64, last: u64) -> Re
 #[tonic::async_trait]
 impl LoopService for Loops {
     async fn start_loop(&self, request: Request<v1::StartLoopRequest>) -> Result<Response<v1::Loop>, Status> {
+        let loopback = request.remote_addr().is_some_and(|a| a.ip().is_loopback());
         let r = request.into_inner();
-        let start = StartRequest { project: r.project_id, task: r.task, demo: r.demo, workspace: r.workspace };
+        if !r.keys.is_empty() && !loopback {
+            return Err(Status::invalid_argument(
+                "keys: API keys are accepted only from a client on the daemon's machine; give the daemon its keys (environment or ~/.maestro/credentials.yaml)",
+            ));
+        }
+        let start = StartRequest {
+            project: r.project_id,
+            task: r.task,
+            demo: r.demo,
+            workspace: r.workspace,
+            keys: r.keys.into_iter().collect(),
+            record: r.record,
+        };
         Ok(Response::new(to_wire(self.0.start(start).await.status()?)))
     }
 

@@ -26,6 +26,8 @@ pub struct Control {
     pub decision: Mutex<Option<PendingDecision>>,
     pub wake: Notify,
     pub published: watch::Sender<LoopRecord>,
+    /// API keys the loop was started with (memory only).
+    pub keys: Mutex<std::collections::BTreeMap<String, String>>,
     /// Every event as soon as it is durable, for live followers (the SSOT
     /// has them all; a follower that lags reads them from there).
     pub events: broadcast::Sender<LoopEvent>,
@@ -40,6 +42,7 @@ impl Control {
             decision: Mutex::new(None),
             wake: Notify::new(),
             published: watch::channel(record).0,
+            keys: Mutex::new(Default::default()),
             // Small: a follower that falls further behind reads from the SSOT.
             events: broadcast::channel(64).0,
         })

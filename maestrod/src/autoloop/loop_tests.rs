@@ -34,6 +34,7 @@ async fn the_demo_fails_once_rolls_back_and_succeeds() {
         task: super::demo::DEFAULT_TASK.into(),
         demo: true,
         workspace: dir.display().to_string(),
+        ..Default::default()
     };
     let started = manager.start(request).await.unwrap();
     let done = until_final(&manager, &started.id).await;
@@ -76,6 +77,7 @@ async fn a_panic_in_a_loop_task_fails_that_loop_and_frees_its_project() {
         task: super::demo::DEFAULT_TASK.into(),
         demo: true,
         workspace: dir.display().to_string(),
+        ..Default::default()
     };
     let started = manager.start(request).await.unwrap();
     let failed = until_final(&manager, &started.id).await;
@@ -87,8 +89,13 @@ async fn a_panic_in_a_loop_task_fails_that_loop_and_frees_its_project() {
     assert!(events.last().unwrap().message.contains("panicked"), "the failure is the last event");
     // Its claims are released, and the project takes the next run at once.
     assert!(ssot.list_locks("panics", 100, "").await.unwrap().items.is_empty());
-    let next =
-        StartRequest { project: "panics".into(), task: "Another task".into(), demo: false, workspace: String::new() };
+    let next = StartRequest {
+        project: "panics".into(),
+        task: "Another task".into(),
+        demo: false,
+        workspace: String::new(),
+        ..Default::default()
+    };
     let second = manager.start(next).await.unwrap();
     assert!(second.reason.is_empty(), "not queued behind the dead loop: {}", second.reason);
     let ended = until_final(&manager, &second.id).await;
@@ -129,8 +136,13 @@ async fn a_hook_planted_by_a_command_is_removed_and_the_loop_escalates_at_once()
     let ssot = Arc::new(Ssot::new(store, Default::default()));
     ssot.create_project("evil", "", &ws.display().to_string()).await.unwrap();
     let manager = LoopManager::new(ssot.clone(), Arc::new(LocalSandbox::unconfined()));
-    let request =
-        StartRequest { project: "evil".into(), task: "Write tests".into(), demo: false, workspace: String::new() };
+    let request = StartRequest {
+        project: "evil".into(),
+        task: "Write tests".into(),
+        demo: false,
+        workspace: String::new(),
+        ..Default::default()
+    };
     let started = manager.start(request).await.unwrap();
     let end = until_final(&manager, &started.id).await;
     assert_eq!((end.state, end.retries), (LoopState::Escalated, 0), "{end:?}");

@@ -2,7 +2,7 @@
 //! further loops wait in the SSOT as QUEUED and start, oldest first, when the
 //! active one ends. At daemon start every unfinished loop is resumed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,6 +18,7 @@ use super::control::{Control, PendingDecision};
 use super::demo;
 use super::fsm::Decision;
 use super::runner::{self, Runner};
+use crate::agents::llm::config::Keys;
 use crate::harness::sandbox::SandboxProvider;
 use crate::ssot::loops::{EventKind, LoopEvent, LoopRecord, LoopState};
 use crate::ssot::projects::MAX_ID_LEN;
@@ -26,16 +27,23 @@ use crate::ssot::{Page, Result, Ssot, SsotError};
 /// How long an action waits for the loop to take it in before answering.
 const ACTION_WAIT: Duration = Duration::from_secs(30);
 
+#[derive(Default)]
 pub struct StartRequest {
     pub project: String,
     pub task: String,
     pub demo: bool,
     pub workspace: String,
+    /// API keys from the client's environment (kept in memory for this loop only).
+    pub keys: BTreeMap<String, String>,
+    /// Where to record the loop's model exchanges, relative to the workspace.
+    pub record: String,
 }
 
 #[derive(Default)]
 struct Inner {
     controls: HashMap<String, Arc<Control>>,
+    /// Keys loops were started with, by loop (memory only).
+    keys: HashMap<String, BTreeMap<String, String>>,
     /// project → its active loop.
     active: HashMap<String, String>,
 }
@@ -109,12 +117,32 @@ impl LoopManager {
         let (project, workspace) =
             if request.demo { self.prepare_demo(&request).await? } else { self.workspace_of(&request).await? };
         let root_path = PathBuf::from(&workspace);
-        let (_, config, _) = runner::open_workspace(&self.ssot, &self.sandbox, &project, &root_path)
+        let (harness, config, llm) = runner::open_workspace(&self.ssot, &self.sandbox, &project, &root_path)
             .map_err(SsotError::FailedPrecondition)?;
+        // A key that is missing now would stop the loop at its first agent: say so now.
+        let keys = Keys::with_file(request.keys.clone());
+        for role in harness.policy().roles.keys().filter(|r| r.as_str() != "contract-validator") {
+            let settings = llm.for_role(role, &root_path).map_err(|e| SsotError::FailedPrecondition(e.to_string()))?;
+            if settings.needs_key() {
+                match keys.find(&settings.api_key_env) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Err(SsotError::FailedPrecondition(keys.missing(role, &settings.api_key_env))),
+                    Err(problem) => return Err(SsotError::FailedPrecondition(problem)),
+                }
+            }
+        }
+        let record_file = request.record.trim().to_string();
+        if !record_file.is_empty()
+            && (Path::new(&record_file).is_absolute()
+                || Path::new(&record_file).components().any(|c| c.as_os_str() == ".."))
+        {
+            return Err(SsotError::invalid("record", "give a path inside the workspace, relative to it"));
+        }
         let mut inner = self.inner.lock().await;
         let root = Runner::create_root(&self.ssot, &project, &request.task).await?;
         let mut record = LoopRecord::new(&project, &request.task, &workspace, request.demo, config.retries);
         record.root = root.clone();
+        record.record_file = record_file;
         let queued_behind = inner.active.get(&project).cloned();
         let message = match &queued_behind {
             Some(active) => {
@@ -130,6 +158,9 @@ impl LoopManager {
         };
         let event = LoopEvent { kind: EventKind::State, message, ..Default::default() };
         let mut record = self.ssot.create_loop(record, vec![event]).await?;
+        if !request.keys.is_empty() {
+            inner.keys.insert(record.id.clone(), request.keys.clone());
+        }
         match queued_behind {
             None => self.spawn(&mut inner, record.clone(), false),
             // The active loop may have escalated since it was looked at: say so.
@@ -219,6 +250,7 @@ impl LoopManager {
             .entry(record.id.clone())
             .or_insert_with(|| Control::new(record.clone(), &self.shutdown))
             .clone();
+        *control.keys.lock().expect("keys lock") = inner.keys.get(&record.id).cloned().unwrap_or_default();
         inner.active.insert(record.project.clone(), record.id.clone());
         let (id, project) = (record.id.clone(), record.project.clone());
         let manager = self.clone();
@@ -299,6 +331,7 @@ impl LoopManager {
     async fn finished(self: &Arc<Self>, project: &str, id: &str) {
         let mut inner = self.inner.lock().await;
         inner.controls.remove(id);
+        inner.keys.remove(id);
         if inner.active.get(project).is_some_and(|a| a == id) {
             inner.active.remove(project);
         }

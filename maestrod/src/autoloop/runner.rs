@@ -29,7 +29,8 @@ use super::scheduler::{self, Pick};
 use super::test_run::{self, TestPlan};
 use crate::agents::contract_validator;
 use crate::agents::llm::RetryHook;
-use crate::agents::llm::config::RawLlm;
+use crate::agents::llm::config::{Keys, RawLlm};
+use crate::agents::llm::recording::{AgentKey, Recorder};
 use crate::agents::roles::Assignment as AgentAssignment;
 use crate::agents::runtime::{RunOutcome, model_failure};
 use crate::agents::tools::ReviewDecision;
@@ -71,6 +72,9 @@ pub(crate) static PANIC_IN: std::sync::Mutex<Option<(String, Phase)>> = std::syn
 /// loop writes their activity.
 #[derive(Clone)]
 struct AgentEnv {
+    keys: Keys,
+    /// Where exchanges are recorded (absolute), if they are.
+    record: Option<PathBuf>,
     /// The project's test commands, as VALID would run them now.
     tests: Vec<Vec<String>>,
     harness: Arc<Harness>,
@@ -92,9 +96,19 @@ impl AgentEnv {
             Ok(settings) => settings,
             Err(e) => return RunOutcome::failed(FailureCause::Setup, e.to_string()),
         };
-        let provider = match settings.provider_for(&role, &requirement, attempt, settings.policy) {
+        let provider = match settings.provider_for(&role, &requirement, attempt, settings.policy, &self.keys) {
             Ok(provider) => provider,
             Err(e) => return RunOutcome::Failed(model_failure(e)),
+        };
+        let provider: Arc<dyn crate::agents::llm::LlmProvider> = match &self.record {
+            Some(path) => {
+                let agent = AgentKey { role: role.clone(), requirement: requirement.clone(), attempt };
+                match Recorder::for_agent(provider, path, Some(agent)) {
+                    Ok(recorder) => Arc::new(recorder),
+                    Err(e) => return RunOutcome::failed(FailureCause::Setup, e.to_string()),
+                }
+            }
+            None => provider,
         };
         let observer = AgentObserver { activity: &self.activity, requirement: requirement.clone(), phase: self.phase };
         // Retries of model requests are loop events (`model retry 2/5 after 429: …`).
@@ -219,7 +233,11 @@ impl Runner {
             TestPlan::Run(commands) => commands,
             TestPlan::Off | TestPlan::Missing(_) => Vec::new(),
         };
+        let keys = Keys::with_file(self.control.keys.lock().expect("keys lock").clone());
+        let record = (!self.record.record_file.is_empty()).then(|| self.root.join(&self.record.record_file));
         AgentEnv {
+            keys,
+            record,
             tests,
             harness: self.harness.clone(),
             llm: self.llm.clone(),

@@ -256,6 +256,9 @@ pub struct LoopRecord {
     /// The commit recording what git and the daemon trust at the epoch's start.
     #[serde(default)]
     pub guard: String,
+    /// Where the loop records its model exchanges (relative to the workspace; empty: not recorded).
+    #[serde(default)]
+    pub record_file: String,
     /// The lease holding this loop's claims.
     pub lease: u64,
     /// Daemon restarts this loop has lived through.
@@ -307,6 +310,7 @@ impl LoopRecord {
             valid_checkpoint: String::new(),
             baseline_checkpoint: String::new(),
             guard: String::new(),
+            record_file: String::new(),
             lease: 0,
             restarts: 0,
             touched: Touched::default(),

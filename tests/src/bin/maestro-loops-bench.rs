@@ -67,6 +67,7 @@ async fn run(n: usize) -> anyhow::Result<Figures> {
                     task: "Build a to-do service: a REST API, a command-line client, and tests".into(),
                     demo: true,
                     workspace,
+                    ..Default::default()
                 };
                 client.start_loop(request).await.map(|r| r.into_inner().loop_id)
             }

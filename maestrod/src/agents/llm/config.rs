@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::anthropic::Anthropic;
 use super::http::RetryPolicy;
 use super::openai::OpenAi;
+use super::recording::{AgentKey, Replay};
 use super::scripted::Scripted;
 use super::{LlmError, LlmProvider};
 
@@ -25,6 +26,8 @@ pub struct RawLlm {
     pub api_key_env: Option<String>,
     /// For `scripted`: the script file, relative to the workspace.
     pub script: Option<String>,
+    /// For `replay`: a recording (`maestroctl run --record FILE`), relative to the workspace.
+    pub replay_file: Option<String>,
     /// Seconds one request may take (default 300).
     pub timeout_seconds: Option<u64>,
     /// Further attempts after a failed request (429, 5xx; a timeout at most once). Default 4.
@@ -51,6 +54,7 @@ pub struct RawLlmRole {
     pub base_url: Option<String>,
     pub api_key_env: Option<String>,
     pub script: Option<String>,
+    pub replay_file: Option<String>,
     pub timeout_seconds: Option<u64>,
     pub retries: Option<u32>,
     pub max_tokens: Option<u32>,
@@ -65,6 +69,7 @@ pub enum ProviderKind {
     OpenAi,
     Anthropic,
     Scripted,
+    Replay,
 }
 
 /// One role's resolved model settings.
@@ -75,6 +80,7 @@ pub struct LlmSettings {
     pub base_url: String,
     pub api_key_env: String,
     pub script: Option<PathBuf>,
+    pub replay_file: Option<PathBuf>,
     /// Timeouts and retries of the requests.
     pub policy: RetryPolicy,
     pub max_tokens: Option<u32>,
@@ -89,6 +95,60 @@ pub struct WireOptions {
     /// `tool_choice` when tools are offered; `None` leaves it out.
     pub tool_choice: Option<String>,
     pub headers: Vec<(String, String)>,
+}
+
+/// Where API keys come from, first found wins: the keys the loop was started
+/// with (from the environment of a local `maestroctl run`), the daemon's
+/// environment, then `~/.maestro/credentials.yaml` of the daemon's user
+/// (`VARIABLE: value` lines; it must not be readable by others), read at
+/// each agent run so that a key added there works at once.
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    pub given: BTreeMap<String, String>,
+    /// The credentials file (default `~/.maestro/credentials.yaml`).
+    pub file: Option<PathBuf>,
+}
+
+impl Keys {
+    pub fn with_file(given: BTreeMap<String, String>) -> Keys {
+        let file = std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(|h| PathBuf::from(h).join(".maestro/credentials.yaml"));
+        Keys { given, file }
+    }
+
+    /// The value of `variable`, or an error saying why the credentials file is not used.
+    pub fn find(&self, variable: &str) -> Result<Option<String>, String> {
+        if let Some(value) = self.given.get(variable).filter(|v| !v.is_empty()) {
+            return Ok(Some(value.clone()));
+        }
+        if let Some(value) = std::env::var(variable).ok().filter(|v| !v.is_empty()) {
+            return Ok(Some(value));
+        }
+        let Some(path) = &self.file else { return Ok(None) };
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map(|m| m.permissions().mode()).unwrap_or(0);
+        if mode & 0o077 != 0 {
+            return Err(format!("{} is readable by others (mode {:o}); chmod 600 it", path.display(), mode & 0o777));
+        }
+        let map: BTreeMap<String, String> =
+            yaml_serde::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(map.get(variable).filter(|v| !v.is_empty()).cloned())
+    }
+
+    /// A missing key, as a person can fix it.
+    pub fn missing(&self, role: &str, variable: &str) -> String {
+        let file = self.file.as_ref().map_or("~/.maestro/credentials.yaml".to_string(), |f| f.display().to_string());
+        format!(
+            "no API key for role {role}: set {variable} in maestrod's environment, add `{variable}: …` to {file} (chmod 600), \
+             or export it where you run `maestroctl run` when maestroctl started the daemon"
+        )
+    }
 }
 
 /// The context window assumed when none is configured.
@@ -117,16 +177,26 @@ impl RawLlm {
             "openai" => ProviderKind::OpenAi,
             "anthropic" => ProviderKind::Anthropic,
             "scripted" => ProviderKind::Scripted,
-            other => return Err(invalid(format!("llm.provider: {other:?} is not openai, anthropic or scripted"))),
+            "replay" => ProviderKind::Replay,
+            other => {
+                return Err(invalid(format!("llm.provider: {other:?} is not openai, anthropic, scripted or replay")));
+            }
         };
         let (default_url, default_key, default_model) = match provider {
             ProviderKind::OpenAi => ("https://api.openai.com/v1", "OPENAI_API_KEY", "gpt-4o-mini"),
             ProviderKind::Anthropic => ("https://api.anthropic.com", "ANTHROPIC_API_KEY", "claude-sonnet-4-5"),
             ProviderKind::Scripted => ("", "", "scripted"),
+            ProviderKind::Replay => ("", "", "replay"),
         };
         let script = own.script.or_else(|| project(&self.script)).map(|s| workspace.join(s));
         if provider == ProviderKind::Scripted && script.is_none() {
             return Err(invalid("llm.script: the scripted provider needs a script file".into()));
+        }
+        let replay_file = own.replay_file.or_else(|| project(&self.replay_file)).map(|s| workspace.join(s));
+        if provider == ProviderKind::Replay && replay_file.is_none() {
+            return Err(invalid(
+                "llm.replay_file: the replay provider needs a recording (maestroctl run --record FILE)".into(),
+            ));
         }
         let mut policy = RetryPolicy::default();
         if let Some(seconds) = own.timeout_seconds.or(self.timeout_seconds) {
@@ -157,6 +227,7 @@ impl RawLlm {
             headers.push((name, value));
         }
         Ok(LlmSettings {
+            replay_file,
             policy,
             max_tokens: own.max_tokens.or(self.max_tokens),
             temperature,
@@ -175,7 +246,16 @@ impl LlmSettings {
     /// Builds the provider, reading the key from the environment variable named
     /// by `api_key_env` (OpenAI-compatible servers may run without one).
     pub fn provider(&self, role: &str, policy: RetryPolicy) -> Result<Arc<dyn LlmProvider>, LlmError> {
-        self.provider_for(role, "", 1, policy)
+        self.provider_for(role, "", 1, policy, &Keys::default())
+    }
+
+    /// Whether this provider cannot work without a key (Anthropic, OpenAI's own API).
+    pub fn needs_key(&self) -> bool {
+        match self.provider {
+            ProviderKind::Anthropic => true,
+            ProviderKind::OpenAi => self.base_url.contains("api.openai.com"),
+            ProviderKind::Scripted | ProviderKind::Replay => false,
+        }
     }
 
     /// The provider of `role` for its `attempt` at `requirement` (a script may narrow to them).
@@ -185,8 +265,9 @@ impl LlmSettings {
         requirement: &str,
         attempt: u32,
         policy: RetryPolicy,
+        keys: &Keys,
     ) -> Result<Arc<dyn LlmProvider>, LlmError> {
-        let key = || std::env::var(&self.api_key_env).ok().filter(|k| !k.is_empty());
+        let key = || keys.find(&self.api_key_env).ok().flatten();
         Ok(match self.provider {
             ProviderKind::OpenAi => Arc::new(OpenAi::new(&self.base_url, key(), policy).with_wire(self.wire.clone())),
             ProviderKind::Anthropic => {
@@ -199,6 +280,11 @@ impl LlmSettings {
             ProviderKind::Scripted => {
                 let path = self.script.as_deref().expect("for_role requires a script for the scripted provider");
                 Arc::new(Scripted::load_for(path, role, requirement, attempt)?)
+            }
+            ProviderKind::Replay => {
+                let path = self.replay_file.as_deref().expect("for_role requires a recording for replay");
+                let agent = AgentKey { role: role.to_string(), requirement: requirement.to_string(), attempt };
+                Arc::new(Replay::load_for(path, Some(agent))?)
             }
         })
     }
@@ -240,6 +326,7 @@ mod tests {
                 base_url: "http://localhost:11434/v1".into(),
                 api_key_env: "OPENAI_API_KEY".into(),
                 script: None,
+                replay_file: None,
                 policy: RetryPolicy::default(),
                 max_tokens: None,
                 temperature: None,

@@ -149,7 +149,9 @@ pub enum LlmError {
     BadResponse { provider: String, detail: String },
     #[error("invalid model configuration: {0}")]
     Config(String),
-    #[error("{provider}: no API key: the environment variable {variable} is not set")]
+    #[error(
+        "{provider}: no API key: set {variable} in maestrod's environment or in ~/.maestro/credentials.yaml (chmod 600)"
+    )]
     MissingKey { provider: String, variable: String },
 }
 

@@ -345,11 +345,7 @@ async fn configured_knobs_reach_the_wire() {
         let body: serde_json::Value = serde_json::from_slice(&sent.last().unwrap().body).unwrap();
         assert_eq!(body["max_tokens"], 777, "{role}");
         assert_eq!(body["tool_choice"].as_str(), tool_choice, "{role}: {body}");
-        assert_eq!(
-            body["temperature"].as_f64().map(|t| (t * 10.0).round() / 10.0),
-            temperature,
-            "{role}"
-        );
+        assert_eq!(body["temperature"].as_f64().map(|t| (t * 10.0).round() / 10.0), temperature, "{role}");
         assert_eq!(body["messages"][2]["content"], "", "the tool-call turn's content is a string");
     }
     // Retries are told as they happen.
