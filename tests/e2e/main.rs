@@ -6,9 +6,11 @@ mod api;
 mod cli;
 mod durability;
 mod harness;
+mod keys;
 mod loops;
 mod misbehaving;
 mod model_server;
+mod replay;
 mod rollback;
 mod watch;
 

@@ -46,6 +46,10 @@ pub(crate) struct Turn {
     pub(crate) turn: usize,
     /// The task text (the first user message).
     pub(crate) task: String,
+    /// The API key the request carried (`Authorization: Bearer …` or `x-api-key`).
+    pub(crate) key: String,
+    /// The text of the tool results sent back so far, in order.
+    pub(crate) results: Vec<String>,
 }
 
 pub(crate) type Behaviour = Arc<dyn Fn(&Turn) -> Reply + Send + Sync>;
@@ -74,7 +78,7 @@ fn text_of(content: &Value) -> String {
 }
 
 /// The turn a request asks for.
-fn turn_of(body: &Value, wire: Wire) -> Option<Turn> {
+fn turn_of(body: &Value, wire: Wire, key: String) -> Option<Turn> {
     let messages = body["messages"].as_array()?;
     let (system, rest): (String, Vec<&Value>) = match wire {
         Wire::OpenAi => (text_of(&messages.first()?["content"]), messages.iter().skip(1).collect()),
@@ -87,7 +91,17 @@ fn turn_of(body: &Value, wire: Wire) -> Option<Turn> {
     let task = text_of(&rest.first()?["content"]);
     let requirement = task.strip_prefix("# Requirement ")?.split(':').next()?.to_string();
     let turn = rest.iter().filter(|m| m["role"] == "assistant").count();
-    Some(Turn { scenario: body["model"].as_str()?.to_string(), role, requirement, turn, task })
+    let results = match wire {
+        Wire::OpenAi => rest.iter().filter(|m| m["role"] == "tool").map(|m| text_of(&m["content"])).collect(),
+        Wire::Anthropic => rest
+            .iter()
+            .filter_map(|m| m["content"].as_array())
+            .flatten()
+            .filter(|b| b["type"] == "tool_result")
+            .map(|b| text_of(&b["content"]))
+            .collect(),
+    };
+    Some(Turn { scenario: body["model"].as_str()?.to_string(), role, requirement, turn, task, key, results })
 }
 
 fn error_body(wire: Wire, status: u16, message: &str) -> Value {
@@ -182,7 +196,12 @@ impl Respond for Responder {
         let Ok(body) = serde_json::from_slice::<Value>(&request.body) else {
             return ResponseTemplate::new(400).set_body_json(error_body(self.wire, 400, "the body is not JSON"));
         };
-        let Some(turn) = turn_of(&body, self.wire) else {
+        let header = |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let key = match self.wire {
+            Wire::OpenAi => header("authorization").trim_start_matches("Bearer ").to_string(),
+            Wire::Anthropic => header("x-api-key").to_string(),
+        };
+        let Some(turn) = turn_of(&body, self.wire, key) else {
             return ResponseTemplate::new(400).set_body_json(error_body(self.wire, 400, "no system prompt or task"));
         };
         self.seen.lock().unwrap().push(turn.clone());

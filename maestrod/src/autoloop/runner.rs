@@ -960,8 +960,11 @@ impl Runner {
             return Ok(None);
         }
         let guard = self.record.guard.clone();
+        // The recording is the daemon's own writing under `.maestro/`.
+        let own = self.record.record_file.strip_prefix('.').map(str::to_string);
         let changed = git(self.root.clone(), move |g| {
-            let changed = g.tampered(&guard)?;
+            let mut changed = g.tampered(&guard)?;
+            changed.retain(|path| Some(path) != own.as_ref());
             if !changed.is_empty() {
                 g.restore_guarded(&guard)?;
             }
@@ -972,6 +975,11 @@ impl Runner {
             return Ok(None);
         }
         warn!(loop_id = %self.record.id, ?changed, "commands changed guarded files");
+        // As the user sees them: `.git/hooks/…`, `.maestro/…`, a nested repository.
+        let changed = changed
+            .into_iter()
+            .map(|path| if path == "nested" { "a nested .git".to_string() } else { format!(".{path}") })
+            .collect();
         Ok(Some(Outcome::Tampered { changed }))
     }
 

@@ -79,6 +79,8 @@ pub struct LlmSettings {
     pub model: String,
     pub base_url: String,
     pub api_key_env: String,
+    /// `api_key_env` was set in the configuration: the user says this server needs a key.
+    pub key_named: bool,
     pub script: Option<PathBuf>,
     pub replay_file: Option<PathBuf>,
     /// Timeouts and retries of the requests.
@@ -226,7 +228,9 @@ impl RawLlm {
             headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
             headers.push((name, value));
         }
+        let named_key = own.api_key_env.or_else(|| project(&self.api_key_env));
         Ok(LlmSettings {
+            key_named: named_key.is_some(),
             replay_file,
             policy,
             max_tokens: own.max_tokens.or(self.max_tokens),
@@ -236,7 +240,7 @@ impl RawLlm {
             provider,
             model: own.model.or_else(|| project(&self.model)).unwrap_or_else(|| default_model.into()),
             base_url: own.base_url.or_else(|| project(&self.base_url)).unwrap_or_else(|| default_url.into()),
-            api_key_env: own.api_key_env.or_else(|| project(&self.api_key_env)).unwrap_or_else(|| default_key.into()),
+            api_key_env: named_key.unwrap_or_else(|| default_key.into()),
             script,
         })
     }
@@ -249,11 +253,13 @@ impl LlmSettings {
         self.provider_for(role, "", 1, policy, &Keys::default())
     }
 
-    /// Whether this provider cannot work without a key (Anthropic, OpenAI's own API).
+    /// Whether this provider cannot work without a key: Anthropic, OpenAI's own
+    /// API, or any server whose key variable the configuration names (local
+    /// OpenAI-compatible servers without `api_key_env` run without one).
     pub fn needs_key(&self) -> bool {
         match self.provider {
             ProviderKind::Anthropic => true,
-            ProviderKind::OpenAi => self.base_url.contains("api.openai.com"),
+            ProviderKind::OpenAi => self.key_named || self.base_url.contains("api.openai.com"),
             ProviderKind::Scripted | ProviderKind::Replay => false,
         }
     }
@@ -325,6 +331,7 @@ mod tests {
                 model: "qwen2.5-coder".into(),
                 base_url: "http://localhost:11434/v1".into(),
                 api_key_env: "OPENAI_API_KEY".into(),
+                key_named: false,
                 script: None,
                 replay_file: None,
                 policy: RetryPolicy::default(),
