@@ -3,6 +3,7 @@
 //! module per area.
 
 mod api;
+mod budgets;
 mod cli;
 mod durability;
 mod harness;

@@ -9,7 +9,9 @@ use crate::client::{all_pages, reply};
 use crate::output::{Table, emit, time};
 
 fn table(entries: &[v1::LogEntry]) {
-    let mut table = Table::new(&["SEQ", "TIME", "LOOP", "EPOCH", "AGENT", "ACTION", "TARGET", "OUTCOME", "HASH"]);
+    let mut table = Table::new(&[
+        "SEQ", "TIME", "LOOP", "EPOCH", "AGENT", "REQ", "ACTION", "TARGET", "OUTCOME", "TOKENS", "MS", "HASH",
+    ]);
     for e in entries {
         table.row(vec![
             e.seq.to_string(),
@@ -17,9 +19,12 @@ fn table(entries: &[v1::LogEntry]) {
             e.loop_id.clone(),
             e.epoch.to_string(),
             e.agent.clone(),
+            e.requirement.clone(),
             e.action.clone(),
             e.target.clone(),
             e.outcome.clone(),
+            if e.tokens == 0 { String::new() } else { e.tokens.to_string() },
+            e.duration_ms.to_string(),
             e.hash.chars().take(12).collect(),
         ]);
     }

@@ -6,6 +6,7 @@ use tonic::transport::Channel;
 
 use super::ExitStatus;
 use super::run::actor;
+use super::usage::Usage;
 use crate::cli::{LoopCmd, Output};
 use crate::client::{all_pages, reply};
 use crate::output::{Table, emit, time};
@@ -37,7 +38,7 @@ pub(super) async fn run(
     channel: Channel,
     output: Output,
 ) -> anyhow::Result<ExitStatus> {
-    let mut client = LoopServiceClient::new(channel);
+    let mut client = LoopServiceClient::new(channel.clone());
     match cmd {
         LoopCmd::List { limit } => {
             let project = project.unwrap_or_default().to_string();
@@ -72,7 +73,19 @@ pub(super) async fn run(
         }
         LoopCmd::Show { loop_id } => {
             let l = reply(client.get_loop(v1::GetLoopRequest { loop_id }).await)?;
-            show_one(output, &l)?;
+            let usage = Usage::fetch(channel, &l.project_id, &l.loop_id).await?;
+            match output {
+                Output::Json => {
+                    let mut value = serde_json::to_value(&l)?;
+                    value["usage"] = serde_json::to_value(&usage)?;
+                    crate::output::json(&value)?;
+                }
+                Output::Table => {
+                    show_one(output, &l)?;
+                    println!("  model usage:");
+                    usage.print();
+                }
+            }
             Ok(0)
         }
     }
@@ -93,7 +106,7 @@ pub(super) async fn act(
     action: Action,
     output: Output,
 ) -> anyhow::Result<ExitStatus> {
-    let mut client = LoopServiceClient::new(channel);
+    let mut client = LoopServiceClient::new(channel.clone());
     let request = v1::LoopActionRequest { loop_id: loop_id.clone(), actor: actor() };
     let l = match action {
         Action::Approve => reply(client.approve_loop(request).await)?,

@@ -11,6 +11,7 @@ mod req;
 mod run;
 mod snapshot;
 mod system;
+mod usage;
 
 use tonic::transport::Channel;
 

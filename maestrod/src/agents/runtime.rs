@@ -152,7 +152,7 @@ fn first_line(text: &str, max: usize) -> String {
 impl AgentRun<'_> {
     /// Every model call goes in the execution log: model, tokens in and out, latency, stop reason or error.
     async fn log_call(&self, response: &Result<super::llm::ChatResponse, LlmError>, took: std::time::Duration) {
-        let (outcome, tokens, detail) = match response {
+        let (outcome, tokens, (tokens_in, tokens_out), detail) = match response {
             Ok(r) => {
                 let stop = match &r.stop {
                     StopReason::EndTurn => "end_turn".to_string(),
@@ -166,9 +166,9 @@ impl AgentRun<'_> {
                     r.usage.output_tokens,
                     r.tool_calls.len()
                 );
-                (stop, r.usage.total(), detail)
+                (stop, r.usage.total(), (r.usage.input_tokens, r.usage.output_tokens), detail)
             }
-            Err(error) => ("error".to_string(), 0, error.to_string()),
+            Err(error) => ("error".to_string(), 0, (0, 0), error.to_string()),
         };
         let entry = crate::ssot::exec_log::NewLogEntry {
             loop_id: self.ctx.loop_id.clone(),
@@ -180,6 +180,9 @@ impl AgentRun<'_> {
             tokens,
             duration_ms: took.as_millis() as u64,
             detail,
+            requirement: self.requirement.clone(),
+            tokens_in,
+            tokens_out,
         };
         if let Err(error) = self.harness.ssot().append_log(self.harness.project(), entry).await {
             tracing::warn!(%error, "cannot log a model call");

@@ -29,6 +29,9 @@ impl ExecutionLogService for ExecutionLog {
             tokens: r.tokens,
             duration_ms: r.duration_ms,
             detail: r.detail,
+            requirement: r.requirement,
+            tokens_in: r.tokens_in,
+            tokens_out: r.tokens_out,
         };
         let appended = self.0.append_log(&r.project_id, entry).await.status()?;
         Ok(Response::new(convert::log_entry(&r.project_id, appended)))

@@ -570,6 +570,23 @@ impl Runner {
         .await
     }
 
+    /// Charges the budget with what the loop's agents spent before a restart
+    /// or before the harness was rebuilt: budgets are kept in the SSOT.
+    async fn restore_budget(&self) -> Result<()> {
+        let mut records = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self.ssot.list_budgets(&self.record.project, &self.record.id, 500, &token).await?;
+            records.extend(page.items.into_iter().map(|v| v.value));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        self.harness.budget().restore(&records);
+        Ok(())
+    }
+
     /// An error the loop cannot go on from: FAILED, claims and lease released.
     async fn fail_hard(&mut self, reason: &str) -> Result<()> {
         self.record.state = LoopState::Failed;
@@ -625,6 +642,7 @@ impl Runner {
         if resumed && self.ssot.loop_cancel_requested(&self.record.id).await? {
             self.control.cancel_requested.store(true, Ordering::SeqCst);
         }
+        self.restore_budget().await?;
         let first = if resumed { Outcome::Resumed } else { Outcome::Started };
         self.apply(first).await?;
         loop {
@@ -739,6 +757,7 @@ impl Runner {
             }
         }
         self.harness = Arc::new(harness);
+        self.restore_budget().await?;
         self.config = config;
         self.llm = Arc::new(llm);
         self.record.retry_budget = self.config.retries;
@@ -1045,7 +1064,9 @@ impl Runner {
             if !implementing {
                 continue;
             }
-            let review = Claim { role: "review".into(), agent: "review-1".into(), ..claim.clone() };
+            // Each review is its own agent run, with its own budget.
+            let agent = format!("review-{}", reviews.len() + 1);
+            let review = Claim { role: "review".into(), agent, ..claim.clone() };
             let (attempt, notes) =
                 (fsm::attempt(&self.record, Some(&claim.requirement)), self.review_notes(&claim.requirement).await?);
             let Some(outcome) = self.run_agent(review, attempt, notes).await? else { return Ok(None) };

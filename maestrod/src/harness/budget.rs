@@ -71,7 +71,7 @@ struct Tally {
 /// The budget of one loop and its agents.
 pub struct Budget {
     config: BudgetConfig,
-    started: Instant,
+    started: Mutex<Instant>,
     state: Mutex<Tallies>,
 }
 
@@ -85,7 +85,7 @@ impl Budget {
     pub fn new(config: BudgetConfig) -> Self {
         Self {
             config,
-            started: Instant::now(),
+            started: Mutex::new(Instant::now()),
             state: Mutex::new(Tallies { whole_loop: Usage::default(), agents: HashMap::new() }),
         }
     }
@@ -108,10 +108,45 @@ impl Budget {
         tally.usage.elapsed_ms = millis(tally.started.elapsed());
         loop_usage.steps += steps;
         loop_usage.tokens += tokens;
-        loop_usage.elapsed_ms = millis(self.started.elapsed());
+        loop_usage.elapsed_ms = millis(self.started.lock().expect("budget mutex poisoned").elapsed());
         over(&format!("agent {agent} (epoch {epoch})"), &tally.usage, &self.config.per_agent_epoch)?;
         over("loop", loop_usage, &self.config.per_loop)?;
         Ok(tally.usage)
+    }
+
+    /// Takes up what was spent before a restart (or before the harness was
+    /// rebuilt): each agent run's usage as recorded, and the loop's as their
+    /// sum, its time the span the records cover (time the daemon was down
+    /// is not charged).
+    pub fn restore(&self, records: &[crate::ssot::budgets::BudgetRecord]) {
+        let mut state = self.state.lock().expect("budget mutex poisoned");
+        let now = Instant::now();
+        let mut first = i64::MAX;
+        let mut last = i64::MIN;
+        for r in records {
+            let usage = Usage { tokens: r.tokens, steps: r.steps, elapsed_ms: r.elapsed_ms };
+            let started = now.checked_sub(Duration::from_millis(r.elapsed_ms)).unwrap_or(now);
+            let tally = state.agents.entry((r.epoch, r.agent.clone())).or_insert(Tally { usage, started });
+            if tally.usage.steps <= usage.steps && tally.usage.tokens <= usage.tokens {
+                *tally = Tally { usage, started };
+            }
+            first = first.min(r.update_time_ms.saturating_sub(i64::try_from(r.elapsed_ms).unwrap_or(i64::MAX)));
+            last = last.max(r.update_time_ms);
+        }
+        let agents: Vec<Usage> = state.agents.values().map(|t| t.usage).collect();
+        let whole_loop = &mut state.whole_loop;
+        whole_loop.tokens = whole_loop.tokens.max(agents.iter().map(|u| u.tokens).sum());
+        whole_loop.steps = whole_loop.steps.max(agents.iter().map(|u| u.steps).sum());
+        drop(state);
+        if last > first {
+            let spent = Duration::from_millis(u64::try_from(last - first).unwrap_or(0));
+            let mut started = self.started.lock().expect("budget mutex poisoned");
+            if let Some(earlier) = now.checked_sub(spent)
+                && earlier < *started
+            {
+                *started = earlier;
+            }
+        }
     }
 
     /// One agent's usage in one epoch.
@@ -123,7 +158,7 @@ impl Budget {
     /// The loop's usage so far.
     pub fn loop_usage(&self) -> Usage {
         let state = self.state.lock().expect("budget mutex poisoned");
-        Usage { elapsed_ms: millis(self.started.elapsed()), ..state.whole_loop }
+        Usage { elapsed_ms: millis(self.started.lock().expect("budget mutex poisoned").elapsed()), ..state.whole_loop }
     }
 }
 
@@ -134,6 +169,7 @@ fn millis(duration: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ssot::budgets::BudgetRecord;
 
     #[test]
     fn agents_and_the_loop_run_out_separately() {
@@ -153,5 +189,45 @@ mod tests {
         let error = budget.charge(2, "backend", 1, 40).unwrap_err();
         assert_eq!((error.scope.as_str(), error.resource), ("loop", "token"));
         assert_eq!(budget.loop_usage().tokens, 160);
+    }
+
+    fn record(epoch: u64, agent: &str, tokens: u64, steps: u64, elapsed_ms: u64, at: i64) -> BudgetRecord {
+        BudgetRecord {
+            loop_id: "loop-1".into(),
+            epoch,
+            agent: agent.into(),
+            tokens,
+            steps,
+            elapsed_ms,
+            token_limit: 0,
+            step_limit: 0,
+            wall_limit_ms: 0,
+            exhausted: String::new(),
+            update_time_ms: at,
+        }
+    }
+
+    #[test]
+    fn a_restored_budget_goes_on_from_what_was_spent() {
+        let config = BudgetConfig {
+            per_agent_epoch: Limits { tokens: 100, steps: 0, wall_ms: 0 },
+            per_loop: Limits { tokens: 250, steps: 0, wall_ms: 60_000 },
+        };
+        let budget = Budget::new(config);
+        budget.restore(&[
+            record(1, "backend-1", 90, 4, 1_000, 10_000),
+            record(1, "review-1", 60, 2, 500, 11_000),
+            record(2, "backend-1", 80, 3, 30_000, 45_000),
+        ]);
+        assert_eq!(budget.agent_usage(1, "backend-1"), Usage { tokens: 90, steps: 4, elapsed_ms: 1_000 });
+        // The agent run that had spent 90 of its 100 tokens cannot spend 20 more after the restart...
+        let error = budget.charge(1, "backend-1", 0, 20).unwrap_err();
+        assert_eq!((error.scope.as_str(), error.used), ("agent backend-1 (epoch 1)", 110));
+        // ...and the loop's tokens are the sum of its runs: 110 + 60 + 80 + 10 > 250.
+        let error = budget.charge(3, "test-1", 0, 10).unwrap_err();
+        assert_eq!((error.scope.as_str(), error.used), ("loop", 260));
+        // The loop's time is the span its records cover (9 s to 45 s), not the time since.
+        let elapsed = budget.loop_usage().elapsed_ms;
+        assert!((36_000..50_000).contains(&elapsed), "{elapsed}");
     }
 }

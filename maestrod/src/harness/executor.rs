@@ -192,6 +192,11 @@ impl Harness {
         Ok(charged.map(drop)?)
     }
 
+    /// The loop's budget.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
     pub fn policy(&self) -> &crate::harness::policy::Policy {
         self.gate.policy()
     }
@@ -249,6 +254,7 @@ impl Harness {
             tokens: 0,
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             detail: detail.chars().take(8000).collect(),
+            ..NewLogEntry::default()
         };
         self.ssot.append_log(&self.project, entry).await.map(drop)
     }

@@ -26,6 +26,20 @@ pub struct NewLogEntry {
     pub tokens: u64,
     pub duration_ms: u64,
     pub detail: String,
+    /// The requirement the agent worked on (model calls), when known.
+    /// Left out of the encoding when empty or zero, so entries written before
+    /// these fields existed keep their hashes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub requirement: String,
+    /// A model call's prompt and completion tokens (`tokens` is their sum).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tokens_in: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tokens_out: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +91,7 @@ fn check_entry(entry: &NewLogEntry) -> Result<()> {
     validate::text("loop_id", &entry.loop_id, 128, false)?;
     validate::text("target", &entry.target, 4096, false)?;
     validate::text("outcome", &entry.outcome, 128, false)?;
+    validate::text("requirement", &entry.requirement, 128, false)?;
     validate::text("detail", &entry.detail, 64 << 10, false)
 }
 
@@ -254,5 +269,71 @@ mod tests {
         changed.outcome = "denied".into();
         assert_ne!(base, entry_hash(1, 1000, &changed, GENESIS_HASH));
         assert_ne!(base, entry_hash(1, 1000, &body, &base));
+        for change in [
+            |e: &mut NewLogEntry| e.requirement = "R2".into(),
+            |e: &mut NewLogEntry| e.tokens_in = 1,
+            |e: &mut NewLogEntry| e.tokens_out = 1,
+        ] {
+            let mut changed = body.clone();
+            change(&mut changed);
+            assert_ne!(base, entry_hash(1, 1000, &changed, GENESIS_HASH));
+        }
+    }
+
+    #[test]
+    fn entries_written_before_the_usage_fields_keep_their_hashes() {
+        // The hash of an entry as an older daemon wrote it (no requirement, no
+        // token split): the chain of an existing log still verifies.
+        let body = NewLogEntry {
+            loop_id: "loop-1".into(),
+            epoch: 1,
+            agent: "backend-1".into(),
+            action: "write_file".into(),
+            target: "src/api/x.py".into(),
+            outcome: "ok".into(),
+            tokens: 0,
+            duration_ms: 3,
+            detail: "allowed".into(),
+            ..NewLogEntry::default()
+        };
+        // The structs as they were, field for field.
+        #[derive(Serialize)]
+        struct OldBody<'a> {
+            loop_id: &'a str,
+            epoch: u64,
+            agent: &'a str,
+            action: &'a str,
+            target: &'a str,
+            outcome: &'a str,
+            tokens: u64,
+            duration_ms: u64,
+            detail: &'a str,
+        }
+        #[derive(Serialize)]
+        struct OldHashed<'a> {
+            seq: u64,
+            time_ms: i64,
+            body: OldBody<'a>,
+            prev_hash: &'a str,
+        }
+        let old = OldHashed {
+            seq: 7,
+            time_ms: 1000,
+            body: OldBody {
+                loop_id: "loop-1",
+                epoch: 1,
+                agent: "backend-1",
+                action: "write_file",
+                target: "src/api/x.py",
+                outcome: "ok",
+                tokens: 0,
+                duration_ms: 3,
+                detail: "allowed",
+            },
+            prev_hash: GENESIS_HASH,
+        };
+        let digest = Sha256::digest(serde_json::to_vec(&old).unwrap());
+        let expected: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(entry_hash(7, 1000, &body, GENESIS_HASH), expected);
     }
 }
