@@ -11,6 +11,7 @@ mod keys;
 mod loops;
 mod misbehaving;
 mod model_server;
+mod real_model;
 mod replay;
 mod rollback;
 mod watch;

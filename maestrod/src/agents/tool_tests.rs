@@ -14,7 +14,7 @@ use crate::harness::executor::{ActionContext, Harness};
 use crate::harness::gate::Gate;
 use crate::harness::sandbox::{Limits, LocalSandbox};
 use crate::ssot::Ssot;
-use crate::ssot::requirements::NewRequirement;
+use crate::ssot::requirements::{NewRequirement, Status};
 use crate::ssot::sled_store::{SledOptions, SledStore};
 
 struct Fixture {
@@ -166,6 +166,7 @@ async fn ssot_rights_per_role() {
         ("create_requirement", json!({"parent_id": "R1", "title": "Child"}), "requirements"),
         ("update_requirement", json!({"id": "R1", "title": "Renamed"}), "requirements"),
         ("set_status", json!({"id": "R1", "status": "BLOCKED"}), "requirements"),
+        ("remove_requirement", json!({"id": "R9", "reason": "not needed"}), "requirements"),
         ("propose_contract", json!({"name": "api", "kind": "openapi", "spec": "openapi: 3.1.0"}), "contracts"),
         ("annotate_log", json!({"note": "a note"}), "log"),
         ("memory_put", json!({"key": "k", "value": "v"}), "memory"),
@@ -193,4 +194,43 @@ async fn ssot_rights_per_role() {
     assert!(not_review.is_error && not_review.content.contains("unknown tool"), "{not_review:?}");
     let tree = f.ssot.all_requirements("p").await.unwrap();
     assert_eq!(tree.len(), 2, "only planning created a requirement");
+}
+
+/// Planning replaces its own plan: it may remove a requirement it planned that
+/// is not started or done, never the task itself or a tree it does not plan.
+#[tokio::test]
+async fn remove_requirement_drops_only_unstarted_parts_of_the_own_plan() {
+    let f = fixture().await;
+    let child = |title: &str, parent: &str| NewRequirement {
+        parent_id: parent.into(),
+        title: title.into(),
+        role_hint: "backend".into(),
+        ..Default::default()
+    };
+    f.ssot.create_requirement("p", child("wrong", "R1")).await.unwrap(); // R2
+    f.ssot.create_requirement("p", child("elsewhere", "")).await.unwrap(); // R3, another run's root
+    f.ssot.create_requirement("p", child("done", "R1")).await.unwrap(); // R4
+    f.ssot.create_requirement("p", child("needed", "R1")).await.unwrap(); // R5
+    f.ssot.set_dependencies("p", "R5", &["R2".to_string()], &[], "").await.unwrap();
+    for status in [Status::Claimed, Status::InProgress, Status::Done] {
+        f.ssot.set_requirement_status("p", "R4", status, "", "test", "").await.unwrap();
+    }
+    let remove = |id: &str| f.call("planning", "remove_requirement", json!({"id": id, "reason": "replanned"}));
+    for (id, why) in [
+        ("R1", "not part of the plan under R1"),
+        ("R3", "not part of the plan under R1"),
+        ("R4", "is DONE"),
+        ("R2", "is a dependency of R5"),
+        ("R9", "R9 does not exist"),
+    ] {
+        let refused = remove(id).await;
+        assert!(refused.is_error && refused.content.contains(why), "{id}: {refused:?}");
+    }
+    f.ssot.set_dependencies("p", "R5", &[], &["R2".to_string()], "").await.unwrap();
+    let removed = remove("R2").await;
+    assert!(!removed.is_error, "{removed:?}");
+    let ids: Vec<String> = f.ssot.all_requirements("p").await.unwrap().into_iter().map(|r| r.value.id).collect();
+    assert_eq!(ids, ["R1", "R3", "R4", "R5"]);
+    let backend = f.call("backend", "remove_requirement", json!({"id": "R5", "reason": "mine now"})).await;
+    assert!(backend.is_error && backend.content.contains("acl.ssot"), "{backend:?}");
 }

@@ -131,6 +131,15 @@ struct UpdateRequirementArgs {
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+struct RemoveRequirementArgs {
+    /// A requirement of your plan (under the one you plan) that is not started or done.
+    id: String,
+    /// Why it is no longer part of the plan.
+    reason: String,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 struct SetStatusArgs {
     id: String,
     status: Status,
@@ -474,6 +483,10 @@ pub fn specs(name: &str, role: &RolePolicy) -> Vec<ToolSpec> {
             "Change a requirement's text, role hint, acceptance criteria or dependencies.",
         ));
         tools.push(spec::<SetStatusArgs>("set_status", "Move a requirement along its status machine."));
+        tools.push(spec::<RemoveRequirementArgs>(
+            "remove_requirement",
+            "Drop a requirement of your plan that is no longer needed (replace a plan instead of adding to it).",
+        ));
     }
     if grants("contracts") {
         tools.push(spec::<ProposeContractArgs>("propose_contract", "Propose a new version of a contract."));
@@ -512,7 +525,9 @@ impl Tools<'_> {
         if !self.offered.iter().any(|t| t.name == call.name) {
             // An SSOT tool the role has no right to: the harness's refusal, naming its rule.
             let collection = match call.name.as_str() {
-                "create_requirement" | "update_requirement" | "set_status" => Some("requirements"),
+                "create_requirement" | "update_requirement" | "set_status" | "remove_requirement" => {
+                    Some("requirements")
+                }
                 "propose_contract" => Some("contracts"),
                 "annotate_log" => Some("log"),
                 "memory_put" => Some("memory"),
@@ -735,6 +750,35 @@ impl Tools<'_> {
                         .map_err(fail)?;
                 }
                 ToolResult::ok(format!("updated {}", args.id)).touching(Touch::Requirement(args.id))
+            }
+            "remove_requirement" => {
+                let args = parse::<RemoveRequirementArgs>(call)?;
+                self.authorize("requirements", &format!("{} (removed: {})", args.id, args.reason)).await?;
+                let all = ssot.all_requirements(project).await.map_err(fail)?;
+                let Some(node) = all.iter().find(|r| r.value.id == args.id) else {
+                    return Err(ToolResult::error(format!("{} does not exist", args.id)));
+                };
+                // Only the plan under the requirement being planned: never the task itself,
+                // another run's tree, or work that was started or done.
+                let mut parent = node.value.parent_id.as_str();
+                while !parent.is_empty() && parent != self.requirement {
+                    parent = all.iter().find(|r| r.value.id == parent).map_or("", |r| r.value.parent_id.as_str());
+                }
+                if parent != self.requirement {
+                    return Err(ToolResult::error(format!(
+                        "{} is not part of the plan under {}: only requirements you planned can be removed",
+                        args.id, self.requirement
+                    )));
+                }
+                if !matches!(node.value.status, Status::Pending | Status::Failed | Status::Blocked) {
+                    return Err(ToolResult::error(format!(
+                        "{} is {}: only pending, failed or blocked requirements can be removed",
+                        args.id,
+                        node.value.status.as_str()
+                    )));
+                }
+                ssot.delete_requirement(project, &args.id, "").await.map_err(fail)?;
+                ToolResult::ok(format!("removed {}", args.id)).touching(Touch::Requirement(args.id))
             }
             "set_status" => {
                 let args = parse::<SetStatusArgs>(call)?;

@@ -150,3 +150,68 @@ async fn a_hook_planted_by_a_command_is_removed_and_the_loop_escalates_at_once()
     assert!(!ws.join(".git/hooks/pre-commit").exists(), "the planted hook is gone");
     manager.shutdown().await;
 }
+
+const REPLANS: &str = r#"
+roles:
+  planning@R1#1:
+    - tool_calls: [{name: create_requirement, arguments: {parent_id: R1, title: "sub()", role_hint: backend}}]
+    - tool_calls: [{name: finish, arguments: {outcome: done, summary: R2}}]
+  planning@R1#2:
+    - tool_calls: [{name: remove_requirement, arguments: {id: R2, reason: "the task asks for add(), not sub()"}}]
+    - tool_calls: [{name: create_requirement, arguments: {parent_id: R1, title: "add()", role_hint: backend}}]
+    - tool_calls: [{name: finish, arguments: {outcome: done, summary: R3 replaces R2}}]
+  backend@R2:
+    - tool_calls: [{name: write_file, arguments: {path: src/api/calc.py, content: "def sub(a, b):\n    return a - b\n"}}]
+    - tool_calls: [{name: finish, arguments: {outcome: done, summary: sub}}]
+  backend@R3:
+    - tool_calls: [{name: write_file, arguments: {path: src/api/calc.py, content: "def add(a, b):\n    return a + b\n"}}]
+    - tool_calls: [{name: finish, arguments: {outcome: done, summary: add}}]
+  review:
+    - tool_calls: [{name: review_verdict, arguments: {verdict: approve}}]
+    - tool_calls: [{name: finish, arguments: {outcome: done, summary: approved}}]
+"#;
+
+/// A replan replaces the plan that failed instead of adding to it: the planner
+/// removes its wrong requirement and the loop succeeds with the new one only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replan_replaces_the_failed_plan_instead_of_adding_to_it() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let ws = work.path().join("calc");
+    std::fs::create_dir_all(ws.join(".maestro")).unwrap();
+    std::fs::create_dir_all(ws.join("tests")).unwrap();
+    std::fs::write(ws.join(".gitignore"), "__pycache__/\n").unwrap();
+    std::fs::write(
+        ws.join("tests/test_calc.py"),
+        "import os, sys, unittest\nsys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'src'))\n\
+         from api.calc import add\n\nclass AddTest(unittest.TestCase):\n    def test_add(self):\n        \
+         self.assertEqual(add(2, 2), 4)\n",
+    )
+    .unwrap();
+    std::fs::write(ws.join(".maestro/script.yaml"), REPLANS).unwrap();
+    std::fs::write(
+        ws.join(".maestro/config.yaml"),
+        "llm:\n  provider: scripted\n  script: .maestro/script.yaml\nloop:\n  retries: 2\n  \
+         test_command: [python3, -m, unittest, discover, -s, tests]\n",
+    )
+    .unwrap();
+    crate::harness::rollback::GitWorkspace::open_or_init(&ws).unwrap();
+    let store = Arc::new(SledStore::open(data.path(), SledOptions::default()).unwrap());
+    let ssot = Arc::new(Ssot::new(store, Default::default()));
+    ssot.create_project("calc", "", &ws.display().to_string()).await.unwrap();
+    let manager = LoopManager::new(ssot.clone(), Arc::new(LocalSandbox::probe()));
+    let request = StartRequest { project: "calc".into(), task: "Write add(a, b)".into(), ..Default::default() };
+    let started = manager.start(request).await.unwrap();
+    let end = until_final(&manager, &started.id).await;
+    assert_eq!((end.state, end.retries), (LoopState::Succeeded, 1), "{end:?}");
+    let tree: Vec<(String, String)> = ssot
+        .all_requirements("calc")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.value.id, r.value.status.as_str().to_string()))
+        .collect();
+    assert_eq!(tree, [("R1".into(), "DONE".into()), ("R3".into(), "DONE".into())], "R2 was replaced, not kept");
+    assert!(std::fs::read_to_string(ws.join("src/api/calc.py")).unwrap().contains("def add"));
+    manager.shutdown().await;
+}

@@ -369,3 +369,27 @@ async fn configured_knobs_reach_the_wire() {
     OpenAi::new(&format!("{}/v1", busy.uri()), None, fast()).chat(&req).await.unwrap();
     assert_eq!(*told.lock().unwrap(), ["model retry 2/3 after 429: Rate limit reached"]);
 }
+
+/// A server that stalls is asked twice at most, whatever `llm.retries` says: five
+/// attempts of a 300 s timeout would be 25 minutes of silence.
+#[tokio::test]
+async fn a_stalled_server_is_asked_twice_at_most() {
+    let stalled = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_raw(OPENAI_TOOL_TURN, "application/json")
+                .set_delay(Duration::from_secs(5)),
+        )
+        .mount(&stalled)
+        .await;
+    let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = told.clone();
+    let mut req = request(conversation());
+    req.on_retry = super::RetryHook(Some(std::sync::Arc::new(move |m: &str| sink.lock().unwrap().push(m.to_string()))));
+    let policy = RetryPolicy { attempts: 5, request_timeout: Duration::from_millis(300), ..fast() };
+    let error = OpenAi::new(&format!("{}/v1", stalled.uri()), None, policy).chat(&req).await.unwrap_err().to_string();
+    assert!(error.contains("no answer within"), "{error}");
+    assert_eq!(stalled.received_requests().await.unwrap().len(), 2, "one retry after a timeout, not four");
+    assert_eq!(told.lock().unwrap().len(), 1, "the one retry was told: {:?}", told.lock().unwrap());
+}
