@@ -25,6 +25,11 @@ pub struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "MAESTRO_LISTEN", default_value_t = crate::config::default_listen())]
     listen: SocketAddr,
+    /// Allow listening on an address other than loopback although the API has no
+    /// TLS and no authentication yet: anyone who can reach the port can read and
+    /// change every project and run loops. Only on a network you trust.
+    #[arg(long, env = "MAESTRO_INSECURE_LISTEN")]
+    insecure_listen: bool,
     /// Where the store lives [default: ~/.maestro/data].
     #[arg(long, env = "MAESTRO_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -174,6 +179,21 @@ pub fn main() -> ExitCode {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
+    if !args.listen.ip().is_loopback() {
+        if !args.insecure_listen {
+            anyhow::bail!(
+                "--listen {}: not a loopback address, and the API has neither TLS nor authentication, so anyone who \
+                 can reach it could read and change every project; listen on 127.0.0.1, or add --insecure-listen on a \
+                 network you trust",
+                args.listen
+            );
+        }
+        tracing::warn!(
+            listen = %args.listen,
+            "INSECURE: listening beyond loopback without TLS or authentication; anyone who reaches this port can \
+             read and change every project and run loops in its workspaces"
+        );
+    }
     let data_dir = args.data_dir.unwrap_or_else(crate::config::default_data_dir);
     let mut config = DaemonConfig::new(data_dir.clone());
     config.retention_revisions = args.retention_revisions;
@@ -186,6 +206,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         }
     }
     config.sandbox_read = args.sandbox_read.clone();
+    crate::server::raise_open_files_limit();
     // Open (and lock) the store before announcing the address, so a refused
     // start never looks like a running daemon.
     let daemon = crate::server::Daemon::open(config)?;

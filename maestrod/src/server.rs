@@ -27,6 +27,27 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Requests one connection may have in flight (watch streams included); more wait.
+const CONCURRENT_REQUESTS_PER_CONNECTION: usize = 256;
+
+/// Raises the soft limit of open files to the hard one: every client connection
+/// and watcher holds a descriptor, and the usual soft default (1,024) lets a
+/// thousand idle connections lock everyone else out.
+pub fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        // An unlimited hard limit is still bounded by the kernel's nr_open.
+        Ok((soft, hard)) if soft < hard.min(1 << 20) => {
+            match setrlimit(Resource::RLIMIT_NOFILE, hard.min(1 << 20), hard) {
+                Ok(()) => info!(from = soft, to = hard.min(1 << 20), "open files limit raised"),
+                Err(error) => warn!(%error, soft, "cannot raise the open files limit"),
+            }
+        }
+        Ok(_) => {}
+        Err(error) => warn!(%error, "cannot read the open files limit"),
+    }
+}
+
 /// Runs the daemon on `listener` until `shutdown` resolves.
 pub async fn run(
     config: DaemonConfig,
@@ -81,6 +102,12 @@ impl Daemon {
         let stopping = CancellationToken::new();
         let serve = Server::builder()
             .trace_fn(|request| info_span!("rpc", method = %request.uri().path()))
+            // Dead peers are found and their connections closed; one connection cannot
+            // hold more than its share of request handlers.
+            .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+            .concurrency_limit_per_connection(CONCURRENT_REQUESTS_PER_CONNECTION)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, {
                 let store = store.clone();

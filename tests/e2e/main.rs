@@ -8,6 +8,7 @@ mod cli;
 mod durability;
 mod harness;
 mod keys;
+mod limits;
 mod loops;
 mod misbehaving;
 mod model_server;

@@ -17,13 +17,30 @@ pub(crate) fn to_status(error: SsotError) -> Status {
         SsotError::ResourceExhausted(_) => Code::ResourceExhausted,
         SsotError::Store(store) => return store_status(store),
     };
-    Status::new(code, error.to_string())
+    Status::new(code, capped(error.to_string()))
+}
+
+/// A status message stays small whatever the request held: gRPC carries it in
+/// a header, and a huge one turns a clear INVALID_ARGUMENT into a transport error.
+pub(crate) fn capped(mut message: String) -> String {
+    const MAX: usize = 1024;
+    if message.len() > MAX {
+        let mut end = MAX;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
 }
 
 pub(crate) fn store_status(error: &StoreError) -> Status {
     match error {
         StoreError::Compacted { .. } | StoreError::FutureRevision { .. } => Status::out_of_range(error.to_string()),
-        StoreError::InvalidKey(_) | StoreError::InvalidArgument(_) => Status::invalid_argument(error.to_string()),
+        StoreError::InvalidKey(_) | StoreError::InvalidArgument(_) => {
+            Status::invalid_argument(capped(error.to_string()))
+        }
         StoreError::LeaseNotFound(_) => Status::not_found(error.to_string()),
         StoreError::Closed => Status::unavailable("the daemon is shutting down; retry against the new instance"),
         StoreError::Backend(_) | StoreError::Locked { .. } | StoreError::Schema { .. } => {
@@ -38,9 +55,9 @@ pub(crate) fn gate_status(error: crate::harness::GateError) -> Status {
     use crate::harness::policy::PolicyError;
     match &error {
         crate::harness::GateError::Policy(PolicyError::UnknownRole(..)) => {
-            Status::invalid_argument(format!("role: {error}"))
+            Status::invalid_argument(capped(format!("role: {error}")))
         }
-        _ => Status::failed_precondition(error.to_string()),
+        _ => Status::failed_precondition(capped(error.to_string())),
     }
 }
 

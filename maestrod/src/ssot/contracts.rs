@@ -186,21 +186,33 @@ impl Ssot {
         // Versions of one contract are adjacent keys: keep the last of each run.
         let (mut revision, mut after) = token.map_or((0, None), |t| (t.revision, Some(t.after)));
         let mut items: Vec<Versioned<Contract>> = Vec::new();
+        // Stored bytes of the page, that of its last contract, and where that contract's run started.
+        let (mut used, mut last_bytes, mut run_start) = (0, 0, after.clone());
         loop {
-            let (chunk, more, read_at) = self.scan::<Contract>(&prefix, after.as_deref(), revision, 256).await?;
+            let (chunk, more, read_at) = self.scan_sized::<Contract>(&prefix, after.as_deref(), revision, 256).await?;
             revision = read_at;
-            for (key, contract) in chunk {
+            for (key, bytes, contract) in chunk {
                 let same_name = items.last().is_some_and(|last| last.value.name == contract.value.name);
                 if same_name {
                     let last = items.len() - 1;
+                    used = used - last_bytes + bytes;
+                    if items.len() > 1 && used > super::PAGE_BYTES {
+                        // This contract's latest version does not fit: the next page starts with it.
+                        items.pop();
+                        let after = run_start.unwrap_or_default();
+                        return Ok(Page { items, next_page_token: PageToken { revision, after }.encode(), revision });
+                    }
                     items[last] = contract;
-                } else if items.len() == size {
+                } else if items.len() == size || (!items.is_empty() && used + bytes > super::PAGE_BYTES) {
                     // A new name past a full page: the next page starts here.
                     let after = after.unwrap_or_default();
                     return Ok(Page { items, next_page_token: PageToken { revision, after }.encode(), revision });
                 } else {
+                    run_start = after.clone();
+                    used += bytes;
                     items.push(contract);
                 }
+                last_bytes = bytes;
                 after = Some(key.into_bytes());
             }
             if !more {

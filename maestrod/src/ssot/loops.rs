@@ -419,9 +419,11 @@ pub struct LoopEvent {
 /// The number of a loop id `loop-N`.
 fn number(id: &str) -> Result<u64> {
     id.strip_prefix("loop-")
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0'))
         .and_then(|n| n.parse::<u64>().ok())
-        .filter(|n| *n > 0)
-        .ok_or_else(|| SsotError::invalid("loop_id", format!("{id:?} is not a loop id (like loop-12)")))
+        .ok_or_else(|| {
+            SsotError::invalid("loop_id", format!("{} is not a loop id (like loop-12)", super::validate::shown(id)))
+        })
 }
 
 fn check_id(id: &str) -> Result<()> {

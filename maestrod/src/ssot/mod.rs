@@ -63,6 +63,11 @@ pub struct Versioned<T> {
     pub meta: Meta,
 }
 
+/// Bytes of stored records one page carries at most (unless a single record is
+/// larger): with the wire encoding no larger than the stored JSON, a reply stays
+/// below gRPC's usual 4 MiB message limit.
+pub const PAGE_BYTES: usize = 3 << 20;
+
 /// One page of a listing.
 #[derive(Debug, Clone)]
 pub struct Page<T> {
@@ -144,6 +149,18 @@ impl Ssot {
         revision: Revision,
         limit: usize,
     ) -> Result<(Vec<(String, Versioned<T>)>, bool, Revision)> {
+        let (items, more, revision) = self.scan_sized::<T>(prefix, after, revision, limit).await?;
+        Ok((items.into_iter().map(|(key, _, item)| (key, item)).collect(), more, revision))
+    }
+
+    /// `scan`, with the stored size of each record (what a page may carry is counted in it).
+    async fn scan_sized<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        after: Option<&[u8]>,
+        revision: Revision,
+        limit: usize,
+    ) -> Result<(Vec<(String, usize, Versioned<T>)>, bool, Revision)> {
         let start = match after {
             Some(after) => {
                 let mut start = after.to_vec();
@@ -157,7 +174,7 @@ impl Ssot {
         let items = response
             .kvs
             .iter()
-            .map(|kv| Ok((String::from_utf8_lossy(&kv.key).into_owned(), decode_versioned(kv)?)))
+            .map(|kv| Ok((String::from_utf8_lossy(&kv.key).into_owned(), kv.value.len(), decode_versioned(kv)?)))
             .collect::<Result<Vec<_>>>()?;
         Ok((items, response.more, response.revision))
     }
@@ -172,7 +189,8 @@ impl Ssot {
         Ok((items.into_iter().map(|(_, v)| v).collect(), revision))
     }
 
-    /// One page of the resources under `prefix` that pass `keep`.
+    /// One page of the resources under `prefix` that pass `keep`: at most
+    /// `page_size` of them and about PAGE_BYTES of records.
     async fn page<T: DeserializeOwned>(
         &self,
         prefix: &str,
@@ -191,21 +209,29 @@ impl Ssot {
         let mut revision = token.as_ref().map_or(revision, |t| t.revision);
         let mut after = token.map(|t| t.after);
         let mut items = Vec::new();
+        let mut used = 0;
         let chunk = (size + 1).max(64);
         loop {
-            let (batch, more, read_at) = self.scan::<T>(prefix, after.as_deref(), revision, chunk).await?;
+            let (batch, more, read_at) = self.scan_sized::<T>(prefix, after.as_deref(), revision, chunk).await?;
             revision = read_at;
             let mut rest = batch.into_iter().peekable();
-            while items.len() < size {
-                let Some((key, item)) = rest.next() else {
+            let mut full = false;
+            while let Some((_, bytes, item)) = rest.peek() {
+                let kept = keep(item);
+                // A page ends at `size` items or before the item that would take it past
+                // PAGE_BYTES (a page always holds at least one).
+                if items.len() == size || (kept && !items.is_empty() && used + bytes > PAGE_BYTES) {
+                    full = true;
                     break;
-                };
+                }
+                let Some((key, bytes, item)) = rest.next() else { break };
                 after = Some(key.into_bytes());
-                if keep(&item) {
+                if kept {
+                    used += bytes;
                     items.push(item);
                 }
             }
-            if items.len() == size {
+            if full || items.len() == size {
                 let remaining = rest.peek().is_some() || more;
                 let next_page_token = match (remaining, after) {
                     (true, Some(after)) => PageToken { revision, after }.encode(),

@@ -97,11 +97,23 @@ struct Structure {
 }
 
 /// "R12" → 12.
+/// The number of a requirement id. Only the canonical form is an id: `R1`,
+/// never `R01` or `R+1`, so that one requirement has one name everywhere.
 pub fn parse_id(field: &str, id: &str) -> Result<u64> {
     id.strip_prefix('R')
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0'))
         .and_then(|n| n.parse::<u64>().ok())
-        .filter(|n| *n > 0)
-        .ok_or_else(|| SsotError::invalid(field, format!("{id:?} is not a requirement id (like R12)")))
+        .ok_or_else(|| SsotError::invalid(field, format!("{} is not a requirement id (like R12)", validate::shown(id))))
+}
+
+/// Dependencies one requirement may have, and may gain or lose in one request.
+pub const MAX_DEPENDENCIES: usize = 256;
+
+fn check_dependency_count(field: &str, count: usize) -> Result<()> {
+    if count > MAX_DEPENDENCIES {
+        return Err(SsotError::invalid(field, format!("has {count} requirements, the limit is {MAX_DEPENDENCIES}")));
+    }
+    Ok(())
 }
 
 fn key(project: &str, number: u64) -> String {
@@ -123,21 +135,28 @@ fn check_fields(title: &str, description: &str, role_hint: &str, acceptance: &[S
     Ok(())
 }
 
-/// Finds a dependency path `from → … → to` in `graph` (id → depends_on).
-fn path(graph: &HashMap<String, Vec<String>>, from: &str, to: &str) -> Option<Vec<String>> {
-    let mut stack = vec![(from.to_string(), vec![from.to_string()])];
-    let mut seen = BTreeSet::new();
-    while let Some((node, trail)) = stack.pop() {
+/// Finds a dependency path from one of `from` to `to` in `graph` (id →
+/// depends_on): one breadth-first search over the whole graph, however many
+/// starting points, so its cost is bounded by the size of the tree.
+fn path(graph: &HashMap<String, Vec<String>>, from: &[String], to: &str) -> Option<Vec<String>> {
+    let mut came_from: HashMap<&str, Option<&str>> = from.iter().map(|f| (f.as_str(), None)).collect();
+    let mut queue: std::collections::VecDeque<&str> = from.iter().map(String::as_str).collect();
+    while let Some(node) = queue.pop_front() {
         if node == to {
+            let mut trail = vec![node.to_string()];
+            let mut at = node;
+            while let Some(Some(previous)) = came_from.get(at) {
+                trail.push(previous.to_string());
+                at = previous;
+            }
+            trail.reverse();
             return Some(trail);
         }
-        if !seen.insert(node.clone()) {
-            continue;
-        }
-        for next in graph.get(&node).into_iter().flatten() {
-            let mut trail = trail.clone();
-            trail.push(next.clone());
-            stack.push((next.clone(), trail));
+        for next in graph.get(node).into_iter().flatten() {
+            if !came_from.contains_key(next.as_str()) {
+                came_from.insert(next, Some(node));
+                queue.push_back(next);
+            }
         }
     }
     None
@@ -159,6 +178,7 @@ impl Ssot {
 
     pub async fn create_requirement(&self, project: &str, new: NewRequirement) -> Result<Versioned<Requirement>> {
         check_fields(&new.title, &new.description, &new.role_hint, &new.acceptance)?;
+        check_dependency_count("depends_on", new.depends_on.len())?;
         let mut deps = BTreeSet::new();
         for dep in &new.depends_on {
             parse_id("depends_on", dep)?;
@@ -390,6 +410,8 @@ impl Ssot {
     ) -> Result<Versioned<Requirement>> {
         let number = parse_id("id", id)?;
         let expected = validate::etag(etag)?;
+        check_dependency_count("add", add.len())?;
+        check_dependency_count("remove", remove.len())?;
         for dep in add {
             parse_id("add", dep)?;
             if dep == id {
@@ -410,11 +432,13 @@ impl Ssot {
             let mut graph: HashMap<String, Vec<String>> =
                 all.iter().map(|n| (n.value.id.clone(), n.value.depends_on.clone())).collect();
             let mut compares = vec![Compare::mod_revision(keys::in_project(project, STRUCTURE), structure_rev)];
+            let revisions: HashMap<&str, Revision> =
+                all.iter().map(|n| (n.value.id.as_str(), n.meta.mod_revision)).collect();
             for dep in add {
-                let Some(found) = all.iter().find(|n| &n.value.id == dep) else {
+                let Some(revision) = revisions.get(dep.as_str()) else {
                     return Err(SsotError::not_found(KIND, dep));
                 };
-                compares.push(Compare::mod_revision(key(project, parse_id("add", dep)?), found.meta.mod_revision));
+                compares.push(Compare::mod_revision(key(project, parse_id("add", dep)?), *revision));
             }
             r.depends_on.retain(|d| !remove.contains(d));
             for dep in add {
@@ -422,15 +446,19 @@ impl Ssot {
                     r.depends_on.push(dep.clone());
                 }
             }
+            check_dependency_count("depends_on", r.depends_on.len())?;
             graph.insert(id.to_string(), r.depends_on.clone());
-            for dep in add {
-                if let Some(mut cycle) = path(&graph, dep, id) {
-                    cycle.insert(0, id.to_string());
-                    return Err(SsotError::FailedPrecondition(format!(
-                        "making {id} depend on {dep} would create the cycle {}",
-                        cycle.join(" → ")
-                    )));
+            if let Some(mut cycle) = path(&graph, add, id) {
+                let dep = cycle[0].clone();
+                cycle.insert(0, id.to_string());
+                let steps = cycle.len() - 1;
+                if cycle.len() > 12 {
+                    cycle.splice(8..cycle.len() - 3, [format!("… ({steps} steps in all) …")]);
                 }
+                return Err(SsotError::FailedPrecondition(format!(
+                    "making {id} depend on {dep} would create the cycle {}",
+                    cycle.join(" → ")
+                )));
             }
             r.update_time_ms = now_ms();
             let bump = Op::put(keys::in_project(project, STRUCTURE), encode_json(&structure));
@@ -521,14 +549,47 @@ mod tests {
     #[test]
     fn ids_and_cycles() {
         assert_eq!(parse_id("id", "R12").unwrap(), 12);
-        for bad in ["12", "R", "R0", "r1", "R-1", "R1x"] {
+        for bad in ["12", "R", "R0", "r1", "R-1", "R1x", "R01", "R+1", "R 1", "R１"] {
             assert!(parse_id("id", bad).is_err(), "{bad}");
         }
         let graph: HashMap<String, Vec<String>> = [("R1", vec!["R2"]), ("R2", vec!["R3"]), ("R3", vec![])]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
             .collect();
-        assert_eq!(path(&graph, "R1", "R3").unwrap(), ["R1", "R2", "R3"]);
-        assert!(path(&graph, "R3", "R1").is_none());
+        let from = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(path(&graph, &from(&["R1"]), "R3").unwrap(), ["R1", "R2", "R3"]);
+        assert_eq!(path(&graph, &from(&["R3", "R2"]), "R3").unwrap(), ["R3"]);
+        assert!(path(&graph, &from(&["R3"]), "R1").is_none());
+    }
+
+    /// A long chain and the most dependencies one request may add: one search, not one per dependency.
+    #[tokio::test]
+    async fn dependency_checks_are_bounded() {
+        let data = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(
+            crate::ssot::sled_store::SledStore::open(data.path(), crate::ssot::sled_store::SledOptions::default())
+                .unwrap(),
+        );
+        let ssot = Ssot::new(store, Default::default());
+        ssot.create_project("p", "", "").await.unwrap();
+        let chain = 600;
+        for n in 1..=chain {
+            let depends_on = if n > 1 { vec![format!("R{}", n - 1)] } else { vec![] };
+            let new = NewRequirement { title: format!("step {n}"), depends_on, ..Default::default() };
+            ssot.create_requirement("p", new).await.unwrap();
+        }
+        let too_many: Vec<String> = (1..=257).map(|n| format!("R{n}")).collect();
+        let error = ssot.set_dependencies("p", "R1", &too_many, &[], "").await.unwrap_err().to_string();
+        assert!(error.contains("the limit is 256"), "{error}");
+        // R1 depending on any later step closes the chain into a cycle, found with its path.
+        let most: Vec<String> = (chain - 255..=chain).map(|n| format!("R{n}")).collect();
+        let error = ssot.set_dependencies("p", "R1", &most, &[], "").await.unwrap_err().to_string();
+        assert!(error.contains("would create the cycle R1 → R345 → R344") && error.ends_with("→ R1"), "{error:.300}");
+        let fine: Vec<String> = (2..=257).map(|n| format!("R{n}")).collect();
+        let error = ssot.set_dependencies("p", "R600", &fine, &[], "").await.unwrap_err().to_string();
+        assert!(error.contains("the limit is 256"), "R600 has one already: {error}");
+        let fine: Vec<String> = (2..=256).map(|n| format!("R{n}")).collect();
+        let r = ssot.set_dependencies("p", "R600", &fine, &[], "").await.unwrap();
+        assert_eq!(r.value.depends_on.len(), 256);
     }
 }

@@ -2,6 +2,17 @@
 
 use super::error::{Result, SsotError};
 
+/// How an error shows a value the client sent: quoted, and cut to a few
+/// dozen characters so that a huge field never comes back in the message.
+pub fn shown(value: &str) -> String {
+    const MAX: usize = 48;
+    if value.chars().count() <= MAX {
+        return format!("{value:?}");
+    }
+    let head: String = value.chars().take(MAX).collect();
+    format!("{head:?}… ({} bytes)", value.len())
+}
+
 /// An identifier: starts with a lowercase letter or digit, then lowercase
 /// letters, digits, `-`, `_` or `.`, at most `max` characters.
 pub fn ident(field: &str, value: &str, max: usize) -> Result<()> {
@@ -16,7 +27,10 @@ pub fn ident(field: &str, value: &str, max: usize) -> Result<()> {
     if !first_ok || !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')) {
         return Err(SsotError::invalid(
             field,
-            format!("{value:?} must start with a lowercase letter or digit and hold only a-z, 0-9, '-', '_' and '.'"),
+            format!(
+                "{} must start with a lowercase letter or digit and hold only a-z, 0-9, '-', '_' and '.'",
+                shown(value)
+            ),
         ));
     }
     Ok(())
@@ -46,7 +60,7 @@ pub fn etag(value: &str) -> Result<Option<u64>> {
         .trim_matches('"')
         .parse::<u64>()
         .map(Some)
-        .map_err(|_| SsotError::invalid("etag", format!("{value:?} is not an etag (a decimal revision)")))
+        .map_err(|_| SsotError::invalid("etag", format!("{} is not an etag (a decimal revision)", shown(value))))
 }
 
 /// Clamps a requested page size: 0 means the default of 100, the limit is 1000.
@@ -74,6 +88,14 @@ mod tests {
         check("has space", false);
         check("slash/inside", false);
         check(&"x".repeat(64), false);
+    }
+
+    #[test]
+    fn echoed_input_is_capped() {
+        assert_eq!(shown("R01"), "\"R01\"");
+        let huge = "x".repeat(1 << 20);
+        let error = ident("id", &format!("A{huge}"), usize::MAX).unwrap_err().to_string();
+        assert!(error.len() < 300 && error.contains("1048577 bytes"), "{error}");
     }
 
     #[test]

@@ -1,0 +1,176 @@
+//! What one client cannot do to the others, through the real daemon: listen
+//! beyond loopback without saying so, get a huge field echoed back, name one
+//! requirement two ways, or make the store walk an unbounded dependency graph.
+
+use std::process::{Command, Stdio};
+
+use maestro_shared::v1;
+use maestro_tests::{Daemon, binary};
+use tonic::Code;
+
+use crate::Clients;
+
+#[test]
+fn a_daemon_does_not_listen_beyond_loopback_unless_told_it_is_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = Command::new(binary("e2e-maestrod"))
+        .args(["--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env_remove("MAESTRO_INSECURE_LISTEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("--insecure-listen")
+            && stderr.contains("not a loopback address")
+            && stderr.lines().count() == 1,
+        "one line saying why and what to do: {stderr}"
+    );
+    assert!(refused.stdout.is_empty(), "never announced as listening");
+
+    let daemon = Daemon::start_with(&["--insecure-listen"]).unwrap();
+    assert!(!daemon.log().contains("INSECURE"), "loopback needs no warning");
+    drop(daemon);
+    let log = dir.path().join("maestrod.log");
+    let mut child = Command::new(binary("e2e-maestrod"))
+        .args(["--listen", "0.0.0.0:0", "--insecure-listen", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut addr = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut addr).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let addr = addr.strip_prefix("maestrod listening on ").unwrap_or(&addr).to_string();
+    assert!(addr.starts_with("0.0.0.0:"), "{addr}");
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains("INSECURE") && log.contains("without TLS or authentication"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_ids_and_huge_fields_get_short_clear_errors() {
+    let daemon = Daemon::start().unwrap();
+    let mut c = Clients::connect(&daemon).await;
+    c.project("limits").await;
+    c.requirement("limits", "Root", "", &[]).await;
+
+    // One requirement has one name: R01 and R+1 are not R1.
+    for alias in ["R01", "R+1", "R 1"] {
+        let request = v1::CreateRequirementRequest {
+            project_id: "limits".into(),
+            parent_id: alias.into(),
+            title: "Child".into(),
+            ..Default::default()
+        };
+        let error = c.requirements.create_requirement(request).await.unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument, "{alias}: {error:?}");
+        assert!(error.message().contains("is not a requirement id"), "{}", error.message());
+    }
+    let error = c
+        .requirements
+        .get_requirement(v1::GetRequirementRequest { project_id: "limits".into(), id: "R001".into(), revision: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    let out = daemon.ctl(&["-p", "limits", "loop", "show", "loop-01"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("is not a loop id"), "{}", out.stderr);
+
+    // A megabyte where an id goes: INVALID_ARGUMENT with a short message, not a transport error.
+    let huge = "A".repeat(1 << 20);
+    let request = v1::CreateProjectRequest { id: huge.clone(), ..Default::default() };
+    let error = c.projects.create_project(request).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{:.200}", error.message());
+    assert!(error.message().len() < 400, "the message echoes {} bytes", error.message().len());
+    let error = c
+        .requirements
+        .get_requirement(v1::GetRequirementRequest { project_id: "limits".into(), id: huge, revision: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(error.message().len() < 400 && error.message().contains("bytes)"), "{:.400}", error.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependency_lists_are_bounded() {
+    let daemon = Daemon::start().unwrap();
+    let mut c = Clients::connect(&daemon).await;
+    c.project("deps").await;
+    for n in 1..=300 {
+        let previous = format!("R{}", n - 1);
+        let depends_on: Vec<&str> = if n > 1 { vec![previous.as_str()] } else { vec![] };
+        c.requirement("deps", &format!("step {n}"), "", &depends_on).await;
+    }
+    let set = |add: Vec<String>| v1::SetDependenciesRequest {
+        project_id: "deps".into(),
+        id: "R1".into(),
+        add,
+        ..Default::default()
+    };
+    let error = c.requirements.set_dependencies(set((2..=300).map(|n| format!("R{n}")).collect())).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    assert!(error.message().contains("the limit is 256"), "{}", error.message());
+    // The most one request may add, each closing the chain into a cycle: found, and named readably.
+    let error = c.requirements.set_dependencies(set((45..=300).map(|n| format!("R{n}")).collect())).await.unwrap_err();
+    assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
+    assert!(
+        error.message().contains("would create the cycle R1 → R45 → R44")
+            && error.message().contains("45 steps in all"),
+        "{}",
+        error.message()
+    );
+    let mut args = vec!["-p", "deps", "req", "add", "too many"];
+    for _ in 0..257 {
+        args.extend(["--depends-on", "R1"]);
+    }
+    let out = daemon.ctl(&args);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("the limit is 256") && out.stderr.trim().lines().count() == 1, "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_contracts_are_listed_in_pages_below_the_message_limit() {
+    let daemon = Daemon::start().unwrap();
+    let mut c = Clients::connect(&daemon).await;
+    c.project("big").await;
+    let spec = |n: usize| format!("openapi: 3.1.0\n# {}\n", "x".repeat(900_000 + n));
+    for n in 0..8 {
+        for version in 0..2 {
+            let request = v1::PutContractRequest {
+                project_id: "big".into(),
+                name: format!("api-{n}"),
+                kind: v1::ContractKind::Openapi as i32,
+                spec: spec(n * 10 + version),
+                ..Default::default()
+            };
+            c.contracts.put_contract(request).await.unwrap();
+        }
+    }
+    // Each reply fits the client's default 4 MiB limit, and the pages hold every contract once, latest version.
+    let (mut token, mut names, mut pages) = (String::new(), Vec::new(), 0);
+    loop {
+        let request =
+            v1::ListContractsRequest { project_id: "big".into(), page_token: token.clone(), ..Default::default() };
+        let page = c.contracts.list_contracts(request).await.unwrap().into_inner();
+        pages += 1;
+        for contract in &page.contracts {
+            let n: usize = contract.name.trim_start_matches("api-").parse().unwrap();
+            assert_eq!(contract.spec.len(), spec(n * 10 + 1).len(), "{} is its latest version", contract.name);
+            names.push(contract.name.clone());
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(names, (0..8).map(|n| format!("api-{n}")).collect::<Vec<_>>());
+    assert!(pages >= 3, "{pages} pages");
+    let listed = daemon.ctl(&["-p", "big", "-o", "json", "contract", "list"]);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    assert_eq!(listed.json().as_array().map(Vec::len), Some(8));
+}
