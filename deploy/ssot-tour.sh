@@ -21,7 +21,9 @@ for _ in $(seq 100); do
 done
 addr=$(sed -n 's/^maestrod listening on \([^ ]*\).*/\1/p' "$work/stdout")
 echo "== maestrod is running on $addr (data in $work/data)"
-export MAESTRO_SERVER="http://$addr" MAESTRO_PROJECT=todo
+# Every RPC needs a token: a fresh data dir has its admin's in admin.token (0600).
+MAESTRO_TOKEN=$(cat "$work/data/admin.token")
+export MAESTRO_SERVER="http://$addr" MAESTRO_PROJECT=todo MAESTRO_TOKEN
 ctl() { echo "\$ maestroctl $*"; "$bin/maestroctl" "$@"; echo; }
 
 ctl project create todo --name "To-do service" --workspace "$work"

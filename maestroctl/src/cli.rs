@@ -20,6 +20,10 @@ pub struct Cli {
     /// Output format: aligned tables for people, JSON for scripts.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table, env = "MAESTRO_OUTPUT")]
     pub(crate) output: Output,
+    /// The token maestrod knows you by [default: for the local daemon, its admin
+    /// token in ~/.maestro/data/admin.token].
+    #[arg(long, global = true, env = "MAESTRO_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
     /// The project to act on (for every command but `project` and `info`).
     #[arg(long, short = 'p', global = true, env = "MAESTRO_PROJECT")]
     pub(crate) project: Option<String>,

@@ -21,6 +21,29 @@ pub(crate) fn endpoint_url(server: &str) -> anyhow::Result<String> {
     }
 }
 
+/// The token given on the command line or in the environment.
+static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+pub(crate) fn set_token(token: Option<String>) {
+    let _ = TOKEN.set(token.filter(|t| !t.trim().is_empty()));
+}
+
+/// The token to send: the one given, else for the local daemon maestroctl
+/// starts (data in ~/.maestro/data) the admin token it wrote there. Never a
+/// file's token to a server named with --server: it could be anyone's.
+pub(crate) fn token(local: bool) -> String {
+    if let Some(Some(token)) = TOKEN.get() {
+        return token.clone();
+    }
+    if local && let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        let file = std::path::PathBuf::from(home).join(".maestro/data/admin.token");
+        if let Ok(token) = std::fs::read_to_string(file) {
+            return token.trim().to_string();
+        }
+    }
+    String::new()
+}
+
 /// Whether the daemon this process talks to is on this machine (set when it connects).
 static LOOPBACK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 

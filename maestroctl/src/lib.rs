@@ -34,6 +34,7 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return clap_exit(&error),
     };
+    client::set_token(cli.token.clone());
     let cwd = std::env::current_dir().unwrap_or_default();
     let settings = match config::Settings::resolve(&cli, &matches, &cwd, config::UserFile::path().as_deref()) {
         Ok(settings) => settings,
@@ -71,10 +72,14 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// A channel to `server`, or to the local daemon (started if needed) when none is given.
-async fn connect(server: Option<&str>) -> anyhow::Result<tonic::transport::Channel> {
-    match server {
-        Some(server) => client::connect(server).await,
-        None => local::connect_or_start().await,
-    }
+/// A connection to `server`, or to the local daemon (started if needed) when
+/// none is given, sending the token (`--token`/`MAESTRO_TOKEN`, or the local
+/// daemon's admin token).
+async fn connect(server: Option<&str>) -> anyhow::Result<maestro_shared::Conn> {
+    let (channel, local) = match server {
+        Some(server) => (client::connect(server).await?, false),
+        None => (local::connect_or_start().await?, true),
+    };
+    let token = client::token(local);
+    Ok(maestro_shared::Bearer::new(&token).map_err(anyhow::Error::msg)?.connect(channel))
 }

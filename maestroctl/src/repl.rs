@@ -13,10 +13,10 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use clap::error::ErrorKind;
+use maestro_shared::Conn;
 use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 use tokio::runtime::Runtime;
-use tonic::transport::Channel;
 
 use crate::cli::{Cli, Command, ConfigCmd, Output};
 use crate::commands::{self, ExitStatus};
@@ -175,7 +175,7 @@ impl Input {
 async fn execute(
     command: Command,
     project: Option<String>,
-    channel: Channel,
+    channel: Conn,
     output: Output,
 ) -> anyhow::Result<ExitStatus> {
     let interruptible = !handles_interrupt(&command);
@@ -195,7 +195,7 @@ pub(crate) fn run(runtime: &Runtime, mut session: Session) -> anyhow::Result<Exi
     let mut input = Input::open()?;
     let interactive = matches!(input, Input::Terminal { .. });
     // Connected at the first command that needs the daemon; a failed connection is tried again.
-    let mut channel: Option<Channel> = None;
+    let mut channel: Option<Conn> = None;
     if interactive {
         eprintln!(
             "maestroctl {} on {}: type a command as after `maestroctl` (help lists them), `use PROJECT`, or exit",

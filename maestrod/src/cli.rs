@@ -26,12 +26,12 @@ pub struct Args {
     #[arg(long, env = "MAESTRO_LISTEN", default_value_t = crate::config::default_listen())]
     listen: SocketAddr,
     /// Allow listening on an address other than loopback although the API has no
-    /// TLS and no authentication yet: anyone who can reach the port can read and
-    /// change every project and run loops. Only on a network you trust.
+    /// TLS yet: tokens and data cross the network in the clear. Only on a network
+    /// you trust.
     #[arg(long, env = "MAESTRO_INSECURE_LISTEN")]
     insecure_listen: bool,
     /// Where the store lives [default: ~/.maestro/data].
-    #[arg(long, env = "MAESTRO_DATA_DIR")]
+    #[arg(long, env = "MAESTRO_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
     /// Revisions of history kept for point-in-time reads and watch resume.
     #[arg(long, env = "MAESTRO_RETENTION_REVISIONS", default_value_t = 100_000)]
@@ -63,6 +63,95 @@ enum Command {
     /// Tools for people writing harness policies (no server needed).
     #[command(subcommand)]
     Harness(HarnessCommand),
+    /// The daemon's users and their tokens, in the data dir (works whether or not the daemon runs).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a user; prints its token on stdout, the only time it is shown.
+    Add {
+        name: String,
+        /// viewer (read, watch), developer (write, run loops) or admin (projects, policies, users).
+        #[arg(long, default_value = "developer")]
+        role: String,
+        /// A project the user gets the role in; repeat for several.
+        #[arg(long, required_unless_present = "all")]
+        project: Vec<String>,
+        /// The role in every project, and over the daemon itself.
+        #[arg(long, conflicts_with = "project")]
+        all: bool,
+    },
+    /// The users and their roles (never their tokens).
+    List {
+        #[arg(short = 'o', long, value_enum, default_value_t = ListFormat::Table)]
+        output: ListFormat,
+    },
+    /// Remove a user: its token stops working at once, also on a running daemon.
+    Revoke { name: String },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ListFormat {
+    Table,
+    Json,
+}
+
+/// `maestrod user …`: 0 done, 1 refused or failed.
+fn user_command(data_dir: &std::path::Path, command: UserCommand) -> ExitCode {
+    use crate::auth::{ALL_PROJECTS, Grant, Role, Users};
+    let result = (|| -> anyhow::Result<()> {
+        let users = Users::open(data_dir)?;
+        match command {
+            UserCommand::Add { name, role, project, all } => {
+                let role = Role::parse(&role)?;
+                let projects = if all { vec![ALL_PROJECTS.to_string()] } else { project };
+                let grants = projects.into_iter().map(|project| Grant { project, role }).collect();
+                let token = users.add(&name, grants)?;
+                println!("{token}");
+                eprintln!("maestrod: user {name} added; the token above is shown only now");
+            }
+            UserCommand::List { output } => {
+                let all = users.list()?;
+                match output {
+                    ListFormat::Json => {
+                        let rows: Vec<serde_json::Value> = all
+                            .iter()
+                            .map(|u| {
+                                serde_json::json!({
+                                    "name": u.name,
+                                    "grants": u.grants,
+                                    "createdMs": u.created_ms,
+                                })
+                            })
+                            .collect();
+                        println!("{}", serde_json::to_string_pretty(&rows)?);
+                    }
+                    ListFormat::Table => {
+                        println!("{:<24} GRANTS", "NAME");
+                        for u in &all {
+                            let grants: Vec<String> =
+                                u.grants.iter().map(|g| format!("{}:{}", g.project, g.role.as_str())).collect();
+                            println!("{:<24} {}", u.name, grants.join(", "));
+                        }
+                    }
+                }
+            }
+            UserCommand::Revoke { name } => {
+                users.revoke(&name)?;
+                eprintln!("maestrod: user {name} revoked");
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("maestrod: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,8 +239,15 @@ fn harness_check(workspace: &std::path::Path, role: &str, action: CheckAction) -
 /// Runs `maestrod` with the process's arguments.
 pub fn main() -> ExitCode {
     let mut args = Args::parse();
-    if let Some(Command::Harness(HarnessCommand::Check { workspace, role, action })) = args.command.take() {
-        return harness_check(&workspace, &role, action);
+    match args.command.take() {
+        Some(Command::Harness(HarnessCommand::Check { workspace, role, action })) => {
+            return harness_check(&workspace, &role, action);
+        }
+        Some(Command::User(command)) => {
+            let data_dir = args.data_dir.clone().unwrap_or_else(crate::config::default_data_dir);
+            return user_command(&data_dir, command);
+        }
+        None => {}
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let subscriber = tracing_subscriber::fmt()
@@ -182,16 +278,14 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     if !args.listen.ip().is_loopback() {
         if !args.insecure_listen {
             anyhow::bail!(
-                "--listen {}: not a loopback address, and the API has neither TLS nor authentication, so anyone who \
-                 can reach it could read and change every project; listen on 127.0.0.1, or add --insecure-listen on a \
-                 network you trust",
+                "--listen {}: not a loopback address, and the API has no TLS yet, so tokens and data would cross the \
+                 network in the clear; listen on 127.0.0.1, or add --insecure-listen on a network you trust",
                 args.listen
             );
         }
         tracing::warn!(
             listen = %args.listen,
-            "INSECURE: listening beyond loopback without TLS or authentication; anyone who reaches this port can \
-             read and change every project and run loops in its workspaces"
+            "INSECURE: listening beyond loopback without TLS; tokens and data cross the network in the clear"
         );
     }
     let data_dir = args.data_dir.unwrap_or_else(crate::config::default_data_dir);

@@ -5,6 +5,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod auth;
 pub mod autoloop;
 pub mod cli;
 pub mod config;

@@ -23,6 +23,8 @@ use crate::ssot::store::StoreError;
 pub enum ServerError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("users: {0}")]
+    Users(#[from] crate::auth::AuthError),
     #[error("serving gRPC failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -63,6 +65,7 @@ pub struct Daemon {
     sandbox: Arc<LocalSandbox>,
     store: Arc<SledStore>,
     ssot: Arc<Ssot>,
+    users: Arc<crate::auth::Users>,
 }
 
 impl Daemon {
@@ -74,12 +77,14 @@ impl Daemon {
         // What the sandbox can enforce here; weaker confinement is logged by the probe.
         let options = SandboxOptions { extra_read: config.sandbox_read.clone(), hidden: vec![config.data_dir.clone()] };
         let sandbox = Arc::new(LocalSandbox::probe_with(options));
-        Ok(Daemon { config, sandbox, store, ssot })
+        // Every RPC needs a token; a fresh data dir gets its admin token here.
+        let users = Arc::new(crate::auth::Users::open(&config.data_dir)?);
+        Ok(Daemon { config, sandbox, store, ssot, users })
     }
 
     /// Serves the API on `listener` until `shutdown` resolves, then shuts down in order.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let Daemon { config, sandbox, store, ssot } = self;
+        let Daemon { config, sandbox, store, ssot, users } = self;
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(maintenance(ssot.clone(), config.clone(), cancel.clone()).instrument(info_span!("maintenance")));
@@ -108,6 +113,7 @@ impl Daemon {
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
             .concurrency_limit_per_connection(CONCURRENT_REQUESTS_PER_CONNECTION)
+            .layer(crate::api::auth::AuthLayer::new(users, ssot.clone()))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, {
                 let store = store.clone();

@@ -18,3 +18,39 @@ pub const DEFAULT_PORT: u16 = 7700;
 pub fn default_server() -> String {
     format!("http://127.0.0.1:{DEFAULT_PORT}")
 }
+
+/// A connection that sends a bearer token with every call: what clients of an
+/// authenticating daemon use in place of a bare `Channel`.
+pub type Conn = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// Adds `authorization: Bearer <token>` to each request (nothing when the token is empty).
+#[derive(Clone, Debug, Default)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    /// A token that is not valid header text is refused here, with a message that says so.
+    pub fn new(token: &str) -> Result<Bearer, String> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Ok(Bearer(None));
+        }
+        format!("Bearer {token}")
+            .parse()
+            .map(|value| Bearer(Some(value)))
+            .map_err(|_| "the token holds characters a header cannot carry; check MAESTRO_TOKEN or --token".into())
+    }
+
+    /// `channel`, sending this token.
+    pub fn connect(self, channel: tonic::transport::Channel) -> Conn {
+        tonic::service::interceptor::InterceptedService::new(channel, self)
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}

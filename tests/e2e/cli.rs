@@ -200,6 +200,7 @@ fn watch_follows_events_as_json_lines() {
     daemon.ctl(&["-p", "w", "req", "add", "before the watch"]).ok();
     let mut child = Command::new(maestro_tests::binary("e2e-maestroctl"))
         .args(["--server", &daemon.url(), "-p", "w", "-o", "json", "watch", "--from-revision", "1"])
+        .env("MAESTRO_TOKEN", daemon.admin_token())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -3,6 +3,7 @@
 //! module per area.
 
 mod api;
+mod auth;
 mod budgets;
 mod cli;
 mod durability;
@@ -25,20 +26,19 @@ use maestro_shared::v1::{
     watch_service_client::WatchServiceClient,
 };
 use maestro_tests::Daemon;
-use tonic::transport::Channel;
 
 /// A client for every service over one connection.
 #[derive(Clone)]
 struct Clients {
-    projects: ProjectServiceClient<Channel>,
-    requirements: RequirementServiceClient<Channel>,
-    contracts: ContractServiceClient<Channel>,
-    log: ExecutionLogServiceClient<Channel>,
-    memory: MemoryServiceClient<Channel>,
-    locks: LockServiceClient<Channel>,
-    snapshots: SnapshotServiceClient<Channel>,
-    watch: WatchServiceClient<Channel>,
-    system: SystemServiceClient<Channel>,
+    projects: ProjectServiceClient<maestro_tests::Conn>,
+    requirements: RequirementServiceClient<maestro_tests::Conn>,
+    contracts: ContractServiceClient<maestro_tests::Conn>,
+    log: ExecutionLogServiceClient<maestro_tests::Conn>,
+    memory: MemoryServiceClient<maestro_tests::Conn>,
+    locks: LockServiceClient<maestro_tests::Conn>,
+    snapshots: SnapshotServiceClient<maestro_tests::Conn>,
+    watch: WatchServiceClient<maestro_tests::Conn>,
+    system: SystemServiceClient<maestro_tests::Conn>,
 }
 
 impl Clients {

@@ -10,7 +10,23 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use tonic::transport::{Channel, Endpoint};
+pub use maestro_shared::{Bearer, Conn};
+use tonic::transport::Endpoint;
+
+/// The admin token of each daemon these tests started, by URL: `maestroctl`
+/// runs against one get its token as `MAESTRO_TOKEN`.
+static TOKENS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn remember_token(url: &str, token: &str) {
+    let mut tokens = TOKENS.lock().expect("tokens lock");
+    tokens.retain(|(u, _)| u != url);
+    tokens.push((url.to_string(), token.to_string()));
+}
+
+fn token_for(server: &str) -> Option<String> {
+    let url = if server.contains("://") { server.to_string() } else { format!("http://{server}") };
+    TOKENS.lock().expect("tokens lock").iter().find(|(u, _)| *u == url).map(|(_, t)| t.clone())
+}
 
 /// Path of a binary built by this package (`e2e-maestrod`, `e2e-maestroctl`, …):
 /// next to the running executable, or one level up from `deps/`.
@@ -65,7 +81,13 @@ impl Daemon {
         let (child, addr) = spawn_daemon_env(&self.data_dir, &self.log, &self.extra_args, &self.env)?;
         self.child = Some(child);
         self.addr = addr;
+        remember_token(&self.url(), &self.admin_token());
         Ok(())
+    }
+
+    /// The admin token the daemon wrote in its data dir.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token")).unwrap_or_default().trim().to_string()
     }
 
     /// `host:port` the daemon listens on.
@@ -86,8 +108,15 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub async fn channel(&self) -> anyhow::Result<Channel> {
-        Ok(Endpoint::from_shared(self.url())?.tcp_nodelay(true).connect().await?)
+    /// A connection sending the admin token.
+    pub async fn channel(&self) -> anyhow::Result<Conn> {
+        self.channel_with(&self.admin_token()).await
+    }
+
+    /// A connection sending `token` (empty: none).
+    pub async fn channel_with(&self, token: &str) -> anyhow::Result<Conn> {
+        let channel = Endpoint::from_shared(self.url())?.tcp_nodelay(true).connect().await?;
+        Ok(Bearer::new(token).map_err(anyhow::Error::msg)?.connect(channel))
     }
 
     /// Sends SIGKILL and reaps the process: no chance to flush anything.
@@ -216,9 +245,13 @@ pub fn ctl_command(server: &str, cwd: &Path, args: &[&str]) -> Command {
         .env_remove("MAESTRO_PROJECT")
         .env_remove("MAESTRO_SERVER")
         .env_remove("MAESTRO_OUTPUT")
+        .env_remove("MAESTRO_TOKEN")
         // The developer's own ~/.maestro/config.yaml must not change what tests see.
         .env("HOME", std::env::temp_dir().join("maestro-e2e-home"))
         .stdin(Stdio::null());
+    if let Some(token) = token_for(server) {
+        command.env("MAESTRO_TOKEN", token);
+    }
     command
 }
 

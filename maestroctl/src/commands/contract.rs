@@ -3,8 +3,8 @@
 use std::io::Read;
 
 use anyhow::Context;
+use maestro_shared::Conn;
 use maestro_shared::v1::{self, contract_service_client::ContractServiceClient};
-use tonic::transport::Channel;
 
 use super::{ExitStatus, need};
 use crate::cli::{ContractCmd, ContractKind, ContractStatus, Output};
@@ -68,7 +68,7 @@ fn show(c: &v1::Contract) {
 pub(super) async fn run(
     cmd: ContractCmd,
     project: Option<&str>,
-    channel: Channel,
+    channel: Conn,
     output: Output,
 ) -> anyhow::Result<ExitStatus> {
     let mut client = ContractServiceClient::new(channel);

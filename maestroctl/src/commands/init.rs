@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
+use maestro_shared::Conn;
 use maestro_shared::v1::{self, project_service_client::ProjectServiceClient};
 use tonic::Code;
-use tonic::transport::Channel;
 
 use super::ExitStatus;
 use crate::client::status_error;
@@ -84,7 +84,7 @@ pub(crate) fn find_workspace(start: &Path) -> Option<PathBuf> {
 
 /// Makes `dir` a registered project; returns its id. `explicit` wins over the config.
 pub(crate) async fn ensure_project(
-    channel: Channel,
+    channel: Conn,
     dir: &Path,
     explicit: Option<&str>,
     quiet: bool,
@@ -146,7 +146,7 @@ pub(crate) async fn ensure_project(
     Ok(project)
 }
 
-pub(super) async fn run(channel: Channel, path: Option<PathBuf>, project: Option<&str>) -> anyhow::Result<ExitStatus> {
+pub(super) async fn run(channel: Conn, path: Option<PathBuf>, project: Option<&str>) -> anyhow::Result<ExitStatus> {
     let dir = match path {
         Some(path) => path,
         None => std::env::current_dir().context("cannot read the current directory")?,

@@ -1,7 +1,7 @@
 //! `maestroctl log …`: the execution log.
 
+use maestro_shared::Conn;
 use maestro_shared::v1::{self, execution_log_service_client::ExecutionLogServiceClient};
-use tonic::transport::Channel;
 
 use super::{ExitStatus, need};
 use crate::cli::{LogCmd, Output};
@@ -34,7 +34,7 @@ fn table(entries: &[v1::LogEntry]) {
 pub(super) async fn run(
     cmd: LogCmd,
     project: Option<&str>,
-    channel: Channel,
+    channel: Conn,
     output: Output,
 ) -> anyhow::Result<ExitStatus> {
     let mut client = ExecutionLogServiceClient::new(channel);

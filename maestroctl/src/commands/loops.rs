@@ -1,8 +1,8 @@
 //! `maestroctl loop list|show` and the loop actions (approve, retry, abort,
 //! cancel, pause, resume).
 
+use maestro_shared::Conn;
 use maestro_shared::v1::{self, loop_service_client::LoopServiceClient};
-use tonic::transport::Channel;
 
 use super::ExitStatus;
 use super::run::actor;
@@ -35,7 +35,7 @@ fn show_one(output: Output, l: &v1::Loop) -> anyhow::Result<()> {
 pub(super) async fn run(
     cmd: LoopCmd,
     project: Option<&str>,
-    channel: Channel,
+    channel: Conn,
     output: Output,
 ) -> anyhow::Result<ExitStatus> {
     let mut client = LoopServiceClient::new(channel.clone());
@@ -100,12 +100,7 @@ pub(super) enum Action {
     Resume,
 }
 
-pub(super) async fn act(
-    channel: Channel,
-    loop_id: String,
-    action: Action,
-    output: Output,
-) -> anyhow::Result<ExitStatus> {
+pub(super) async fn act(channel: Conn, loop_id: String, action: Action, output: Output) -> anyhow::Result<ExitStatus> {
     let mut client = LoopServiceClient::new(channel.clone());
     let request = v1::LoopActionRequest { loop_id: loop_id.clone(), actor: actor() };
     let l = match action {

@@ -1,7 +1,7 @@
 //! `maestroctl memory …` and `maestroctl lock …`.
 
+use maestro_shared::Conn;
 use maestro_shared::v1::{self, lock_service_client::LockServiceClient, memory_service_client::MemoryServiceClient};
-use tonic::transport::Channel;
 
 use super::{ExitStatus, need};
 use crate::cli::{LockCmd, MemoryCmd, Output};
@@ -20,7 +20,7 @@ fn memory_table(entries: &[v1::MemoryEntry]) {
 pub(super) async fn run(
     cmd: MemoryCmd,
     project: Option<&str>,
-    channel: Channel,
+    channel: Conn,
     output: Output,
 ) -> anyhow::Result<ExitStatus> {
     let mut client = MemoryServiceClient::new(channel);
@@ -85,7 +85,7 @@ fn lease_line(lease: &v1::Lease) {
 pub(super) async fn run_lock(
     cmd: LockCmd,
     project: Option<&str>,
-    channel: Channel,
+    channel: Conn,
     output: Output,
 ) -> anyhow::Result<ExitStatus> {
     let mut client = LockServiceClient::new(channel);

@@ -13,7 +13,7 @@ mod snapshot;
 mod system;
 mod usage;
 
-use tonic::transport::Channel;
+use maestro_shared::Conn;
 
 use crate::cli::{Command, Output};
 
@@ -30,7 +30,7 @@ fn need(project: Option<&str>) -> anyhow::Result<String> {
 pub(crate) async fn dispatch(
     command: Command,
     project: Option<&str>,
-    channel: Channel,
+    channel: Conn,
     output: Output,
 ) -> anyhow::Result<ExitStatus> {
     match command {

@@ -1,8 +1,8 @@
 //! `maestroctl policy …`: the harness policy of a project's workspace.
 
 use anyhow::Context;
+use maestro_shared::Conn;
 use maestro_shared::v1::{self, harness_service_client::HarnessServiceClient};
-use tonic::transport::Channel;
 
 use super::{ExitStatus, need};
 use crate::cli::{Output, PolicyAction, PolicyCmd};
@@ -51,7 +51,7 @@ fn show(policy: &v1::HarnessPolicy) {
 pub(super) async fn run(
     cmd: PolicyCmd,
     project: Option<&str>,
-    channel: Channel,
+    channel: Conn,
     output: Output,
 ) -> anyhow::Result<ExitStatus> {
     let mut client = HarnessServiceClient::new(channel);

@@ -1,8 +1,8 @@
 //! `maestroctl project …`
 
 use anyhow::Context;
+use maestro_shared::Conn;
 use maestro_shared::v1::{self, project_service_client::ProjectServiceClient};
-use tonic::transport::Channel;
 
 use super::ExitStatus;
 use crate::cli::{Output, ProjectCmd};
@@ -23,7 +23,7 @@ fn table(projects: &[v1::Project]) {
     table.print();
 }
 
-pub(super) async fn run(cmd: ProjectCmd, channel: Channel, output: Output) -> anyhow::Result<ExitStatus> {
+pub(super) async fn run(cmd: ProjectCmd, channel: Conn, output: Output) -> anyhow::Result<ExitStatus> {
     let mut client = ProjectServiceClient::new(channel);
     match cmd {
         ProjectCmd::Create { id, name, workspace } => {

@@ -2,8 +2,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use maestro_shared::Conn;
 use maestro_shared::v1::{self, requirement_service_client::RequirementServiceClient};
-use tonic::transport::Channel;
 
 use super::{ExitStatus, need};
 use crate::cli::{Output, ReqCmd, ReqStatus};
@@ -114,7 +114,7 @@ fn detail(r: &v1::Requirement) {
 pub(super) async fn run(
     cmd: ReqCmd,
     project: Option<&str>,
-    channel: Channel,
+    channel: Conn,
     output: Output,
 ) -> anyhow::Result<ExitStatus> {
     let mut client = RequirementServiceClient::new(channel);

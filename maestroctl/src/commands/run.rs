@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use futures::StreamExt;
+use maestro_shared::Conn;
 use maestro_shared::v1::{self, LoopState, loop_service_client::LoopServiceClient};
 use tonic::Code;
-use tonic::transport::Channel;
 
 use super::ExitStatus;
 use super::init::{ensure_project, find_workspace};
@@ -37,7 +37,7 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub(super) async fn run(
-    channel: Channel,
+    channel: Conn,
     args: RunArgs,
     project: Option<&str>,
     output: Output,
@@ -194,7 +194,7 @@ fn line(event: &v1::LoopEvent) -> String {
 /// Follows `loop_id` from `from_seq` until it ends (or escalates); reconnects
 /// with the last sequence number when the connection drops.
 pub(crate) async fn follow(
-    channel: Channel,
+    channel: Conn,
     loop_id: &str,
     from_seq: u64,
     output: Output,
@@ -334,7 +334,7 @@ impl Interrupt {
     }
 
     /// Acts on a Ctrl-C: `Some(exit code)` to return now, `None` to keep following.
-    async fn handle(&mut self, client: &mut LoopServiceClient<Channel>) -> anyhow::Result<Option<ExitStatus>> {
+    async fn handle(&mut self, client: &mut LoopServiceClient<Conn>) -> anyhow::Result<Option<ExitStatus>> {
         let loop_id = &self.loop_id;
         if !self.cancel_on_exit {
             eprintln!("maestroctl: detached; {loop_id} keeps running (follow it with: maestroctl attach {loop_id})");
@@ -361,7 +361,7 @@ pub(crate) fn actor() -> String {
 }
 
 pub(super) async fn attach(
-    channel: Channel,
+    channel: Conn,
     loop_id: &str,
     from_seq: u64,
     args: FollowArgs,

@@ -1,7 +1,7 @@
 //! `maestroctl snapshot …`
 
+use maestro_shared::Conn;
 use maestro_shared::v1::{self, snapshot_service_client::SnapshotServiceClient};
-use tonic::transport::Channel;
 
 use super::{ExitStatus, need};
 use crate::cli::{Output, SnapshotCmd};
@@ -25,7 +25,7 @@ fn table(snapshots: &[v1::Snapshot]) {
 pub(super) async fn run(
     cmd: SnapshotCmd,
     project: Option<&str>,
-    channel: Channel,
+    channel: Conn,
     output: Output,
 ) -> anyhow::Result<ExitStatus> {
     let mut client = SnapshotServiceClient::new(channel);

@@ -1,15 +1,15 @@
 //! `maestroctl watch` and `maestroctl info`.
 
 use futures::StreamExt;
+use maestro_shared::Conn;
 use maestro_shared::v1::{self, system_service_client::SystemServiceClient, watch_service_client::WatchServiceClient};
-use tonic::transport::Channel;
 
 use super::ExitStatus;
 use crate::cli::Output;
 use crate::client::{reply, status_error};
 use crate::output::{Table, emit, json_line};
 
-pub(super) async fn info(channel: Channel, output: Output) -> anyhow::Result<ExitStatus> {
+pub(super) async fn info(channel: Conn, output: Output) -> anyhow::Result<ExitStatus> {
     let info = reply(SystemServiceClient::new(channel).get_info(v1::GetInfoRequest {}).await)?;
     emit(output, &info, || {
         let mut table = Table::new(&["VERSION", "REVISION", "COMPACTED", "RETENTION", "DATA DIR"]);
@@ -25,7 +25,7 @@ pub(super) async fn info(channel: Channel, output: Output) -> anyhow::Result<Exi
     Ok(0)
 }
 
-pub(super) async fn status(channel: Channel, output: Output) -> anyhow::Result<ExitStatus> {
+pub(super) async fn status(channel: Conn, output: Output) -> anyhow::Result<ExitStatus> {
     let info = reply(SystemServiceClient::new(channel).get_info(v1::GetInfoRequest {}).await)?;
     emit(output, &info, || {
         let sandbox = info.sandbox.clone().unwrap_or_default();
@@ -48,7 +48,7 @@ pub(super) async fn status(channel: Channel, output: Output) -> anyhow::Result<E
 
 /// Prints events until Ctrl-C (exit 0) or the stream fails (exit 1).
 pub(super) async fn watch(
-    channel: Channel,
+    channel: Conn,
     output: Output,
     project: &str,
     prefix: &str,

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use maestro_shared::Conn;
 use maestro_shared::v1::{self, execution_log_service_client::ExecutionLogServiceClient};
 use serde::Serialize;
-use tonic::transport::Channel;
 
 use crate::client::all_pages;
 use crate::output::Table;
@@ -58,7 +58,7 @@ impl Usage {
     }
 
     /// The loop's model calls, from the project's execution log.
-    pub(crate) async fn fetch(channel: Channel, project: &str, loop_id: &str) -> anyhow::Result<Usage> {
+    pub(crate) async fn fetch(channel: Conn, project: &str, loop_id: &str) -> anyhow::Result<Usage> {
         let client = ExecutionLogServiceClient::new(channel);
         let entries = all_pages(0, |page_token| {
             let mut client = client.clone();

@@ -72,8 +72,13 @@ fn event_to_wire(loop_id: &str, e: LoopEvent) -> v1::LoopEvent {
     }
 }
 
-fn actor(actor: &str) -> String {
-    if actor.is_empty() { "someone".into() } else { actor.to_string() }
+/// Who answers a loop: the authenticated user (what the client says it is only without one).
+fn actor<T>(request: &Request<T>, claimed: &str) -> String {
+    match request.extensions().get::<super::auth::Caller>() {
+        Some(caller) => caller.0.name.clone(),
+        None if claimed.is_empty() => "someone".into(),
+        None => claimed.to_string(),
+    }
 }
 
 fn is_final(event: &LoopEvent) -> bool {
@@ -221,23 +226,26 @@ impl LoopService for Loops {
     }
 
     async fn approve_loop(&self, request: Request<v1::LoopActionRequest>) -> Result<Response<v1::Loop>, Status> {
+        let who = actor(&request, &request.get_ref().actor);
         let r = request.into_inner();
-        let decision = Decision::Approve { actor: actor(&r.actor) };
+        let decision = Decision::Approve { actor: who };
         Ok(Response::new(to_wire(self.0.decide(&r.loop_id, decision).await.status()?)))
     }
 
     async fn retry_loop(&self, request: Request<v1::RetryLoopRequest>) -> Result<Response<v1::Loop>, Status> {
+        let who = actor(&request, &request.get_ref().actor);
         let r = request.into_inner();
         if r.guidance.len() > 16 << 10 {
             return Err(Status::invalid_argument("guidance: at most 16 KiB"));
         }
-        let decision = Decision::Retry { guidance: r.guidance, actor: actor(&r.actor) };
+        let decision = Decision::Retry { guidance: r.guidance, actor: who };
         Ok(Response::new(to_wire(self.0.decide(&r.loop_id, decision).await.status()?)))
     }
 
     async fn abort_loop(&self, request: Request<v1::LoopActionRequest>) -> Result<Response<v1::Loop>, Status> {
+        let who = actor(&request, &request.get_ref().actor);
         let r = request.into_inner();
-        let decision = Decision::Abort { actor: actor(&r.actor) };
+        let decision = Decision::Abort { actor: who };
         Ok(Response::new(to_wire(self.0.decide(&r.loop_id, decision).await.status()?)))
     }
 

@@ -2,6 +2,7 @@
 //! (wire ↔ domain) and `status` (errors → gRPC status). Only this module and
 //! `server` know tonic.
 
+pub mod auth;
 mod contracts;
 mod convert;
 mod exec_log;

@@ -32,10 +32,15 @@ impl ProjectService for Projects {
         &self,
         request: Request<v1::ListProjectsRequest>,
     ) -> Result<Response<v1::ListProjectsResponse>, Status> {
+        // Only the projects the caller has a role in (a page may hold fewer than asked).
+        let caller = request.extensions().get::<super::auth::Caller>().cloned();
         let r = request.into_inner();
         let page = self.0.list_projects(r.page_size, &r.page_token).await.status()?;
+        let visible = |p: &crate::ssot::Versioned<crate::ssot::projects::Project>| {
+            caller.as_ref().is_none_or(|c| c.0.role_in(&p.value.id).is_some())
+        };
         Ok(Response::new(v1::ListProjectsResponse {
-            projects: page.items.into_iter().map(convert::project).collect(),
+            projects: page.items.into_iter().filter(visible).map(convert::project).collect(),
             next_page_token: page.next_page_token,
         }))
     }

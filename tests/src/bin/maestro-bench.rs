@@ -18,7 +18,8 @@ use maestro_shared::v1::{
     self, memory_service_client::MemoryServiceClient, project_service_client::ProjectServiceClient,
     system_service_client::SystemServiceClient, watch_service_client::WatchServiceClient,
 };
-use tonic::transport::{Channel, Endpoint};
+use maestro_tests::Conn as Channel;
+use tonic::transport::Endpoint;
 
 struct Options {
     seconds: u64,
@@ -73,9 +74,14 @@ fn parse_args() -> anyhow::Result<Options> {
     Ok(options)
 }
 
+/// A connection sending the token: `MAESTRO_TOKEN`, else the admin token of the daemon this run started.
 async fn connect(addr: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?)
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?;
+    let token = TOKEN.get().cloned().unwrap_or_default();
+    Ok(maestro_tests::Bearer::new(&token).map_err(anyhow::Error::msg)?.connect(channel))
 }
+
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Runs `op` from `in_flight` concurrent workers for `seconds`; returns completed ops per second.
 async fn saturate<F, Fut>(channels: &[Channel], in_flight: usize, seconds: u64, op: F) -> anyhow::Result<f64>
@@ -140,6 +146,11 @@ async fn main() -> anyhow::Result<()> {
             (Some(child), addr)
         }
     };
+    let token = std::env::var("MAESTRO_TOKEN")
+        .ok()
+        .or_else(|| std::fs::read_to_string(temp.path().join("data/admin.token")).ok())
+        .unwrap_or_default();
+    let _ = TOKEN.set(token.trim().to_string());
     eprintln!(
         "maestrod on {addr}; {} s per phase, {} in flight over {} connections",
         options.seconds, options.in_flight, options.connections

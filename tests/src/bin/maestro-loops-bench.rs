@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use futures::StreamExt;
 use maestro_shared::v1::{self, loop_service_client::LoopServiceClient};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
@@ -54,7 +54,9 @@ async fn run(n: usize) -> anyhow::Result<Figures> {
         &["--maintenance-interval".into(), "3600".into()],
     )?;
     let pid = child.id();
-    let channel: Channel = Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?;
+    let token = std::fs::read_to_string(temp.path().join("data/admin.token"))?;
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?;
+    let channel = maestro_tests::Bearer::new(&token).map_err(anyhow::Error::msg)?.connect(channel);
     let started = Instant::now();
     // Start every loop (32 requests in flight).
     let ids: Vec<String> = futures::stream::iter(0..n)

@@ -1,0 +1,210 @@
+//! Who may do what, through the real daemon: every RPC of the permission
+//! table called with no token, a bad token, and as users of each role in the
+//! project, in another project, and over the whole daemon; users made with
+//! `maestrod user add` while the daemon runs, and revoked at once.
+
+use std::process::Command;
+
+use maestro_tests::{Daemon, binary};
+use maestrod::api::auth::{RULES, Rule, Scope};
+use maestrod::auth::Role;
+use tonic::Code;
+
+/// The first field of any request: the project or loop id it names.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Probe {
+    #[prost(string, tag = "1")]
+    id: String,
+}
+
+/// Calls `method` with field 1 set to `id`; returns the status code (Ok when it was let through).
+async fn call(conn: maestro_tests::Conn, method: &str, id: &str) -> Code {
+    let mut grpc = tonic::client::Grpc::new(conn);
+    grpc.ready().await.unwrap();
+    let path: http::uri::PathAndQuery = method.parse().unwrap();
+    let codec = tonic_prost::ProstCodec::<Probe, Probe>::default();
+    let request = tonic::Request::new(Probe { id: id.into() });
+    let streaming = method.ends_with("/Watch") || method.ends_with("/StreamLoopEvents");
+    let result = if streaming {
+        grpc.server_streaming(request, path, codec).await.map(drop)
+    } else {
+        grpc.unary(request, path, codec).await.map(drop)
+    };
+    result.err().map_or(Code::Ok, |status| status.code())
+}
+
+fn add_user(daemon: &Daemon, name: &str, role: &str, project: &str) -> String {
+    let mut command = Command::new(binary("e2e-maestrod"));
+    command.arg("--data-dir").arg(daemon.data_dir()).args(["user", "add", name, "--role", role]);
+    if project == "*" {
+        command.arg("--all");
+    } else {
+        command.args(["--project", project]);
+    }
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// What the table says a user with `grants` may do, worked out independently of the layer.
+fn allowed(rule: &Rule, grants: &[(&str, Role)]) -> bool {
+    let role_in = |project: &str| {
+        grants.iter().filter(|(p, _)| *p == "*" || (project != "*" && *p == project)).map(|(_, r)| *r).max()
+    };
+    match rule.scope {
+        Scope::Authenticated => true,
+        Scope::AnyProject => grants.iter().any(|(_, r)| *r >= rule.role),
+        Scope::Daemon => role_in("*").is_some_and(|r| r >= rule.role),
+        Scope::Project | Scope::Loop => role_in("shop").is_some_and(|r| r >= rule.role),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_is_authorized_as_the_permission_table_says() {
+    let daemon = Daemon::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("shop");
+    daemon.ctl(&["project", "create", "other"]).ok();
+    // A loop in shop, so that loop-scoped RPCs have a project to be judged by.
+    let started =
+        daemon.ctl(&["-p", "shop", "-o", "json", "run", "--demo", "--detach", "--workspace", ws.to_str().unwrap()]);
+    let loop_id = started.json()["loopId"].as_str().unwrap().to_string();
+
+    type Grants = Vec<(&'static str, Role)>;
+    let callers: Vec<(&str, String, Grants)> = vec![
+        ("viewer", add_user(&daemon, "vera", "viewer", "shop"), vec![("shop", Role::Viewer)]),
+        ("developer", add_user(&daemon, "dev", "developer", "shop"), vec![("shop", Role::Developer)]),
+        ("project admin", add_user(&daemon, "pat", "admin", "shop"), vec![("shop", Role::Admin)]),
+        (
+            "other project's developer",
+            add_user(&daemon, "otto", "developer", "other"),
+            vec![("other", Role::Developer)],
+        ),
+        ("daemon viewer", add_user(&daemon, "auditor", "viewer", "*"), vec![("*", Role::Viewer)]),
+    ];
+    let mut wrong = Vec::new();
+    for rule in RULES {
+        let id = if rule.scope == Scope::Loop { loop_id.as_str() } else { "shop" };
+        for (who, token) in [("no token", String::new()), ("a bad token", "mst_not-a-real-token".to_string())] {
+            let code = call(daemon.channel_with(&token).await.unwrap(), rule.method, id).await;
+            if code != Code::Unauthenticated {
+                wrong.push(format!("{} with {who}: {code:?}", rule.method));
+            }
+        }
+        for (who, token, grants) in &callers {
+            let code = call(daemon.channel_with(token).await.unwrap(), rule.method, id).await;
+            let expected = allowed(rule, grants);
+            if expected == (code == Code::PermissionDenied) || code == Code::Unauthenticated {
+                wrong.push(format!(
+                    "{} as {who}: {code:?}, expected {}",
+                    rule.method,
+                    if expected { "allowed" } else { "denied" }
+                ));
+            }
+        }
+    }
+    // The daemon's own admin may call everything (destructive ones last, as the table ends with loops).
+    for rule in RULES {
+        let id = if rule.scope == Scope::Loop { loop_id.as_str() } else { "shop" };
+        let code = call(daemon.channel().await.unwrap(), rule.method, id).await;
+        if matches!(code, Code::PermissionDenied | Code::Unauthenticated) {
+            wrong.push(format!("{} as the admin: {code:?}", rule.method));
+        }
+    }
+    assert!(wrong.is_empty(), "{} wrong decisions:\n{}", wrong.len(), wrong.join("\n"));
+    let log = daemon.log();
+    assert!(log.contains("permission denied") && log.contains("user=vera"), "denials are logged with the user");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_come_and_go_while_the_daemon_runs_and_clients_say_what_to_do() {
+    let daemon = Daemon::start().unwrap();
+    daemon.ctl(&["project", "create", "shop"]).ok();
+    daemon.ctl(&["project", "create", "secret"]).ok();
+    let token = add_user(&daemon, "dev", "developer", "shop");
+    let as_dev = |args: &[&str]| {
+        let mut command = maestro_tests::ctl_command(&daemon.url(), std::path::Path::new("/"), args);
+        command.env("MAESTRO_TOKEN", &token);
+        let out = command.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = as_dev(&["-p", "shop", "req", "add", "Checkout"]);
+    assert_eq!(code, 0, "{err}");
+    // Listing shows the projects one may see, and nothing of the others.
+    let (code, out, err) = as_dev(&["-o", "json", "project", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"shop\"") && !out.contains("secret"), "{out}");
+    let (code, _, err) = as_dev(&["-p", "secret", "req", "list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("PERMISSION_DENIED") && err.contains("user dev") && err.lines().count() == 1, "{err}");
+
+    // maestrod user list shows users and roles, never tokens.
+    let out = Command::new(binary("e2e-maestrod"))
+        .arg("--data-dir")
+        .arg(daemon.data_dir())
+        .args(["user", "list", "-o", "json"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert!(listed.contains("\"dev\"") && listed.contains("developer") && !listed.contains(&token), "{listed}");
+
+    let out = Command::new(binary("e2e-maestrod"))
+        .arg("--data-dir")
+        .arg(daemon.data_dir())
+        .args(["user", "revoke", "dev"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (code, _, err) = as_dev(&["-p", "shop", "req", "list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("UNAUTHENTICATED") && err.contains("not valid"), "revoked at once: {err}");
+
+    // No token at all: the line says where one comes from.
+    let mut command = maestro_tests::ctl_command(&daemon.url(), std::path::Path::new("/"), &["info"]);
+    command.env_remove("MAESTRO_TOKEN");
+    let out = command.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("UNAUTHENTICATED") && err.contains("MAESTRO_TOKEN") && err.contains("admin.token"), "{err}");
+}
+
+/// Another user of the machine cannot use the daemon: the admin token is the
+/// data dir owner's (0600), and without a token every RPC is refused.
+#[test]
+fn another_local_user_is_refused() {
+    if !nix::unistd::Uid::effective().is_root() || Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: needs root and setpriv to act as a second user");
+        return;
+    }
+    let daemon = Daemon::start().unwrap();
+    let token_file = daemon.data_dir().join("admin.token");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let ctl = binary("e2e-maestroctl");
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(copy.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = copy.path().join("maestroctl");
+    std::fs::copy(&ctl, &exe).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&exe)
+        .args(["--server", &daemon.url(), "info"])
+        .env("HOME", "/nonexistent")
+        .env_remove("MAESTRO_TOKEN")
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("UNAUTHENTICATED"), "{err}");
+    let read = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(&token_file)
+        .output()
+        .unwrap();
+    assert!(!read.status.success(), "another user cannot read the admin token");
+}
