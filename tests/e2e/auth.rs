@@ -82,8 +82,11 @@ async fn every_rpc_is_authorized_as_the_permission_table_says() {
         ),
         ("daemon viewer", add_user(&daemon, "auditor", "viewer", "*"), vec![("*", Role::Viewer)]),
     ];
+    // Deleting the project goes last: every other call needs it there.
+    let mut rules: Vec<&Rule> = RULES.iter().collect();
+    rules.sort_by_key(|r| r.method.ends_with("/DeleteProject"));
     let mut wrong = Vec::new();
-    for rule in RULES {
+    for &rule in &rules {
         let id = if rule.scope == Scope::Loop { loop_id.as_str() } else { "shop" };
         for (who, token) in [("no token", String::new()), ("a bad token", "mst_not-a-real-token".to_string())] {
             let code = call(daemon.channel_with(&token).await.unwrap(), rule.method, id).await;
@@ -103,14 +106,26 @@ async fn every_rpc_is_authorized_as_the_permission_table_says() {
             }
         }
     }
-    // The daemon's own admin may call everything (destructive ones last, as the table ends with loops).
-    for rule in RULES {
+    // The daemon's own admin may call everything.
+    for &rule in &rules {
         let id = if rule.scope == Scope::Loop { loop_id.as_str() } else { "shop" };
         let code = call(daemon.channel().await.unwrap(), rule.method, id).await;
         if matches!(code, Code::PermissionDenied | Code::Unauthenticated) {
             wrong.push(format!("{} as the admin: {code:?}", rule.method));
         }
     }
+    // Paths outside the table: refused once authenticated, never let through.
+    for method in ["/maestro.v1.RequirementService/Nope", "/maestro.v2.Hidden/Call", "//maestro.v1.SystemService/Ping"]
+    {
+        let code = call(daemon.channel().await.unwrap(), method, "shop").await;
+        if code != Code::PermissionDenied {
+            wrong.push(format!("{method}: {code:?}"));
+        }
+    }
+    // Health checks need no token.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(daemon.channel_with("").await.unwrap());
+    let served = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
+    assert!(served.is_ok(), "{served:?}");
     assert!(wrong.is_empty(), "{} wrong decisions:\n{}", wrong.len(), wrong.join("\n"));
     let log = daemon.log();
     assert!(log.contains("permission denied") && log.contains("user=vera"), "denials are logged with the user");
@@ -141,6 +156,32 @@ async fn users_come_and_go_while_the_daemon_runs_and_clients_say_what_to_do() {
     let (code, _, err) = as_dev(&["-p", "secret", "req", "list"]);
     assert_eq!(code, 1);
     assert!(err.contains("PERMISSION_DENIED") && err.contains("user dev") && err.lines().count() == 1, "{err}");
+
+    // Where agents work is the daemon admin's choice.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (code, _, err) =
+        as_dev(&["-p", "shop", "run", "--demo", "--detach", "--workspace", elsewhere.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("PERMISSION_DENIED") && err.contains("only a daemon admin sets workspaces"), "{err}");
+    // Not even a project's admin: only a daemon-wide one.
+    let project_admin = add_user(&daemon, "pat", "admin", "shop");
+    let mut projects = maestro_shared::v1::project_service_client::ProjectServiceClient::new(
+        daemon.channel_with(&project_admin).await.unwrap(),
+    );
+    let moved = projects
+        .update_project(maestro_shared::v1::UpdateProjectRequest {
+            id: "shop".into(),
+            workspace: Some(elsewhere.path().display().to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(moved.code(), Code::PermissionDenied, "{moved:?}");
+    assert!(moved.message().contains("only a daemon admin sets workspaces"), "{}", moved.message());
+    // A loop that does not exist is NOT_FOUND, whoever asks.
+    let (code, _, err) = as_dev(&["loop", "show", "loop-99"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("NOT_FOUND"), "{err}");
 
     // maestrod user list shows users and roles, never tokens.
     let out = Command::new(binary("e2e-maestrod"))
@@ -207,4 +248,13 @@ fn another_local_user_is_refused() {
         .output()
         .unwrap();
     assert!(!read.status.success(), "another user cannot read the admin token");
+    // Even where the folder around the data dir is open to all.
+    let around = daemon.data_dir().parent().unwrap();
+    std::fs::set_permissions(around, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let list = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "ls"])
+        .arg(daemon.data_dir())
+        .output()
+        .unwrap();
+    assert!(!list.status.success(), "nor look into the store around the API");
 }

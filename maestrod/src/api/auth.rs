@@ -124,6 +124,9 @@ struct FirstField {
     id: String,
 }
 
+/// Services anyone may call: health checks and server reflection.
+const OPEN: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflection.v1.", "/grpc.reflection.v1alpha."];
+
 /// Largest request body looked into (the server's message limit, and the frame header).
 const MAX_BODY: usize = (4 << 20) + 5;
 
@@ -175,7 +178,9 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
         Box::pin(async move {
-            if !request.uri().path().starts_with("/maestro.v1.") {
+            // Only health and reflection are open; every other path needs a token and a rule
+            // (so a path the router might match some other way is refused, not let through).
+            if OPEN.iter().any(|prefix| request.uri().path().starts_with(prefix)) {
                 return inner.call(request).await;
             }
             match auth.check(request).await {
@@ -215,10 +220,19 @@ impl AuthLayer {
                 let project = match rule.scope {
                     Scope::Project if id.is_empty() => ALL_PROJECTS.to_string(),
                     Scope::Project => id,
-                    // An unknown loop is the handler's to answer (NOT_FOUND / INVALID_ARGUMENT).
+                    // A loop decides by its project. One that is not there is NOT_FOUND, said here
+                    // (a loop created between this check and the handler's must not slip through);
+                    // a malformed id is the handler's INVALID_ARGUMENT.
                     _ => match self.ssot.get_loop(&id).await {
                         Ok(found) => found.value.project,
-                        Err(_) => String::new(),
+                        Err(crate::ssot::SsotError::InvalidArgument { .. }) => String::new(),
+                        Err(crate::ssot::SsotError::NotFound { .. }) => {
+                            return Err(Status::not_found(format!("loop {id} not found")));
+                        }
+                        Err(error) => {
+                            warn!(%error, "cannot look up a loop to authorize a request");
+                            return Err(Status::unavailable("cannot check the loop's project now; retry"));
+                        }
                     },
                 };
                 parts.extensions.insert(Caller(user.clone()));
@@ -226,7 +240,9 @@ impl AuthLayer {
                 if !project.is_empty() {
                     let has = user.role_in(&project);
                     if has.is_none_or(|r| r < rule.role) {
-                        return Err(denied(&user, &method, rule.role, &project, has));
+                        // Of a loop, the message does not name its project.
+                        let place = if rule.scope == Scope::Loop { "that loop's project" } else { project.as_str() };
+                        return Err(denied(&user, &method, rule.role, place, has));
                     }
                 }
                 return Ok(request);
@@ -285,13 +301,44 @@ fn first_field(frame: &[u8]) -> Result<String, Status> {
         return Err(bad());
     }
     let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
-    let message = frame.get(5..5 + len).ok_or_else(bad)?;
+    // Exactly one message: the service must read the same one that was authorized.
+    if frame.len() != 5 + len {
+        return Err(bad());
+    }
+    let message = &frame[5..];
     FirstField::decode(message).map(|f| f.id).map_err(|_| bad())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn frame(message: &[u8]) -> Vec<u8> {
+        let mut out = vec![0];
+        out.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+        out.extend_from_slice(message);
+        out
+    }
+
+    /// The id the layer judges is the one the service will read: one uncompressed
+    /// message, and of a repeated field 1 the last (protobuf's rule, as prost decodes).
+    #[test]
+    fn the_id_is_read_as_the_service_reads_it() {
+        use prost::Message;
+        let shop = FirstField { id: "shop".into() }.encode_to_vec();
+        assert_eq!(first_field(&frame(&shop)).unwrap(), "shop");
+        let mut twice = FirstField { id: "mine".into() }.encode_to_vec();
+        twice.extend_from_slice(&FirstField { id: "victim".into() }.encode_to_vec());
+        assert_eq!(first_field(&frame(&twice)).unwrap(), "victim");
+        let mut two_messages = frame(&FirstField { id: "mine".into() }.encode_to_vec());
+        two_messages.extend_from_slice(&frame(&shop));
+        assert!(first_field(&two_messages).is_err(), "a second message is refused");
+        let mut compressed = frame(&shop);
+        compressed[0] = 1;
+        assert!(first_field(&compressed).is_err());
+        assert!(first_field(&frame(&shop)[..6]).is_err(), "a cut message is refused");
+        assert_eq!(first_field(&frame(&[])).unwrap(), "", "an empty message names no project");
+    }
 
     /// Every RPC in the published descriptor has exactly one row, and every
     /// row names an RPC that exists: a new RPC fails this test until it has one.

@@ -180,7 +180,31 @@ fn live_from_store(ssot: &Ssot, loop_id: String, revision: u64, last: u64) -> Re
 impl LoopService for Loops {
     async fn start_loop(&self, request: Request<v1::StartLoopRequest>) -> Result<Response<v1::Loop>, Status> {
         let loopback = request.remote_addr().is_some_and(|a| a.ip().is_loopback());
+        let caller = request.extensions().get::<super::auth::Caller>().cloned();
         let r = request.into_inner();
+        // Where agents work is the daemon admin's choice: a new project (demo or not), or a
+        // workspace other than the project's own, needs the admin role over the whole daemon.
+        if let Some(caller) = caller
+            && caller.0.role_in(crate::auth::ALL_PROJECTS) < Some(crate::auth::Role::Admin)
+        {
+            match self.0.ssot().get_project(&r.project_id).await {
+                Ok(project) if !r.workspace.is_empty() && r.workspace != project.value.workspace => {
+                    return Err(Status::permission_denied(format!(
+                        "user {} may not move project {} to another workspace: only a daemon admin sets workspaces \
+                         (leave --workspace out to use the project's own)",
+                        caller.0.name, r.project_id
+                    )));
+                }
+                Ok(_) => {}
+                Err(crate::ssot::SsotError::NotFound { .. }) => {
+                    return Err(Status::permission_denied(format!(
+                        "user {} may not create project {}: ask a daemon admin to create it (maestroctl project create)",
+                        caller.0.name, r.project_id
+                    )));
+                }
+                Err(error) => return Err(super::status::to_status(error)),
+            }
+        }
         if !r.keys.is_empty() && !loopback {
             return Err(Status::invalid_argument(
                 "keys: API keys are accepted only from a client on the daemon's machine; give the daemon its keys (environment or ~/.maestro/credentials.yaml)",

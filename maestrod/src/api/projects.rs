@@ -49,7 +49,17 @@ impl ProjectService for Projects {
         &self,
         request: Request<v1::UpdateProjectRequest>,
     ) -> Result<Response<v1::Project>, Status> {
+        let caller = request.extensions().get::<super::auth::Caller>().cloned();
         let r = request.into_inner();
+        // Only a daemon admin points a project at a directory.
+        if let (Some(caller), Some(_)) = (&caller, &r.workspace)
+            && caller.0.role_in(crate::auth::ALL_PROJECTS) < Some(crate::auth::Role::Admin)
+        {
+            return Err(Status::permission_denied(format!(
+                "user {} may not change the workspace of {}: only a daemon admin sets workspaces",
+                caller.0.name, r.id
+            )));
+        }
         let update = ProjectUpdate { display_name: r.display_name, workspace: r.workspace, etag: r.etag };
         let project = self.0.update_project(&r.id, update).await.status()?;
         Ok(Response::new(convert::project(project)))

@@ -125,6 +125,8 @@ impl Users {
     /// `admin.token` when the directory has none.
     pub fn open(data_dir: &Path) -> Result<Users, AuthError> {
         std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+        // The store's files are the daemon's alone: no other account may read them around the API.
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).map_err(io(data_dir))?;
         let users = Users { dir: data_dir.to_path_buf(), cache: Mutex::new((None, Registry::default())) };
         let token_file = users.admin_token_path();
         let _lock = users.lock()?;
@@ -272,6 +274,11 @@ mod tests {
         let token = std::fs::read_to_string(users.admin_token_path()).unwrap().trim().to_string();
         let mode = std::fs::metadata(users.admin_token_path()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        assert_eq!(
+            std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777,
+            0o700,
+            "the data dir is private"
+        );
         assert_eq!(std::fs::metadata(dir.path().join("users.json")).unwrap().permissions().mode() & 0o777, 0o600);
         let admin = users.authenticate(&token).unwrap().unwrap();
         assert_eq!((admin.name.as_str(), admin.role_in("any")), ("admin", Some(Role::Admin)));
