@@ -258,3 +258,56 @@ fn another_local_user_is_refused() {
         .unwrap();
     assert!(!list.status.success(), "nor look into the store around the API");
 }
+
+/// A lease is its grantee's: another project's developer cannot revoke or keep
+/// it alive by guessing its id, nor touch the leases the daemon holds for loops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_belong_to_whoever_was_granted_them() {
+    use maestro_shared::v1::{self, lock_service_client::LockServiceClient};
+    let daemon = Daemon::start().unwrap();
+    daemon.ctl(&["project", "create", "shop"]).ok();
+    daemon.ctl(&["project", "create", "other"]).ok();
+    let alice = add_user(&daemon, "alice", "developer", "shop");
+    let mallory = add_user(&daemon, "mallory", "developer", "other");
+    let mut as_alice = LockServiceClient::new(daemon.channel_with(&alice).await.unwrap());
+    let mut as_mallory = LockServiceClient::new(daemon.channel_with(&mallory).await.unwrap());
+
+    let lease = as_alice.grant_lease(v1::GrantLeaseRequest { ttl_seconds: 60 }).await.unwrap().into_inner().id;
+    let lock = as_alice
+        .acquire_lock(v1::AcquireLockRequest {
+            project_id: "shop".into(),
+            name: "deploy".into(),
+            holder: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for id in [lease, lock.lease_id] {
+        let revoke = as_mallory.revoke_lease(v1::RevokeLeaseRequest { lease_id: id }).await.unwrap_err();
+        assert_eq!(revoke.code(), Code::PermissionDenied, "{revoke:?}");
+        assert!(revoke.message().contains("is not yours"), "{}", revoke.message());
+        let keep = as_mallory.keep_alive(v1::KeepAliveRequest { lease_id: id }).await.unwrap_err();
+        assert_eq!(keep.code(), Code::PermissionDenied);
+        as_alice.keep_alive(v1::KeepAliveRequest { lease_id: id }).await.unwrap();
+    }
+    // Hanging one's lock on someone else's lease is refused too.
+    let borrowed = as_mallory
+        .acquire_lock(v1::AcquireLockRequest {
+            project_id: "other".into(),
+            name: "x".into(),
+            holder: "mallory".into(),
+            lease_id: lease,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(borrowed.code(), Code::PermissionDenied);
+    // The lock is still alice's, and she may end it.
+    let locks = daemon.ctl(&["-p", "shop", "-o", "json", "lock", "list"]).json();
+    assert_eq!(locks.as_array().map(Vec::len), Some(1), "{locks}");
+    as_alice.revoke_lease(v1::RevokeLeaseRequest { lease_id: lock.lease_id }).await.unwrap();
+    // The daemon's admin may end any lease.
+    let mut as_admin = LockServiceClient::new(daemon.channel().await.unwrap());
+    as_admin.revoke_lease(v1::RevokeLeaseRequest { lease_id: lease }).await.unwrap();
+}

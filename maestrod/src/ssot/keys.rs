@@ -26,3 +26,8 @@ pub fn resource_path<'a>(project: &str, key: &'a str) -> &'a str {
 /// The requirement id counter (`_meta/requirements`) is not among them: ids
 /// are never reused, so a restore never takes the counter back.
 pub const SNAPSHOT_PATHS: [&str; 3] = ["requirements/", "contracts/", "memory/"];
+
+/// `lease-owners/<id>`: who was granted a lease (attached to the lease, so it goes with it).
+pub fn lease_owner(lease: u64) -> String {
+    format!("lease-owners/{lease:020}")
+}

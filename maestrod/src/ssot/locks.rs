@@ -59,6 +59,23 @@ impl Ssot {
         self.store.lease_revoke(lease).await.map_err(lease_error)
     }
 
+    /// Records the user a lease was granted to; the record is attached to the
+    /// lease, so it ends with it.
+    pub async fn set_lease_owner(&self, lease: LeaseId, owner: &str) -> Result<()> {
+        let txn = Txn::new().then(Op::Put {
+            key: keys::lease_owner(lease).into_bytes(),
+            value: super::encode_json(&owner.to_string()),
+            lease,
+        });
+        self.store.txn(txn).await.map_err(lease_error)?;
+        Ok(())
+    }
+
+    /// The user a lease was granted to (`None`: granted by the daemon itself, or unknown).
+    pub async fn lease_owner(&self, lease: LeaseId) -> Result<Option<String>> {
+        Ok(self.get::<String>(&keys::lease_owner(lease), 0).await?.map(|v| v.value))
+    }
+
     pub async fn get_lease(&self, lease: LeaseId) -> Result<LeaseInfo> {
         self.store.lease_get(lease).await.map_err(lease_error)
     }
