@@ -101,6 +101,7 @@ impl Daemon {
             config.data_dir.display().to_string(),
             config.retention_revisions,
             sandbox.confinement().clone(),
+            users.clone(),
         )
         .await;
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));

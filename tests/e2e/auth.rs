@@ -311,3 +311,24 @@ async fn leases_belong_to_whoever_was_granted_them() {
     let mut as_admin = LockServiceClient::new(daemon.channel().await.unwrap());
     as_admin.revoke_lease(v1::RevokeLeaseRequest { lease_id: lease }).await.unwrap();
 }
+
+/// Grants name projects: deleting a project drops them, so a new project that
+/// reuses the id does not open to the old one's users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_project_takes_its_grants_with_it() {
+    let daemon = Daemon::start().unwrap();
+    daemon.ctl(&["project", "create", "temp"]).ok();
+    let token = add_user(&daemon, "tess", "developer", "temp");
+    let as_tess = |args: &[&str]| {
+        let mut command = maestro_tests::ctl_command(&daemon.url(), std::path::Path::new("/"), args);
+        command.env("MAESTRO_TOKEN", &token);
+        let out = command.output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert_eq!(as_tess(&["-p", "temp", "req", "add", "before"]).0, 0);
+    daemon.ctl(&["project", "delete", "temp"]).ok();
+    daemon.ctl(&["project", "create", "temp"]).ok();
+    let (code, err) = as_tess(&["-p", "temp", "req", "list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("PERMISSION_DENIED"), "{err}");
+}

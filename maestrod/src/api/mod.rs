@@ -33,6 +33,7 @@ pub async fn routes(
     data_dir: String,
     retention: u64,
     sandbox: Confinement,
+    users: Arc<crate::auth::Users>,
 ) -> Routes {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<v1::project_service_server::ProjectServiceServer<projects::Projects>>().await;
@@ -63,7 +64,10 @@ pub async fn routes(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(v1::project_service_server::ProjectServiceServer::new(projects::Projects(ssot.clone())))
+        .add_service(v1::project_service_server::ProjectServiceServer::new(projects::Projects(
+            ssot.clone(),
+            Some(users),
+        )))
         .add_service(v1::requirement_service_server::RequirementServiceServer::new(requirements::Requirements(
             ssot.clone(),
         )))

@@ -10,7 +10,8 @@ use super::status::IntoStatus;
 use crate::ssot::Ssot;
 use crate::ssot::projects::ProjectUpdate;
 
-pub(crate) struct Projects(pub(crate) Arc<Ssot>);
+/// The projects, and the users whose grants name them.
+pub(crate) struct Projects(pub(crate) Arc<Ssot>, pub(crate) Option<Arc<crate::auth::Users>>);
 
 #[tonic::async_trait]
 impl ProjectService for Projects {
@@ -71,6 +72,15 @@ impl ProjectService for Projects {
     ) -> Result<Response<v1::DeleteProjectResponse>, Status> {
         let r = request.into_inner();
         let revision = self.0.delete_project(&r.id, &r.etag).await.status()?;
+        // Grants name projects: those of a deleted one must not carry over to a new project of that id.
+        if let Some(users) = &self.1
+            && let Err(error) = users.forget_project(&r.id)
+        {
+            tracing::error!(%error, project = %r.id, "the project is deleted but its grants could not be dropped");
+            return Err(Status::internal(
+                "the project is deleted, but its users' grants could not be dropped; the daemon log has the details",
+            ));
+        }
         Ok(Response::new(v1::DeleteProjectResponse { revision }))
     }
 }

@@ -239,6 +239,23 @@ impl Users {
         self.write(&registry)
     }
 
+    /// Drops every grant that names `project` (it was deleted): a project created
+    /// later with the same id starts with no users but the daemon-wide ones.
+    pub fn forget_project(&self, project: &str) -> Result<usize, AuthError> {
+        let _lock = self.lock()?;
+        let mut registry = self.read()?;
+        let mut dropped = 0;
+        for user in &mut registry.users {
+            let before = user.grants.len();
+            user.grants.retain(|g| g.project != project);
+            dropped += before - user.grants.len();
+        }
+        if dropped > 0 {
+            self.write(&registry)?;
+        }
+        Ok(dropped)
+    }
+
     pub fn list(&self) -> Result<Vec<User>, AuthError> {
         Ok(self.read()?.users)
     }
@@ -311,5 +328,18 @@ mod tests {
         assert!(daemon.authenticate(&alice).unwrap().is_none(), "revoked at once");
         assert!(matches!(users.revoke("alice"), Err(AuthError::NotFound(_))));
         assert!(matches!(users.revoke("admin"), Err(AuthError::Invalid(_))));
+
+        let both = vec![
+            Grant { project: "shop".into(), role: Role::Developer },
+            Grant { project: "docs".into(), role: Role::Viewer },
+        ];
+        let bob = users.add("bob", both).unwrap();
+        assert_eq!(users.forget_project("shop").unwrap(), 1);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let bob = daemon.authenticate(&bob).unwrap().unwrap();
+        assert_eq!((bob.role_in("shop"), bob.role_in("docs")), (None, Some(Role::Viewer)));
+        assert!(
+            daemon.authenticate(std::fs::read_to_string(users.admin_token_path()).unwrap().trim()).unwrap().is_some()
+        );
     }
 }
