@@ -46,6 +46,18 @@ fn add_user(daemon: &Daemon, name: &str, role: &str, project: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// Runs `maestroctl` against `daemon` with `token` as MAESTRO_TOKEN.
+fn ctl_as(daemon: &Daemon, token: &str, args: &[&str]) -> maestro_tests::CtlOutput {
+    let mut command = maestro_tests::ctl_command(&daemon.url(), std::path::Path::new("/"), args);
+    command.env("MAESTRO_TOKEN", token);
+    let out = command.output().unwrap();
+    maestro_tests::CtlOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// What the table says a user with `grants` may do, worked out independently of the layer.
 fn allowed(rule: &Rule, grants: &[(&str, Role)]) -> bool {
     let role_in = |project: &str| {
@@ -138,14 +150,8 @@ async fn users_come_and_go_while_the_daemon_runs_and_clients_say_what_to_do() {
     daemon.ctl(&["project", "create", "secret"]).ok();
     let token = add_user(&daemon, "dev", "developer", "shop");
     let as_dev = |args: &[&str]| {
-        let mut command = maestro_tests::ctl_command(&daemon.url(), std::path::Path::new("/"), args);
-        command.env("MAESTRO_TOKEN", &token);
-        let out = command.output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let out = ctl_as(&daemon, &token, args);
+        (out.code, out.stdout, out.stderr)
     };
     let (code, _, err) = as_dev(&["-p", "shop", "req", "add", "Checkout"]);
     assert_eq!(code, 0, "{err}");
@@ -259,8 +265,8 @@ fn another_local_user_is_refused() {
     assert!(!list.status.success(), "nor look into the store around the API");
 }
 
-/// A lease is its grantee's: another project's developer cannot revoke or keep
-/// it alive by guessing its id, nor touch the leases the daemon holds for loops.
+/// A lease is its grantee's: another project's developer cannot revoke, keep
+/// alive or borrow it by guessing its id; the daemon's admin can end any.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_belong_to_whoever_was_granted_them() {
     use maestro_shared::v1::{self, lock_service_client::LockServiceClient};
@@ -320,10 +326,8 @@ async fn a_deleted_project_takes_its_grants_with_it() {
     daemon.ctl(&["project", "create", "temp"]).ok();
     let token = add_user(&daemon, "tess", "developer", "temp");
     let as_tess = |args: &[&str]| {
-        let mut command = maestro_tests::ctl_command(&daemon.url(), std::path::Path::new("/"), args);
-        command.env("MAESTRO_TOKEN", &token);
-        let out = command.output().unwrap();
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = ctl_as(&daemon, &token, args);
+        (out.code, out.stderr)
     };
     assert_eq!(as_tess(&["-p", "temp", "req", "add", "before"]).0, 0);
     daemon.ctl(&["project", "delete", "temp"]).ok();
