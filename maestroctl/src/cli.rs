@@ -13,10 +13,20 @@ use clap::{Parser, Subcommand, ValueEnum};
     args_override_self = true
 )]
 pub struct Cli {
-    /// maestrod address [default: a local maestrod on 127.0.0.1:7700, started
-    /// for you (data under ~/.maestro) when none answers].
+    /// maestrod address: http://HOST:PORT, https://HOST:PORT or unix:/PATH
+    /// [default: the current context's, else your own maestrod on
+    /// ~/.maestro/maestrod.sock, started for you when none answers].
     #[arg(long, global = true, env = "MAESTRO_SERVER")]
     pub(crate) server: Option<String>,
+    /// PEM CA certificates that sign an https:// server's certificate [default: the system's].
+    #[arg(long, global = true, env = "MAESTRO_CA_FILE", value_name = "PEM")]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// A client certificate for a server that asks for one (mutual TLS); needs --tls-key.
+    #[arg(long, global = true, env = "MAESTRO_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert.
+    #[arg(long, global = true, env = "MAESTRO_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
     /// Output format: aligned tables for people, JSON for scripts.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table, env = "MAESTRO_OUTPUT")]
     pub(crate) output: Output,
@@ -139,6 +149,35 @@ pub(crate) enum Command {
         #[command(subcommand)]
         cmd: Option<ConfigCmd>,
     },
+    /// Named servers with their CA and token (in ~/.maestro/contexts.yaml, 0600).
+    Context {
+        #[command(subcommand)]
+        cmd: ContextCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ContextCmd {
+    /// Add (or replace) a context from --server and, when given, --ca-file,
+    /// --token (or MAESTRO_TOKEN), --tls-cert and --tls-key.
+    Add {
+        name: String,
+        /// Make it the current context too.
+        #[arg(long = "use")]
+        use_it: bool,
+    },
+    /// Make NAME the current context: commands without --server use its server,
+    /// CA and token. `--none` goes back to the local daemon.
+    Use {
+        #[arg(required_unless_present = "none")]
+        name: Option<String>,
+        #[arg(long, conflicts_with = "name")]
+        none: bool,
+    },
+    /// The contexts (tokens never shown).
+    List,
+    /// Forget a context.
+    Remove { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,42 +1,66 @@
 //! The connection to maestrod and how RPC failures read on one line.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::anyhow;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Response, Status};
 
-/// The URL for `server`: `host:port` gets `http://` in front; anything that
-/// is not an `http://host[:port]` address is refused with what to write instead.
+/// The URL for `server`: `host:port` gets `http://` in front; `http://`,
+/// `https://` and `unix:/path` addresses pass; anything else is refused with
+/// what to write instead.
 pub(crate) fn endpoint_url(server: &str) -> anyhow::Result<String> {
-    let invalid = || anyhow!("--server {server:?} is not a valid address (expected e.g. http://127.0.0.1:7700)");
+    let invalid = || {
+        anyhow!(
+            "--server {server:?} is not a valid address (expected e.g. http://127.0.0.1:7700, https://maestro.example:7700 \
+             or unix:/path/to/maestrod.sock)"
+        )
+    };
+    if let Some(path) = server.strip_prefix("unix://").or_else(|| server.strip_prefix("unix:")) {
+        return if path.starts_with('/') { Ok(format!("unix:{path}")) } else { Err(invalid()) };
+    }
     let url = if server.contains("://") { server.to_string() } else { format!("http://{server}") };
     let endpoint = Endpoint::from_shared(url.clone()).map_err(|_| invalid())?;
     match endpoint.uri().scheme_str() {
-        Some("http") if endpoint.uri().host().is_some_and(|h| !h.is_empty()) => Ok(url),
-        Some("https") => {
-            Err(anyhow!("--server {server:?}: TLS is not supported yet; use http:// on a trusted network"))
-        }
+        Some("http" | "https") if endpoint.uri().host().is_some_and(|h| !h.is_empty()) => Ok(url),
         _ => Err(invalid()),
     }
 }
 
-/// The token given on the command line or in the environment.
-static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+/// How to reach and prove oneself to the daemon: the token and TLS files given
+/// by flags, the environment or the current context.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Credentials {
+    pub(crate) token: Option<String>,
+    /// PEM CA certificates to trust for an `https://` server (default: the system's).
+    pub(crate) ca_file: Option<PathBuf>,
+    /// A client certificate and key, for a server that asks for one (mutual TLS).
+    pub(crate) tls_cert: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
+}
 
-pub(crate) fn set_token(token: Option<String>) {
-    let _ = TOKEN.set(token.filter(|t| !t.trim().is_empty()));
+/// The credentials of this process (set once, at start).
+static CREDENTIALS: std::sync::OnceLock<Credentials> = std::sync::OnceLock::new();
+
+pub(crate) fn set_credentials(mut credentials: Credentials) {
+    credentials.token = credentials.token.filter(|t| !t.trim().is_empty());
+    let _ = CREDENTIALS.set(credentials);
+}
+
+fn credentials() -> Credentials {
+    CREDENTIALS.get().cloned().unwrap_or_default()
 }
 
 /// The token to send: the one given, else for the local daemon maestroctl
 /// starts (data in ~/.maestro/data) the admin token it wrote there. Never a
 /// file's token to a server named with --server: it could be anyone's.
 pub(crate) fn token(local: bool) -> String {
-    if let Some(Some(token)) = TOKEN.get() {
-        return token.clone();
+    if let Some(token) = credentials().token {
+        return token;
     }
     if local && let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        let file = std::path::PathBuf::from(home).join(".maestro/data/admin.token");
+        let file = PathBuf::from(home).join(".maestro/data/admin.token");
         if let Ok(token) = std::fs::read_to_string(file) {
             return token.trim().to_string();
         }
@@ -54,25 +78,65 @@ pub(crate) fn daemon_is_local() -> bool {
 
 /// Records whether `url` names this machine.
 pub(crate) fn note_server(url: &str) {
-    let host = Endpoint::from_shared(url.to_string()).ok().and_then(|e| e.uri().host().map(str::to_string));
-    let local = host.is_some_and(|h| {
-        let h = h.trim_start_matches('[').trim_end_matches(']');
-        h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-    });
+    let local = url.starts_with("unix:")
+        || Endpoint::from_shared(url.to_string()).ok().and_then(|e| e.uri().host().map(str::to_string)).is_some_and(
+            |h| {
+                let h = h.trim_start_matches('[').trim_end_matches(']');
+                h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            },
+        );
     LOOPBACK.store(local, std::sync::atomic::Ordering::SeqCst);
 }
 
-/// Connects to `server` (e.g. `http://127.0.0.1:7700` or `127.0.0.1:7700`),
-/// failing fast with a message that says what to do.
+fn read_pem(flag: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow!("cannot read {flag} {}: {e}", path.display()))
+}
+
+/// The endpoint for `url` (from [`endpoint_url`]), with TLS set up for `https://`.
+pub(crate) fn endpoint(url: &str, timeout: Duration) -> anyhow::Result<Endpoint> {
+    let mut endpoint = Endpoint::from_shared(url.to_string())?.connect_timeout(timeout).tcp_nodelay(true);
+    let credentials = credentials();
+    if url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        tls = match &credentials.ca_file {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(read_pem("--ca-file", ca)?)),
+            None => tls.with_native_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&credentials.tls_cert, &credentials.tls_key) {
+            tls = tls.identity(Identity::from_pem(read_pem("--tls-cert", cert)?, read_pem("--tls-key", key)?));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    } else if credentials.ca_file.is_some() || credentials.tls_cert.is_some() {
+        return Err(anyhow!("--ca-file and --tls-cert are for TLS: name the server with https:// (it is {url})"));
+    }
+    Ok(endpoint)
+}
+
+/// The innermost cause of a connection error, which says what went wrong.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// Connects to `server` (e.g. `http://127.0.0.1:7700`, `127.0.0.1:7700`,
+/// `https://host:7700` or `unix:/path`), failing fast with a message that
+/// says what to do.
 pub(crate) async fn connect(server: &str) -> anyhow::Result<Channel> {
-    note_server(&endpoint_url(server)?);
-    let endpoint =
-        Endpoint::from_shared(endpoint_url(server)?)?.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true);
-    endpoint.connect().await.map_err(|error| {
-        let cause = std::error::Error::source(&error).map_or_else(|| error.to_string(), |s| s.to_string());
-        anyhow!(
-            "cannot reach maestrod at {server}: {cause}; is it running? (start it with `maestrod`, or pass --server)"
-        )
+    let url = endpoint_url(server)?;
+    note_server(&url);
+    endpoint(&url, Duration::from_secs(5))?.connect().await.map_err(|error| {
+        let cause = root_cause(&error);
+        let hint = if cause.contains("certificate") || cause.contains("Certificate") {
+            "check --ca-file (the CA that signed the server's certificate) and the host name"
+        } else if cause.contains("handshake") || cause.contains("tls") || cause.contains("alert") {
+            "does the server ask for a client certificate (--tls-cert/--tls-key) or speak plain http?"
+        } else {
+            "is it running? (start it with `maestrod`, or pass --server)"
+        };
+        anyhow!("cannot reach maestrod at {server}: {cause}; {hint}")
     })
 }
 
@@ -100,6 +164,17 @@ pub(crate) fn code_name(code: Code) -> &'static str {
 }
 
 pub(crate) fn status_error(status: Status) -> anyhow::Error {
+    // The connection broke under the call: say why, and what usually causes it.
+    if matches!(status.code(), Code::Unknown | Code::Unavailable)
+        && let Some(source) = std::error::Error::source(&status)
+    {
+        let cause = root_cause(source);
+        return anyhow!(
+            "the connection to maestrod failed: {cause} ({}); a TLS server needs https:// (and maybe --tls-cert), \
+             a plain one http://",
+            code_name(status.code())
+        );
+    }
     anyhow!("{} ({})", status.message(), code_name(status.code()))
 }
 

@@ -107,6 +107,8 @@ pub(crate) enum Source {
     UserFile(PathBuf),
     /// Set in the REPL's session.
     Session,
+    /// The current context (`maestroctl context use`).
+    Context(String),
     Default,
 }
 
@@ -117,6 +119,7 @@ impl std::fmt::Display for Source {
             Source::Env(name) => write!(f, "env {name}"),
             Source::ProjectFile(path) | Source::UserFile(path) => write!(f, "{}", path.display()),
             Source::Session => f.write_str("this session"),
+            Source::Context(name) => write!(f, "context {name}"),
             Source::Default => f.write_str("default"),
         }
     }
@@ -128,6 +131,9 @@ pub(crate) struct Settings {
     pub(crate) server: (Option<String>, Source),
     pub(crate) project: (Option<String>, Source),
     pub(crate) output: (Output, Source),
+    /// Token and TLS files: from flags or the environment, else from the
+    /// current context when the server is the context's.
+    pub(crate) credentials: crate::client::Credentials,
 }
 
 fn from_command_line(matches: &ArgMatches, id: &str, env: &'static str) -> Option<Source> {
@@ -145,6 +151,7 @@ impl Settings {
             server: (server, Source::Session),
             project: (project, Source::Session),
             output: (output, Source::Session),
+            credentials: crate::client::Credentials::default(),
         }
     }
 
@@ -164,18 +171,32 @@ impl Settings {
         matches: &ArgMatches,
         cwd: &Path,
         user_path: Option<&Path>,
+        contexts: &crate::context::Contexts,
     ) -> anyhow::Result<Settings> {
         let user = match user_path {
             Some(path) => UserFile::load(path)?,
             None => UserFile::default(),
         };
         let user_source = || Source::UserFile(user_path.map(Path::to_path_buf).unwrap_or_default());
-        let server = match from_command_line(matches, "server", "MAESTRO_SERVER") {
-            Some(source) => (cli.server.clone(), source),
-            None => match &user.server {
+        let current = contexts.current();
+        let server = match (from_command_line(matches, "server", "MAESTRO_SERVER"), current) {
+            (Some(source), _) => (cli.server.clone(), source),
+            (None, Some((name, context))) => (Some(context.server.clone()), Source::Context(name.to_string())),
+            (None, None) => match &user.server {
                 Some(server) => (Some(server.clone()), user_source()),
                 None => (None, Source::Default),
             },
+        };
+        // A context's token and files go only to the context's server.
+        let from_context = match (&server.1, current) {
+            (Source::Context(_), Some((_, context))) => context.credentials(),
+            _ => crate::client::Credentials::default(),
+        };
+        let credentials = crate::client::Credentials {
+            token: cli.token.clone().filter(|t| !t.trim().is_empty()).or(from_context.token),
+            ca_file: cli.ca_file.clone().or(from_context.ca_file),
+            tls_cert: cli.tls_cert.clone().or(from_context.tls_cert),
+            tls_key: cli.tls_key.clone().or(from_context.tls_key),
         };
         let project = match from_command_line(matches, "project", "MAESTRO_PROJECT") {
             Some(source) => (cli.project.clone(), source),
@@ -199,7 +220,7 @@ impl Settings {
                 None => (Output::Table, Source::Default),
             },
         };
-        Ok(Settings { server, project, output })
+        Ok(Settings { server, project, output, credentials })
     }
 }
 
@@ -210,7 +231,7 @@ pub(crate) fn run(cmd: ConfigCmd, settings: &Settings, output: Output) -> anyhow
         ConfigCmd::Show => {
             let server = match &settings.server.0 {
                 Some(server) => server.clone(),
-                None => format!("{} (a local maestrod, started when none answers)", maestro_shared::default_server()),
+                None => "~/.maestro/maestrod.sock (your own maestrod, started when none answers)".to_string(),
             };
             let project = settings.project.0.clone().unwrap_or_default();
             let rows = [
@@ -285,7 +306,39 @@ mod tests {
     fn settings(args: &[&str], cwd: &Path, user: &Path) -> Settings {
         let matches = Cli::command().try_get_matches_from(args).unwrap();
         let cli = Cli::from_arg_matches(&matches).unwrap();
-        Settings::resolve(&cli, &matches, cwd, Some(user)).unwrap()
+        Settings::resolve(&cli, &matches, cwd, Some(user), &crate::context::Contexts::default()).unwrap()
+    }
+
+    #[test]
+    fn a_contexts_token_goes_only_to_its_own_server() {
+        use crate::context::{Context, Contexts};
+        let dir = tempfile::tempdir().unwrap();
+        let user = dir.path().join("config.yaml");
+        let mut contexts = Contexts::default();
+        let team = Context {
+            server: "https://m.example:7700".into(),
+            ca_file: Some("/ca.pem".into()),
+            token: Some("team-secret".into()),
+            tls_cert: None,
+            tls_key: None,
+        };
+        contexts.contexts.insert("team".into(), team);
+        contexts.current = Some("team".into());
+        let resolve = |args: &[&str]| {
+            let matches = Cli::command().try_get_matches_from(args).unwrap();
+            let cli = Cli::from_arg_matches(&matches).unwrap();
+            Settings::resolve(&cli, &matches, dir.path(), Some(&user), &contexts).unwrap()
+        };
+        let current = resolve(&["maestroctl", "info"]);
+        assert_eq!(current.server, (Some("https://m.example:7700".into()), Source::Context("team".into())));
+        assert_eq!(current.credentials.token.as_deref(), Some("team-secret"));
+        assert_eq!(current.credentials.ca_file.as_deref(), Some(Path::new("/ca.pem")));
+
+        let elsewhere = resolve(&["maestroctl", "--server", "http://evil:7700", "info"]);
+        assert_eq!(elsewhere.credentials.token, None, "never the context's token to another server");
+        assert_eq!(elsewhere.credentials.ca_file, None);
+        let own_token = resolve(&["maestroctl", "--token", "mine", "info"]);
+        assert_eq!(own_token.credentials.token.as_deref(), Some("mine"), "a flag beats the context");
     }
 
     #[test]

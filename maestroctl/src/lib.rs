@@ -5,6 +5,7 @@ pub mod cli;
 mod client;
 mod commands;
 mod config;
+mod context;
 mod local;
 mod output;
 mod repl;
@@ -34,15 +35,32 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return clap_exit(&error),
     };
-    client::set_token(cli.token.clone());
     let cwd = std::env::current_dir().unwrap_or_default();
-    let settings = match config::Settings::resolve(&cli, &matches, &cwd, config::UserFile::path().as_deref()) {
+    let contexts = match context::Contexts::path().map(|path| context::Contexts::load(&path)).transpose() {
+        Ok(contexts) => contexts.unwrap_or_default(),
+        Err(error) => {
+            eprintln!("maestroctl: {error:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let given = context::Given {
+        server: cli.server.clone(),
+        credentials: client::Credentials {
+            token: cli.token.clone(),
+            ca_file: cli.ca_file.clone(),
+            tls_cert: cli.tls_cert.clone(),
+            tls_key: cli.tls_key.clone(),
+        },
+    };
+    let resolved = config::Settings::resolve(&cli, &matches, &cwd, config::UserFile::path().as_deref(), &contexts);
+    let settings = match resolved {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("maestroctl: {error:#}");
             return ExitCode::from(1);
         }
     };
+    client::set_credentials(settings.credentials.clone());
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -53,6 +71,7 @@ pub fn main() -> ExitCode {
     let output = settings.output.0;
     let result = match cli.command {
         Some(cli::Command::Config { cmd }) => config::run(cmd.unwrap_or(cli::ConfigCmd::Show), &settings, output),
+        Some(cli::Command::Context { cmd }) => context::run(cmd, &given, output),
         Some(command) => runtime.block_on(async {
             let project = settings.project_for(&command);
             let channel = connect(settings.server.0.as_deref()).await?;

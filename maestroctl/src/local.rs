@@ -1,19 +1,19 @@
-//! With no server configured, maestroctl talks to a local maestrod on the
-//! default port, starting one for the user (data under `~/.maestro`) when none
-//! answers.
+//! With no server configured, maestroctl talks to the user's own maestrod on
+//! the Unix socket `~/.maestro/maestrod.sock` (open to this user only),
+//! starting one (data under `~/.maestro`) when none answers.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 
 use anyhow::{Context, anyhow};
 use tonic::transport::{Channel, Endpoint};
 
 async fn try_connect(server: &str, timeout: Duration) -> Option<Channel> {
-    let endpoint = Endpoint::from_shared(server.to_string()).ok()?.connect_timeout(timeout).tcp_nodelay(true);
-    endpoint.connect().await.ok()
+    Endpoint::from_shared(server.to_string()).ok()?.connect_timeout(timeout).connect().await.ok()
 }
 
 /// The maestrod to start: `$MAESTROD_BIN`, else the one next to this
@@ -28,16 +28,23 @@ fn daemon_binary() -> PathBuf {
 
 /// Connects to the local daemon, starting it if nothing answers.
 pub(crate) async fn connect_or_start() -> anyhow::Result<Channel> {
-    let server = maestro_shared::default_server();
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from).ok_or_else(|| {
+        anyhow!("HOME is not set, so there is no local maestrod (~/.maestro/maestrod.sock); pass --server or set MAESTRO_SERVER")
+    })?;
+    let home = std::path::absolute(&home).unwrap_or(home);
+    let socket = maestro_shared::local_socket(&home);
+    let server = format!("unix:{}", socket.display());
     crate::client::note_server(&server);
     if let Some(channel) = try_connect(&server, Duration::from_millis(500)).await {
         return Ok(channel);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).ok_or_else(|| {
-        anyhow!("no maestrod answers at {server} and HOME is not set to start one; pass --server or set MAESTRO_SERVER")
-    })?;
     let base = home.join(".maestro");
-    std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+    // Private to the user: the socket, the token and the store live here.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&base)
+        .with_context(|| format!("cannot create {}", base.display()))?;
     let log_path = base.join("maestrod.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -45,7 +52,7 @@ pub(crate) async fn connect_or_start() -> anyhow::Result<Channel> {
         .open(&log_path)
         .with_context(|| format!("cannot open {}", log_path.display()))?;
     let binary = daemon_binary();
-    let listen = server.trim_start_matches("http://").to_string();
+    let listen = server.clone();
     let mut child = std::process::Command::new(&binary)
         .arg("--listen")
         .arg(&listen)

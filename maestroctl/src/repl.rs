@@ -227,6 +227,8 @@ pub(crate) fn run(runtime: &Runtime, mut session: Session) -> anyhow::Result<Exi
             }
             Ok(Action::Run { command, project, output }) => {
                 let result = match command {
+                    // Changes to contexts apply from the next session on.
+                    Command::Context { cmd } => crate::context::run(cmd, &crate::context::Given::default(), output),
                     Command::Config { cmd } => {
                         let settings = Settings::session(session.server.clone(), project, output);
                         config::run(cmd.unwrap_or(ConfigCmd::Show), &settings, output)

@@ -2,14 +2,13 @@
 //! listener and runs the daemon. `main.rs` only calls [`main`].
 
 use std::io::IsTerminal;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::DaemonConfig;
+use crate::transport::{ListenAddr, TlsFiles};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -20,16 +19,30 @@ enum LogFormat {
 
 /// The Maestro daemon: the shared SSOT and the agents' control loops, over gRPC.
 #[derive(Debug, Parser)]
-#[command(name = "maestrod", version)]
+#[command(name = "maestrod", version, args_override_self = true)]
 pub struct Args {
-    /// Address to listen on (port 0 picks a free port).
-    #[arg(long, env = "MAESTRO_LISTEN", default_value_t = crate::config::default_listen())]
-    listen: SocketAddr,
-    /// Allow listening on an address other than loopback although the API has no
-    /// TLS yet: tokens and data cross the network in the clear. Only on a network
-    /// you trust.
+    /// Address to listen on: HOST:PORT (port 0 picks a free port) or unix:/PATH
+    /// [default: the Unix socket ~/.maestro/maestrod.sock, this user's only].
+    #[arg(long, env = "MAESTRO_LISTEN", default_value_t = crate::config::default_listen(), hide_default_value = true)]
+    listen: ListenAddr,
+    /// Serve TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "MAESTRO_TLS_CERT", requires = "tls_key", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "MAESTRO_TLS_KEY", requires = "tls_cert", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by these PEM CA certificates (mutual TLS).
+    #[arg(long, env = "MAESTRO_TLS_CLIENT_CA", requires = "tls_cert", value_name = "PEM")]
+    tls_client_ca: Option<PathBuf>,
+    /// Allow listening beyond loopback without TLS: tokens and data cross the
+    /// network in the clear. Only on a network you trust.
     #[arg(long, env = "MAESTRO_INSECURE_LISTEN")]
     insecure_listen: bool,
+    /// A folder under which project workspaces may be created; repeat for
+    /// several. With none, only the daemon's own user's folders are allowed
+    /// (fine for a personal daemon); a shared server should always set it.
+    #[arg(long = "workspace-root", env = "MAESTRO_WORKSPACE_ROOT", value_name = "DIR", value_delimiter = ':')]
+    workspace_root: Vec<PathBuf>,
     /// Where the store lives [default: ~/.maestro/data].
     #[arg(long, env = "MAESTRO_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
@@ -275,11 +288,19 @@ pub fn main() -> ExitCode {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    if !args.listen.ip().is_loopback() {
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key, client_ca: args.tls_client_ca }),
+        _ => None,
+    };
+    if tls.is_some() && matches!(args.listen, ListenAddr::Unix(_)) {
+        anyhow::bail!("--tls-cert: TLS is for TCP; a Unix socket is already private (--listen HOST:PORT to use TLS)");
+    }
+    if !args.listen.is_local() && tls.is_none() {
         if !args.insecure_listen {
             anyhow::bail!(
-                "--listen {}: not a loopback address, and the API has no TLS yet, so tokens and data would cross the \
-                 network in the clear; listen on 127.0.0.1, or add --insecure-listen on a network you trust",
+                "--listen {}: not a loopback address, and without TLS tokens and data would cross the network in \
+                 the clear; give --tls-cert and --tls-key, listen on 127.0.0.1, or add --insecure-listen on a network \
+                 you trust",
                 args.listen
             );
         }
@@ -287,6 +308,18 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             listen = %args.listen,
             "INSECURE: listening beyond loopback without TLS; tokens and data cross the network in the clear"
         );
+    }
+    if !args.listen.is_local() && args.workspace_root.is_empty() {
+        anyhow::bail!(
+            "--listen {}: a server others reach must say where project workspaces may be; add --workspace-root DIR \
+             (e.g. /srv/maestro)",
+            args.listen
+        );
+    }
+    for root in &args.workspace_root {
+        if !root.is_absolute() || !root.is_dir() {
+            anyhow::bail!("--workspace-root {}: give an absolute path to a folder that exists", root.display());
+        }
     }
     let data_dir = args.data_dir.unwrap_or_else(crate::config::default_data_dir);
     let mut config = DaemonConfig::new(data_dir.clone());
@@ -300,11 +333,14 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         }
     }
     config.sandbox_read = args.sandbox_read.clone();
+    config.tls = tls;
+    config.workspace_roots =
+        args.workspace_root.iter().map(|r| std::fs::canonicalize(r).unwrap_or(r.clone())).collect();
     crate::server::raise_open_files_limit();
     // Open (and lock) the store before announcing the address, so a refused
     // start never looks like a running daemon.
     let daemon = crate::server::Daemon::open(config)?;
-    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = args.listen.bind().await?;
     let addr = listener.local_addr().context("cannot read the bound address")?;
     let shutdown = async {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -1,6 +1,5 @@
 //! The daemon's resolved configuration, passed explicitly (never global).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,6 +17,11 @@ pub struct DaemonConfig {
     pub limits: Limits,
     /// Further paths sandboxed commands may read (toolchains outside `/usr`).
     pub sandbox_read: Vec<PathBuf>,
+    /// TLS for TCP connections; `None` serves plaintext.
+    pub tls: Option<crate::transport::TlsFiles>,
+    /// Folders under which project workspaces may be set (empty: anywhere the
+    /// daemon's user can write, for a single user's daemon).
+    pub workspace_roots: Vec<PathBuf>,
 }
 
 impl DaemonConfig {
@@ -29,20 +33,25 @@ impl DaemonConfig {
             shutdown_grace: Duration::from_secs(10),
             limits: Limits::default(),
             sandbox_read: Vec::new(),
+            tls: None,
+            workspace_roots: Vec::new(),
         }
     }
 }
 
-/// Where the daemon listens by default.
-pub fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], maestro_shared::DEFAULT_PORT))
+/// Where the daemon listens by default: the Unix socket `~/.maestro/maestrod.sock`,
+/// the one `maestroctl` looks for, open to this user only.
+pub fn default_listen() -> crate::transport::ListenAddr {
+    crate::transport::ListenAddr::Unix(maestro_shared::local_socket(&home()))
+}
+
+/// HOME, or the current folder when it is not set.
+fn home() -> PathBuf {
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map_or_else(|| PathBuf::from("."), PathBuf::from);
+    std::path::absolute(&home).unwrap_or(home)
 }
 
 /// `~/.maestro/data`, or `./.maestro/data` when there is no home directory.
 pub fn default_data_dir() -> PathBuf {
-    std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map_or_else(|| PathBuf::from("."), PathBuf::from)
-        .join(".maestro")
-        .join("data")
+    home().join(".maestro").join("data")
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod harness;
 pub mod server;
 pub mod ssot;
+pub mod transport;
 
 pub use config::DaemonConfig;
 pub use server::run;

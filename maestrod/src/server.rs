@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
@@ -13,11 +12,13 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::autoloop::manager::LoopManager;
+use crate::autoloop::placement::Placement;
 use crate::config::DaemonConfig;
 use crate::harness::sandbox::{LocalSandbox, SandboxOptions, SandboxProvider};
 use crate::ssot::Ssot;
 use crate::ssot::sled_store::{SledOptions, SledStore};
 use crate::ssot::store::StoreError;
+use crate::transport::Listener;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -27,6 +28,8 @@ pub enum ServerError {
     Users(#[from] crate::auth::AuthError),
     #[error("serving gRPC failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Listen(#[from] crate::transport::TransportError),
 }
 
 /// Requests one connection may have in flight (watch streams included); more wait.
@@ -53,7 +56,7 @@ pub fn raise_open_files_limit() {
 /// Runs the daemon on `listener` until `shutdown` resolves.
 pub async fn run(
     config: DaemonConfig,
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     Daemon::open(config)?.serve(listener, shutdown).await
@@ -66,6 +69,7 @@ pub struct Daemon {
     store: Arc<SledStore>,
     ssot: Arc<Ssot>,
     users: Arc<crate::auth::Users>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl Daemon {
@@ -79,17 +83,25 @@ impl Daemon {
         let sandbox = Arc::new(LocalSandbox::probe_with(options));
         // Every RPC needs a token; a fresh data dir gets its admin token here.
         let users = Arc::new(crate::auth::Users::open(&config.data_dir)?);
-        Ok(Daemon { config, sandbox, store, ssot, users })
+        // Read before anything is served: an unreadable certificate stops the start.
+        let tls = config.tls.as_ref().map(crate::transport::TlsFiles::load).transpose()?;
+        Ok(Daemon { config, sandbox, store, ssot, users, tls })
     }
 
     /// Serves the API on `listener` until `shutdown` resolves, then shuts down in order.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let Daemon { config, sandbox, store, ssot, users } = self;
+    pub async fn serve(
+        self,
+        listener: impl Into<Listener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        let Daemon { config, sandbox, store, ssot, users, tls } = self;
+        let listener = listener.into();
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(maintenance(ssot.clone(), config.clone(), cancel.clone()).instrument(info_span!("maintenance")));
 
-        let loops = LoopManager::with_data_dir(ssot.clone(), sandbox.clone(), Some(config.data_dir.clone()));
+        let placement = Placement::new(Some(config.data_dir.clone()), config.workspace_roots.clone());
+        let loops = LoopManager::with_placement(ssot.clone(), sandbox.clone(), placement);
         match loops.resume_all().await {
             Ok(0) => {}
             Ok(resumed) => info!(resumed, "unfinished loops resumed"),
@@ -104,9 +116,12 @@ impl Daemon {
             users.clone(),
         )
         .await;
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let stopping = CancellationToken::new();
-        let serve = Server::builder()
+        let mut server = Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls)?;
+        }
+        let router = server
             .trace_fn(|request| info_span!("rpc", method = %request.uri().path()))
             // Dead peers are found and their connections closed; one connection cannot
             // hold more than its share of request handlers.
@@ -115,18 +130,30 @@ impl Daemon {
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
             .concurrency_limit_per_connection(CONCURRENT_REQUESTS_PER_CONNECTION)
             .layer(crate::api::auth::AuthLayer::new(users, ssot.clone()))
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, {
-                let store = store.clone();
-                let stopping = stopping.clone();
-                async move {
-                    shutdown.await;
-                    info!("shutting down: no new requests; ending watches");
-                    // Watch streams never end by themselves; end them so connections can drain.
-                    store.end_watches();
-                    stopping.cancel();
-                }
-            });
+            .add_routes(routes);
+        let signal = {
+            let store = store.clone();
+            let stopping = stopping.clone();
+            async move {
+                shutdown.await;
+                info!("shutting down: no new requests; ending watches");
+                // Watch streams never end by themselves; end them so connections can drain.
+                store.end_watches();
+                stopping.cancel();
+            }
+        };
+        let mut socket_file = None;
+        let serve: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>>>> = match listener {
+            Listener::Tcp(listener) => {
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+            }
+            Listener::Unix(listener, path) => {
+                socket_file = Some(path);
+                let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+                Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+            }
+        };
         tokio::pin!(serve);
         tokio::select! {
             result = &mut serve => result?,
@@ -140,6 +167,9 @@ impl Daemon {
         tasks.close();
         tasks.wait().await;
         store.close().await;
+        if let Some(path) = socket_file {
+            let _ = std::fs::remove_file(path);
+        }
         info!("store flushed; bye");
         Ok(())
     }

@@ -11,12 +11,13 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("maestro_descriptor");
 }
 
-/// The port `maestrod` listens on by default (on 127.0.0.1).
+/// The usual TCP port of a shared `maestrod` (`--listen 127.0.0.1:7700`).
 pub const DEFAULT_PORT: u16 = 7700;
 
-/// The default server address clients connect to.
-pub fn default_server() -> String {
-    format!("http://127.0.0.1:{DEFAULT_PORT}")
+/// The Unix socket of a user's own daemon, under `home`: where `maestrod`
+/// listens by default and where `maestroctl` looks for (and starts) it.
+pub fn local_socket(home: &std::path::Path) -> std::path::PathBuf {
+    home.join(".maestro").join("maestrod.sock")
 }
 
 /// A connection that sends a bearer token with every call: what clients of an

@@ -316,7 +316,7 @@ fn settings_come_from_flags_env_the_project_folder_and_the_users_file() {
     for (args, mention) in [
         (&["config", "set", "colour", "red"][..], "unknown key \"colour\""),
         (&["config", "set", "output", "yaml"][..], "not an output format"),
-        (&["config", "set", "server", "https://h:1"][..], "TLS is not supported yet"),
+        (&["config", "set", "server", "ftp://h:1"][..], "not a valid address"),
     ] {
         let out = ctl(work.path(), &[], args);
         assert_eq!(out.code, 1, "{out:?}");

@@ -37,6 +37,8 @@ fn a_daemon_does_not_listen_beyond_loopback_unless_told_it_is_insecure() {
     let mut child = Command::new(binary("e2e-maestrod"))
         .args(["--listen", "0.0.0.0:0", "--insecure-listen", "--data-dir"])
         .arg(dir.path().join("data"))
+        .arg("--workspace-root")
+        .arg(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())

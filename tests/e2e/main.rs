@@ -16,6 +16,7 @@ mod model_server;
 mod real_model;
 mod replay;
 mod rollback;
+mod transport;
 mod watch;
 
 use maestro_shared::v1::{

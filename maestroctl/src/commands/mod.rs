@@ -64,6 +64,8 @@ pub(crate) async fn dispatch(
         Command::Pause { loop_id } => loops::act(channel, loop_id, loops::Action::Pause, output).await,
         Command::Resume { loop_id } => loops::act(channel, loop_id, loops::Action::Resume, output).await,
         // Settings need no daemon: the callers run them before connecting.
-        Command::Config { .. } => Err(anyhow::anyhow!("internal: config reached the daemon dispatch")),
+        Command::Config { .. } | Command::Context { .. } => {
+            Err(anyhow::anyhow!("internal: config and context need no daemon and never reach the dispatch"))
+        }
     }
 }

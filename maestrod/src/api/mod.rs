@@ -67,6 +67,7 @@ pub async fn routes(
         .add_service(v1::project_service_server::ProjectServiceServer::new(projects::Projects(
             ssot.clone(),
             Some(users),
+            loops.clone(),
         )))
         .add_service(v1::requirement_service_server::RequirementServiceServer::new(requirements::Requirements(
             ssot.clone(),

@@ -11,7 +11,12 @@ use crate::ssot::Ssot;
 use crate::ssot::projects::ProjectUpdate;
 
 /// The projects, and the users whose grants name them.
-pub(crate) struct Projects(pub(crate) Arc<Ssot>, pub(crate) Option<Arc<crate::auth::Users>>);
+pub(crate) struct Projects(
+    pub(crate) Arc<Ssot>,
+    pub(crate) Option<Arc<crate::auth::Users>>,
+    /// Decides where workspaces may be.
+    pub(crate) Arc<crate::autoloop::manager::LoopManager>,
+);
 
 #[tonic::async_trait]
 impl ProjectService for Projects {
@@ -20,6 +25,7 @@ impl ProjectService for Projects {
         request: Request<v1::CreateProjectRequest>,
     ) -> Result<Response<v1::Project>, Status> {
         let r = request.into_inner();
+        self.2.check_workspace(&r.workspace).status()?;
         let project = self.0.create_project(&r.id, &r.display_name, &r.workspace).await.status()?;
         Ok(Response::new(convert::project(project)))
     }
@@ -60,6 +66,9 @@ impl ProjectService for Projects {
                 "user {} may not change the workspace of {}: only a daemon admin sets workspaces",
                 caller.0.name, r.id
             )));
+        }
+        if let Some(workspace) = &r.workspace {
+            self.2.check_workspace(workspace).status()?;
         }
         let update = ProjectUpdate { display_name: r.display_name, workspace: r.workspace, etag: r.etag };
         let project = self.0.update_project(&r.id, update).await.status()?;

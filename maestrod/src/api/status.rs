@@ -15,6 +15,7 @@ pub(crate) fn to_status(error: SsotError) -> Status {
         SsotError::FailedPrecondition(_) => Code::FailedPrecondition,
         SsotError::StaleEtag { .. } | SsotError::Conflict(_) => Code::Aborted,
         SsotError::ResourceExhausted(_) => Code::ResourceExhausted,
+        SsotError::PermissionDenied(_) => Code::PermissionDenied,
         SsotError::Store(store) => return store_status(store),
     };
     Status::new(code, capped(error.to_string()))

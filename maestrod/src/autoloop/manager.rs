@@ -17,6 +17,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::control::{Control, PendingDecision};
 use super::demo;
 use super::fsm::Decision;
+use super::placement::Placement;
 use super::runner::{self, Runner};
 use crate::agents::llm::config::Keys;
 use crate::harness::sandbox::SandboxProvider;
@@ -50,8 +51,8 @@ struct Inner {
 
 pub struct LoopManager {
     ssot: Arc<Ssot>,
-    /// The daemon's data dir: no workspace may contain it (nor sit inside it).
-    data_dir: Option<PathBuf>,
+    /// Where workspaces may be.
+    placement: Placement,
     sandbox: Arc<dyn SandboxProvider>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -69,17 +70,18 @@ fn project_id_from(dir: &Path) -> String {
 
 impl LoopManager {
     pub fn new(ssot: Arc<Ssot>, sandbox: Arc<dyn SandboxProvider>) -> Arc<LoopManager> {
-        Self::with_data_dir(ssot, sandbox, None)
+        Self::with_placement(ssot, sandbox, Placement::default())
     }
 
-    pub fn with_data_dir(
+    /// A manager whose loops' workspaces must meet `placement`.
+    pub fn with_placement(
         ssot: Arc<Ssot>,
         sandbox: Arc<dyn SandboxProvider>,
-        data_dir: Option<PathBuf>,
+        placement: Placement,
     ) -> Arc<LoopManager> {
         Arc::new(LoopManager {
             ssot,
-            data_dir: data_dir.map(|d| d.canonicalize().unwrap_or(d)),
+            placement,
             sandbox,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -193,20 +195,15 @@ impl LoopManager {
                 "workspace {workspace} does not exist or is not a folder"
             )));
         }
-        self.check_apart(Path::new(&workspace))?;
+        self.placement.check(Path::new(&workspace))?;
         Ok((project.id, workspace))
     }
 
-    /// Agents' commands must never reach the daemon's data: a workspace may not contain it or lie in it.
-    fn check_apart(&self, workspace: &Path) -> Result<()> {
-        let Some(data) = &self.data_dir else { return Ok(()) };
-        let workspace = workspace.canonicalize().unwrap_or_else(|_| workspace.to_path_buf());
-        if data.starts_with(&workspace) || workspace.starts_with(data) {
-            return Err(SsotError::FailedPrecondition(format!(
-                "workspace {} and the daemon's data dir {} overlap; keep projects out of the data dir and the data dir out of projects",
-                workspace.display(),
-                data.display()
-            )));
+    /// Whether a project's workspace may be `workspace` (an allowed folder,
+    /// apart from the daemon's data); empty clears it and is always allowed.
+    pub fn check_workspace(&self, workspace: &str) -> Result<()> {
+        if !workspace.is_empty() {
+            self.placement.check(Path::new(workspace))?;
         }
         Ok(())
     }
@@ -230,7 +227,7 @@ impl LoopManager {
                 Err(e) => return Err(e),
             }
         }
-        self.check_apart(&dir)?;
+        self.placement.check(&dir)?;
         let (dir2, id) = (dir.clone(), project.clone());
         tokio::task::spawn_blocking(move || demo::prepare(&dir2, &id))
             .await
