@@ -34,6 +34,10 @@ pub struct Args {
     /// Require client certificates signed by these PEM CA certificates (mutual TLS).
     #[arg(long, env = "MAESTRO_TLS_CLIENT_CA", requires = "tls_cert", value_name = "PEM")]
     tls_client_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (no token needed: keep it
+    /// on loopback or a monitoring network).
+    #[arg(long, env = "MAESTRO_METRICS_LISTEN", value_name = "HOST:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Allow listening beyond loopback without TLS: tokens and data cross the
     /// network in the clear. Only on a network you trust.
     #[arg(long, env = "MAESTRO_INSECURE_LISTEN")]
@@ -334,6 +338,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     config.sandbox_read = args.sandbox_read.clone();
     config.tls = tls;
+    config.metrics_listen = args.metrics_listen;
     config.workspace_roots =
         args.workspace_root.iter().map(|r| std::fs::canonicalize(r).unwrap_or(r.clone())).collect();
     crate::server::raise_open_files_limit();

@@ -22,6 +22,8 @@ pub struct DaemonConfig {
     /// Folders under which project workspaces may be set (empty: anywhere the
     /// daemon's user can write, for a single user's daemon).
     pub workspace_roots: Vec<PathBuf>,
+    /// Where `/metrics` is served (Prometheus), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl DaemonConfig {
@@ -35,6 +37,7 @@ impl DaemonConfig {
             sandbox_read: Vec::new(),
             tls: None,
             workspace_roots: Vec::new(),
+            metrics_listen: None,
         }
     }
 }

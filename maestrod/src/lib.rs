@@ -10,6 +10,7 @@ pub mod autoloop;
 pub mod cli;
 pub mod config;
 pub mod harness;
+pub mod metrics;
 pub mod server;
 pub mod ssot;
 pub mod transport;

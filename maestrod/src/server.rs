@@ -107,6 +107,13 @@ impl Daemon {
             Ok(resumed) => info!(resumed, "unfinished loops resumed"),
             Err(error) => warn!(%error, "cannot resume unfinished loops"),
         }
+        if let Some(addr) = config.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| {
+                crate::transport::TransportError::Bind { address: format!("--metrics-listen {addr}"), source }
+            })?;
+            let serve = crate::api::metrics::serve_metrics(listener, ssot.clone(), loops.clone(), cancel.clone());
+            tasks.spawn(serve.instrument(info_span!("metrics")));
+        }
         let routes = crate::api::routes(
             ssot.clone(),
             loops.clone(),
@@ -129,6 +136,7 @@ impl Daemon {
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
             .concurrency_limit_per_connection(CONCURRENT_REQUESTS_PER_CONNECTION)
+            .layer(crate::api::metrics::RpcMetricsLayer)
             .layer(crate::api::auth::AuthLayer::new(users, ssot.clone()))
             .add_routes(routes);
         let signal = {

@@ -16,6 +16,7 @@ mod model_server;
 mod real_model;
 mod replay;
 mod rollback;
+mod telemetry;
 mod transport;
 mod watch;
 

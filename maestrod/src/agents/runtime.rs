@@ -170,6 +170,14 @@ impl AgentRun<'_> {
             }
             Err(error) => ("error".to_string(), 0, (0, 0), error.to_string()),
         };
+        let metrics = crate::metrics::get();
+        // A server's own stop reasons are many: they count as `other`.
+        let known = ["end_turn", "tool_use", "max_tokens", "error"];
+        let label = if known.contains(&outcome.as_str()) { outcome.clone() } else { "other".into() };
+        metrics.model_calls.get_or_create(&crate::metrics::OutcomeLabels { outcome: label }).inc();
+        for (direction, count) in [("input", tokens_in), ("output", tokens_out)] {
+            metrics.model_tokens.get_or_create(&crate::metrics::TokenLabels { direction: direction.into() }).inc_by(count);
+        }
         let entry = crate::ssot::exec_log::NewLogEntry {
             loop_id: self.ctx.loop_id.clone(),
             epoch: self.ctx.epoch,

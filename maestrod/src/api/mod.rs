@@ -10,6 +10,7 @@ mod harness;
 mod locks;
 mod loops;
 mod memory;
+pub mod metrics;
 mod projects;
 mod requirements;
 mod snapshots;

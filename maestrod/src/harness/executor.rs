@@ -153,6 +153,10 @@ impl Harness {
             let started = Instant::now();
             if let Decision::Deny(violation) = self.gate.check(&ctx.role, &action)? {
                 let detail = format!("{}: {}", violation.rule, violation.reason);
+                crate::metrics::get()
+                    .harness_denials
+                    .get_or_create(&crate::metrics::RuleLabels { rule: violation.rule.clone() })
+                    .inc();
                 self.log(ctx, &action, "denied", &detail, started).await?;
                 return Err(HarnessError::Denied(violation));
             }

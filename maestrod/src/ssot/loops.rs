@@ -36,6 +36,17 @@ pub enum LoopState {
 }
 
 impl LoopState {
+    pub const ALL: [LoopState; 8] = [
+        LoopState::Queued,
+        LoopState::Running,
+        LoopState::Paused,
+        LoopState::Escalated,
+        LoopState::Succeeded,
+        LoopState::Failed,
+        LoopState::Aborted,
+        LoopState::Cancelled,
+    ];
+
     pub fn is_final(self) -> bool {
         matches!(self, LoopState::Succeeded | LoopState::Failed | LoopState::Aborted | LoopState::Cancelled)
     }

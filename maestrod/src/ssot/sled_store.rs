@@ -644,6 +644,7 @@ impl Store for SledStore {
         StoreStatus {
             revision: self.shared.committed.load(Ordering::Acquire),
             compact_revision: self.shared.compacted.load(Ordering::Acquire),
+            watchers: self.shared.events.receiver_count(),
         }
     }
 }
@@ -1044,7 +1045,9 @@ impl Writer {
         let Group { mut batch, published, replies, dirty, .. } = group;
         if dirty {
             batch.insert(layout::meta("revision"), encode(&self.revision));
+            let started = std::time::Instant::now();
             let durable = self.shared.tree.apply_batch(batch).and_then(|()| self.shared.tree.flush().map(|_| ()));
+            crate::metrics::get().store_write_seconds.observe(started.elapsed().as_secs_f64());
             if let Err(error) = durable {
                 error!(%error, "group commit failed; the store stops accepting writes");
                 let message = format!("storage failure: {error}");

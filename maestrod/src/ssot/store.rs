@@ -213,6 +213,8 @@ pub struct StoreStatus {
     pub revision: Revision,
     /// History before this revision is gone.
     pub compact_revision: Revision,
+    /// Watch streams open now.
+    pub watchers: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
