@@ -1,7 +1,6 @@
 //! The `maestrod` command line: parses arguments, installs logging, binds the
 //! listener and runs the daemon. `main.rs` only calls [`main`].
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,7 +8,6 @@ use crate::DaemonConfig;
 use crate::transport::{ListenAddr, TlsFiles};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -266,15 +264,6 @@ pub fn main() -> ExitCode {
         }
         None => {}
     }
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match args.log_format {
-        LogFormat::Text => subscriber.init(),
-        LogFormat::Json => subscriber.json().init(),
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -282,6 +271,15 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Logs, and traces over OTLP when OTEL_* asks; flushed when `_telemetry` drops.
+    let _telemetry =
+        match runtime.block_on(async { crate::telemetry::init(matches!(args.log_format, LogFormat::Json)) }) {
+            Ok(telemetry) => telemetry,
+            Err(error) => {
+                eprintln!("maestrod: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
     match runtime.block_on(serve(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

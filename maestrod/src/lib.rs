@@ -13,6 +13,7 @@ pub mod harness;
 pub mod metrics;
 pub mod server;
 pub mod ssot;
+pub mod telemetry;
 pub mod transport;
 
 pub use config::DaemonConfig;

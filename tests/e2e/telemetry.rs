@@ -12,9 +12,8 @@ type Samples = BTreeMap<String, f64>;
 /// the end, and `name{label="value",…} number` samples. Panics on anything else.
 fn parse(text: &str) -> Samples {
     let mut samples = Samples::new();
-    let mut lines = text.lines().peekable();
     let mut ended = false;
-    while let Some(line) = lines.next() {
+    for line in text.lines() {
         assert!(!ended, "nothing after # EOF: {line}");
         if line == "# EOF" {
             ended = true;
@@ -118,4 +117,98 @@ async fn metrics_count_what_happened() {
     let last = scrape(&addr).await;
     assert!(!last.keys().any(|k| k.contains("Invented")), "unknown methods count as other");
     assert!(last.keys().any(|k| k.contains("method=\"other\"")));
+}
+
+/// A stand-in for an OpenTelemetry collector: keeps every span it is sent.
+#[derive(Clone, Default)]
+struct Collector(std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
+    ) -> Result<
+        tonic::Response<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse>,
+        tonic::Status,
+    > {
+        let mut spans = self.0.lock().unwrap();
+        for resource in request.into_inner().resource_spans {
+            let service = resource
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .any(|a| a.key == "service.name" && format!("{:?}", a.value).contains("maestrod"));
+            assert!(service, "spans come from service.name=maestrod");
+            for scope in resource.scope_spans {
+                spans.extend(scope.spans);
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+fn attribute(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let value = span.attributes.iter().find(|a| a.key == key)?.value.as_ref()?.value.as_ref()?;
+    Some(match value {
+        Value::StringValue(s) => s.clone(),
+        Value::IntValue(i) => i.to_string(),
+        Value::DoubleValue(d) => d.to_string(),
+        Value::BoolValue(b) => b.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the spans of RPCs, the loop, its
+/// epochs, agent runs, model calls (with GenAI attributes) and harness actions
+/// reach the collector, flushed at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_otlp_collector() {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let service = opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(
+        collector.clone(),
+    );
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut daemon =
+        Daemon::start_with_env(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_BSP_SCHEDULE_DELAY", "200")])
+            .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let demo = work.path().join("demo");
+    let run = daemon.ctl(&["run", "--demo", "--workspace", demo.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let status = daemon.terminate().unwrap();
+    assert!(status.success(), "{}", daemon.log());
+
+    let spans = collector.0.lock().unwrap().clone();
+    let named = |name: &str| spans.iter().filter(|s| s.name == name).count();
+    for name in ["rpc", "loop", "epoch", "agent", "action"] {
+        assert!(named(name) > 0, "no {name} span among {:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>());
+    }
+    let chats: Vec<_> = spans.iter().filter(|s| s.name.starts_with("chat ")).collect();
+    assert!(!chats.is_empty(), "model calls are spans");
+    for chat in &chats {
+        assert_eq!(attribute(chat, "gen_ai.operation.name").as_deref(), Some("chat"));
+        assert!(attribute(chat, "gen_ai.request.model").is_some_and(|m| chat.name.ends_with(&m)));
+        assert!(attribute(chat, "gen_ai.provider.name").is_some());
+        assert!(attribute(chat, "gen_ai.usage.input_tokens").is_some(), "{chat:?}");
+        assert!(attribute(chat, "gen_ai.response.finish_reasons").is_some());
+    }
+    // A model call happens inside an agent run, inside an epoch, inside the loop.
+    let by_id: std::collections::HashMap<_, _> = spans.iter().map(|s| (s.span_id.clone(), s)).collect();
+    let mut ancestors = Vec::new();
+    let mut parent = chats[0].parent_span_id.clone();
+    while let Some(span) = by_id.get(&parent) {
+        ancestors.push(span.name.clone());
+        parent = span.parent_span_id.clone();
+    }
+    for name in ["agent", "epoch", "loop"] {
+        assert!(ancestors.iter().any(|a| a == name), "{name} above a model call: {ancestors:?}");
+    }
 }

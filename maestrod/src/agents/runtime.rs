@@ -143,6 +143,16 @@ pub fn fit(messages: &mut [Message], tools: &[super::llm::ToolSpec], budget: u64
     estimate_tokens(messages, tools) <= budget
 }
 
+/// Why the model stopped, as logged and traced.
+fn finish_reason(stop: &StopReason) -> String {
+    match stop {
+        StopReason::EndTurn => "end_turn".to_string(),
+        StopReason::ToolUse => "tool_use".to_string(),
+        StopReason::MaxTokens => "max_tokens".to_string(),
+        StopReason::Other(other) => other.clone(),
+    }
+}
+
 /// The first line of `text`, at most `max` characters.
 fn first_line(text: &str, max: usize) -> String {
     let line = text.trim().lines().next().unwrap_or_default();
@@ -154,12 +164,7 @@ impl AgentRun<'_> {
     async fn log_call(&self, response: &Result<super::llm::ChatResponse, LlmError>, took: std::time::Duration) {
         let (outcome, tokens, (tokens_in, tokens_out), detail) = match response {
             Ok(r) => {
-                let stop = match &r.stop {
-                    StopReason::EndTurn => "end_turn".to_string(),
-                    StopReason::ToolUse => "tool_use".to_string(),
-                    StopReason::MaxTokens => "max_tokens".to_string(),
-                    StopReason::Other(other) => other.clone(),
-                };
+                let stop = finish_reason(&r.stop);
                 let detail = format!(
                     "in {} out {} tokens, {} tool calls",
                     r.usage.input_tokens,
@@ -176,7 +181,10 @@ impl AgentRun<'_> {
         let label = if known.contains(&outcome.as_str()) { outcome.clone() } else { "other".into() };
         metrics.model_calls.get_or_create(&crate::metrics::OutcomeLabels { outcome: label }).inc();
         for (direction, count) in [("input", tokens_in), ("output", tokens_out)] {
-            metrics.model_tokens.get_or_create(&crate::metrics::TokenLabels { direction: direction.into() }).inc_by(count);
+            metrics
+                .model_tokens
+                .get_or_create(&crate::metrics::TokenLabels { direction: direction.into() })
+                .inc_by(count);
         }
         let entry = crate::ssot::exec_log::NewLogEntry {
             loop_id: self.ctx.loop_id.clone(),
@@ -239,10 +247,39 @@ impl AgentRun<'_> {
                     on_retry: self.on_retry.clone(),
                 };
                 let started = std::time::Instant::now();
+                // OpenTelemetry's GenAI semantic conventions name the attributes.
+                let span = tracing::info_span!(
+                    "chat",
+                    otel.name = format!("chat {}", self.model),
+                    otel.kind = "client",
+                    gen_ai.operation.name = "chat",
+                    gen_ai.provider.name = self.provider.name(),
+                    gen_ai.request.model = %self.model,
+                    gen_ai.request.max_tokens = self.max_tokens,
+                    gen_ai.request.temperature = tracing::field::Empty,
+                    gen_ai.agent.name = %self.ctx.role,
+                    gen_ai.usage.input_tokens = tracing::field::Empty,
+                    gen_ai.usage.output_tokens = tracing::field::Empty,
+                    gen_ai.response.finish_reasons = tracing::field::Empty,
+                    error.type = tracing::field::Empty,
+                );
+                if let Some(temperature) = self.temperature {
+                    span.record("gen_ai.request.temperature", f64::from(temperature));
+                }
                 let response = tokio::select! {
-                    response = self.provider.chat(&request) => response,
+                    response = self.provider.chat(&request).instrument(span.clone()) => response,
                     () = cancel.cancelled() => return Ok(RunOutcome::Cancelled),
                 };
+                match &response {
+                    Ok(r) => {
+                        span.record("gen_ai.usage.input_tokens", r.usage.input_tokens);
+                        span.record("gen_ai.usage.output_tokens", r.usage.output_tokens);
+                        span.record("gen_ai.response.finish_reasons", finish_reason(&r.stop));
+                    }
+                    Err(error) => {
+                        span.record("error.type", error.kind());
+                    }
+                }
                 self.log_call(&response, started.elapsed()).await;
                 let response = match response {
                     Ok(response) => response,

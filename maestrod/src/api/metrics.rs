@@ -75,7 +75,10 @@ where
         Box::pin(async move {
             let result = inner.call(request).await;
             let metrics = crate::metrics::get();
-            metrics.rpc_seconds.get_or_create(&MethodLabels { method: method.clone() }).observe(started.elapsed().as_secs_f64());
+            metrics
+                .rpc_seconds
+                .get_or_create(&MethodLabels { method: method.clone() })
+                .observe(started.elapsed().as_secs_f64());
             let code = match &result {
                 Ok(response) => code_of(response),
                 Err(_) => "UNKNOWN".to_string(),

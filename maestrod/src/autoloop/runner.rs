@@ -676,15 +676,21 @@ impl Runner {
             if PANIC_IN.lock().expect("test hook").as_ref() == Some(&(self.record.project.clone(), self.record.phase)) {
                 panic!("test hook: panic in {}", self.record.phase.as_str());
             }
-            let outcome = match self.record.phase {
-                Phase::Plan => self.plan().await?,
-                Phase::Assign => self.assign().await?,
-                Phase::Exec => self.exec().await?,
-                Phase::Valid => self.valid().await?,
-                Phase::Commit => Some(self.commit().await?),
-                Phase::Check => Some(self.check().await?),
-                Phase::Rollback => Some(Outcome::RollbackDue),
-            };
+            // One span per phase of an epoch (`epoch` with its number and phase).
+            let span = info_span!("epoch", epoch = self.record.epoch, phase = self.record.phase.as_str());
+            let outcome = async {
+                Ok::<_, LoopError>(match self.record.phase {
+                    Phase::Plan => self.plan().await?,
+                    Phase::Assign => self.assign().await?,
+                    Phase::Exec => self.exec().await?,
+                    Phase::Valid => self.valid().await?,
+                    Phase::Commit => Some(self.commit().await?),
+                    Phase::Check => Some(self.check().await?),
+                    Phase::Rollback => Some(Outcome::RollbackDue),
+                })
+            }
+            .instrument(span)
+            .await?;
             // No outcome: the work was interrupted (cancel, shutdown); the top of the loop says how.
             if let Some(outcome) = outcome {
                 self.apply(outcome).await?;

@@ -156,6 +156,21 @@ pub enum LlmError {
 }
 
 impl LlmError {
+    /// A short name of the kind of error, for traces (`error.type`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LlmError::Auth { .. } => "auth",
+            LlmError::UnknownModel { .. } => "unknown_model",
+            LlmError::Unreachable { .. } => "unreachable",
+            LlmError::RateLimited { .. } => "rate_limited",
+            LlmError::Server { .. } => "server_error",
+            LlmError::Rejected { .. } => "rejected",
+            LlmError::BadResponse { .. } => "bad_response",
+            LlmError::Config(_) => "config",
+            LlmError::MissingKey { .. } => "missing_key",
+        }
+    }
+
     /// Errors that asking again cannot cure: a rejected key, an unknown model,
     /// a request the server refuses as it is (too long for the context, invalid).
     pub fn is_permanent(&self) -> bool {
