@@ -149,11 +149,34 @@ pub(crate) enum Command {
         #[command(subcommand)]
         cmd: Option<ConfigCmd>,
     },
+    /// The daemon's users: add (prints the token once), list, revoke. Needs the
+    /// admin role in the projects concerned (or over the daemon).
+    #[command(subcommand)]
+    User(UserCmd),
     /// Named servers with their CA and token (in ~/.maestro/contexts.yaml, 0600).
     Context {
         #[command(subcommand)]
         cmd: ContextCmd,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum UserCmd {
+    /// Add a user with a role in --project (or in every project with --all);
+    /// prints the token on stdout, the only time it is shown.
+    Add {
+        name: String,
+        /// viewer (read, watch), developer (write, run loops) or admin.
+        #[arg(long, default_value = "developer")]
+        role: String,
+        /// The role in every project, and over the daemon itself.
+        #[arg(long)]
+        all: bool,
+    },
+    /// The users you manage and their roles (never their tokens).
+    List,
+    /// Remove a user: its token stops working at once.
+    Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]

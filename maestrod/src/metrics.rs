@@ -136,6 +136,10 @@ mod tests {
         let metrics = get();
         metrics.rpc_requests.get_or_create(&RpcLabels { method: "/x".into(), code: "OK".into() }).inc();
         metrics.harness_denials.get_or_create(&RuleLabels { rule: "path.outside-workspace".into() }).inc();
+        // A family shows once it has a member.
+        metrics.rpc_seconds.get_or_create(&MethodLabels { method: "/x".into() }).observe(0.01);
+        metrics.model_tokens.get_or_create(&TokenLabels { direction: "input".into() }).inc_by(5);
+        metrics.loops.get_or_create(&StateLabels { state: "RUNNING".into() }).set(1);
         let text = metrics.encode();
         for name in [
             "maestro_rpc_requests_total{method=\"/x\",code=\"OK\"}",

@@ -336,3 +336,46 @@ async fn a_deleted_project_takes_its_grants_with_it() {
     assert_eq!(code, 1);
     assert!(err.contains("PERMISSION_DENIED"), "{err}");
 }
+
+/// `UserService` and `maestroctl user`: the daemon's admin hands a project to
+/// its admin, who manages that project's users and no one else.
+#[test]
+fn a_project_admin_manages_the_users_of_their_project_only() {
+    let daemon = Daemon::start().unwrap();
+    daemon.ctl(&["project", "create", "shop"]).ok();
+    daemon.ctl(&["project", "create", "other"]).ok();
+    let added = daemon.ctl(&["-p", "shop", "user", "add", "alice", "--role", "admin"]);
+    let alice = added.ok().trim().to_string();
+    assert!(alice.starts_with("mst_"), "the token, once: {added:?}");
+
+    let bob =
+        ctl_as(&daemon, &alice, &["-p", "shop", "user", "add", "bob", "--role", "developer"]).ok().trim().to_string();
+    ctl_as(&daemon, &bob, &["-p", "shop", "req", "add", "Bob's first"]).ok();
+    for args in [&["-p", "other", "user", "add", "eve"][..], &["user", "add", "eve", "--all"]] {
+        let denied = ctl_as(&daemon, &alice, args);
+        assert!(denied.code == 1 && denied.stderr.contains("PERMISSION_DENIED"), "{args:?}: {denied:?}");
+    }
+    let listed = ctl_as(&daemon, &alice, &["-o", "json", "user", "list"]).json();
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["alice", "bob"], "only the users of alice's project");
+    assert_eq!(listed[1]["grants"][0], serde_json::json!({"project": "shop", "role": "ROLE_DEVELOPER"}));
+    assert!(!listed.to_string().contains("mst_"), "never a token");
+    let not_hers = ctl_as(&daemon, &alice, &["user", "revoke", "admin"]);
+    assert!(not_hers.stderr.contains("NOT_FOUND"), "{not_hers:?}");
+    let by_developer = ctl_as(&daemon, &bob, &["user", "list"]);
+    assert!(by_developer.stderr.contains("PERMISSION_DENIED"), "{by_developer:?}");
+
+    // One registry: maestrod's own command sees what the RPC did, and the RPC what it does.
+    let out = Command::new(binary("e2e-maestrod"))
+        .arg("--data-dir")
+        .arg(daemon.data_dir())
+        .args(["user", "list", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"bob\""));
+    ctl_as(&daemon, &alice, &["user", "revoke", "bob"]).ok();
+    let gone = ctl_as(&daemon, &bob, &["-p", "shop", "req", "list"]);
+    assert!(gone.stderr.contains("UNAUTHENTICATED"), "revoked at once: {gone:?}");
+    let again = ctl_as(&daemon, &alice, &["-p", "shop", "user", "add", "alice", "--role", "viewer"]);
+    assert!(again.stderr.contains("ALREADY_EXISTS"), "{again:?}");
+}

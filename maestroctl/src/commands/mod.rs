@@ -12,6 +12,7 @@ mod run;
 mod snapshot;
 mod system;
 mod usage;
+mod users;
 
 use maestro_shared::Conn;
 
@@ -55,6 +56,7 @@ pub(crate) async fn dispatch(
         }
         Command::Attach { loop_id, from_seq, follow } => run::attach(channel, &loop_id, from_seq, follow, output).await,
         Command::Loop(cmd) => loops::run(cmd, project, channel, output).await,
+        Command::User(cmd) => users::run(cmd, project, channel, output).await,
         Command::Approve { loop_id } => loops::act(channel, loop_id, loops::Action::Approve, output).await,
         Command::Retry { loop_id, guidance } => {
             loops::act(channel, loop_id, loops::Action::Retry(guidance), output).await

@@ -93,6 +93,10 @@ pub const RULES: &[Rule] = &[
     rule("/maestro.v1.SystemService/Ping", Viewer, Authenticated),
     rule("/maestro.v1.SystemService/GetInfo", Viewer, Authenticated),
     rule("/maestro.v1.SystemService/Compact", Admin, Daemon),
+    // Narrowed by the service to the users of the projects the caller administers.
+    rule("/maestro.v1.UserService/AddUser", Admin, AnyProject),
+    rule("/maestro.v1.UserService/ListUsers", Admin, AnyProject),
+    rule("/maestro.v1.UserService/RevokeUser", Admin, AnyProject),
     rule("/maestro.v1.HarnessService/GetPolicy", Viewer, Project),
     rule("/maestro.v1.HarnessService/CheckAction", Viewer, Project),
     rule("/maestro.v1.HarnessService/ListBudgetUsage", Viewer, Project),
@@ -367,7 +371,10 @@ mod tests {
             let reads = ["Get", "List", "Verify", "Diff", "Watch", "Stream", "Ping", "Check"]
                 .iter()
                 .any(|p| name.starts_with(p));
-            if reads {
+            // Who the users are is for those who manage them.
+            if name == "ListUsers" {
+                assert!(rule.role == Role::Admin, "{name} is an admin's read");
+            } else if reads {
                 assert!(rule.role == Role::Viewer, "{name} only reads");
             } else {
                 assert!(rule.role >= Role::Developer, "{name} changes state");

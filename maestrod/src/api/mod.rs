@@ -16,6 +16,7 @@ mod requirements;
 mod snapshots;
 mod status;
 mod system;
+mod users;
 mod watch;
 
 use std::sync::Arc;
@@ -48,6 +49,7 @@ pub async fn routes(
     health.set_serving::<v1::system_service_server::SystemServiceServer<system::System>>().await;
     health.set_serving::<v1::harness_service_server::HarnessServiceServer<harness::Harness>>().await;
     health.set_serving::<v1::loop_service_server::LoopServiceServer<loops::Loops>>().await;
+    health.set_serving::<v1::user_service_server::UserServiceServer<users::UsersApi>>().await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
@@ -67,9 +69,10 @@ pub async fn routes(
         .add_service(reflection_v1alpha)
         .add_service(v1::project_service_server::ProjectServiceServer::new(projects::Projects(
             ssot.clone(),
-            Some(users),
+            Some(users.clone()),
             loops.clone(),
         )))
+        .add_service(v1::user_service_server::UserServiceServer::new(users::UsersApi(users)))
         .add_service(v1::requirement_service_server::RequirementServiceServer::new(requirements::Requirements(
             ssot.clone(),
         )))
