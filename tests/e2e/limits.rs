@@ -176,3 +176,54 @@ async fn large_contracts_are_listed_in_pages_below_the_message_limit() {
     assert_eq!(listed.code, 0, "{}", listed.stderr);
     assert_eq!(listed.json().as_array().map(Vec::len), Some(8));
 }
+
+/// Errors carry `google.rpc.ErrorInfo` (domain `maestro.v1`) that clients in
+/// any language can act on: the field on INVALID_ARGUMENT (with a BadRequest
+/// violation), the current revision on a stale etag's ABORTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_carry_structured_details() {
+    use tonic_types::StatusExt;
+    let daemon = Daemon::start().unwrap();
+    let mut c = Clients::connect(&daemon).await;
+    c.project("shop").await;
+    let r1 = c.requirement("shop", "Root", "", &[]).await;
+    let etag = r1.meta.as_ref().unwrap().etag.clone();
+    let update = |title: &str, etag: &str| v1::UpdateRequirementRequest {
+        project_id: "shop".into(),
+        id: r1.id.clone(),
+        title: Some(title.into()),
+        etag: etag.into(),
+        ..Default::default()
+    };
+    c.requirements.update_requirement(update("Renamed", &etag)).await.unwrap();
+    let stale = c.requirements.update_requirement(update("Again", &etag)).await.unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted);
+    let info = stale.get_details_error_info().expect("ErrorInfo on ABORTED");
+    assert_eq!((info.reason.as_str(), info.domain.as_str()), ("STALE_ETAG", "maestro.v1"));
+    let current: u64 = info.metadata["current_revision"].parse().unwrap();
+    let now = c.requirements.get_requirement(v1::GetRequirementRequest {
+        project_id: "shop".into(),
+        id: r1.id.clone(),
+        ..Default::default()
+    });
+    let now = now.await.unwrap().into_inner();
+    assert_eq!(current, now.meta.unwrap().mod_revision, "the revision to retry from");
+
+    let bad = c
+        .requirements
+        .create_requirement(v1::CreateRequirementRequest {
+            project_id: "shop".into(),
+            parent_id: "R01".into(),
+            title: "Child".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let info = bad.get_details_error_info().expect("ErrorInfo on INVALID_ARGUMENT");
+    assert_eq!(info.reason, "INVALID_FIELD");
+    let field = info.metadata["field"].clone();
+    assert!(field.contains("parent"), "{field}");
+    let violations = bad.get_details_bad_request().expect("BadRequest").field_violations;
+    assert_eq!(violations[0].field, field);
+}

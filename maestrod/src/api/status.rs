@@ -1,11 +1,46 @@
 //! The one place where domain and store errors become gRPC statuses.
 //! Internal details go to the daemon log, never to the client.
 
+use std::collections::HashMap;
+
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 use tracing::error;
 
 use crate::ssot::SsotError;
 use crate::ssot::store::StoreError;
+
+/// The `domain` of every `google.rpc.ErrorInfo` the daemon sends.
+pub(crate) const ERROR_DOMAIN: &str = "maestro.v1";
+
+/// Machine-readable details (`google.rpc.ErrorInfo`, and `BadRequest` for a
+/// bad field) clients in any language can branch on, beside the message.
+fn details(error: &SsotError) -> Option<ErrorDetails> {
+    let info = |reason: &str, metadata: Vec<(&str, String)>| {
+        let metadata: HashMap<String, String> = metadata.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata)
+    };
+    match error {
+        SsotError::InvalidArgument { field, reason } => {
+            let mut details = info("INVALID_FIELD", vec![("field", field.clone())]);
+            details.add_bad_request_violation(field.clone(), capped(reason.clone()));
+            Some(details)
+        }
+        SsotError::StaleEtag { kind, id, expected, current } => Some(info(
+            "STALE_ETAG",
+            vec![
+                ("kind", (*kind).to_string()),
+                ("id", crate::ssot::validate::shown(id)),
+                ("etag", expected.to_string()),
+                ("current_revision", current.to_string()),
+            ],
+        )),
+        SsotError::NotFound { kind, id } => {
+            Some(info("NOT_FOUND", vec![("kind", (*kind).to_string()), ("id", crate::ssot::validate::shown(id))]))
+        }
+        _ => None,
+    }
+}
 
 pub(crate) fn to_status(error: SsotError) -> Status {
     let code = match &error {
@@ -18,7 +53,10 @@ pub(crate) fn to_status(error: SsotError) -> Status {
         SsotError::PermissionDenied(_) => Code::PermissionDenied,
         SsotError::Store(store) => return store_status(store),
     };
-    Status::new(code, capped(error.to_string()))
+    match details(&error) {
+        Some(details) => Status::with_error_details(code, capped(error.to_string()), details),
+        None => Status::new(code, capped(error.to_string())),
+    }
 }
 
 /// A status message stays small whatever the request held: gRPC carries it in
