@@ -331,10 +331,16 @@ async fn a_deleted_project_takes_its_grants_with_it() {
     };
     assert_eq!(as_tess(&["-p", "temp", "req", "add", "before"]).0, 0);
     daemon.ctl(&["project", "delete", "temp"]).ok();
-    daemon.ctl(&["project", "create", "temp"]).ok();
     let (code, err) = as_tess(&["-p", "temp", "req", "list"]);
     assert_eq!(code, 1);
     assert!(err.contains("PERMISSION_DENIED"), "{err}");
+    // The id is never given out again: a new "temp" would inherit the old one's
+    // history (readable at old revisions, replayed by a watch from revision 1).
+    let again = daemon.ctl(&["project", "create", "temp"]);
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("ALREADY_EXISTS") && again.stderr.contains("never reused"), "{again:?}");
+    let listed = daemon.ctl(&["-o", "json", "project", "list"]).json();
+    assert!(!listed.to_string().contains("\"temp\""), "{listed}");
 }
 
 /// `UserService` and `maestroctl user`: the daemon's admin hands a project to

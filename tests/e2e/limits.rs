@@ -175,6 +175,33 @@ async fn large_contracts_are_listed_in_pages_below_the_message_limit() {
     let listed = daemon.ctl(&["-p", "big", "-o", "json", "contract", "list"]);
     assert_eq!(listed.code, 0, "{}", listed.stderr);
     assert_eq!(listed.json().as_array().map(Vec::len), Some(8));
+
+    // A watcher replaying everything (about 15 MiB) gets it in messages the
+    // client can read, every event once, in revision order.
+    let mut stream = c
+        .watch
+        .watch(v1::WatchRequest { project_id: "big".into(), start_revision: 1, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut contract_events, mut messages, mut last) = (0, 0, 0);
+    let current = c.system.get_info(v1::GetInfoRequest {}).await.unwrap().into_inner().revision;
+    while last < current {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+            .await
+            .expect("the replay keeps coming")
+            .expect("every message is under the client's 4 MiB limit")
+            .expect("the stream stays open");
+        messages += 1;
+        for event in &message.events {
+            assert!(event.mod_revision >= last, "in order");
+            last = event.mod_revision;
+            contract_events += usize::from(event.key.starts_with("contracts/"));
+        }
+        last = last.max(message.revision);
+    }
+    assert!(contract_events >= 16, "every version's event: {contract_events}");
+    assert!(messages >= 8, "split into messages: {messages}");
 }
 
 /// Errors carry `google.rpc.ErrorInfo` (domain `maestro.v1`) that clients in

@@ -36,6 +36,46 @@ fn wire_event(project: &str, event: Event) -> Option<v1::WatchEvent> {
     })
 }
 
+/// Most bytes of events in one message, well below gRPC's 4 MiB default
+/// limit: a watcher that fell behind gets many messages, never one too big
+/// to read (a revision larger than this travels alone; one transaction is
+/// bounded by the store's request limits).
+const MESSAGE_BYTES: usize = 2 << 20;
+
+/// Splits one batch (events in revision order, covering through `revision`)
+/// into messages of at most `limit` bytes of events, never splitting a
+/// revision: after any message, resuming from its last event's
+/// `mod_revision + 1` misses nothing and repeats nothing.
+fn split(events: Vec<v1::WatchEvent>, revision: u64, limit: usize) -> Vec<v1::WatchResponse> {
+    use prost::Message;
+    let mut messages: Vec<Vec<v1::WatchEvent>> = Vec::new();
+    let mut size = 0;
+    let mut last_revision = None;
+    for event in events {
+        let len = event.encoded_len() + 8;
+        let same_revision = last_revision == Some(event.mod_revision);
+        last_revision = Some(event.mod_revision);
+        match messages.last_mut() {
+            Some(current) if same_revision || size + len <= limit => current.push(event),
+            _ => {
+                messages.push(vec![event]);
+                size = 0;
+            }
+        }
+        size += len;
+    }
+    let count = messages.len();
+    messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, events)| {
+            // A message before the last completes the revision of its last event.
+            let covered = if i + 1 == count { revision } else { events.last().map_or(revision, |e| e.mod_revision) };
+            v1::WatchResponse { events, revision: covered, start_revision: 0 }
+        })
+        .collect()
+}
+
 #[tonic::async_trait]
 impl WatchService for Watch {
     type WatchStream = BoxStream<'static, Result<v1::WatchResponse, Status>>;
@@ -51,20 +91,52 @@ impl WatchService for Watch {
         // The first message confirms the watch and says where it starts.
         let hello = v1::WatchResponse { events: Vec::new(), revision: start - 1, start_revision: start };
         let project = r.project_id;
-        let stream = futures::stream::once(async move { Ok(hello) }).chain(events.filter_map(move |batch| {
-            let item = match batch {
+        let stream = futures::stream::once(async move { Ok(hello) }).chain(events.flat_map(move |batch| {
+            let items = match batch {
                 Ok(batch) => {
                     let events: Vec<_> = batch.events.into_iter().filter_map(|e| wire_event(&project, e)).collect();
-                    (!events.is_empty()).then_some(Ok(v1::WatchResponse {
-                        events,
-                        revision: batch.revision,
-                        start_revision: 0,
-                    }))
+                    split(events, batch.revision, MESSAGE_BYTES).into_iter().map(Ok).collect()
                 }
-                Err(error) => Some(Err(store_status(&error))),
+                Err(error) => vec![Err(store_status(&error))],
             };
-            futures::future::ready(item)
+            futures::stream::iter(items)
         }));
         Ok(Response::new(stream.boxed()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(revision: u64, bytes: usize) -> v1::WatchEvent {
+        v1::WatchEvent { mod_revision: revision, value_json: "x".repeat(bytes), ..Default::default() }
+    }
+
+    #[test]
+    fn big_batches_become_messages_under_the_limit_without_splitting_a_revision() {
+        // Revision 7 holds three large events, 8 one small, 9 one huge, 10 two small.
+        let events = || vec![event(7, 400), event(7, 400), event(7, 400), event(8, 10), event(9, 2000), event(10, 10)];
+        let messages = split(events(), 12, 1000);
+        let shape: Vec<Vec<u64>> = messages.iter().map(|m| m.events.iter().map(|e| e.mod_revision).collect()).collect();
+        assert_eq!(
+            shape,
+            [vec![7, 7, 7], vec![8], vec![9], vec![10]],
+            "revision 7 stays whole although over the limit"
+        );
+        assert_eq!(messages.iter().map(|m| m.events.len()).sum::<usize>(), 6, "nothing lost");
+        for m in &messages {
+            let bytes: usize = m.events.iter().map(prost::Message::encoded_len).sum();
+            let revisions: std::collections::BTreeSet<u64> = m.events.iter().map(|e| e.mod_revision).collect();
+            assert!(bytes <= 1000 || revisions.len() == 1, "over the limit only as one revision: {bytes}");
+        }
+        // No revision is in two messages, so resuming after any message repeats and misses nothing.
+        for pair in messages.windows(2) {
+            assert!(pair[0].events.last().unwrap().mod_revision < pair[1].events[0].mod_revision);
+        }
+        let revisions: Vec<u64> = messages.iter().map(|m| m.revision).collect();
+        assert_eq!(revisions, [7, 8, 9, 12], "each completes through its last revision; the last, the batch");
+        assert_eq!(split(events(), 12, 1 << 20).len(), 1, "a small batch stays one message");
+        assert!(split(Vec::new(), 3, 1000).is_empty(), "no events, no message");
     }
 }

@@ -217,14 +217,13 @@ impl LoopManager {
         let mut project = if request.project.is_empty() { project_id_from(&dir) } else { request.project.clone() };
         let base = project.clone();
         for n in 2.. {
-            match self.ssot.get_project(&project).await {
-                Err(SsotError::NotFound { .. }) => break,
-                Ok(_) if !request.project.is_empty() => {
+            match self.ssot.project_id_taken(&project).await? {
+                false => break,
+                true if !request.project.is_empty() => {
                     return Err(SsotError::AlreadyExists { kind: "project", id: project });
                 }
-                Ok(_) if n < 1000 => project = format!("{base}-{n}"),
-                Ok(_) => return Err(SsotError::FailedPrecondition(format!("too many projects named {base}-N"))),
-                Err(e) => return Err(e),
+                true if n < 1000 => project = format!("{base}-{n}"),
+                true => return Err(SsotError::FailedPrecondition(format!("too many projects named {base}-N"))),
             }
         }
         self.placement.check(&dir)?;

@@ -7,6 +7,13 @@ pub fn project(id: &str) -> String {
 
 pub const PROJECTS: &str = "projects/";
 
+/// `deleted-projects/<id>`: a deleted project's id, which is never given out
+/// again (its history stays readable at old revisions; a new project under the
+/// id would inherit it, and watch replays would mix the two).
+pub fn deleted_project(id: &str) -> String {
+    format!("deleted-projects/{id}")
+}
+
 /// `p/<id>/`: everything the project owns.
 pub fn project_data(id: &str) -> String {
     format!("p/{id}/")

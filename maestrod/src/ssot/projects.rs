@@ -43,11 +43,26 @@ impl Ssot {
             create_time_ms: now_ms(),
         };
         let key = keys::project(id);
-        let txn = Txn::new().when(Compare::absent(key.as_str())).then(Op::put(key, encode_json(&project)));
+        let tombstone = keys::deleted_project(id);
+        let txn = Txn::new()
+            .when(Compare::absent(key.as_str()))
+            .when(Compare::absent(tombstone.as_str()))
+            .then(Op::put(key, encode_json(&project)));
         match self.commit(txn).await? {
             Ok(revision) => Ok(Versioned { value: project, meta: Meta::created(revision) }),
+            Err(_) if self.get::<i64>(&tombstone, 0).await?.is_some() => Err(SsotError::AlreadyExists {
+                kind: "project",
+                id: format!("{id} (deleted earlier; a project id is never reused, so its history stays its own)"),
+            }),
             Err(_) => Err(SsotError::AlreadyExists { kind: "project", id: id.to_string() }),
         }
+    }
+
+    /// Whether `id` is in use, or was used by a project since deleted (ids are never reused).
+    pub async fn project_id_taken(&self, id: &str) -> Result<bool> {
+        validate::ident("id", id, MAX_ID_LEN)?;
+        Ok(self.get::<Project>(&keys::project(id), 0).await?.is_some()
+            || self.get::<i64>(&keys::deleted_project(id), 0).await?.is_some())
     }
 
     pub async fn get_project(&self, id: &str) -> Result<Versioned<Project>> {
@@ -91,7 +106,8 @@ impl Ssot {
         let txn = Txn::new()
             .when(Compare::mod_revision(key.as_str(), current.meta.mod_revision))
             .then(Op::delete(key))
-            .then(Op::delete_prefix(keys::project_data(id)));
+            .then(Op::delete_prefix(keys::project_data(id)))
+            .then(Op::put(keys::deleted_project(id), encode_json(&now_ms())));
         match self.commit(txn).await? {
             Ok(revision) => Ok(revision),
             Err((_, 0)) => Err(SsotError::not_found("project", id)),
