@@ -36,6 +36,18 @@ pub struct Args {
     /// on loopback or a monitoring network).
     #[arg(long, env = "MAESTRO_METRICS_LISTEN", value_name = "HOST:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Requests per second one user (token) may send on average; 0: no limit.
+    #[arg(long, env = "MAESTRO_USER_RATE", default_value_t = 1000)]
+    user_rate: u32,
+    /// Requests one user may send at once after a quiet spell.
+    #[arg(long, env = "MAESTRO_USER_BURST", default_value_t = 2000)]
+    user_burst: u32,
+    /// Requests of one user handled at once (streams aside).
+    #[arg(long, env = "MAESTRO_USER_CONCURRENCY", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    user_concurrency: u64,
+    /// Watch and loop-event streams one user may hold open.
+    #[arg(long, env = "MAESTRO_USER_STREAMS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    user_streams: u64,
     /// Allow listening beyond loopback without TLS: tokens and data cross the
     /// network in the clear. Only on a network you trust.
     #[arg(long, env = "MAESTRO_INSECURE_LISTEN")]
@@ -337,6 +349,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.sandbox_read = args.sandbox_read.clone();
     config.tls = tls;
     config.metrics_listen = args.metrics_listen;
+    config.user_limits = crate::api::quota::UserLimits {
+        requests_per_second: args.user_rate,
+        burst: args.user_burst.max(1),
+        concurrent: usize::try_from(args.user_concurrency).unwrap_or(usize::MAX),
+        streams: usize::try_from(args.user_streams).unwrap_or(usize::MAX),
+    };
     config.workspace_roots =
         args.workspace_root.iter().map(|r| std::fs::canonicalize(r).unwrap_or(r.clone())).collect();
     crate::server::raise_open_files_limit();

@@ -24,6 +24,8 @@ pub struct DaemonConfig {
     pub workspace_roots: Vec<PathBuf>,
     /// Where `/metrics` is served (Prometheus), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// What one user (token) may ask at once.
+    pub user_limits: crate::api::quota::UserLimits,
 }
 
 impl DaemonConfig {
@@ -38,6 +40,7 @@ impl DaemonConfig {
             tls: None,
             workspace_roots: Vec::new(),
             metrics_listen: None,
+            user_limits: crate::api::quota::UserLimits::default(),
         }
     }
 }

@@ -107,6 +107,10 @@ impl Daemon {
             Ok(resumed) => info!(resumed, "unfinished loops resumed"),
             Err(error) => warn!(%error, "cannot resume unfinished loops"),
         }
+        let quotas = crate::api::quota::Quotas::new(config.user_limits);
+        tasks.spawn(
+            end_revoked_streams(users.clone(), quotas.clone(), cancel.clone()).instrument(info_span!("revocation")),
+        );
         if let Some(addr) = config.metrics_listen {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| {
                 crate::transport::TransportError::Bind { address: format!("--metrics-listen {addr}"), source }
@@ -137,7 +141,7 @@ impl Daemon {
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
             .concurrency_limit_per_connection(CONCURRENT_REQUESTS_PER_CONNECTION)
             .layer(crate::api::metrics::RpcMetricsLayer)
-            .layer(crate::api::auth::AuthLayer::new(users, ssot.clone()))
+            .layer(crate::api::auth::AuthLayer::new(users.clone(), ssot.clone(), quotas.clone()))
             .add_routes(routes);
         let signal = {
             let store = store.clone();
@@ -180,6 +184,34 @@ impl Daemon {
         }
         info!("store flushed; bye");
         Ok(())
+    }
+}
+
+/// Ends the open streams of revoked tokens within a second of the revocation
+/// (new requests with them are refused at once by the layer).
+async fn end_revoked_streams(
+    users: Arc<crate::auth::Users>,
+    quotas: Arc<crate::api::quota::Quotas>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = cancel.cancelled() => return,
+        }
+        let users = users.clone();
+        match tokio::task::spawn_blocking(move || users.token_hashes()).await {
+            Ok(Ok(present)) => {
+                let ended = quotas.revoke_missing(&present);
+                if ended > 0 {
+                    info!(tokens = ended, "revoked tokens: their open streams end");
+                }
+            }
+            Ok(Err(error)) => warn!(%error, "cannot read the user registry"),
+            Err(_) => return,
+        }
     }
 }
 

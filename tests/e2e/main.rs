@@ -7,6 +7,7 @@ mod auth;
 mod budgets;
 mod cli;
 mod durability;
+mod fairness;
 mod harness;
 mod keys;
 mod limits;

@@ -16,6 +16,8 @@ use tonic::Status;
 use tonic::body::Body;
 use tracing::warn;
 
+use super::quota::{GuardedBody, Quotas};
+
 use crate::auth::{ALL_PROJECTS, Role, User, Users};
 use crate::ssot::Ssot;
 
@@ -139,13 +141,17 @@ const MAX_BODY: usize = (4 << 20) + 5;
 pub struct AuthLayer {
     users: Arc<Users>,
     ssot: Arc<Ssot>,
+    quotas: Arc<Quotas>,
 }
 
 impl AuthLayer {
-    pub fn new(users: Arc<Users>, ssot: Arc<Ssot>) -> Self {
-        AuthLayer { users, ssot }
+    pub fn new(users: Arc<Users>, ssot: Arc<Ssot>, quotas: Arc<Quotas>) -> Self {
+        AuthLayer { users, ssot, quotas }
     }
 }
+
+/// The RPCs that answer with a stream (held open: counted as streams, ended on revocation).
+pub const STREAMING: &[&str] = &["/maestro.v1.WatchService/Watch", "/maestro.v1.LoopService/StreamLoopEvents"];
 
 impl<S> tower_layer::Layer<S> for AuthLayer {
     type Service = Authorized<S>;
@@ -187,10 +193,27 @@ where
             if OPEN.iter().any(|prefix| request.uri().path().starts_with(prefix)) {
                 return inner.call(request).await;
             }
-            match auth.check(request).await {
-                Ok(request) => inner.call(request).await,
-                Err(status) => Ok(status.into_http()),
+            let request = match auth.check(request).await {
+                Ok(request) => request,
+                Err(status) => return Ok(status.into_http()),
+            };
+            let Some(Caller(user)) = request.extensions().get::<Caller>().cloned() else {
+                return Ok(Status::internal("the request lost its caller").into_http());
+            };
+            let stream = STREAMING.contains(&request.uri().path());
+            let (permit, revoked) = match auth.quotas.admit(&user.token_sha256, &user.name, stream) {
+                Ok(admitted) => admitted,
+                Err(status) => {
+                    warn!(user = %user.name, method = %request.uri().path(), "over the user's limits");
+                    return Ok(status.into_http());
+                }
+            };
+            let response = inner.call(request).await?;
+            if !stream {
+                return Ok(response);
             }
+            let (parts, body) = response.into_parts();
+            Ok(http::Response::from_parts(parts, Body::new(GuardedBody::new(body, permit, revoked))))
         })
     }
 }
@@ -361,6 +384,22 @@ mod tests {
         for method in &methods {
             assert_eq!(RULES.iter().filter(|r| r.method == method).count(), 1, "{method} needs one rule");
         }
+        // The streams the layer guards are exactly the streaming RPCs.
+        let mut streaming: Vec<String> = set
+            .file
+            .iter()
+            .flat_map(|f| f.service.iter().map(move |s| (f, s)))
+            .flat_map(|(f, s)| {
+                s.method
+                    .iter()
+                    .filter(|m| m.server_streaming())
+                    .map(move |m| format!("/{}.{}/{}", f.package(), s.name(), m.name()))
+            })
+            .collect();
+        streaming.sort();
+        let mut listed: Vec<String> = STREAMING.iter().map(|s| s.to_string()).collect();
+        listed.sort();
+        assert_eq!(streaming, listed);
         for rule in RULES {
             assert!(methods.iter().any(|m| m == rule.method), "{} is not an RPC", rule.method);
         }

@@ -12,6 +12,7 @@ mod loops;
 mod memory;
 pub mod metrics;
 mod projects;
+pub mod quota;
 mod requirements;
 mod snapshots;
 mod status;

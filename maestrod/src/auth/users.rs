@@ -185,8 +185,8 @@ impl Users {
         write_private(&self.path(), &json)
     }
 
-    /// The user a token belongs to. Rereads the registry when the file changed.
-    pub fn authenticate(&self, token: &str) -> Result<Option<User>, AuthError> {
+    /// Runs `f` on the registry as it is now: reread when the file changed.
+    fn current<T>(&self, f: impl FnOnce(&Registry) -> T) -> Result<T, AuthError> {
         let path = self.path();
         use std::os::unix::fs::MetadataExt;
         let modified = std::fs::metadata(&path).and_then(|m| Ok((m.modified()?, m.ino()))).ok();
@@ -194,8 +194,18 @@ impl Users {
         if cache.0.is_none() || cache.0 != modified {
             *cache = (modified, self.read()?);
         }
+        Ok(f(&cache.1))
+    }
+
+    /// The user a token belongs to. Rereads the registry when the file changed.
+    pub fn authenticate(&self, token: &str) -> Result<Option<User>, AuthError> {
         let hash = token_hash(token);
-        Ok(cache.1.users.iter().find(|u| u.token_sha256 == hash).cloned())
+        self.current(|registry| registry.users.iter().find(|u| u.token_sha256 == hash).cloned())
+    }
+
+    /// The hashes of every valid token now (for ending a revoked token's streams).
+    pub fn token_hashes(&self) -> Result<std::collections::HashSet<String>, AuthError> {
+        self.current(|registry| registry.users.iter().map(|u| u.token_sha256.clone()).collect())
     }
 
     /// Adds a user with `grants`; returns its token (the only time it is shown).

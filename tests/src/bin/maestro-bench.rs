@@ -141,7 +141,9 @@ async fn main() -> anyhow::Result<()> {
             let (child, addr) = maestro_tests::spawn_daemon(
                 &temp.path().join("data"),
                 &temp.path().join("maestrod.log"),
-                &["--maintenance-interval".into(), "3600".into()],
+                // The ceiling of the server, not of one user's quota.
+                &["--maintenance-interval", "3600", "--user-rate", "0", "--user-concurrency", "100000"]
+                    .map(String::from),
             )?;
             (Some(child), addr)
         }

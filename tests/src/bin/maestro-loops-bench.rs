@@ -51,7 +51,7 @@ async fn run(n: usize) -> anyhow::Result<Figures> {
     let (mut child, addr) = maestro_tests::spawn_daemon(
         &temp.path().join("data"),
         &temp.path().join("maestrod.log"),
-        &["--maintenance-interval".into(), "3600".into()],
+        &["--maintenance-interval", "3600", "--user-rate", "0", "--user-concurrency", "100000"].map(String::from),
     )?;
     let pid = child.id();
     let token = std::fs::read_to_string(temp.path().join("data/admin.token"))?;
