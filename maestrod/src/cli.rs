@@ -36,6 +36,13 @@ pub struct Args {
     /// on loopback or a monitoring network).
     #[arg(long, env = "MAESTRO_METRICS_LISTEN", value_name = "HOST:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Seconds a new TCP connection has to start speaking HTTP/2 before it is closed.
+    #[arg(long, env = "MAESTRO_HANDSHAKE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    handshake_timeout: u64,
+    /// Seconds without a byte from a client before its connection is closed
+    /// (live clients answer the daemon's keepalive pings every 30 s).
+    #[arg(long, env = "MAESTRO_IDLE_TIMEOUT", default_value_t = 300, value_parser = clap::value_parser!(u64).range(31..))]
+    idle_timeout: u64,
     /// Requests per second one user (token) may send on average; 0: no limit.
     #[arg(long, env = "MAESTRO_USER_RATE", default_value_t = 1000)]
     user_rate: u32,
@@ -349,6 +356,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.sandbox_read = args.sandbox_read.clone();
     config.tls = tls;
     config.metrics_listen = args.metrics_listen;
+    config.handshake_timeout = std::time::Duration::from_secs(args.handshake_timeout);
+    config.idle_timeout = std::time::Duration::from_secs(args.idle_timeout);
     config.user_limits = crate::api::quota::UserLimits {
         requests_per_second: args.user_rate,
         burst: args.user_burst.max(1),

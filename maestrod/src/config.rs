@@ -24,6 +24,10 @@ pub struct DaemonConfig {
     pub workspace_roots: Vec<PathBuf>,
     /// Where `/metrics` is served (Prometheus), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// A TCP connection must speak within this long of being accepted…
+    pub handshake_timeout: Duration,
+    /// …and is closed after this long without a byte from its peer.
+    pub idle_timeout: Duration,
     /// What one user (token) may ask at once.
     pub user_limits: crate::api::quota::UserLimits,
 }
@@ -41,6 +45,8 @@ impl DaemonConfig {
             workspace_roots: Vec::new(),
             metrics_listen: None,
             user_limits: crate::api::quota::UserLimits::default(),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }

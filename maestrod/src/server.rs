@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
@@ -157,7 +158,10 @@ impl Daemon {
         let mut socket_file = None;
         let serve: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>>>> = match listener {
             Listener::Tcp(listener) => {
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                let (first, idle) = (config.handshake_timeout, config.idle_timeout);
+                let incoming = TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .map(move |stream| stream.map(|s| crate::transport::Deadline::new(s, first, idle)));
                 Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
             }
             Listener::Unix(listener, path) => {

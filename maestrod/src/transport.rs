@@ -110,6 +110,93 @@ impl Listener {
     }
 }
 
+/// A connection that is closed when its peer goes quiet: no first bytes (the
+/// HTTP/2 preface) within `first`, or nothing read for `idle` afterwards. Live
+/// clients answer the server's HTTP/2 keepalive pings (every 30 s), so only
+/// connections that hold a descriptor without speaking are cut.
+pub struct Deadline<S> {
+    inner: S,
+    idle: std::time::Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<S> Deadline<S> {
+    pub fn new(inner: S, first: std::time::Duration, idle: std::time::Duration) -> Deadline<S> {
+        Deadline { inner, idle, timer: Box::pin(tokio::time::sleep(first)) }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Deadline<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    let deadline = tokio::time::Instant::now() + self.idle;
+                    self.timer.as_mut().reset(deadline);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the peer went quiet")))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Deadline<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected for Deadline<S> {
+    type ConnectInfo = S::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
 /// The daemon's TLS material, as files.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -151,6 +238,37 @@ mod tests {
         }
         assert!("[::1]:7700".parse::<ListenAddr>().unwrap().is_local());
         assert!(!"0.0.0.0:7700".parse::<ListenAddr>().unwrap().is_local());
+    }
+
+    #[tokio::test]
+    async fn a_quiet_peer_is_cut_and_a_talking_one_is_not() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ms = std::time::Duration::from_millis;
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut server = Deadline::new(server, ms(100), ms(300));
+        let mut buf = [0u8; 8];
+        // Talking every 150 ms keeps it open past both deadlines.
+        let talker = tokio::spawn(async move {
+            for _ in 0..5 {
+                client.write_all(b"x").await.unwrap();
+                tokio::time::sleep(ms(150)).await;
+            }
+            client
+        });
+        for _ in 0..5 {
+            assert_eq!(server.read(&mut buf).await.unwrap(), 1);
+        }
+        let quiet = tokio::time::Instant::now();
+        let _client = talker.await.unwrap();
+        let error = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert!(quiet.elapsed() >= ms(200), "after the idle time, not the first one: {:?}", quiet.elapsed());
+
+        let (_silent, server) = tokio::io::duplex(64);
+        let started = tokio::time::Instant::now();
+        let error = Deadline::new(server, ms(100), ms(300)).read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < ms(300), "a peer that never speaks goes at the first deadline");
     }
 
     #[tokio::test]

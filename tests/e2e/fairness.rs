@@ -260,3 +260,29 @@ async fn ten_clients_edit_and_watch_one_project_without_losing_anything() {
         assert_eq!(watcher.await.unwrap(), expected, "every change seen once, in order");
     }
 }
+
+/// A connection that never speaks is closed after the handshake timeout; a
+/// client that did its handshake and then sits quiet keeps its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_speaks_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let daemon = Daemon::start_with(&["--handshake-timeout", "1"]).unwrap();
+    let mut system = SystemServiceClient::new(daemon.channel().await.unwrap());
+    system.ping(v1::PingRequest {}).await.unwrap();
+    let mut silent = tokio::net::TcpStream::connect(daemon.addr()).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    // The daemon speaks first (its HTTP/2 settings); then, hearing nothing, it hangs up.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match silent.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    });
+    closed.await.expect("the daemon closes the silent connection");
+    assert!(started.elapsed() >= Duration::from_millis(900), "not before the timeout: {:?}", started.elapsed());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    system.ping(v1::PingRequest {}).await.expect("a client that spoke keeps its connection");
+}

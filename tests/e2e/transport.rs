@@ -285,6 +285,29 @@ fn your_own_daemon_listens_on_a_socket_only_you_can_open() {
         let (again, err2, _) = own(&home, &[], &["project", "create", "mine"]);
         assert_eq!(again, 0, "{err2}");
         assert!(!err2.contains("started"), "the running daemon is reused: {err2}");
+        // A client on the socket is on the daemon's machine: it may hand the loop its API keys.
+        let token = std::fs::read_to_string(home.join(".maestro/data/admin.token")).unwrap();
+        let keys_refusal = std::thread::spawn({
+            let socket = socket.clone();
+            move || {
+                tokio::runtime::Runtime::new().unwrap().block_on(async move {
+                    let endpoint = format!("unix:{}", socket.display());
+                    let channel = tonic::transport::Endpoint::from_shared(endpoint).unwrap().connect().await.unwrap();
+                    let conn = maestro_tests::Bearer::new(&token).unwrap().connect(channel);
+                    let mut loops = maestro_shared::v1::loop_service_client::LoopServiceClient::new(conn);
+                    let request = maestro_shared::v1::StartLoopRequest {
+                        project_id: "mine".into(),
+                        task: "t".into(),
+                        keys: [("OPENAI_API_KEY".to_string(), "sk-test".to_string())].into(),
+                        ..Default::default()
+                    };
+                    loops.start_loop(request).await.unwrap_err()
+                })
+            }
+        })
+        .join()
+        .unwrap();
+        assert!(!keys_refusal.message().contains("keys:"), "keys are taken over the socket: {keys_refusal:?}");
 
         if !nix::unistd::Uid::effective().is_root() || Command::new("setpriv").arg("--version").output().is_err() {
             eprintln!("skipped the second user: needs root and setpriv");

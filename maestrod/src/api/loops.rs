@@ -179,7 +179,9 @@ fn live_from_store(ssot: &Ssot, loop_id: String, revision: u64, last: u64) -> Re
 #[tonic::async_trait]
 impl LoopService for Loops {
     async fn start_loop(&self, request: Request<v1::StartLoopRequest>) -> Result<Response<v1::Loop>, Status> {
-        let loopback = request.remote_addr().is_some_and(|a| a.ip().is_loopback());
+        // On this machine: a loopback TCP peer, or a peer on the daemon's Unix socket.
+        let loopback = request.remote_addr().is_some_and(|a| a.ip().is_loopback())
+            || request.extensions().get::<tonic::transport::server::UdsConnectInfo>().is_some();
         let caller = request.extensions().get::<super::auth::Caller>().cloned();
         let r = request.into_inner();
         // Where agents work is the daemon admin's choice: a new project (demo or not), or a
