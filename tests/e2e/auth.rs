@@ -385,3 +385,35 @@ fn a_project_admin_manages_the_users_of_their_project_only() {
     let again = ctl_as(&daemon, &alice, &["-p", "shop", "user", "add", "alice", "--role", "viewer"]);
     assert!(again.stderr.contains("ALREADY_EXISTS"), "{again:?}");
 }
+
+/// Every change records who made it: the user of the call, or the loop for
+/// what a loop and its agents write; old revisions keep their author.
+#[test]
+fn every_change_records_who_made_it() {
+    let daemon = Daemon::start().unwrap();
+    daemon.ctl(&["project", "create", "shop"]).ok();
+    let alice = add_user(&daemon, "alice", "developer", "shop");
+    let bob = add_user(&daemon, "bob", "developer", "shop");
+    ctl_as(&daemon, &alice, &["-p", "shop", "req", "add", "Checkout"]).ok();
+    let created = ctl_as(&daemon, &alice, &["-p", "shop", "-o", "json", "req", "show", "R1"]).json();
+    assert_eq!(created["meta"]["modifiedBy"], "alice", "{created}");
+    let first_revision = created["meta"]["modRevision"].as_str().unwrap().to_string();
+    ctl_as(&daemon, &bob, &["-p", "shop", "req", "set-status", "R1", "claimed", "--assignee", "bob"]).ok();
+    let now = ctl_as(&daemon, &alice, &["-p", "shop", "-o", "json", "req", "show", "R1"]).json();
+    assert_eq!(now["meta"]["modifiedBy"], "bob", "{now}");
+    let then =
+        ctl_as(&daemon, &alice, &["-p", "shop", "-o", "json", "req", "list", "--revision", &first_revision]).json();
+    assert_eq!(then[0]["meta"]["modifiedBy"], "alice", "the old revision keeps its author: {then}");
+    ctl_as(&daemon, &bob, &["-p", "shop", "memory", "put", "backend", "style", "terse"]).ok();
+    let memory = ctl_as(&daemon, &alice, &["-p", "shop", "-o", "json", "memory", "get", "backend", "style"]).json();
+    assert_eq!(memory["meta"]["modifiedBy"], "bob", "{memory}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("demo");
+    let run = daemon.ctl(&["-p", "demo", "run", "--demo", "--workspace", ws.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let reqs = daemon.ctl(&["-p", "demo", "-o", "json", "req", "list"]).json();
+    let authors: std::collections::BTreeSet<String> =
+        reqs.as_array().unwrap().iter().map(|r| r["meta"]["modifiedBy"].as_str().unwrap().to_string()).collect();
+    assert_eq!(authors, ["loop-1".to_string()].into(), "the loop wrote them all: {reqs}");
+}

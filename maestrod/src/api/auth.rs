@@ -208,7 +208,8 @@ where
                     return Ok(status.into_http());
                 }
             };
-            let response = inner.call(request).await?;
+            // Whatever the call changes is recorded as the user's.
+            let response = crate::ssot::actor::scope(user.name.clone(), inner.call(request)).await?;
             if !stream {
                 return Ok(response);
             }

@@ -20,6 +20,7 @@ pub(crate) fn meta(meta: Meta) -> v1::ResourceMeta {
         mod_revision: meta.mod_revision,
         version: meta.version,
         etag: meta.mod_revision.to_string(),
+        modified_by: meta.modified_by,
     }
 }
 

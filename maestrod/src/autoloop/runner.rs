@@ -551,7 +551,9 @@ impl Runner {
     /// Runs the loop to its end, or until the daemon shuts down.
     pub async fn run(mut self, resumed: bool) {
         let span = info_span!("loop", id = %self.record.id, project = %self.record.project);
-        async move {
+        // What the loop and its agents change is recorded as the loop's.
+        let actor = self.record.id.clone();
+        let work = async move {
             // Dropped on return and when a panic unwinds: the keep-alive stops either way.
             let _keep_alive = self.spawn_keep_alive().drop_guard();
             let result = self.drive(resumed).await;
@@ -565,9 +567,8 @@ impl Runner {
                     }
                 }
             }
-        }
-        .instrument(span)
-        .await
+        };
+        crate::ssot::actor::scope(actor, work.instrument(span)).await
     }
 
     /// Charges the budget with what the loop's agents spent before a restart

@@ -109,7 +109,12 @@ impl Ssot {
             match self.commit(txn).await? {
                 Ok(revision) => {
                     let meta = match current {
-                        Some(c) => Meta { mod_revision: revision, version: c.meta.version + 1, ..c.meta },
+                        Some(c) => Meta {
+                            mod_revision: revision,
+                            version: c.meta.version + 1,
+                            modified_by: super::actor::current_or_daemon(),
+                            ..c.meta
+                        },
                         None => Meta::created(revision),
                     };
                     return Ok(Versioned { value: entry, meta });

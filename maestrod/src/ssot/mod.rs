@@ -7,6 +7,7 @@
 //!   `p/demo/requirements/00000003`. Watches and snapshots speak in resource
 //!   paths, the part after `p/<project>/`.
 
+pub mod actor;
 pub mod budgets;
 pub mod clock;
 pub mod compaction;
@@ -38,21 +39,28 @@ use paging::PageToken;
 use store::{Compare, KeyValue, Op, RangeRequest, Revision, Store, Txn, TxnResponse, prefix_end};
 
 /// Revision metadata of a stored resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Meta {
     pub create_revision: Revision,
     pub mod_revision: Revision,
     pub version: u64,
+    /// Who made the last change (a user, `loop-N`, or `maestrod`; empty when unknown).
+    pub modified_by: String,
 }
 
 impl Meta {
     /// Metadata of a resource created at `revision`.
     pub fn created(revision: Revision) -> Self {
-        Self { create_revision: revision, mod_revision: revision, version: 1 }
+        Self { create_revision: revision, mod_revision: revision, version: 1, modified_by: actor::current_or_daemon() }
     }
 
     fn of(kv: &KeyValue) -> Self {
-        Self { create_revision: kv.create_revision, mod_revision: kv.mod_revision, version: kv.version }
+        Self {
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+            modified_by: kv.modified_by.clone(),
+        }
     }
 }
 
@@ -298,7 +306,12 @@ impl Ssot {
             txn.ops.extend(ops);
             match self.commit(txn).await? {
                 Ok(revision) => {
-                    let meta = Meta { mod_revision: revision, version: current.meta.version + 1, ..current.meta };
+                    let meta = Meta {
+                        mod_revision: revision,
+                        version: current.meta.version + 1,
+                        modified_by: actor::current_or_daemon(),
+                        ..current.meta
+                    };
                     return Ok(Versioned { value, meta });
                 }
                 Err((0, 0)) => return Err(missing()),

@@ -61,6 +61,7 @@ mod layout {
     pub(super) const HIST: u8 = b'h';
     pub(super) const REVS: u8 = b'r';
     pub(super) const LEASE: u8 = b'l';
+    pub(super) const ACTOR: u8 = b'a';
 
     pub(super) fn meta(name: &str) -> Vec<u8> {
         prefixed(META, name.as_bytes())
@@ -101,6 +102,11 @@ mod layout {
         Some(Revision::from_be_bytes(raw.get(1..9)?.try_into().ok()?))
     }
 
+    /// `a rev`: who made the revision.
+    pub(super) fn actor(revision: Revision) -> Vec<u8> {
+        prefixed(ACTOR, &revision.to_be_bytes())
+    }
+
     pub(super) fn lease(id: u64) -> Vec<u8> {
         prefixed(LEASE, &id.to_be_bytes())
     }
@@ -132,6 +138,7 @@ impl KvRecord {
             mod_revision: self.mod_revision,
             version: self.version,
             lease: self.lease,
+            modified_by: String::new(),
         }
     }
 }
@@ -179,7 +186,15 @@ struct RevisionEvents {
 fn delete_event(key: Vec<u8>, revision: Revision) -> Event {
     Event {
         kind: EventKind::Delete,
-        kv: KeyValue { key, value: Vec::new(), create_revision: 0, mod_revision: revision, version: 0, lease: 0 },
+        kv: KeyValue {
+            key,
+            value: Vec::new(),
+            create_revision: 0,
+            mod_revision: revision,
+            version: 0,
+            lease: 0,
+            modified_by: String::new(),
+        },
     }
 }
 
@@ -380,6 +395,16 @@ impl SledStore {
     }
 
     fn range_sync(&self, request: &RangeRequest) -> Result<RangeResponse, StoreError> {
+        let mut response = self.range_records(request)?;
+        for kv in &mut response.kvs {
+            if let Some(raw) = self.shared.tree.get(layout::actor(kv.mod_revision))? {
+                kv.modified_by = String::from_utf8_lossy(&raw).into_owned();
+            }
+        }
+        Ok(response)
+    }
+
+    fn range_records(&self, request: &RangeRequest) -> Result<RangeResponse, StoreError> {
         let current = self.shared.committed.load(Ordering::Acquire);
         if request.revision == 0 || request.revision >= current {
             if request.revision > current {
@@ -520,7 +545,10 @@ impl Store for SledStore {
         async move { result }.boxed()
     }
 
-    fn txn(&self, txn: Txn) -> BoxFuture<'_, Result<TxnResponse, StoreError>> {
+    fn txn(&self, mut txn: Txn) -> BoxFuture<'_, Result<TxnResponse, StoreError>> {
+        if txn.actor.is_none() {
+            txn.actor = super::actor::current();
+        }
         self.send(|tx| Command::Txn(txn, tx)).boxed()
     }
 
@@ -938,11 +966,16 @@ impl Writer {
                 )));
             }
         }
-        Ok(TxnResponse::Committed { revision: self.commit_changes(group, plan)? })
+        Ok(TxnResponse::Committed { revision: self.commit_changes(group, plan, txn.actor.as_deref())? })
     }
 
     /// Applies already-validated changes as one new revision (if any of them changes something).
-    fn commit_changes(&mut self, group: &mut Group, plan: Vec<Change>) -> Result<Revision, StoreError> {
+    fn commit_changes(
+        &mut self,
+        group: &mut Group,
+        plan: Vec<Change>,
+        actor: Option<&str>,
+    ) -> Result<Revision, StoreError> {
         let revision = self.revision + 1;
         let mut events = Vec::new();
         let mut keys = Vec::new();
@@ -992,6 +1025,7 @@ impl Writer {
         }
         let keys: Vec<ByteBuf> = keys.into_iter().map(ByteBuf::from).collect();
         group.batch.insert(layout::rev(revision), encode(&keys));
+        group.batch.insert(layout::actor(revision), actor.unwrap_or(super::actor::DAEMON).as_bytes());
         group.dirty = true;
         self.revision = revision;
         group.published.push(Arc::new(RevisionEvents { revision, events }));
@@ -1018,7 +1052,7 @@ impl Writer {
         group.dirty = true;
         let keys = self.lease_keys.remove(&id).unwrap_or_default();
         let plan = keys.into_iter().map(|k| (k, None)).collect();
-        self.commit_changes(group, plan)
+        self.commit_changes(group, plan, None)
     }
 
     fn expire_leases(&mut self, group: &mut Group) {

@@ -27,6 +27,8 @@ pub struct KeyValue {
     pub mod_revision: Revision,
     pub version: u64,
     pub lease: LeaseId,
+    /// Who made the revision `mod_revision` (filled by reads; empty when unknown).
+    pub modified_by: String,
 }
 
 /// A read of a key range `[start, end)`; an empty `end` reads `start` alone.
@@ -143,6 +145,8 @@ impl Op {
 pub struct Txn {
     pub compares: Vec<Compare>,
     pub ops: Vec<Op>,
+    /// Who makes the change, recorded with its revision (default: the task's actor).
+    pub actor: Option<String>,
 }
 
 impl Txn {
