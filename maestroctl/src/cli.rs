@@ -102,7 +102,7 @@ pub(crate) enum Command {
     Init { path: Option<PathBuf> },
     /// Run a task: it becomes the root requirement and an AutoLoop works it
     /// until done. Exit code: 0 succeeded, 2 escalated, 3 failed, aborted or
-    /// cancelled, 1 usage or connection error.
+    /// cancelled, 1 usage or connection error, 130 detached by Ctrl-C.
     Run(RunArgs),
     /// The scripted demo (`run --demo`): a to-do service built in ./maestro-demo.
     Demo {
@@ -149,6 +149,10 @@ pub(crate) enum Command {
         #[command(subcommand)]
         cmd: Option<ConfigCmd>,
     },
+    /// Your own local daemon (~/.maestro): start, stop, restart, status, logs.
+    /// Only the daemon of your data dir is touched, never another user's.
+    #[command(subcommand)]
+    Daemon(DaemonCmd),
     /// The daemon's users: add (prints the token once), list, revoke. Needs the
     /// admin role in the projects concerned (or over the daemon).
     #[command(subcommand)]
@@ -157,6 +161,27 @@ pub(crate) enum Command {
     Context {
         #[command(subcommand)]
         cmd: ContextCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DaemonCmd {
+    /// Start it (nothing to do when it runs already).
+    Start,
+    /// Stop it: in-flight writes finish and the store is flushed (SIGTERM).
+    Stop,
+    /// Stop it and start it again; the data stays.
+    Restart,
+    /// Whether it runs, its pid, socket, data dir and version. Exit 0 running, 3 not running.
+    Status,
+    /// Its log (~/.maestro/maestrod.log).
+    Logs {
+        /// Keep printing what it logs until Ctrl-C.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last lines to show first.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
     },
 }
 

@@ -25,8 +25,28 @@ fn clap_exit(error: &clap::Error) -> ExitCode {
     }
 }
 
+/// Output into a pipe whose reader went away (`maestroctl log list | head`)
+/// ends the command quietly, as it does for other Unix tools, instead of a
+/// panic message and exit 101.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 /// Runs `maestroctl` with the process's arguments.
 pub fn main() -> ExitCode {
+    quiet_broken_pipe();
     let matches = match cli::Cli::command().try_get_matches() {
         Ok(matches) => matches,
         Err(error) => return clap_exit(&error),
@@ -72,6 +92,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Some(cli::Command::Config { cmd }) => config::run(cmd.unwrap_or(cli::ConfigCmd::Show), &settings, output),
         Some(cli::Command::Context { cmd }) => context::run(cmd, &given, output),
+        // The local daemon itself: started, stopped or looked at without connecting first.
+        Some(cli::Command::Daemon(cmd)) => runtime.block_on(commands::daemon::run(cmd, output)),
         Some(command) => runtime.block_on(async {
             let project = settings.project_for(&command);
             let channel = connect(settings.server.0.as_deref()).await?;

@@ -229,6 +229,7 @@ pub(crate) fn run(runtime: &Runtime, mut session: Session) -> anyhow::Result<Exi
                 let result = match command {
                     // Changes to contexts apply from the next session on.
                     Command::Context { cmd } => crate::context::run(cmd, &crate::context::Given::default(), output),
+                    Command::Daemon(cmd) => runtime.block_on(crate::commands::daemon::run(cmd, output)),
                     Command::Config { cmd } => {
                         let settings = Settings::session(session.server.clone(), project, output);
                         config::run(cmd.unwrap_or(ConfigCmd::Show), &settings, output)

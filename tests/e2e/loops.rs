@@ -373,7 +373,7 @@ async fn ctrl_c_detaches_from_a_loop_and_with_cancel_on_exit_cancels_it() {
     let run = follower_at(&mut maestro_tests::ctl_command(&server, &ws, &["run", "Slow things"]), 3);
     appears(&ws.join("tests/test_slow.py")).await;
     let detached = interrupt(run);
-    assert_eq!(detached.code, 0, "{}", detached.stderr);
+    assert_eq!(detached.code, 130, "like other tools stopped by Ctrl-C: {}", detached.stderr);
     assert!(detached.stderr.contains("detached; loop-1 keeps running"), "{}", detached.stderr);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(get(&daemon, "loop-1").await.state(), v1::LoopState::Running, "the loop goes on without its client");

@@ -10,6 +10,7 @@ mod durability;
 mod fairness;
 mod harness;
 mod keys;
+mod lifecycle;
 mod limits;
 mod loops;
 mod misbehaving;

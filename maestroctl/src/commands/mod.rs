@@ -1,6 +1,7 @@
 //! One module per command group; each turns parsed arguments into RPCs and output.
 
 mod contract;
+pub(crate) mod daemon;
 pub(crate) mod init;
 mod log;
 mod loops;
@@ -66,7 +67,7 @@ pub(crate) async fn dispatch(
         Command::Pause { loop_id } => loops::act(channel, loop_id, loops::Action::Pause, output).await,
         Command::Resume { loop_id } => loops::act(channel, loop_id, loops::Action::Resume, output).await,
         // Settings need no daemon: the callers run them before connecting.
-        Command::Config { .. } | Command::Context { .. } => {
+        Command::Config { .. } | Command::Context { .. } | Command::Daemon(_) => {
             Err(anyhow::anyhow!("internal: config and context need no daemon and never reach the dispatch"))
         }
     }

@@ -307,6 +307,9 @@ pub(crate) async fn follow(
     }
 }
 
+/// The exit code after Ctrl-C detached from a loop.
+const DETACHED: ExitStatus = 130;
+
 /// What Ctrl-C does while following a loop: detach (the loop keeps running)
 /// or, with `--cancel-on-exit`, cancel the loop and follow it to its end.
 struct Interrupt {
@@ -338,7 +341,8 @@ impl Interrupt {
         let loop_id = &self.loop_id;
         if !self.cancel_on_exit {
             eprintln!("maestroctl: detached; {loop_id} keeps running (follow it with: maestroctl attach {loop_id})");
-            return Ok(Some(0));
+            // As other tools interrupted by Ctrl-C do (128 + SIGINT): the loop's outcome is not known yet.
+            return Ok(Some(DETACHED));
         }
         eprintln!("maestroctl: cancelling {loop_id}…");
         let request = v1::LoopActionRequest { loop_id: loop_id.clone(), actor: actor() };

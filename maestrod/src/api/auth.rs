@@ -193,20 +193,20 @@ where
             if OPEN.iter().any(|prefix| request.uri().path().starts_with(prefix)) {
                 return inner.call(request).await;
             }
-            let request = match auth.check(request).await {
-                Ok(request) => request,
+            let user = match auth.user(&request) {
+                Ok(user) => user,
                 Err(status) => return Ok(status.into_http()),
             };
-            let Some(Caller(user)) = request.extensions().get::<Caller>().cloned() else {
-                return Ok(Status::internal("the request lost its caller").into_http());
-            };
+            // Counted before authorization: refused calls spend the user's quota too.
             let stream = STREAMING.contains(&request.uri().path());
             let (permit, revoked) = match auth.quotas.admit(&user.token_sha256, &user.name, stream) {
                 Ok(admitted) => admitted,
-                Err(status) => {
-                    warn!(user = %user.name, method = %request.uri().path(), "over the user's limits");
-                    return Ok(status.into_http());
-                }
+                // Not logged one by one (a flood would fill the log); counted in the metrics.
+                Err(status) => return Ok(status.into_http()),
+            };
+            let request = match auth.check(request, user.clone()).await {
+                Ok(request) => request,
+                Err(status) => return Ok(status.into_http()),
             };
             // Whatever the call changes is recorded as the user's.
             let response = crate::ssot::actor::scope(user.name.clone(), inner.call(request)).await?;
@@ -220,9 +220,8 @@ where
 }
 
 impl AuthLayer {
-    async fn check(&self, request: http::Request<Body>) -> Result<http::Request<Body>, Status> {
+    async fn check(&self, request: http::Request<Body>, user: User) -> Result<http::Request<Body>, Status> {
         let method = request.uri().path().to_string();
-        let user = self.user(&request)?;
         let Some(rule) = rule_for(&method) else {
             warn!(user = %user.name, %method, "refused: the RPC has no permission rule");
             return Err(Status::permission_denied(format!("{method} has no permission rule; nobody may call it")));

@@ -1,0 +1,109 @@
+//! `maestroctl daemon start|stop|restart|status|logs`: the user's own daemon,
+//! through the real binaries, with HOME in a temporary folder.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use maestro_tests::binary;
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn ctl(home: &Path, args: &[&str]) -> Out {
+    let out = Command::new(binary("e2e-maestroctl"))
+        .args(args)
+        .env("HOME", home)
+        .env("MAESTROD_BIN", binary("e2e-maestrod"))
+        .env_remove("MAESTRO_SERVER")
+        .env_remove("MAESTRO_TOKEN")
+        .env_remove("MAESTRO_PROJECT")
+        .env_remove("MAESTRO_OUTPUT")
+        .current_dir(home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn status(home: &Path) -> serde_json::Value {
+    let out = ctl(home, &["-o", "json", "daemon", "status"]);
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+#[test]
+fn the_local_daemon_starts_stops_and_restarts_keeping_its_data() {
+    let alice = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let home = alice.path();
+    let checks = || {
+        let idle = ctl(home, &["daemon", "status"]);
+        assert_eq!(idle.code, 3, "not running: {}", idle.stdout);
+        assert!(idle.stdout.contains("not running"), "{}", idle.stdout);
+
+        let started = ctl(home, &["daemon", "start"]);
+        assert_eq!(started.code, 0, "{}", started.stderr);
+        assert!(started.stderr.contains("started maestrod (pid"), "{}", started.stderr);
+        let first = status(home);
+        assert_eq!(first["running"], true, "{first}");
+        let pid = first["pid"].as_i64().expect("a pid");
+        assert!(first["version"].is_string(), "it answers: {first}");
+        assert!(ctl(home, &["daemon", "start"]).stderr.contains("already running"));
+
+        // Another user's (here: another HOME's) daemon is never touched.
+        assert_eq!(ctl(other.path(), &["daemon", "start"]).code, 0);
+        let other_pid = status(other.path())["pid"].as_i64().unwrap();
+
+        assert_eq!(ctl(home, &["project", "create", "keep"]).code, 0);
+        let restarted = ctl(home, &["daemon", "restart"]);
+        assert_eq!(restarted.code, 0, "{}", restarted.stderr);
+        let second = status(home)["pid"].as_i64().unwrap();
+        assert_ne!(second, pid, "a new process");
+        let listed = ctl(home, &["-o", "json", "project", "list"]);
+        assert!(listed.stdout.contains("\"keep\""), "the data stays: {}", listed.stdout);
+
+        let logs = ctl(home, &["daemon", "logs", "-n", "3"]);
+        assert_eq!(logs.code, 0);
+        assert!(!logs.stdout.is_empty() && logs.stdout.lines().count() <= 3, "{}", logs.stdout);
+
+        let stopped = ctl(home, &["daemon", "stop"]);
+        assert!(stopped.stderr.contains(&format!("stopped maestrod (pid {second})")), "{}", stopped.stderr);
+        assert_eq!(ctl(home, &["daemon", "status"]).code, 3);
+        assert!(ctl(home, &["daemon", "stop"]).stderr.contains("not running"));
+        assert_eq!(status(other.path())["pid"].as_i64(), Some(other_pid), "the other daemon still runs");
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(checks));
+    let _ = ctl(home, &["daemon", "stop"]);
+    let _ = ctl(other.path(), &["daemon", "stop"]);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// `maestroctl … | head -1`: the reader goes away, the command ends quietly.
+#[test]
+fn a_closed_pipe_ends_the_command_quietly() {
+    let daemon = maestro_tests::Daemon::start().unwrap();
+    daemon.ctl(&["project", "create", "pipe"]).ok();
+    // Well over a pipe's buffer (64 KiB), so writing must hit the closed pipe.
+    for i in 0..60 {
+        daemon.ctl(&["-p", "pipe", "memory", "put", "backend", &format!("key-{i}"), &"v".repeat(3000)]).ok();
+    }
+    let args = ["-p", "pipe", "-o", "json", "memory", "list"];
+    let mut command = maestro_tests::ctl_command(daemon.addr(), Path::new("/"), &args);
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.code().is_none_or(|c| c == 0), "{:?} {stderr}", out.status);
+}
