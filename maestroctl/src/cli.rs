@@ -92,8 +92,14 @@ pub(crate) enum Command {
     },
     /// Daemon version and store revisions.
     Info,
-    /// The daemon's state, including how strongly agent commands are confined.
-    Status,
+    /// A live view of the project (requirements, contracts, log, loops) on a
+    /// terminal; otherwise, or with -o, the daemon's state and the project's
+    /// summary, printed once.
+    Status {
+        /// No approve/retry/abort from the view.
+        #[arg(long)]
+        readonly: bool,
+    },
     /// The harness policy of a project's workspace.
     #[command(subcommand)]
     Policy(PolicyCmd),

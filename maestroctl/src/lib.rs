@@ -9,6 +9,7 @@ mod context;
 mod local;
 mod output;
 mod repl;
+mod tui;
 
 use std::process::ExitCode;
 
@@ -97,6 +98,15 @@ pub fn main() -> ExitCode {
         Some(command) => runtime.block_on(async {
             let project = settings.project_for(&command);
             let channel = connect(settings.server.0.as_deref()).await?;
+            // `status` on a terminal, with no -o: the live view.
+            if let cli::Command::Status { readonly } = &command
+                && let Some(project) = &project
+                && settings.output.1 == config::Source::Default
+                && std::io::IsTerminal::is_terminal(&std::io::stdout())
+                && std::io::IsTerminal::is_terminal(&std::io::stdin())
+            {
+                return tui::run(channel, project, *readonly).await;
+            }
             commands::dispatch(command, project.as_deref(), channel, output).await
         }),
         None => repl::run(

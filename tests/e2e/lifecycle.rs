@@ -107,3 +107,17 @@ fn a_closed_pipe_ends_the_command_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.status.code().is_none_or(|c| c == 0), "{:?} {stderr}", out.status);
 }
+
+/// `status` off a terminal prints the daemon's state and the project's summary once.
+#[test]
+fn status_off_a_terminal_prints_once() {
+    let daemon = maestro_tests::Daemon::start().unwrap();
+    daemon.ctl(&["project", "create", "shop"]).ok();
+    daemon.ctl(&["-p", "shop", "req", "add", "Build a shop"]).ok();
+    let out = daemon.ctl(&["-p", "shop", "status"]);
+    let text = out.ok();
+    assert!(text.contains("maestrod ") && text.contains("sandbox"), "{text}");
+    assert!(text.contains("project shop: 0/1 requirements done"), "{text}");
+    let json = daemon.ctl(&["-p", "shop", "-o", "json", "status"]).json();
+    assert!(json["revision"].is_string(), "{json}");
+}

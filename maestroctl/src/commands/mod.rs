@@ -9,7 +9,7 @@ mod memory;
 mod policy;
 mod project;
 mod req;
-mod run;
+pub(crate) mod run;
 mod snapshot;
 mod system;
 mod usage;
@@ -47,7 +47,7 @@ pub(crate) async fn dispatch(
             system::watch(channel, output, &need(project)?, &prefix, from_revision).await
         }
         Command::Info => system::info(channel, output).await,
-        Command::Status => system::status(channel, output).await,
+        Command::Status { .. } => system::status(channel, output, project).await,
         Command::Policy(cmd) => policy::run(cmd, project, channel, output).await,
         Command::Init { path } => init::run(channel, path, project).await,
         Command::Run(args) => run::run(channel, args, project, output).await,

@@ -25,8 +25,12 @@ pub(super) async fn info(channel: Conn, output: Output) -> anyhow::Result<ExitSt
     Ok(0)
 }
 
-pub(super) async fn status(channel: Conn, output: Output) -> anyhow::Result<ExitStatus> {
-    let info = reply(SystemServiceClient::new(channel).get_info(v1::GetInfoRequest {}).await)?;
+pub(super) async fn status(channel: Conn, output: Output, project: Option<&str>) -> anyhow::Result<ExitStatus> {
+    let info = reply(SystemServiceClient::new(channel.clone()).get_info(v1::GetInfoRequest {}).await)?;
+    let snapshot = match project {
+        Some(project) if output == Output::Table => Some(crate::tui::fetch(&channel, project, None).await?),
+        _ => None,
+    };
     emit(output, &info, || {
         let sandbox = info.sandbox.clone().unwrap_or_default();
         let yes_no = |b: bool| if b { "enforced" } else { "NOT enforced" };
@@ -41,6 +45,9 @@ pub(super) async fn status(channel: Conn, output: Output) -> anyhow::Result<Exit
         }
         for note in &sandbox.notes {
             println!("  weaker confinement: {note}");
+        }
+        if let Some(snapshot) = &snapshot {
+            crate::tui::print(snapshot);
         }
     })?;
     Ok(0)

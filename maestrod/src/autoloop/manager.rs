@@ -270,7 +270,7 @@ impl LoopManager {
                                 .map(|s| s.to_string())
                                 .or_else(|| panic.downcast_ref::<String>().cloned())
                                 .unwrap_or_else(|| "no message".into());
-                            manager.crashed(&id, &message).await;
+                            manager.crashed(&project, &id, &message).await;
                         }
                         manager.finished(&project, &id).await;
                     }
@@ -298,8 +298,16 @@ impl LoopManager {
 
     /// A loop's task panicked: the loop is FAILED with the panic's message, its
     /// claims and lease released.
-    async fn crashed(&self, id: &str, message: &str) {
+    async fn crashed(&self, project: &str, id: &str, message: &str) {
         warn!(loop_id = %id, panic = %message, "a loop's task panicked");
+        // The project is free before anyone can read that the loop failed: a
+        // start that follows the failure runs at once, never queued behind it.
+        {
+            let mut inner = self.inner.lock().await;
+            if inner.active.get(project).is_some_and(|a| a == id) {
+                inner.active.remove(project);
+            }
+        }
         let Ok(current) = self.ssot.get_loop(id).await else { return };
         let mut record = current.value;
         if record.state.is_final() {
