@@ -26,7 +26,8 @@ MAESTRO_TOKEN=$(cat "$work/data/admin.token")
 export MAESTRO_SERVER="http://$addr" MAESTRO_PROJECT=todo MAESTRO_TOKEN
 ctl() { echo "\$ maestroctl $*"; "$bin/maestroctl" "$@"; echo; }
 
-ctl project create todo --name "To-do service" --workspace "$work"
+mkdir -p "$work/todo"
+ctl project create todo --name "To-do service" --workspace "$work/todo"
 # Follow every change of the project from its first revision, as JSON lines.
 "$bin/maestroctl" -o json watch --from-revision 1 >"$work/events.jsonl" 2>/dev/null &
 watch_pid=$!
@@ -55,7 +56,7 @@ ctl req depend R2 --on R3 || true
 ctl log list
 ctl log verify
 ctl snapshot diff planned
-ctl snapshot restore planned
+ctl snapshot restore planned --yes
 ctl req list
 sleep 0.3
 kill "$watch_pid" 2>/dev/null || true

@@ -72,6 +72,25 @@ pub(crate) enum Command {
     /// The append-only execution log.
     #[command(subcommand)]
     Log(LogCmd),
+    /// The newest execution-log entries, one line each; `-f` keeps printing
+    /// new ones until Ctrl-C (`-o json`: one object per line).
+    Logs {
+        /// Keep printing new entries.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only this agent's entries (e.g. backend-1).
+        #[arg(long, default_value = "")]
+        agent: String,
+        /// Only entries about this requirement (e.g. R2).
+        #[arg(long, default_value = "")]
+        requirement: String,
+        /// Only this loop's entries (e.g. loop-3).
+        #[arg(long = "loop", default_value = "")]
+        loop_id: String,
+        /// How many of the newest entries to show first.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+    },
     /// Per-agent memory.
     #[command(subcommand)]
     Memory(MemoryCmd),
@@ -163,6 +182,13 @@ pub(crate) enum Command {
     /// admin role in the projects concerned (or over the daemon).
     #[command(subcommand)]
     User(UserCmd),
+    /// Print a shell completion script: `source <(maestroctl completions bash)`
+    /// (zsh: into a directory on $fpath as _maestroctl; fish: into
+    /// ~/.config/fish/completions/maestroctl.fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Named servers with their CA and token (in ~/.maestro/contexts.yaml, 0600).
     Context {
         #[command(subcommand)]
@@ -341,11 +367,14 @@ pub(crate) enum ProjectCmd {
     Show {
         id: String,
     },
-    /// Delete the project and all of its data.
+    /// Delete the project and all of its data (asks first; --yes does not).
     Delete {
         id: String,
         #[arg(long, default_value = "")]
         etag: String,
+        /// Do not ask (needed when stdin is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
 }
 
@@ -582,9 +611,13 @@ pub(crate) enum SnapshotCmd {
         from: String,
         to: Option<String>,
     },
-    /// Make a snapshot's requirements, contracts and memory current again.
+    /// Make a snapshot's requirements, contracts and memory current again
+    /// (asks first; --yes does not).
     Restore {
         name: String,
+        /// Do not ask (needed when stdin is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     Delete {
         name: String,

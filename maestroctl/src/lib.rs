@@ -93,6 +93,10 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Some(cli::Command::Config { cmd }) => config::run(cmd.unwrap_or(cli::ConfigCmd::Show), &settings, output),
         Some(cli::Command::Context { cmd }) => context::run(cmd, &given, output),
+        Some(cli::Command::Completions { shell }) => {
+            clap_complete::generate(shell, &mut cli::Cli::command(), "maestroctl", &mut std::io::stdout());
+            Ok(0)
+        }
         // The local daemon itself: started, stopped or looked at without connecting first.
         Some(cli::Command::Daemon(cmd)) => runtime.block_on(commands::daemon::run(cmd, output)),
         Some(command) => runtime.block_on(async {

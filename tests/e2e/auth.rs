@@ -330,7 +330,7 @@ async fn a_deleted_project_takes_its_grants_with_it() {
         (out.code, out.stderr)
     };
     assert_eq!(as_tess(&["-p", "temp", "req", "add", "before"]).0, 0);
-    daemon.ctl(&["project", "delete", "temp"]).ok();
+    daemon.ctl(&["project", "delete", "temp", "--yes"]).ok();
     let (code, err) = as_tess(&["-p", "temp", "req", "list"]);
     assert_eq!(code, 1);
     assert!(err.contains("PERMISSION_DENIED"), "{err}");

@@ -116,7 +116,7 @@ fn every_subcommand_in_table_and_json() {
     let diff = p(&["-o", "json", "snapshot", "diff", "s1"]).json();
     assert_eq!(diff["changes"][0]["kind"], "CHANGE_KIND_ADDED");
     assert!(p(&["snapshot", "list"]).ok().contains("before extra"));
-    assert!(p(&["snapshot", "restore", "s1"]).ok().contains("1 resource(s) changed"));
+    assert!(p(&["snapshot", "restore", "s1", "--yes"]).ok().contains("1 resource(s) changed"));
     assert_eq!(p(&["-o", "json", "req", "list"]).json().as_array().unwrap().len(), 3);
     p(&["snapshot", "delete", "s1"]).ok();
 
@@ -167,7 +167,7 @@ fn every_subcommand_in_table_and_json() {
         p(&["-o", "json", "lock", "list"]).json().as_array().unwrap().is_empty(),
         "revoking the lease released the lock"
     );
-    assert!(ctl(&["project", "delete", "demo"]).ok().contains("deleted project demo"));
+    assert!(ctl(&["project", "delete", "demo", "--yes"]).ok().contains("deleted project demo"));
     assert!(ctl(&["-o", "json", "project", "list"]).json().as_array().unwrap().is_empty());
 }
 
@@ -242,7 +242,7 @@ req frobnicate
 req add "unclosed
 info
 exit
-project delete shop
+project delete shop --yes
 "#;
     child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();

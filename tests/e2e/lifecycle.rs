@@ -121,3 +121,76 @@ fn status_off_a_terminal_prints_once() {
     let json = daemon.ctl(&["-p", "shop", "-o", "json", "status"]).json();
     assert!(json["revision"].is_string(), "{json}");
 }
+
+/// `logs`: the newest entries, filtered; `-f` prints what is appended later.
+#[test]
+fn logs_show_the_newest_entries_and_follow_new_ones() {
+    let daemon = maestro_tests::Daemon::start().unwrap();
+    daemon.ctl(&["project", "create", "shop"]).ok();
+    for i in 0..30 {
+        let agent = if i % 2 == 0 { "backend-1" } else { "test-1" };
+        daemon.ctl(&["-p", "shop", "log", "append", "note", "--agent", agent, "--target", &format!("t{i}")]).ok();
+    }
+    let last = daemon.ctl(&["-p", "shop", "logs", "-n", "3"]);
+    let lines: Vec<&str> = last.ok().lines().collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[2].contains("t29") && lines[0].contains("t27"), "{lines:?}");
+    let backend = daemon.ctl(&["-p", "shop", "-o", "json", "logs", "--agent", "backend-1", "-n", "100"]);
+    let entries: Vec<serde_json::Value> = backend.ok().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(entries.len(), 15);
+    assert!(entries.iter().all(|e| e["agent"] == "backend-1"));
+
+    let mut follow =
+        maestro_tests::ctl_command(daemon.addr(), Path::new("/"), &["-p", "shop", "logs", "-f", "-n", "0"]);
+    let mut child = follow.stdout(Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    daemon.ctl(&["-p", "shop", "log", "append", "later", "--target", "fresh"]).ok();
+    let line = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the new entry is printed");
+    assert!(line.contains("later") && line.contains("fresh"), "{line}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Deleting a project or restoring a snapshot asks first; off a terminal it
+/// needs --yes, and without it nothing changes.
+#[test]
+fn what_cannot_be_undone_needs_a_yes() {
+    let daemon = maestro_tests::Daemon::start().unwrap();
+    daemon.ctl(&["project", "create", "keep"]).ok();
+    daemon.ctl(&["-p", "keep", "snapshot", "create", "s1"]).ok();
+    for args in [&["project", "delete", "keep"][..], &["-p", "keep", "snapshot", "restore", "s1"]] {
+        let refused = daemon.ctl(args);
+        assert_eq!(refused.code, 1, "{refused:?}");
+        assert!(refused.stderr.contains("--yes") && refused.stderr.lines().count() == 1, "{}", refused.stderr);
+    }
+    assert_eq!(daemon.ctl(&["project", "show", "keep"]).code, 0, "still there");
+    daemon.ctl(&["project", "delete", "keep", "--yes"]).ok();
+    assert_eq!(daemon.ctl(&["project", "show", "keep"]).code, 1);
+}
+
+/// Completion scripts generate for bash, zsh and fish, and bash loads its own.
+#[test]
+fn completions_generate_and_load_in_bash() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(binary("e2e-maestroctl")).args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("maestroctl"), "{shell}");
+    }
+    let script = Command::new(binary("e2e-maestroctl")).args(["completions", "bash"]).output().unwrap().stdout;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("maestroctl.bash"), script).unwrap();
+    let loaded = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {}/maestroctl.bash && complete -p maestroctl", dir.path().display()))
+        .output()
+        .unwrap();
+    assert!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
+    assert!(String::from_utf8_lossy(&loaded.stdout).contains("maestroctl"));
+}

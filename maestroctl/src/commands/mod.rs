@@ -23,6 +23,27 @@ use crate::cli::{Command, Output};
 pub(crate) type ExitStatus = u8;
 
 /// The `--project` a command needs, or a message saying how to give it.
+/// Asks before something that cannot be undone: `--yes` answers for the
+/// user; off a terminal there is nobody to ask, so it is refused.
+pub(crate) fn confirm(yes: bool, what: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("{what} cannot be undone: pass --yes to confirm (there is no terminal to ask on)");
+    }
+    eprint!("{what}? This cannot be undone. [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        Ok(())
+    } else {
+        anyhow::bail!("not confirmed; nothing was changed")
+    }
+}
+
 fn need(project: Option<&str>) -> anyhow::Result<String> {
     project.map(str::to_string).ok_or_else(|| {
         anyhow::anyhow!("this command needs a project: pass --project ID (-p ID) or set MAESTRO_PROJECT")
@@ -40,6 +61,10 @@ pub(crate) async fn dispatch(
         Command::Req(cmd) => req::run(cmd, project, channel, output).await,
         Command::Contract(cmd) => contract::run(cmd, project, channel, output).await,
         Command::Log(cmd) => log::run(cmd, project, channel, output).await,
+        Command::Logs { follow, agent, requirement, loop_id, lines } => {
+            let filter = log::Filter { agent, requirement, loop_id };
+            log::tail(channel, &need(project)?, filter, lines, follow, output).await
+        }
         Command::Memory(cmd) => memory::run(cmd, project, channel, output).await,
         Command::Lock(cmd) => memory::run_lock(cmd, project, channel, output).await,
         Command::Snapshot(cmd) => snapshot::run(cmd, project, channel, output).await,
@@ -67,7 +92,7 @@ pub(crate) async fn dispatch(
         Command::Pause { loop_id } => loops::act(channel, loop_id, loops::Action::Pause, output).await,
         Command::Resume { loop_id } => loops::act(channel, loop_id, loops::Action::Resume, output).await,
         // Settings need no daemon: the callers run them before connecting.
-        Command::Config { .. } | Command::Context { .. } | Command::Daemon(_) => {
+        Command::Config { .. } | Command::Context { .. } | Command::Daemon(_) | Command::Completions { .. } => {
             Err(anyhow::anyhow!("internal: config and context need no daemon and never reach the dispatch"))
         }
     }

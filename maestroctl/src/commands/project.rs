@@ -56,7 +56,8 @@ pub(super) async fn run(cmd: ProjectCmd, channel: Conn, output: Output) -> anyho
             let project = reply(client.get_project(v1::GetProjectRequest { id }).await)?;
             emit(output, &project, || table(std::slice::from_ref(&project)))?;
         }
-        ProjectCmd::Delete { id, etag } => {
+        ProjectCmd::Delete { id, etag, yes } => {
+            super::confirm(yes, &format!("Delete project {id} and all of its data"))?;
             let deleted = reply(client.delete_project(v1::DeleteProjectRequest { id: id.clone(), etag }).await)?;
             emit(output, &deleted, || println!("deleted project {id} at revision {}", deleted.revision))?;
         }

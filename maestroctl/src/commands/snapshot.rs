@@ -63,7 +63,11 @@ pub(super) async fn run(
                 }
             })?;
         }
-        SnapshotCmd::Restore { name } => {
+        SnapshotCmd::Restore { name, yes } => {
+            super::confirm(
+                yes,
+                &format!("Restore snapshot {name} over the project's requirements, contracts and memory"),
+            )?;
             let request = v1::RestoreSnapshotRequest { project_id: need(project)?, name: name.clone() };
             let restored = reply(client.restore_snapshot(request).await)?;
             emit(output, &restored, || {
