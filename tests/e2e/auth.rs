@@ -33,19 +33,6 @@ async fn call(conn: maestro_tests::Conn, method: &str, id: &str) -> Code {
     result.err().map_or(Code::Ok, |status| status.code())
 }
 
-fn add_user(daemon: &Daemon, name: &str, role: &str, project: &str) -> String {
-    let mut command = Command::new(binary("e2e-maestrod"));
-    command.arg("--data-dir").arg(daemon.data_dir()).args(["user", "add", name, "--role", role]);
-    if project == "*" {
-        command.arg("--all");
-    } else {
-        command.args(["--project", project]);
-    }
-    let out = command.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// Runs `maestroctl` against `daemon` with `token` as MAESTRO_TOKEN.
 fn ctl_as(daemon: &Daemon, token: &str, args: &[&str]) -> maestro_tests::CtlOutput {
     let mut command = maestro_tests::ctl_command(&daemon.url(), std::path::Path::new("/"), args);
@@ -84,15 +71,11 @@ async fn every_rpc_is_authorized_as_the_permission_table_says() {
 
     type Grants = Vec<(&'static str, Role)>;
     let callers: Vec<(&str, String, Grants)> = vec![
-        ("viewer", add_user(&daemon, "vera", "viewer", "shop"), vec![("shop", Role::Viewer)]),
-        ("developer", add_user(&daemon, "dev", "developer", "shop"), vec![("shop", Role::Developer)]),
-        ("project admin", add_user(&daemon, "pat", "admin", "shop"), vec![("shop", Role::Admin)]),
-        (
-            "other project's developer",
-            add_user(&daemon, "otto", "developer", "other"),
-            vec![("other", Role::Developer)],
-        ),
-        ("daemon viewer", add_user(&daemon, "auditor", "viewer", "*"), vec![("*", Role::Viewer)]),
+        ("viewer", daemon.add_user("vera", "viewer", "shop"), vec![("shop", Role::Viewer)]),
+        ("developer", daemon.add_user("dev", "developer", "shop"), vec![("shop", Role::Developer)]),
+        ("project admin", daemon.add_user("pat", "admin", "shop"), vec![("shop", Role::Admin)]),
+        ("other project's developer", daemon.add_user("otto", "developer", "other"), vec![("other", Role::Developer)]),
+        ("daemon viewer", daemon.add_user("auditor", "viewer", "*"), vec![("*", Role::Viewer)]),
     ];
     // Deleting the project goes last: every other call needs it there.
     let mut rules: Vec<&Rule> = RULES.iter().collect();
@@ -148,7 +131,7 @@ async fn users_come_and_go_while_the_daemon_runs_and_clients_say_what_to_do() {
     let daemon = Daemon::start().unwrap();
     daemon.ctl(&["project", "create", "shop"]).ok();
     daemon.ctl(&["project", "create", "secret"]).ok();
-    let token = add_user(&daemon, "dev", "developer", "shop");
+    let token = daemon.add_user("dev", "developer", "shop");
     let as_dev = |args: &[&str]| {
         let out = ctl_as(&daemon, &token, args);
         (out.code, out.stdout, out.stderr)
@@ -170,7 +153,7 @@ async fn users_come_and_go_while_the_daemon_runs_and_clients_say_what_to_do() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("PERMISSION_DENIED") && err.contains("only a daemon admin sets workspaces"), "{err}");
     // Not even a project's admin: only a daemon-wide one.
-    let project_admin = add_user(&daemon, "pat", "admin", "shop");
+    let project_admin = daemon.add_user("pat", "admin", "shop");
     let mut projects = maestro_shared::v1::project_service_client::ProjectServiceClient::new(
         daemon.channel_with(&project_admin).await.unwrap(),
     );
@@ -273,8 +256,8 @@ async fn leases_belong_to_whoever_was_granted_them() {
     let daemon = Daemon::start().unwrap();
     daemon.ctl(&["project", "create", "shop"]).ok();
     daemon.ctl(&["project", "create", "other"]).ok();
-    let alice = add_user(&daemon, "alice", "developer", "shop");
-    let mallory = add_user(&daemon, "mallory", "developer", "other");
+    let alice = daemon.add_user("alice", "developer", "shop");
+    let mallory = daemon.add_user("mallory", "developer", "other");
     let mut as_alice = LockServiceClient::new(daemon.channel_with(&alice).await.unwrap());
     let mut as_mallory = LockServiceClient::new(daemon.channel_with(&mallory).await.unwrap());
 
@@ -324,7 +307,7 @@ async fn leases_belong_to_whoever_was_granted_them() {
 async fn a_deleted_project_takes_its_grants_with_it() {
     let daemon = Daemon::start().unwrap();
     daemon.ctl(&["project", "create", "temp"]).ok();
-    let token = add_user(&daemon, "tess", "developer", "temp");
+    let token = daemon.add_user("tess", "developer", "temp");
     let as_tess = |args: &[&str]| {
         let out = ctl_as(&daemon, &token, args);
         (out.code, out.stderr)
@@ -392,8 +375,8 @@ fn a_project_admin_manages_the_users_of_their_project_only() {
 fn every_change_records_who_made_it() {
     let daemon = Daemon::start().unwrap();
     daemon.ctl(&["project", "create", "shop"]).ok();
-    let alice = add_user(&daemon, "alice", "developer", "shop");
-    let bob = add_user(&daemon, "bob", "developer", "shop");
+    let alice = daemon.add_user("alice", "developer", "shop");
+    let bob = daemon.add_user("bob", "developer", "shop");
     ctl_as(&daemon, &alice, &["-p", "shop", "req", "add", "Checkout"]).ok();
     let created = ctl_as(&daemon, &alice, &["-p", "shop", "-o", "json", "req", "show", "R1"]).json();
     assert_eq!(created["meta"]["modifiedBy"], "alice", "{created}");

@@ -14,17 +14,6 @@ use maestro_shared::v1::{
 use maestro_tests::{Daemon, binary};
 use tonic::Code;
 
-fn add_user(daemon: &Daemon, name: &str, role: &str, project: &str) -> String {
-    let out = Command::new(binary("e2e-maestrod"))
-        .arg("--data-dir")
-        .arg(daemon.data_dir())
-        .args(["user", "add", name, "--role", role, "--project", project])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// Pings `n` times, 50 ms apart, as a bystander: how long each took (a
 /// failed or hung ping panics).
 async fn bystander_pings(daemon: &Daemon, n: usize) -> Vec<Duration> {
@@ -52,7 +41,7 @@ async fn a_flooding_user_is_slowed_and_told_when_to_retry_while_others_are_serve
     use tonic_types::StatusExt;
     let daemon = Daemon::start_with(&["--user-rate", "50", "--user-burst", "50"]).unwrap();
     daemon.ctl(&["project", "create", "shop"]).ok();
-    let mallory = add_user(&daemon, "mallory", "viewer", "shop");
+    let mallory = daemon.add_user("mallory", "viewer", "shop");
     let conn = daemon.channel_with(&mallory).await.unwrap();
     let flood = tokio::spawn(async move {
         let mut refused = Vec::new();
@@ -152,7 +141,7 @@ async fn a_thousand_idle_connections_and_a_long_chain_do_not_lock_anyone_out() {
 async fn a_revoked_tokens_open_stream_ends() {
     let daemon = Daemon::start().unwrap();
     daemon.ctl(&["project", "create", "shop"]).ok();
-    let bob = add_user(&daemon, "bob", "viewer", "shop");
+    let bob = daemon.add_user("bob", "viewer", "shop");
     let mut watch = WatchServiceClient::new(daemon.channel_with(&bob).await.unwrap());
     let mut stream =
         watch.watch(v1::WatchRequest { project_id: "shop".into(), ..Default::default() }).await.unwrap().into_inner();
@@ -184,7 +173,7 @@ async fn ten_clients_edit_and_watch_one_project_without_losing_anything() {
     let mut watchers = Vec::new();
     let mut conns = Vec::new();
     for i in 0..10 {
-        let token = add_user(&daemon, &format!("dev{i}"), "developer", "team");
+        let token = daemon.add_user(&format!("dev{i}"), "developer", "team");
         let conn = daemon.channel_with(&token).await.unwrap();
         conns.push(conn.clone());
         let mut stream = WatchServiceClient::new(conn.clone())

@@ -103,6 +103,21 @@ impl Daemon {
         &self.data_dir
     }
 
+    /// Adds a user with `role` in `project` (`*`: every project) through
+    /// `maestrod user add`; returns its token.
+    pub fn add_user(&self, name: &str, role: &str, project: &str) -> String {
+        let mut command = Command::new(binary("e2e-maestrod"));
+        command.arg("--data-dir").arg(&self.data_dir).args(["user", "add", name, "--role", role]);
+        if project == "*" {
+            command.arg("--all");
+        } else {
+            command.args(["--project", project]);
+        }
+        let out = command.output().expect("maestrod user add runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// What the daemon wrote to stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

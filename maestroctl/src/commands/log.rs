@@ -31,6 +31,34 @@ fn table(entries: &[v1::LogEntry]) {
     table.print();
 }
 
+/// Every entry of `project` from `from_seq` on (of `agent` and `loop_id`
+/// when given), page by page; at most `limit` (0: all).
+pub(crate) async fn list(
+    client: &ExecutionLogServiceClient<Conn>,
+    project: &str,
+    from_seq: u64,
+    agent: &str,
+    loop_id: &str,
+    limit: usize,
+) -> anyhow::Result<Vec<v1::LogEntry>> {
+    all_pages(limit, |page_token| {
+        let mut client = client.clone();
+        let request = v1::ListLogEntriesRequest {
+            project_id: project.to_string(),
+            page_size: 1000,
+            page_token,
+            from_seq,
+            agent: agent.to_string(),
+            loop_id: loop_id.to_string(),
+        };
+        async move {
+            let page = client.list_log_entries(request).await?.into_inner();
+            Ok((page.entries, page.next_page_token))
+        }
+    })
+    .await
+}
+
 pub(super) async fn run(
     cmd: LogCmd,
     project: Option<&str>,
@@ -40,23 +68,7 @@ pub(super) async fn run(
     let mut client = ExecutionLogServiceClient::new(channel);
     match cmd {
         LogCmd::List { from, agent, loop_id, limit } => {
-            let project_id = need(project)?;
-            let entries = all_pages(limit, |page_token| {
-                let mut client = client.clone();
-                let request = v1::ListLogEntriesRequest {
-                    project_id: project_id.clone(),
-                    page_size: 1000,
-                    page_token,
-                    from_seq: from,
-                    agent: agent.clone(),
-                    loop_id: loop_id.clone(),
-                };
-                async move {
-                    let page = client.list_log_entries(request).await?.into_inner();
-                    Ok((page.entries, page.next_page_token))
-                }
-            })
-            .await?;
+            let entries = list(&client, &need(project)?, from, &agent, &loop_id, limit).await?;
             emit(output, &entries, || table(&entries))?;
             Ok(0)
         }
@@ -104,22 +116,7 @@ async fn entries_from(
     filter: &Filter,
     from_seq: u64,
 ) -> anyhow::Result<(Vec<v1::LogEntry>, Option<u64>)> {
-    let entries = all_pages(0, |page_token| {
-        let mut client = client.clone();
-        let request = v1::ListLogEntriesRequest {
-            project_id: project.to_string(),
-            page_size: 1000,
-            page_token,
-            from_seq,
-            agent: filter.agent.clone(),
-            loop_id: filter.loop_id.clone(),
-        };
-        async move {
-            let page = client.list_log_entries(request).await?.into_inner();
-            Ok((page.entries, page.next_page_token))
-        }
-    })
-    .await?;
+    let entries = list(client, project, from_seq, &filter.agent, &filter.loop_id, 0).await?;
     let last = entries.last().map(|e| e.seq);
     let kept = entries.into_iter().filter(|e| filter.requirement.is_empty() || e.requirement == filter.requirement);
     Ok((kept.collect(), last))

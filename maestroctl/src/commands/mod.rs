@@ -3,7 +3,7 @@
 mod contract;
 pub(crate) mod daemon;
 pub(crate) mod init;
-mod log;
+pub(crate) mod log;
 mod loops;
 mod memory;
 mod policy;

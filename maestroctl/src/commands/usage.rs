@@ -7,7 +7,6 @@ use maestro_shared::Conn;
 use maestro_shared::v1::{self, execution_log_service_client::ExecutionLogServiceClient};
 use serde::Serialize;
 
-use crate::client::all_pages;
 use crate::output::Table;
 
 /// One line of the sums.
@@ -60,22 +59,7 @@ impl Usage {
     /// The loop's model calls, from the project's execution log.
     pub(crate) async fn fetch(channel: Conn, project: &str, loop_id: &str) -> anyhow::Result<Usage> {
         let client = ExecutionLogServiceClient::new(channel);
-        let entries = all_pages(0, |page_token| {
-            let mut client = client.clone();
-            let request = v1::ListLogEntriesRequest {
-                project_id: project.to_string(),
-                page_size: 1000,
-                page_token,
-                from_seq: 0,
-                agent: String::new(),
-                loop_id: loop_id.to_string(),
-            };
-            async move {
-                let page = client.list_log_entries(request).await?.into_inner();
-                Ok((page.entries, page.next_page_token))
-            }
-        })
-        .await?;
+        let entries = super::log::list(&client, project, 0, "", loop_id, 0).await?;
         Ok(Usage::of(&entries))
     }
 

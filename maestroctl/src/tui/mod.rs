@@ -61,21 +61,7 @@ pub(crate) async fn fetch(conn: &Conn, project: &str, before: Option<&Snapshot>)
             reply(log_client.verify_log(request).await)?.entries.saturating_sub(LOG_ENTRIES) + 1
         }
     };
-    let fresh = all_pages(0, |page_token| {
-        let mut client = log_client.clone();
-        let request = v1::ListLogEntriesRequest {
-            project_id: project.to_string(),
-            from_seq,
-            page_size: 500,
-            page_token,
-            ..Default::default()
-        };
-        async move {
-            let page = client.list_log_entries(request).await?.into_inner();
-            Ok((page.entries, page.next_page_token))
-        }
-    })
-    .await?;
+    let fresh = crate::commands::log::list(&log_client, project, from_seq, "", "", 0).await?;
     let mut log: Vec<v1::LogEntry> = before.map(|b| b.log.clone()).unwrap_or_default();
     log.extend(fresh);
     let keep = usize::try_from(LOG_ENTRIES).unwrap_or(usize::MAX);
