@@ -27,9 +27,12 @@ pub struct Cli {
     /// The private key of --tls-cert.
     #[arg(long, global = true, env = "MAESTRO_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
     pub(crate) tls_key: Option<PathBuf>,
-    /// Output format: aligned tables for people, JSON for scripts.
+    /// Output format: aligned tables for people, JSON or YAML for scripts.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table, env = "MAESTRO_OUTPUT")]
     pub(crate) output: Output,
+    /// Colour: on terminals unless NO_COLOR is set or TERM=dumb (auto), always, never.
+    #[arg(long, global = true, value_enum, default_value_t = crate::color::ColorChoice::Auto, env = "MAESTRO_COLOR")]
+    pub(crate) color: crate::color::ColorChoice,
     /// The token maestrod knows you by [default: for the local daemon, its admin
     /// token in ~/.maestro/data/admin.token].
     #[arg(long, global = true, env = "MAESTRO_TOKEN", hide_env_values = true)]
@@ -42,10 +45,30 @@ pub struct Cli {
     pub(crate) command: Option<Command>,
 }
 
+/// The arguments as clap reads them. In `config get|set|unset|edit`, a bare
+/// `--project` names the project folder's file (the and the README's
+/// spelling), not a project id as it does everywhere else: it becomes
+/// `--project-file` there.
+pub(crate) fn normalize<T: Into<std::ffi::OsString>>(args: impl IntoIterator<Item = T>) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let at = args.windows(2).position(|pair| {
+        pair[0] == "config" && ["get", "set", "unset", "edit"].iter().any(|sub| pair[1] == *sub)
+    });
+    if let Some(at) = at {
+        for arg in &mut args[at + 2..] {
+            if arg == "--project" {
+                *arg = "--project-file".into();
+            }
+        }
+    }
+    args
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Output {
     Table,
     Json,
+    Yaml,
 }
 
 impl Output {
@@ -54,6 +77,7 @@ impl Output {
         match self {
             Output::Table => "table",
             Output::Json => "json",
+            Output::Yaml => "yaml",
         }
     }
 }
@@ -262,15 +286,55 @@ pub(crate) enum ContextCmd {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ConfigCmd {
-    /// server, project and output in effect, with their sources: flag, env
-    /// MAESTRO_*, the project folder's .maestro/config.yaml, ~/.maestro/config.yaml, default.
+    /// server, project, output and color in effect, with their sources: flag,
+    /// env MAESTRO_*, the project folder's .maestro/config.yaml,
+    /// ~/.maestro/config.yaml, default.
+    #[command(after_help = "Examples:\n  maestroctl config\n  maestroctl config show -o json")]
     Show,
-    /// A key's value in ~/.maestro/config.yaml (exit 1 when it is not set).
-    Get { key: String },
-    /// Set a key (server, project, output) in ~/.maestro/config.yaml.
-    Set { key: String, value: String },
-    /// Remove a key from ~/.maestro/config.yaml.
-    Unset { key: String },
+    /// A key's value (exit 1 when it is not set): from ~/.maestro/config.yaml,
+    /// or with --project from the project folder's .maestro/config.yaml.
+    #[command(after_help = "Examples:\n  maestroctl config get server\n  maestroctl config get --project llm.model")]
+    Get {
+        key: String,
+        #[command(flatten)]
+        layer: Layer,
+    },
+    /// Set a key, checked against what it takes (`maestroctl config keys`
+    /// lists them): in ~/.maestro/config.yaml, or with --project in the
+    /// project folder's .maestro/config.yaml (comments and layout kept).
+    #[command(after_help = "Examples:\n  maestroctl config set output json\n  maestroctl config set --project                             llm.provider anthropic\n  maestroctl config set --project loop.test_command '[npm, test]'\n                              maestroctl config set --project llm.roles.review.model claude-sonnet-4-5")]
+    Set {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        layer: Layer,
+    },
+    /// Remove a key (any key, also a misspelt one, so a broken file can be fixed).
+    #[command(after_help = "Examples:\n  maestroctl config unset server\n  maestroctl config unset --project llm.model")]
+    Unset {
+        key: String,
+        #[command(flatten)]
+        layer: Layer,
+    },
+    /// Open the file in $VISUAL or $EDITOR (default vi), then check it.
+    #[command(after_help = "Examples:\n  maestroctl config edit\n  EDITOR=nano maestroctl config edit --project")]
+    Edit {
+        #[command(flatten)]
+        layer: Layer,
+    },
+    /// Every key of both files: what it takes and what it does.
+    #[command(after_help = "Examples:\n  maestroctl config keys\n  maestroctl config keys -o json")]
+    Keys,
+}
+
+/// Which file a `config` command works on.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub(crate) struct Layer {
+    /// The project folder's .maestro/config.yaml (found at or above here)
+    /// instead of ~/.maestro/config.yaml. Written `--project`: in config
+    /// commands it takes no value (name a project with -p).
+    #[arg(long = "project-file", visible_alias = "in-project")]
+    pub(crate) project: bool,
 }
 
 #[derive(Debug, clap::Args)]

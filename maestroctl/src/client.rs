@@ -59,8 +59,7 @@ pub(crate) fn token(local: bool) -> String {
     if let Some(token) = credentials().token {
         return token;
     }
-    if local && let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        let file = PathBuf::from(home).join(".maestro/data/admin.token");
+    if local && let Some(file) = crate::home::maestro_file("data/admin.token") {
         if let Ok(token) = std::fs::read_to_string(file) {
             return token.trim().to_string();
         }

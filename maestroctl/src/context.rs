@@ -54,7 +54,7 @@ pub(crate) struct Contexts {
 impl Contexts {
     /// `~/.maestro/contexts.yaml`, or `None` without HOME.
     pub(crate) fn path() -> Option<PathBuf> {
-        std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".maestro/contexts.yaml"))
+        crate::home::maestro_file("contexts.yaml")
     }
 
     /// Reads `path`; a missing file has no contexts. A file others may read is

@@ -3,9 +3,11 @@
 
 pub mod cli;
 mod client;
+mod color;
 mod commands;
 mod config;
 mod context;
+mod home;
 mod local;
 mod output;
 mod repl;
@@ -48,7 +50,7 @@ fn quiet_broken_pipe() {
 /// Runs `maestroctl` with the process's arguments.
 pub fn main() -> ExitCode {
     quiet_broken_pipe();
-    let matches = match cli::Cli::command().try_get_matches() {
+    let matches = match cli::Cli::command().try_get_matches_from(cli::normalize(std::env::args_os())) {
         Ok(matches) => matches,
         Err(error) => return clap_exit(&error),
     };
@@ -73,14 +75,27 @@ pub fn main() -> ExitCode {
             tls_key: cli.tls_key.clone(),
         },
     };
-    let resolved = config::Settings::resolve(&cli, &matches, &cwd, config::UserFile::path().as_deref(), &contexts);
+    let user_file = config::UserFile::path();
+    let resolved = config::Settings::resolve(&cli, &matches, Some(&cwd), user_file.as_deref(), &contexts);
     let settings = match resolved {
         Ok(settings) => settings,
+        // A broken file must not keep `config` from fixing it: flags and environment only.
+        Err(error) if matches!(cli.command, Some(cli::Command::Config { .. })) => {
+            eprintln!("maestroctl: warning: {error:#}");
+            match config::Settings::resolve(&cli, &matches, None, None, &contexts) {
+                Ok(settings) => settings,
+                Err(error) => {
+                    eprintln!("maestroctl: {error:#}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
         Err(error) => {
             eprintln!("maestroctl: {error:#}");
             return ExitCode::from(1);
         }
     };
+    color::init(settings.color.0);
     client::set_credentials(settings.credentials.clone());
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -106,7 +121,7 @@ pub fn main() -> ExitCode {
             if let cli::Command::Status { readonly } = &command
                 && let Some(project) = &project
                 && settings.output.1 == config::Source::Default
-                && std::io::IsTerminal::is_terminal(&std::io::stdout())
+                && color::capable(&std::io::stdout())
                 && std::io::IsTerminal::is_terminal(&std::io::stdin())
             {
                 return tui::run(channel, project, *readonly).await;
@@ -121,7 +136,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            eprintln!("maestroctl: {error:#}");
+            eprintln!("{}: {error:#}", color::paint(color::stderr(), "31", "maestroctl"));
             ExitCode::from(1)
         }
     }

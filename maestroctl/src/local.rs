@@ -33,13 +33,12 @@ pub(crate) struct Local {
 
 impl Local {
     pub(crate) fn new() -> anyhow::Result<Local> {
-        let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from).ok_or_else(|| {
+        let home = crate::home::home().ok_or_else(|| {
             anyhow!(
-                "HOME is not set, so there is no local maestrod (~/.maestro/maestrod.sock); pass --server or set \
-                 MAESTRO_SERVER"
+                "HOME is not set (or not an absolute path), so there is no local maestrod \
+                 (~/.maestro/maestrod.sock); pass --server or set MAESTRO_SERVER"
             )
         })?;
-        let home = std::path::absolute(&home).unwrap_or(home);
         let base = home.join(".maestro");
         Ok(Local {
             socket: maestro_shared::local_socket(&home),

@@ -72,7 +72,7 @@ pub(crate) fn parse_line(session: &mut Session, line: &str) -> Result<Action, St
         argv.extend(["--server".to_string(), server.clone()]);
     }
     argv.extend(words);
-    let cli = match Cli::try_parse_from(argv) {
+    let cli = match Cli::try_parse_from(crate::cli::normalize(argv)) {
         Ok(cli) => cli,
         Err(error) if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             return Ok(Action::Print(error.render().to_string()));
@@ -124,7 +124,7 @@ impl Input {
             return Ok(Input::Script(std::io::stdin().lock()));
         }
         let mut editor = Box::new(DefaultEditor::new()?);
-        let history = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".maestro").join("history"));
+        let history = crate::home::maestro_file("history");
         if let Some(path) = &history {
             // A missing history file is the first session, not an error.
             let _ = editor.load_history(path);

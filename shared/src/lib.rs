@@ -11,6 +11,8 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("maestro_descriptor");
 }
 
+pub mod settings;
+
 /// The usual TCP port of a shared `maestrod` (`--listen 127.0.0.1:7700`).
 pub const DEFAULT_PORT: u16 = 7700;
 

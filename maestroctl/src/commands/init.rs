@@ -98,12 +98,6 @@ pub(crate) async fn ensure_project(
         .or_else(|| existing.as_deref().and_then(configured_id))
         .unwrap_or_else(|| id_from(&dir));
     let mut done = Vec::new();
-    if existing.is_none() {
-        std::fs::create_dir_all(dir.join(".maestro"))?;
-        std::fs::write(&config, default_config(&project))
-            .with_context(|| format!("cannot write {}", config.display()))?;
-        done.push(format!("wrote {CONFIG}"));
-    }
     let workspace = dir.display().to_string();
     let mut client = ProjectServiceClient::new(channel);
     let request = v1::CreateProjectRequest {
@@ -120,14 +114,28 @@ pub(crate) async fn ensure_project(
                 .map_err(status_error)?
                 .into_inner();
             if found.workspace != workspace {
-                return Err(anyhow!(
-                    "project {project} is registered for {}; set another project.id in {}",
-                    found.workspace,
-                    config.display()
-                ));
+                let elsewhere = if found.workspace.is_empty() {
+                    "has no project folder".to_string()
+                } else {
+                    format!("belongs to {}", found.workspace)
+                };
+                let fix = if existing.is_some() {
+                    format!("set another project.id in {}", config.display())
+                } else {
+                    "name another with --project ID".to_string()
+                };
+                return Err(anyhow!("project {project} exists already and {elsewhere}; {fix}"));
             }
         }
         Err(status) => return Err(status_error(status)),
+    }
+    // Written once the project is registered, so a refused id leaves no file
+    // pointing at somebody else's project.
+    if existing.is_none() {
+        std::fs::create_dir_all(dir.join(".maestro"))?;
+        std::fs::write(&config, default_config(&project))
+            .with_context(|| format!("cannot write {}", config.display()))?;
+        done.insert(0, format!("wrote {CONFIG}"));
     }
     if !dir.join(".git").exists() {
         let status = std::process::Command::new("git").arg("init").arg("-q").arg(&dir).status();

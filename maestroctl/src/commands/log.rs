@@ -6,7 +6,7 @@ use maestro_shared::v1::{self, execution_log_service_client::ExecutionLogService
 use super::{ExitStatus, need};
 use crate::cli::{LogCmd, Output};
 use crate::client::{all_pages, reply};
-use crate::output::{Table, emit, json_line, time};
+use crate::output::{Table, emit, item, time};
 
 fn table(entries: &[v1::LogEntry]) {
     let mut table = Table::new(&[
@@ -129,7 +129,7 @@ fn line(e: &v1::LogEntry) -> String {
     format!(
         "#{:<5} {} {} e{} {}{requirement} {} {} → {}{tokens}{detail}",
         e.seq,
-        time(e.time_ms),
+        crate::output::timestamp(e.time_ms),
         if e.loop_id.is_empty() { "-" } else { e.loop_id.as_str() },
         e.epoch,
         e.agent,
@@ -142,7 +142,7 @@ fn line(e: &v1::LogEntry) -> String {
 fn show(entries: &[v1::LogEntry], output: Output) -> anyhow::Result<()> {
     for entry in entries {
         match output {
-            Output::Json => json_line(entry)?,
+            Output::Json | Output::Yaml => item(output, entry)?,
             Output::Table => println!("{}", line(entry)),
         }
     }

@@ -75,10 +75,10 @@ pub(super) async fn run(
             let l = reply(client.get_loop(v1::GetLoopRequest { loop_id }).await)?;
             let usage = Usage::fetch(channel, &l.project_id, &l.loop_id).await?;
             match output {
-                Output::Json => {
+                Output::Json | Output::Yaml => {
                     let mut value = serde_json::to_value(&l)?;
                     value["usage"] = serde_json::to_value(&usage)?;
-                    crate::output::json(&value)?;
+                    crate::output::emit(output, &value, || {})?;
                 }
                 Output::Table => {
                     show_one(output, &l)?;

@@ -3,7 +3,7 @@
 //! bar of requirements, tokens and time; otherwise plain lines, or one JSON
 //! event per line with `--output json`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -17,10 +17,16 @@ use super::ExitStatus;
 use super::init::{ensure_project, find_workspace};
 use crate::cli::{FollowArgs, Output, RunArgs};
 use crate::client::{reply, status_error};
-use crate::output::json_line;
+use crate::output;
 
 /// The demo's task unless one is given.
 const DEMO_TASK: &str = "Build a to-do service: a REST API, a command-line client, and tests";
+
+/// Whether `task` names the demo's own task (spaces, case and a final full stop aside).
+fn is_demo_task(task: &str) -> bool {
+    let words = |text: &str| text.trim().trim_end_matches('.').to_lowercase().split_whitespace().collect::<Vec<_>>().join(" ");
+    task.trim().is_empty() || words(task) == words(DEMO_TASK)
+}
 
 /// The exit code for a loop's state (None while it runs).
 pub(crate) fn exit_code(state: LoopState) -> Option<ExitStatus> {
@@ -48,9 +54,15 @@ pub(super) async fn run(
         if dir.read_dir().is_ok_and(|mut entries| entries.next().is_some()) {
             return Err(anyhow!("{} exists and is not empty; pick a new folder with --workspace", dir.display()));
         }
+        if let Some(task) = args.task.as_deref().filter(|task| !is_demo_task(task)) {
+            return Err(anyhow!(
+                "the demo builds only its own task ({DEMO_TASK:?}), not {task:?}; run your task with a model: maestroctl run {}",
+                shlex::try_quote(task).unwrap_or_default()
+            ));
+        }
         v1::StartLoopRequest {
             project_id: project.unwrap_or_default().to_string(),
-            task: args.task.clone().unwrap_or_else(|| DEMO_TASK.to_string()),
+            task: DEMO_TASK.to_string(),
             demo: true,
             workspace: dir.display().to_string(),
             ..Default::default()
@@ -94,7 +106,7 @@ pub(super) async fn run(
     let started = reply(client.start_loop(request).await)?;
     if args.detach {
         match output {
-            Output::Json => json_line(&started)?,
+            Output::Json | Output::Yaml => output::item(output, &started)?,
             Output::Table => println!("{}", started.loop_id),
         }
         return Ok(0);
@@ -203,7 +215,7 @@ pub(crate) async fn follow(
     let mut client = LoopServiceClient::new(channel);
     let mut next = from_seq;
     let mut status = StatusLine {
-        enabled: output == Output::Table && std::io::stderr().is_terminal(),
+        enabled: output == Output::Table && crate::color::capable(&std::io::stderr()),
         started: Instant::now(),
         shown: false,
     };
@@ -257,7 +269,7 @@ pub(crate) async fn follow(
                     next = event.seq + 1;
                     status.clear();
                     match output {
-                        Output::Json => json_line(&event)?,
+                        Output::Json | Output::Yaml => output::item(output, &event)?,
                         Output::Table => println!("{}", line(&event)),
                     }
                     let state = LoopState::try_from(event.state).unwrap_or(LoopState::Unspecified);

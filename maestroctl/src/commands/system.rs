@@ -7,7 +7,7 @@ use maestro_shared::v1::{self, system_service_client::SystemServiceClient, watch
 use super::ExitStatus;
 use crate::cli::Output;
 use crate::client::{reply, status_error};
-use crate::output::{Table, emit, json_line};
+use crate::output::{Table, emit, item};
 
 pub(super) async fn info(channel: Conn, output: Output) -> anyhow::Result<ExitStatus> {
     let info = reply(SystemServiceClient::new(channel).get_info(v1::GetInfoRequest {}).await)?;
@@ -78,7 +78,7 @@ pub(super) async fn watch(
         }
         for event in &message.events {
             match output {
-                Output::Json => json_line(event)?,
+                Output::Json | Output::Yaml => item(output, event)?,
                 Output::Table => {
                     let kind = v1::EventType::try_from(event.r#type)
                         .map_or("?", |t| t.as_str_name().trim_start_matches("EVENT_TYPE_"));

@@ -55,7 +55,7 @@ pub(super) async fn run(
                     .await,
             )?;
             match output {
-                Output::Json => emit(output, &added, || {})?,
+                Output::Json | Output::Yaml => emit(output, &added, || {})?,
                 Output::Table => {
                     println!("{}", added.token);
                     eprintln!("maestroctl: user {name} added; the token above is shown only now");
@@ -68,7 +68,7 @@ pub(super) async fn run(
         }
         UserCmd::Revoke { name } => {
             reply(client.revoke_user(v1::RevokeUserRequest { name: name.clone() }).await)?;
-            if output == Output::Json {
+            if output != Output::Table {
                 emit(output, &serde_json::json!({ "revoked": name }), || {})?;
             } else {
                 eprintln!("maestroctl: user {name} revoked");
