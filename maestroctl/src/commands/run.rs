@@ -121,13 +121,35 @@ pub(super) async fn run(
             if args.follow.cancel_on_exit { " and cancels it" } else { "" }
         );
     }
-    let code = follow(channel, &started.loop_id, 0, output, args.follow).await?;
+    let code = follow(channel.clone(), &started.loop_id, 0, output, args.follow).await?;
     if args.demo && code == 0 && output == Output::Table {
         println!("\nThe demo project is in {}", started.workspace);
         println!("Run its tests: cd {} && python3 -m unittest discover -s tests -v", started.workspace);
-        println!("Its history: git -C {} log --oneline --tags='maestro/*'", started.workspace);
+    }
+    if code == 0 {
+        where_the_work_is(channel, &started.loop_id, output).await?;
     }
     Ok(code)
+}
+
+/// The last line after a loop succeeded: which branch holds the work and the
+/// git command that takes it onto yours.
+async fn where_the_work_is(channel: Conn, loop_id: &str, output: Output) -> anyhow::Result<()> {
+    if output != Output::Table {
+        return Ok(());
+    }
+    let mut client = LoopServiceClient::new(channel);
+    let l = reply(client.get_loop(v1::GetLoopRequest { loop_id: loop_id.to_string() }).await)?;
+    if l.state() != LoopState::Succeeded || l.result_branch.is_empty() {
+        return Ok(());
+    }
+    if l.result_on_current_branch {
+        println!("The work is committed on your branch {} (git -C {} log --oneline)", l.result_branch, l.workspace);
+    } else {
+        println!("The work is on branch {}; take it onto yours: git -C {} {}", l.result_branch, l.workspace, 
+            l.result_take.strip_prefix("git ").unwrap_or(&l.result_take));
+    }
+    Ok(())
 }
 
 /// The API keys the project's models need, from this environment: what
@@ -383,5 +405,9 @@ pub(super) async fn attach(
     args: FollowArgs,
     output: Output,
 ) -> anyhow::Result<ExitStatus> {
-    follow(channel, loop_id, from_seq, output, args).await
+    let code = follow(channel.clone(), loop_id, from_seq, output, args).await?;
+    if code == 0 {
+        where_the_work_is(channel, loop_id, output).await?;
+    }
+    Ok(code)
 }

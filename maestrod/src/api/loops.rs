@@ -51,6 +51,9 @@ fn to_wire(r: LoopRecord) -> v1::Loop {
         create_time_ms: r.create_time_ms,
         update_time_ms: r.update_time_ms,
         demo: r.demo,
+        result_branch: r.result_branch,
+        result_on_current_branch: r.result_on_current_branch,
+        result_take: r.result_take,
     }
 }
 

@@ -9,6 +9,7 @@
 //!   max_agents: 4         # requirements claimed per epoch
 //!   max_turns: 24         # model turns per agent run
 //!   max_tokens: 4096      # output tokens per model turn
+//!   commit_to_current_branch: false   # true: the work lands on your branch, not maestro/<loop>
 //! ```
 
 use std::path::Path;
@@ -28,6 +29,9 @@ pub struct LoopConfig {
     pub max_agents: usize,
     pub max_turns: usize,
     pub max_tokens: u32,
+    /// A successful loop's commits go onto the checked-out branch instead of
+    /// the branch `maestro/<loop>`.
+    pub commit_to_current_branch: bool,
 }
 
 impl Default for LoopConfig {
@@ -40,6 +44,7 @@ impl Default for LoopConfig {
             max_agents: 4,
             max_turns: 24,
             max_tokens: 4096,
+            commit_to_current_branch: false,
         }
     }
 }
@@ -79,6 +84,44 @@ mod tests {
         let end = start + readme[start..].find("```").expect("the example ends");
         let config = LoopConfig::parse(&readme[start..end]).unwrap();
         assert!(config.require_tests && config.test_command.is_some_and(|c| c[0] == "python3"));
+    }
+
+    /// Every key `maestroctl config set --project` offers is one the daemon
+    /// reads: a file setting it parses (each section denies unknown keys).
+    #[test]
+    fn every_key_maestroctl_sets_is_read_here() {
+        use maestro_shared::settings::{Kind, PROJECT_KEYS};
+        for key in PROJECT_KEYS.iter() {
+            let value = match key.kind {
+                Kind::Text => "x".to_string(),
+                Kind::Count => "3".into(),
+                Kind::Number => "0.5".into(),
+                Kind::Flag => "true".into(),
+                Kind::Choice(choices) => choices[0].into(),
+                Kind::List => "[a]".into(),
+                Kind::Lists => "[[a]]".into(),
+                Kind::Map => "{X-Name: y}".into(),
+            };
+            let path = key.path.replace("llm.roles.*", "llm.roles.review").replace("roles.*", "roles.backend");
+            let mut text = String::new();
+            let segments: Vec<&str> = path.split('.').collect();
+            for (depth, segment) in segments.iter().enumerate() {
+                let pad = "  ".repeat(depth);
+                if depth + 1 == segments.len() {
+                    text.push_str(&format!("{pad}{segment}: {value}\n"));
+                } else {
+                    text.push_str(&format!("{pad}{segment}:\n"));
+                }
+            }
+            let parsed = match segments[0] {
+                "llm" => crate::agents::llm::config::RawLlm::from_project_config(&text).map(|_| ()),
+                "loop" => LoopConfig::parse(&text).map(|_| ()),
+                "harness" => crate::harness::policy::parse(&text).map(|_| ()),
+                _ => section(&text, segments[0]).map(|_| ()),
+            };
+            assert!(parsed.is_ok(), "{}: {parsed:?}\n{text}", key.path);
+        }
+        assert!(LoopConfig::parse("loop:\n  commit_to_currnt_branch: true\n").is_err(), "the test can fail");
     }
 
     #[test]

@@ -205,6 +205,9 @@ pub enum Effect {
     MarkPending(Vec<String>),
     /// The root requirement becomes DONE.
     MarkRootDone,
+    /// Put the work of a successful loop on a branch the user can merge
+    /// (`maestro/<loop>`), or on the user's branch when configured.
+    Publish,
     /// Drop this loop's phase snapshots of epochs up to `epoch`.
     DropSnapshots {
         through_epoch: u64,
@@ -742,6 +745,7 @@ fn checked(s: &mut Step, done: u32, total: u32, require_tests: bool) {
         });
     }
     s.effects.push(Effect::MarkRootDone);
+    s.effects.push(Effect::Publish);
     let line = success_line(&s.record, require_tests);
     s.log("loop-end", "succeeded", line.clone());
     s.finish(LoopState::Succeeded, String::new(), line);

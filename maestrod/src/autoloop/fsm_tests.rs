@@ -50,6 +50,7 @@ fn short(effect: &Effect) -> String {
         Effect::MarkDone(d) => format!("done {}", d.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>().join("/")),
         Effect::MarkPending(ids) => format!("pending {}", ids.join("/")),
         Effect::MarkRootDone => "root done".into(),
+        Effect::Publish => "publish".into(),
         Effect::DropSnapshots { through_epoch } => format!("drop ≤{through_epoch}"),
         Effect::Log { action, .. } => format!("log {action}"),
         Effect::TellQueued(_) => "tell".into(),

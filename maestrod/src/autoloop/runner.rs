@@ -367,6 +367,7 @@ impl Runner {
                 }
             }
             Effect::MarkRootDone => self.complete(&project, &record.root, "every sub-requirement is done").await?,
+            Effect::Publish => self.publish(record).await,
             Effect::DropSnapshots { through_epoch } => self.drop_snapshots(record, through_epoch).await?,
             Effect::Log { action, outcome, detail } => self.log(record, action, outcome, &detail).await,
             Effect::TellQueued(message) => self.tell_queued(record, &message).await?,
@@ -472,6 +473,32 @@ impl Runner {
             }
         }
         Ok(())
+    }
+
+    /// The branch of a successful loop's work. A failure here leaves the
+    /// loop succeeded (its work is committed and tagged) and is logged.
+    async fn publish(&self, record: &mut LoopRecord) {
+        let (loop_id, epoch, onto) = (record.id.clone(), record.epoch, self.config.commit_to_current_branch);
+        match git(self.root.clone(), move |g| g.publish(&loop_id, epoch, onto)).await {
+            Ok(Some(published)) => {
+                let detail = if published.on_current {
+                    format!("the work is committed on your branch {}", published.branch)
+                } else {
+                    let why = if published.note.is_empty() { String::new() } else { format!(" ({})", published.note) };
+                    format!("the work is on branch {}{why}; take it with: {}", published.branch, published.take)
+                };
+                record.result_branch = published.branch.clone();
+                record.result_on_current_branch = published.on_current;
+                record.result_take = published.take;
+                self.log(record, "publish", "ok", &detail).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(loop_id = %record.id, error = %e, "cannot put the work on a branch; it stays in the tags");
+                self.log(record, "publish", "error", &format!("the work stays in the tags maestro/{}/*: {e}", record.id))
+                    .await;
+            }
+        }
     }
 
     async fn log(&self, record: &LoopRecord, action: &str, outcome: &str, detail: &str) {

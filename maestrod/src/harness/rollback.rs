@@ -57,6 +57,20 @@ pub const SECRET_PATTERNS: [&str; 17] = [
     ".docker/config.json",
 ];
 
+/// Where a successful loop's work was put for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The branch holding the work: `maestro/<loop>`, or the user's own.
+    pub branch: String,
+    /// The work was committed on the branch the user has checked out.
+    pub on_current: bool,
+    /// Why it is not on the current branch although that was asked for.
+    pub note: String,
+    /// The git command that takes the work onto the checked-out branch
+    /// (empty when it is there already).
+    pub take: String,
+}
+
 /// A successful epoch: the complete state (for rollbacks) and the tagged work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
@@ -390,6 +404,73 @@ impl GitWorkspace {
         let object = self.repo.find_object(tagged, Some(ObjectType::Commit))?;
         self.repo.tag_lightweight(&format!("maestro/{loop_id}/{epoch}"), &object, true)?;
         Ok(Committed { checkpoint: complete.to_string(), tagged: tagged.to_string() })
+    }
+
+    /// Puts a successful loop's work where the user finds it: the branch
+    /// `maestro/<loop>` at its last tagged commit (a chain on top of the
+    /// user's HEAD, so `git merge maestro/<loop>` fast-forwards). With
+    /// `onto_current`, and when the checked-out branch has not moved since
+    /// the loop began (or has no commit yet), that branch is moved to the
+    /// work instead and the index follows it, so `git status` shows the
+    /// loop's files as committed; otherwise the branch is used and `note`
+    /// says why. `None` when the loop committed nothing.
+    pub fn publish(&self, loop_id: &str, last_epoch: u64, onto_current: bool) -> Result<Option<Published>, RollbackError> {
+        check_loop_id(loop_id)?;
+        let Some(tip) = (1..=last_epoch).rev().find_map(|e| self.tagged(loop_id, e)) else { return Ok(None) };
+        let tip = self.repo.find_commit(Oid::from_str(&tip)?)?;
+        let branch = format!("maestro/{loop_id}");
+        if onto_current {
+            match self.current_branch_under(&tip)? {
+                Ok(current) => {
+                    let reference = format!("refs/heads/{current}");
+                    self.repo.reference(&reference, tip.id(), true, &format!("maestro: {loop_id} succeeded"))?;
+                    let mut index = self.repo.index()?;
+                    index.read_tree(&tip.tree()?)?;
+                    index.write()?;
+                    let take = String::new();
+                    return Ok(Some(Published { branch: current, on_current: true, note: String::new(), take }));
+                }
+                Err(note) => {
+                    self.repo.branch(&branch, &tip, true)?;
+                    let take = format!("git merge {branch}");
+                    return Ok(Some(Published { branch, on_current: false, note, take }));
+                }
+            }
+        }
+        self.repo.branch(&branch, &tip, true)?;
+        // The loop's files are in the folder already, untracked: `git merge`
+        // would refuse to overwrite them, while moving the branch (and index)
+        // onto the work leaves the files as they are. Only when that is a
+        // fast-forward; otherwise a merge.
+        let take = match self.current_branch_under(&tip)? {
+            Ok(_) => format!("git reset {branch}"),
+            Err(_) => format!("git merge {branch}"),
+        };
+        Ok(Some(Published { branch, on_current: false, note: String::new(), take }))
+    }
+
+    /// The checked-out branch when `tip` descends from its commit (or it has
+    /// none yet); otherwise why the work cannot go onto it.
+    fn current_branch_under(&self, tip: &git2::Commit<'_>) -> Result<Result<String, String>, RollbackError> {
+        let head = self.repo.find_reference("HEAD")?;
+        let Some(target) = head.symbolic_target().ok().flatten().map(String::from) else {
+            return Ok(Err("HEAD is detached, so the work is on its own branch".into()));
+        };
+        let Some(name) = target.strip_prefix("refs/heads/").map(str::to_string) else {
+            return Ok(Err(format!("HEAD points at {target}, not a branch")));
+        };
+        match self.repo.find_reference(&target) {
+            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(Ok(name)),
+            Err(e) => Err(e.into()),
+            Ok(current) => {
+                let at = current.peel_to_commit()?.id();
+                if at == tip.id() || self.repo.graph_descendant_of(tip.id(), at)? {
+                    Ok(Ok(name))
+                } else {
+                    Ok(Err(format!("{name} moved while the loop ran, so the work is on its own branch")))
+                }
+            }
+        }
     }
 
     /// The commit tagged `maestro/<loop>/<epoch>`, if any.
@@ -755,6 +836,58 @@ mod tests {
             .map(|e| (String::from_utf8_lossy(&e.path).into_owned(), e.id))
             .collect();
         assert_eq!(index_after, index_before, "the index (with the staged edit) untouched");
+    }
+
+    /// Two committed epochs of loop `demo` in a fresh repository (no commit yet).
+    fn two_epochs(root: &Path) -> GitWorkspace {
+        let ws = GitWorkspace::open_or_init(root).unwrap();
+        let baseline = ws.checkpoint("demo", 1).unwrap();
+        write(root, "src/a.py", "a = 1\n");
+        ws.commit("demo", 1, &baseline, &baseline, "maestro demo epoch 1").unwrap();
+        let second = ws.checkpoint("demo", 2).unwrap();
+        write(root, "src/b.py", "b = 2\n");
+        ws.commit("demo", 2, &second, &baseline, "maestro demo epoch 2").unwrap();
+        ws
+    }
+
+    #[test]
+    fn a_loops_work_lands_on_its_branch_and_on_yours_only_when_asked_and_safe() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = two_epochs(dir.path());
+        let published = ws.publish("demo", 2, false).unwrap().unwrap();
+        assert_eq!((published.branch.as_str(), published.on_current), ("maestro/demo", false));
+        assert_eq!(published.take, "git reset maestro/demo", "a fast-forward that leaves the files");
+        let repo = Repository::open(dir.path()).unwrap();
+        let tip = repo.revparse_single("maestro/demo").unwrap().peel_to_commit().unwrap();
+        assert_eq!(tip.id(), repo.revparse_single("maestro/demo/2").unwrap().peel_to_commit().unwrap().id());
+        assert!(tip.tree().unwrap().get_path(Path::new("src/a.py")).is_ok(), "the branch holds every epoch");
+        assert!(repo.head().is_err(), "the user's branch is left alone (still no commit)");
+        assert_eq!(ws.publish("other", 3, false).unwrap(), None, "a loop that committed nothing has no branch");
+
+        // Asked for, on a branch with no commit yet: the branch gets the work, and the index follows.
+        let dir = tempfile::tempdir().unwrap();
+        let ws = two_epochs(dir.path());
+        let published = ws.publish("demo", 2, true).unwrap().unwrap();
+        assert!(published.on_current, "{published:?}");
+        let repo = Repository::open(dir.path()).unwrap();
+        let head = repo.head().unwrap().peel_to_commit().unwrap();
+        assert_eq!(head.message().ok(), Some("maestro demo epoch 2"));
+        let statuses = repo.statuses(None).unwrap();
+        let dirty: Vec<String> = statuses.iter().filter_map(|s| s.path().ok().map(String::from)).collect();
+        assert!(!dirty.iter().any(|p| p.starts_with("src/")), "the loop's files are committed: {dirty:?}");
+
+        // Asked for, but the user committed meanwhile: the work goes to its own branch, and says why.
+        let dir = tempfile::tempdir().unwrap();
+        let ws = two_epochs(dir.path());
+        let repo = Repository::open(dir.path()).unwrap();
+        let signature = git2::Signature::now("ada", "ada@example.com").unwrap();
+        let tree = repo.find_tree(repo.treebuilder(None).unwrap().write().unwrap()).unwrap();
+        repo.commit(Some("HEAD"), &signature, &signature, "mine", &tree, &[]).unwrap();
+        let published = ws.publish("demo", 2, true).unwrap().unwrap();
+        assert_eq!((published.branch.as_str(), published.on_current), ("maestro/demo", false));
+        assert!(published.note.contains("moved"), "{published:?}");
+        assert_eq!(published.take, "git merge maestro/demo");
+        assert_eq!(repo.head().unwrap().peel_to_commit().unwrap().message().ok(), Some("mine"), "not moved");
     }
 
     #[test]

@@ -289,6 +289,15 @@ pub struct LoopRecord {
     /// ASSIGN rounds in a row that found every ready requirement held by another loop.
     #[serde(default)]
     pub held_rounds: u32,
+    /// Where a successful loop's work is: `maestro/<loop>`, or the user's
+    /// branch with `loop.commit_to_current_branch` (empty until then).
+    #[serde(default)]
+    pub result_branch: String,
+    #[serde(default)]
+    pub result_on_current_branch: bool,
+    /// The git command that takes the work onto the user's branch.
+    #[serde(default)]
+    pub result_take: String,
     pub create_time_ms: i64,
     pub update_time_ms: i64,
     pub end_time_ms: i64,
@@ -331,6 +340,9 @@ impl LoopRecord {
             held_rounds: 0,
             create_time_ms: 0,
             update_time_ms: 0,
+            result_branch: String::new(),
+            result_on_current_branch: false,
+            result_take: String::new(),
             end_time_ms: 0,
         }
     }
