@@ -430,7 +430,7 @@ pub(crate) struct Layer {
     /// instead of ~/.maestro/config.yaml. Written `--project`: in config
     /// commands it takes no value (name a project with -p).
     #[arg(long = "project-file", visible_alias = "in-project")]
-    pub(crate) project: bool,
+    pub(crate) project_file: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -881,4 +881,50 @@ pub(crate) enum SnapshotCmd {
     Delete {
         name: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every command says what it does in one line and shows how it is used,
+    /// and every example it shows is a command line maestroctl accepts.
+    #[test]
+    fn every_command_has_a_description_and_examples_that_parse() {
+        fn walk(command: &clap::Command, path: &str, problems: &mut Vec<String>, examples: &mut usize) {
+            for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none_or(|about| about.to_string().trim().is_empty()) {
+                    problems.push(format!("{name}: no description"));
+                }
+                let after = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+                if !after.contains("Examples:\n  maestroctl ") {
+                    problems.push(format!("{name}: no examples in --help"));
+                }
+                for line in after.lines().filter_map(|l| l.strip_prefix("  ")).filter(|l| l.starts_with("maestroctl")) {
+                    *examples += 1;
+                    let words = shlex::split(line).unwrap_or_default();
+                    if let Err(error) = Cli::command().try_get_matches_from(normalize(words)) {
+                        problems.push(format!("{name}: example `{line}` does not parse: {}", error.kind()));
+                    }
+                }
+                walk(sub, &name, problems, examples);
+            }
+        }
+        let mut problems = Vec::new();
+        let mut examples = 0;
+        walk(&Cli::command(), "maestroctl", &mut problems, &mut examples);
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+        assert!(examples > 60, "only {examples} examples");
+    }
+
+    #[test]
+    fn a_bare_project_flag_in_config_names_the_file() {
+        let args = normalize(["maestroctl", "config", "set", "--project", "llm.model", "m"]);
+        assert_eq!(args[3], "--project-file");
+        let args = normalize(["maestroctl", "--project", "todo", "req", "list"]);
+        assert_eq!(args[1], "--project", "elsewhere it is the project id");
+    }
 }

@@ -6,22 +6,25 @@ use std::process::{Command, Stdio};
 
 use maestro_tests::binary;
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Out {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
-fn ctl(home: &Path, args: &[&str]) -> Out {
-    let out = Command::new(binary("e2e-maestroctl"))
+/// The real maestroctl as a user runs it: HOME is `home` (so its own daemon
+/// lives in `home/.maestro`, started by maestroctl), none of the MAESTRO_*
+/// settings of the caller, no terminal.
+pub(crate) fn ctl(home: &Path, args: &[&str]) -> Out {
+    ctl_in(home, home, &[], args)
+}
+
+/// [`ctl`] run in the folder `cwd` with extra environment `env`.
+pub(crate) fn ctl_in(home: &Path, cwd: &Path, env: &[(&str, &str)], args: &[&str]) -> Out {
+    let out = local_command(home)
         .args(args)
-        .env("HOME", home)
-        .env("MAESTROD_BIN", binary("e2e-maestrod"))
-        .env_remove("MAESTRO_SERVER")
-        .env_remove("MAESTRO_TOKEN")
-        .env_remove("MAESTRO_PROJECT")
-        .env_remove("MAESTRO_OUTPUT")
-        .current_dir(home)
+        .envs(env.iter().copied())
+        .current_dir(cwd)
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -29,6 +32,31 @@ fn ctl(home: &Path, args: &[&str]) -> Out {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The maestroctl command of a user whose HOME is `home`.
+pub(crate) fn local_command(home: &Path) -> Command {
+    let mut command = Command::new(binary("e2e-maestroctl"));
+    command
+        .env("HOME", home)
+        .env("MAESTROD_BIN", binary("e2e-maestrod"))
+        .env_remove("MAESTRO_SERVER")
+        .env_remove("MAESTRO_TOKEN")
+        .env_remove("MAESTRO_PROJECT")
+        .env_remove("MAESTRO_OUTPUT")
+        .env_remove("MAESTRO_COLOR")
+        .env_remove("NO_COLOR")
+        .current_dir(home);
+    command
+}
+
+/// Stops the local daemon of a HOME when a test ends, passed or not.
+pub(crate) struct LocalDaemon<'a>(pub(crate) &'a Path);
+
+impl Drop for LocalDaemon<'_> {
+    fn drop(&mut self) {
+        ctl(self.0, &["daemon", "stop"]);
     }
 }
 

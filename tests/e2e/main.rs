@@ -18,7 +18,9 @@ mod model_server;
 mod real_model;
 mod replay;
 mod rollback;
+mod settings;
 mod telemetry;
+mod terminal;
 mod transport;
 mod watch;
 

@@ -77,9 +77,15 @@ pub(crate) fn project_config_path(dir: &Path) -> PathBuf {
     dir.join(CONFIG)
 }
 
-/// The folder at or above `start` that holds `.maestro/config.yaml`.
+/// The folder at or above `start` that holds `.maestro/config.yaml`. Your
+/// home folder is never one: its `.maestro/config.yaml` is your own settings.
 pub(crate) fn find_workspace(start: &Path) -> Option<PathBuf> {
-    start.ancestors().find(|dir| dir.join(CONFIG).is_file()).map(Path::to_path_buf)
+    let home = crate::home::home();
+    start
+        .ancestors()
+        .filter(|dir| home.as_deref() != Some(*dir))
+        .find(|dir| dir.join(CONFIG).is_file())
+        .map(Path::to_path_buf)
 }
 
 /// Makes `dir` a registered project; returns its id. `explicit` wins over the config.

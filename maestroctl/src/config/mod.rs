@@ -251,7 +251,7 @@ struct File {
 
 impl File {
     fn of(layer: Layer) -> anyhow::Result<File> {
-        if layer.project {
+        if layer.project_file {
             let cwd = std::env::current_dir().context("cannot read the current directory")?;
             let dir = find_workspace(&cwd).ok_or_else(|| {
                 anyhow!("no project folder here (no .maestro/config.yaml at or above this folder); run `maestroctl init` first")

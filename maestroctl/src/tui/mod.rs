@@ -109,21 +109,6 @@ enum Event {
 pub(crate) async fn run(conn: Conn, project: &str, readonly: bool) -> anyhow::Result<ExitStatus> {
     let mut app = App::new(fetch(&conn, project, None).await?, readonly);
     let (tx, mut rx) = mpsc::channel::<Event>(64);
-    // Keys come from a blocking reader thread; it ends with the process.
-    let keys = tx.clone();
-    std::thread::spawn(move || {
-        use ratatui::crossterm::event::{Event as Term, KeyEventKind, read};
-        while let Ok(event) = read() {
-            let sent = match event {
-                Term::Key(key) if key.kind == KeyEventKind::Press => keys.blocking_send(Event::Key(key)),
-                Term::Resize(..) => keys.blocking_send(Event::Resize),
-                _ => Ok(()),
-            };
-            if sent.is_err() {
-                return;
-            }
-        }
-    });
     // Changes to the project wake the view.
     let watch = {
         let (conn, project, tx) = (conn.clone(), project.to_string(), tx.clone());
@@ -139,6 +124,22 @@ pub(crate) async fn run(conn: Conn, project: &str, readonly: bool) -> anyhow::Re
         })
     };
     let mut terminal = ratatui::init();
+    // Keys come from a blocking reader thread (started once the terminal is
+    // in raw mode, so no key waits for a newline); it ends with the process.
+    let keys = tx.clone();
+    std::thread::spawn(move || {
+        use ratatui::crossterm::event::{Event as Term, KeyEventKind, read};
+        while let Ok(event) = read() {
+            let sent = match event {
+                Term::Key(key) if key.kind == KeyEventKind::Press => keys.blocking_send(Event::Key(key)),
+                Term::Resize(..) => keys.blocking_send(Event::Resize),
+                _ => Ok(()),
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+    });
     let result = async {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
