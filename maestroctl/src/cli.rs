@@ -55,9 +55,9 @@ pub struct Cli {
 /// `--project-file` there.
 pub(crate) fn normalize<T: Into<std::ffi::OsString>>(args: impl IntoIterator<Item = T>) -> Vec<std::ffi::OsString> {
     let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
-    let at = args.windows(2).position(|pair| {
-        pair[0] == "config" && ["get", "set", "unset", "edit"].iter().any(|sub| pair[1] == *sub)
-    });
+    let at = args
+        .windows(2)
+        .position(|pair| pair[0] == "config" && ["get", "set", "unset", "edit"].iter().any(|sub| pair[1] == *sub));
     if let Some(at) = at {
         for arg in &mut args[at + 2..] {
             if arg == "--project" {
@@ -89,22 +89,31 @@ impl Output {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Create, list, show and delete projects.
-    #[command(subcommand, after_help = "Examples:\
+    #[command(
+        subcommand,
+        after_help = "Examples:\
             \n  maestroctl project create todo --name \"To-do service\"\
             \n  maestroctl project list\
-            \n  maestroctl project show todo -o yaml")]
+            \n  maestroctl project show todo -o yaml"
+    )]
     Project(ProjectCmd),
     /// The requirements tree.
-    #[command(subcommand, after_help = "Examples:\
+    #[command(
+        subcommand,
+        after_help = "Examples:\
             \n  maestroctl req add \"REST API\" --parent R1 --role backend\
             \n  maestroctl req list -o json\
-            \n  maestroctl req set-status R2 done")]
+            \n  maestroctl req set-status R2 done"
+    )]
     Req(ReqCmd),
     /// The contract registry.
-    #[command(subcommand, after_help = "Examples:\
+    #[command(
+        subcommand,
+        after_help = "Examples:\
             \n  maestroctl contract put todo-api --kind openapi --spec-file api.yaml\
             \n  maestroctl contract list\
-            \n  maestroctl contract show todo-api -o yaml")]
+            \n  maestroctl contract show todo-api -o yaml"
+    )]
     Contract(ContractCmd),
     /// The append-only execution log.
     #[command(subcommand, after_help = "Examples:\n  maestroctl log list --agent backend-1\n  maestroctl log verify")]
@@ -133,20 +142,29 @@ pub(crate) enum Command {
         lines: usize,
     },
     /// Per-agent memory.
-    #[command(subcommand, after_help = "Examples:\
+    #[command(
+        subcommand,
+        after_help = "Examples:\
             \n  maestroctl memory put backend-1 framework fastapi\
-            \n  maestroctl memory list backend-1")]
+            \n  maestroctl memory list backend-1"
+    )]
     Memory(MemoryCmd),
     /// Leases and locks.
-    #[command(subcommand, after_help = "Examples:\
+    #[command(
+        subcommand,
+        after_help = "Examples:\
             \n  maestroctl lock acquire src/api --holder backend-1\
-            \n  maestroctl lock list")]
+            \n  maestroctl lock list"
+    )]
     Lock(LockCmd),
     /// Snapshots of a project's state.
-    #[command(subcommand, after_help = "Examples:\
+    #[command(
+        subcommand,
+        after_help = "Examples:\
             \n  maestroctl snapshot create before-auth\
             \n  maestroctl snapshot diff before-auth\
-            \n  maestroctl snapshot restore before-auth")]
+            \n  maestroctl snapshot restore before-auth"
+    )]
     Snapshot(SnapshotCmd),
     /// Follow a project's changes until Ctrl-C.
     #[command(after_help = "Examples:\
@@ -177,9 +195,12 @@ pub(crate) enum Command {
         readonly: bool,
     },
     /// The harness policy of a project's workspace.
-    #[command(subcommand, after_help = "Examples:\
+    #[command(
+        subcommand,
+        after_help = "Examples:\
             \n  maestroctl policy show\
-            \n  maestroctl policy check backend write src/api/x.py")]
+            \n  maestroctl policy check backend write src/api/x.py"
+    )]
     Policy(PolicyCmd),
     /// Make PATH (default: here) a Maestro project: writes .maestro/config.yaml
     /// with commented defaults, registers the project, initialises git. Safe to repeat.
@@ -260,17 +281,23 @@ pub(crate) enum Command {
     },
     /// Your own local daemon (~/.maestro): start, stop, restart, status, logs.
     /// Only the daemon of your data dir is touched, never another user's.
-    #[command(subcommand, after_help = "Examples:\
+    #[command(
+        subcommand,
+        after_help = "Examples:\
             \n  maestroctl daemon status\
             \n  maestroctl daemon restart\
-            \n  maestroctl daemon logs -f")]
+            \n  maestroctl daemon logs -f"
+    )]
     Daemon(DaemonCmd),
     /// The daemon's users: add (prints the token once), list, revoke. Needs the
     /// admin role in the projects concerned (or over the daemon).
-    #[command(subcommand, after_help = "Examples:\
+    #[command(
+        subcommand,
+        after_help = "Examples:\
             \n  maestroctl user add alice -p todo --role viewer\
             \n  maestroctl user list\
-            \n  maestroctl user revoke alice")]
+            \n  maestroctl user revoke alice"
+    )]
     User(UserCmd),
     /// Print a shell completion script: `source <(maestroctl completions bash)`
     /// (zsh: into a directory on $fpath as _maestroctl; fish: into
@@ -498,14 +525,10 @@ pub(crate) enum PolicyCmd {
 pub(crate) enum PolicyAction {
     /// Read PATH.
     #[command(after_help = "Examples:\n  maestroctl policy check review read src/api/x.py")]
-    Read {
-        path: String,
-    },
+    Read { path: String },
     /// List the directory PATH.
     #[command(after_help = "Examples:\n  maestroctl policy check frontend list src/")]
-    List {
-        path: String,
-    },
+    List { path: String },
     /// Write PATH, its content (--content-file) checked by the validators.
     #[command(after_help = "Examples:\
             \n  maestroctl policy check backend write src/api/x.py\
@@ -518,9 +541,7 @@ pub(crate) enum PolicyAction {
     },
     /// Delete PATH.
     #[command(after_help = "Examples:\n  maestroctl policy check backend delete .maestro/config.yaml")]
-    Delete {
-        path: String,
-    },
+    Delete { path: String },
     /// `run -- ARGV…`
     #[command(after_help = "Examples:\
             \n  maestroctl policy check test run -- pytest -q\
@@ -551,9 +572,7 @@ pub(crate) enum ProjectCmd {
     List,
     /// One project's details.
     #[command(after_help = "Examples:\n  maestroctl project show todo\n  maestroctl project show todo -o yaml")]
-    Show {
-        id: String,
-    },
+    Show { id: String },
     /// Delete the project and all of its data (asks first; --yes does not).
     #[command(after_help = "Examples:\n  maestroctl project delete todo\n  maestroctl project delete todo --yes")]
     Delete {
@@ -615,9 +634,7 @@ pub(crate) enum ReqCmd {
     Ready,
     /// One requirement.
     #[command(after_help = "Examples:\n  maestroctl req show R2\n  maestroctl req show R2 -o yaml")]
-    Show {
-        id: String,
-    },
+    Show { id: String },
     /// Move a requirement along its state machine.
     #[command(after_help = "Examples:\
             \n  maestroctl req set-status R2 in-progress --assignee backend-1\
@@ -786,10 +803,7 @@ pub(crate) enum MemoryCmd {
     },
     /// An agent's value for a key.
     #[command(after_help = "Examples:\n  maestroctl memory get backend-1 framework")]
-    Get {
-        agent: String,
-        key: String,
-    },
+    Get { agent: String, key: String },
     /// Memory entries (of every agent without AGENT).
     #[command(after_help = "Examples:\n  maestroctl memory list\n  maestroctl memory list backend-1 -o json")]
     List {
@@ -798,10 +812,7 @@ pub(crate) enum MemoryCmd {
     },
     /// Remove an agent's key.
     #[command(after_help = "Examples:\n  maestroctl memory delete backend-1 scratch")]
-    Delete {
-        agent: String,
-        key: String,
-    },
+    Delete { agent: String, key: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -831,14 +842,10 @@ pub(crate) enum LockCmd {
     List,
     /// Extend a lease by its TTL.
     #[command(after_help = "Examples:\n  maestroctl lock keep-alive 7587")]
-    KeepAlive {
-        lease: u64,
-    },
+    KeepAlive { lease: u64 },
     /// Revoke a lease, releasing its locks.
     #[command(after_help = "Examples:\n  maestroctl lock revoke 7587")]
-    Revoke {
-        lease: u64,
-    },
+    Revoke { lease: u64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -861,10 +868,7 @@ pub(crate) enum SnapshotCmd {
     #[command(after_help = "Examples:\
             \n  maestroctl snapshot diff before-auth\
             \n  maestroctl snapshot diff before-auth after-auth")]
-    Diff {
-        from: String,
-        to: Option<String>,
-    },
+    Diff { from: String, to: Option<String> },
     /// Make a snapshot's requirements, contracts and memory current again
     /// (asks first; --yes does not).
     #[command(after_help = "Examples:\
@@ -878,9 +882,7 @@ pub(crate) enum SnapshotCmd {
     },
     /// Delete a snapshot.
     #[command(after_help = "Examples:\n  maestroctl snapshot delete before-auth")]
-    Delete {
-        name: String,
-    },
+    Delete { name: String },
 }
 
 #[cfg(test)]

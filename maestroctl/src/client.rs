@@ -59,10 +59,11 @@ pub(crate) fn token(local: bool) -> String {
     if let Some(token) = credentials().token {
         return token;
     }
-    if local && let Some(file) = crate::home::maestro_file("data/admin.token") {
-        if let Ok(token) = std::fs::read_to_string(file) {
-            return token.trim().to_string();
-        }
+    if local
+        && let Some(file) = crate::home::maestro_file("data/admin.token")
+        && let Ok(token) = std::fs::read_to_string(file)
+    {
+        return token.trim().to_string();
     }
     String::new()
 }

@@ -147,7 +147,8 @@ pub fn find<'k>(keys: &'k [Key], path: &str) -> Option<&'k Key> {
         let pattern: Vec<&str> = key.path.split('.').collect();
         pattern.len() == given.len()
             && pattern.iter().zip(&given).all(|(p, g)| {
-                *p == *g || (*p == "*" && !g.is_empty() && g.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)))
+                *p == *g
+                    || (*p == "*" && !g.is_empty() && g.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)))
             })
     })
 }

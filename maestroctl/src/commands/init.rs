@@ -34,6 +34,7 @@ loop:
   # tests_dir: tests            # ... once this folder exists
   # max_agents: 4               # requirements worked on per epoch
   # max_turns: 24               # model turns per agent run
+  # commit_to_current_branch: false   # true: the work lands on your branch, not maestro/<loop>
 
 # harness:
 #   roles:
@@ -178,5 +179,13 @@ mod tests {
         assert_eq!(configured_id(&default_config("shop")), Some("shop".into()));
         assert_eq!(configured_id("llm:\n  provider: openai\n"), None);
         assert_eq!(id_from(Path::new("/home/ada/My App")), "my-app");
+    }
+
+    /// The template's pointer to the docs leads somewhere.
+    #[test]
+    fn the_template_names_a_readme_section_that_exists() {
+        let readme = include_str!("../../../README.md");
+        assert!(default_config("x").contains("the README's \"Configuration\" section"));
+        assert!(readme.lines().any(|line| line.trim_start_matches('#').trim() == "Configuration"));
     }
 }

@@ -24,7 +24,8 @@ const DEMO_TASK: &str = "Build a to-do service: a REST API, a command-line clien
 
 /// Whether `task` names the demo's own task (spaces, case and a final full stop aside).
 fn is_demo_task(task: &str) -> bool {
-    let words = |text: &str| text.trim().trim_end_matches('.').to_lowercase().split_whitespace().collect::<Vec<_>>().join(" ");
+    let words =
+        |text: &str| text.trim().trim_end_matches('.').to_lowercase().split_whitespace().collect::<Vec<_>>().join(" ");
     task.trim().is_empty() || words(task) == words(DEMO_TASK)
 }
 
@@ -146,8 +147,12 @@ async fn where_the_work_is(channel: Conn, loop_id: &str, output: Output) -> anyh
     if l.result_on_current_branch {
         println!("The work is committed on your branch {} (git -C {} log --oneline)", l.result_branch, l.workspace);
     } else {
-        println!("The work is on branch {}; take it onto yours: git -C {} {}", l.result_branch, l.workspace, 
-            l.result_take.strip_prefix("git ").unwrap_or(&l.result_take));
+        println!(
+            "The work is on branch {}; take it onto yours: git -C {} {}",
+            l.result_branch,
+            l.workspace,
+            l.result_take.strip_prefix("git ").unwrap_or(&l.result_take)
+        );
     }
     Ok(())
 }

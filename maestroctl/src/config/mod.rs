@@ -296,16 +296,14 @@ impl File {
             return Err(if self.project {
                 anyhow!("{} is your own setting, not the project's: maestroctl config set {name} …", key.path)
             } else {
-                anyhow!("{name} is a project setting: maestroctl config set --project {name} … (in .maestro/config.yaml)")
+                anyhow!(
+                    "{name} is a project setting: maestroctl config set --project {name} … (in .maestro/config.yaml)"
+                )
             });
         }
         let section = name.split('.').next().unwrap_or_default();
-        let near: Vec<&str> = self
-            .keys()
-            .iter()
-            .map(|k| k.path.as_str())
-            .filter(|k| k.split('.').next() == Some(section))
-            .collect();
+        let near: Vec<&str> =
+            self.keys().iter().map(|k| k.path.as_str()).filter(|k| k.split('.').next() == Some(section)).collect();
         let listed = if near.is_empty() {
             self.keys().iter().map(|k| k.path.as_str()).collect::<Vec<_>>().join(", ")
         } else {
@@ -519,16 +517,22 @@ pub(crate) fn run(cmd: ConfigCmd, settings: &Settings, output: Output) -> anyhow
                 .iter()
                 .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
                 .unwrap_or_else(|| "vi".to_string());
-            let words = shlex::split(&editor).filter(|w| !w.is_empty()).ok_or_else(|| anyhow!("cannot read the editor command {editor:?}"))?;
+            let words = shlex::split(&editor)
+                .filter(|w| !w.is_empty())
+                .ok_or_else(|| anyhow!("cannot read the editor command {editor:?}"))?;
             let status = std::process::Command::new(&words[0])
                 .args(&words[1..])
                 .arg(&file.path)
                 .status()
                 .with_context(|| format!("cannot start the editor {editor:?} (set VISUAL or EDITOR)"))?;
             if !status.success() {
-                return Err(anyhow!("the editor {editor:?} failed ({status}); {} is as it left it", file.path.display()));
+                return Err(anyhow!(
+                    "the editor {editor:?} failed ({status}); {} is as it left it",
+                    file.path.display()
+                ));
             }
-            check_file(&file).with_context(|| "the file is saved but not valid yet; run `maestroctl config edit` again")?;
+            check_file(&file)
+                .with_context(|| "the file is saved but not valid yet; run `maestroctl config edit` again")?;
             eprintln!("{} checked", file.path.display());
             Ok(0)
         }

@@ -83,15 +83,16 @@ fn block_end(lines: &[String], at: usize, own: usize, end: usize) -> usize {
     last + 1
 }
 
-/// Where `path` is: the line of its entry and the end of its block.
-struct Found {
-    line: usize,
-    end: usize,
+/// Where a walk down `path` ended.
+enum Walk {
+    /// The line of its entry and the end of its block.
+    Found { line: usize, end: usize },
+    /// `path[depth]` is not there; it would go in lines `start..end` at `indent`.
+    Missing { depth: usize, start: usize, end: usize, indent: usize },
 }
 
-/// Walks `path` down the mapping; `Err(depth, start, end, indent)` tells
-/// how far it got: the range and indent where `path[depth]` would go.
-fn walk(lines: &[String], path: &[&str]) -> Result<Result<Found, (usize, usize, usize, usize)>, EditError> {
+/// Walks `path` down the mapping.
+fn walk(lines: &[String], path: &[&str]) -> Result<Walk, EditError> {
     let (mut start, mut end, mut parent): (usize, usize, Option<usize>) = (0, lines.len(), None);
     for (depth, segment) in path.iter().enumerate() {
         let child = lines[start..end]
@@ -100,10 +101,10 @@ fn walk(lines: &[String], path: &[&str]) -> Result<Result<Found, (usize, usize, 
             .map(|line| indent(line))
             .unwrap_or(parent.map_or(0, |p| p + 2));
         let at = (start..end).find(|&i| indent(&lines[i]) == child && key_of(&lines[i]) == Some(segment));
-        let Some(at) = at else { return Ok(Err((depth, start, end, child))) };
+        let Some(at) = at else { return Ok(Walk::Missing { depth, start, end, indent: child }) };
         let block = block_end(lines, at, child, end);
         if depth + 1 == path.len() {
-            return Ok(Ok(Found { line: at, end: block }));
+            return Ok(Walk::Found { line: at, end: block });
         }
         let inline = value_part(&lines[at]);
         if !inline.is_empty() {
@@ -170,10 +171,7 @@ fn expected(mut document: Value, path: &[&str], value: Option<Value>) -> Value {
 fn normalized(value: Value) -> Value {
     match value {
         Value::Mapping(map) => {
-            let map: yaml_serde::Mapping = map
-                .into_iter()
-                .map(|(k, v)| (k, normalized(v)))
-                .collect();
+            let map: yaml_serde::Mapping = map.into_iter().map(|(k, v)| (k, normalized(v))).collect();
             Value::Mapping(map)
         }
         Value::Null => Value::Mapping(Default::default()),
@@ -195,15 +193,15 @@ pub(crate) fn set(text: &str, path: &[&str], value: &str) -> Result<String, Edit
     let parsed: Value = yaml_serde::from_str(value).map_err(|e| EditError::Invalid(e.to_string()))?;
     let mut lines = lines_of(text);
     match walk(&lines, path)? {
-        Ok(found) => {
-            let line = &lines[found.line];
+        Walk::Found { line: at, end } => {
+            let line = &lines[at];
             let pad = " ".repeat(indent(line));
             let key = path[path.len() - 1];
             let comment = if value_part(line).is_empty() { "" } else { trailing_comment(line) };
             let new = format!("{pad}{key}: {value}{comment}");
-            lines.splice(found.line..found.end, [new]);
+            lines.splice(at..end, [new]);
         }
-        Err((depth, start, end, child)) => {
+        Walk::Missing { depth, start, end, indent: child } => {
             let pad = " ".repeat(child);
             let commented = if depth + 1 == path.len() {
                 (start..end).find(|&i| {
@@ -252,8 +250,8 @@ pub(crate) fn set(text: &str, path: &[&str], value: &str) -> Result<String, Edit
 pub(crate) fn unset(text: &str, path: &[&str]) -> Result<Option<String>, EditError> {
     let before = parse(text)?;
     let mut lines = lines_of(text);
-    let Ok(found) = walk(&lines, path)? else { return Ok(None) };
-    lines.drain(found.line..found.end);
+    let Walk::Found { line, end } = walk(&lines, path)? else { return Ok(None) };
+    lines.drain(line..end);
     let after = text_of(&lines);
     check(before, path, None, &after)?;
     Ok(Some(after))

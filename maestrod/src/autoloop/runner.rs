@@ -495,8 +495,13 @@ impl Runner {
             Ok(None) => {}
             Err(e) => {
                 warn!(loop_id = %record.id, error = %e, "cannot put the work on a branch; it stays in the tags");
-                self.log(record, "publish", "error", &format!("the work stays in the tags maestro/{}/*: {e}", record.id))
-                    .await;
+                self.log(
+                    record,
+                    "publish",
+                    "error",
+                    &format!("the work stays in the tags maestro/{}/*: {e}", record.id),
+                )
+                .await;
             }
         }
     }

@@ -414,7 +414,12 @@ impl GitWorkspace {
     /// work instead and the index follows it, so `git status` shows the
     /// loop's files as committed; otherwise the branch is used and `note`
     /// says why. `None` when the loop committed nothing.
-    pub fn publish(&self, loop_id: &str, last_epoch: u64, onto_current: bool) -> Result<Option<Published>, RollbackError> {
+    pub fn publish(
+        &self,
+        loop_id: &str,
+        last_epoch: u64,
+        onto_current: bool,
+    ) -> Result<Option<Published>, RollbackError> {
         check_loop_id(loop_id)?;
         let Some(tip) = (1..=last_epoch).rev().find_map(|e| self.tagged(loop_id, e)) else { return Ok(None) };
         let tip = self.repo.find_commit(Oid::from_str(&tip)?)?;
