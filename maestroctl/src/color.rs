@@ -1,5 +1,5 @@
 //! Colour in what maestroctl prints: on terminals by default (`--color auto`),
-//! never with `NO_COLOR` set (https://no-color.org) or `TERM=dumb`, and as
+//! never with `NO_COLOR` set (<https://no-color.org>) or `TERM=dumb`, and as
 //! `--color always|never` (or `color:` in ~/.maestro/config.yaml) says.
 
 use std::io::IsTerminal;
