@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use clap_complete::ArgValueCandidates;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,7 +43,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "MAESTRO_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
     /// The project to act on (for every command but `project` and `info`).
-    #[arg(long, short = 'p', global = true, env = "MAESTRO_PROJECT")]
+    #[arg(long, short = 'p', global = true, env = "MAESTRO_PROJECT", add = ArgValueCandidates::new(crate::complete::projects))]
     pub(crate) project: Option<String>,
     /// Without one: the REPL.
     #[command(subcommand)]
@@ -132,10 +133,10 @@ pub(crate) enum Command {
         #[arg(long, default_value = "")]
         agent: String,
         /// Only entries about this requirement (e.g. R2).
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", add = ArgValueCandidates::new(crate::complete::requirements))]
         requirement: String,
         /// Only this loop's entries (e.g. loop-3).
-        #[arg(long = "loop", default_value = "")]
+        #[arg(long = "loop", default_value = "", add = ArgValueCandidates::new(crate::complete::loops))]
         loop_id: String,
         /// How many of the newest entries to show first.
         #[arg(short = 'n', long, default_value_t = 20)]
@@ -235,6 +236,7 @@ pub(crate) enum Command {
             \n  maestroctl attach loop-3 --from-seq 40\
             \n  maestroctl attach loop-3 --cancel-on-exit")]
     Attach {
+        #[arg(add = ArgValueCandidates::new(crate::complete::loops))]
         loop_id: String,
         /// Start at this event sequence number.
         #[arg(long, default_value_t = 0)]
@@ -247,12 +249,16 @@ pub(crate) enum Command {
     Loop(LoopCmd),
     /// Accept an ESCALATED loop's failed epoch as it is.
     #[command(after_help = "Examples:\n  maestroctl approve loop-3")]
-    Approve { loop_id: String },
+    Approve {
+        #[arg(add = ArgValueCandidates::new(crate::complete::loops))]
+        loop_id: String,
+    },
     /// Roll an ESCALATED loop back and plan again with your guidance.
     #[command(after_help = "Examples:\
             \n  maestroctl retry loop-3\
             \n  maestroctl retry loop-3 -g \"keep the SQLite store; only fix the tests\"")]
     Retry {
+        #[arg(add = ArgValueCandidates::new(crate::complete::loops))]
         loop_id: String,
         /// What the planner should do differently (goes into the SSOT and the next PLAN).
         #[arg(long, short = 'g', default_value = "")]
@@ -260,16 +266,28 @@ pub(crate) enum Command {
     },
     /// Stop an ESCALATED loop, its workspace back at the last commit.
     #[command(after_help = "Examples:\n  maestroctl abort loop-3")]
-    Abort { loop_id: String },
+    Abort {
+        #[arg(add = ArgValueCandidates::new(crate::complete::loops))]
+        loop_id: String,
+    },
     /// Stop a loop now: agents stop, the workspace goes back to the last commit.
     #[command(after_help = "Examples:\n  maestroctl cancel loop-3")]
-    Cancel { loop_id: String },
+    Cancel {
+        #[arg(add = ArgValueCandidates::new(crate::complete::loops))]
+        loop_id: String,
+    },
     /// Hold a loop at its next phase boundary.
     #[command(after_help = "Examples:\n  maestroctl pause loop-3")]
-    Pause { loop_id: String },
+    Pause {
+        #[arg(add = ArgValueCandidates::new(crate::complete::loops))]
+        loop_id: String,
+    },
     /// Let a paused loop go on.
     #[command(after_help = "Examples:\n  maestroctl resume loop-3")]
-    Resume { loop_id: String },
+    Resume {
+        #[arg(add = ArgValueCandidates::new(crate::complete::loops))]
+        loop_id: String,
+    },
     /// maestroctl's settings and where each comes from (default: show).
     #[command(after_help = "Examples:\
             \n  maestroctl config\
@@ -499,7 +517,10 @@ pub(crate) enum LoopCmd {
     },
     /// One loop's state.
     #[command(after_help = "Examples:\n  maestroctl loop show loop-3\n  maestroctl loop show loop-3 -o json")]
-    Show { loop_id: String },
+    Show {
+        #[arg(add = ArgValueCandidates::new(crate::complete::loops))]
+        loop_id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -572,10 +593,14 @@ pub(crate) enum ProjectCmd {
     List,
     /// One project's details.
     #[command(after_help = "Examples:\n  maestroctl project show todo\n  maestroctl project show todo -o yaml")]
-    Show { id: String },
+    Show {
+        #[arg(add = ArgValueCandidates::new(crate::complete::projects))]
+        id: String,
+    },
     /// Delete the project and all of its data (asks first; --yes does not).
     #[command(after_help = "Examples:\n  maestroctl project delete todo\n  maestroctl project delete todo --yes")]
     Delete {
+        #[arg(add = ArgValueCandidates::new(crate::complete::projects))]
         id: String,
         #[arg(long, default_value = "")]
         etag: String,
@@ -603,7 +628,7 @@ pub(crate) enum ReqCmd {
             \n  maestroctl req add \"Delete a to-do\" --parent R1 --accept \"returns 204\" --depends-on R2")]
     Add {
         title: String,
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", add = ArgValueCandidates::new(crate::complete::requirements))]
         parent: String,
         #[arg(long, short = 'd', default_value = "")]
         description: String,
@@ -614,7 +639,7 @@ pub(crate) enum ReqCmd {
         #[arg(long = "accept")]
         acceptance: Vec<String>,
         /// A requirement this one depends on (repeatable).
-        #[arg(long = "depends-on")]
+        #[arg(long = "depends-on", add = ArgValueCandidates::new(crate::complete::requirements))]
         depends_on: Vec<String>,
     },
     /// List requirements as a tree.
@@ -634,13 +659,17 @@ pub(crate) enum ReqCmd {
     Ready,
     /// One requirement.
     #[command(after_help = "Examples:\n  maestroctl req show R2\n  maestroctl req show R2 -o yaml")]
-    Show { id: String },
+    Show {
+        #[arg(add = ArgValueCandidates::new(crate::complete::requirements))]
+        id: String,
+    },
     /// Move a requirement along its state machine.
     #[command(after_help = "Examples:\
             \n  maestroctl req set-status R2 in-progress --assignee backend-1\
             \n  maestroctl req set-status R2 blocked --reason \"waiting for todo-api\"\
             \n  maestroctl req set-status R2 done")]
     SetStatus {
+        #[arg(add = ArgValueCandidates::new(crate::complete::requirements))]
         id: String,
         #[arg(value_enum)]
         status: ReqStatus,
@@ -654,6 +683,7 @@ pub(crate) enum ReqCmd {
     /// Add or remove dependencies.
     #[command(after_help = "Examples:\n  maestroctl req depend R3 --on R2\n  maestroctl req depend R3 --remove R2")]
     Depend {
+        #[arg(add = ArgValueCandidates::new(crate::complete::requirements))]
         id: String,
         /// Make ID depend on these (repeatable).
         #[arg(long = "on")]
@@ -667,6 +697,7 @@ pub(crate) enum ReqCmd {
     /// Delete a requirement.
     #[command(after_help = "Examples:\n  maestroctl req delete R3")]
     Delete {
+        #[arg(add = ArgValueCandidates::new(crate::complete::requirements))]
         id: String,
         #[arg(long, default_value = "")]
         etag: String,
@@ -760,7 +791,7 @@ pub(crate) enum LogCmd {
         from: u64,
         #[arg(long, default_value = "")]
         agent: String,
-        #[arg(long = "loop", default_value = "")]
+        #[arg(long = "loop", default_value = "", add = ArgValueCandidates::new(crate::complete::loops))]
         loop_id: String,
         /// At most this many entries (0: all).
         #[arg(long, default_value_t = 0)]

@@ -5,6 +5,7 @@ pub mod cli;
 mod client;
 mod color;
 mod commands;
+mod complete;
 mod config;
 mod context;
 mod home;
@@ -50,6 +51,7 @@ fn quiet_broken_pipe() {
 /// Runs `maestroctl` with the process's arguments.
 pub fn main() -> ExitCode {
     quiet_broken_pipe();
+    complete::answer_if_asked();
     let matches = match cli::Cli::command().try_get_matches_from(cli::normalize(std::env::args_os())) {
         Ok(matches) => matches,
         Err(error) => return clap_exit(&error),
@@ -108,10 +110,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Some(cli::Command::Config { cmd }) => config::run(cmd.unwrap_or(cli::ConfigCmd::Show), &settings, output),
         Some(cli::Command::Context { cmd }) => context::run(cmd, &given, output),
-        Some(cli::Command::Completions { shell }) => {
-            clap_complete::generate(shell, &mut cli::Cli::command(), "maestroctl", &mut std::io::stdout());
-            Ok(0)
-        }
+        Some(cli::Command::Completions { shell }) => complete::script(shell).map(|()| 0),
         // The local daemon itself: started, stopped or looked at without connecting first.
         Some(cli::Command::Daemon(cmd)) => runtime.block_on(commands::daemon::run(cmd, output)),
         Some(command) => runtime.block_on(async {

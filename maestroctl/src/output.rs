@@ -132,6 +132,15 @@ pub(crate) fn duration(span: Duration) -> String {
     }
 }
 
+/// A count as people read it: 950, 33.2k, 2.0M.
+pub(crate) fn count(n: u64) -> String {
+    match n {
+        0..10_000 => n.to_string(),
+        10_000..1_000_000 => format!("{:.1}k", n as f64 / 1000.0),
+        _ => format!("{:.1}M", n as f64 / 1_000_000.0),
+    }
+}
+
 /// Unix milliseconds as RFC 3339 (UTC, seconds), for lines that are read
 /// later or grepped (the log); empty for 0.
 pub(crate) fn timestamp(ms: i64) -> String {

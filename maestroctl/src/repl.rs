@@ -230,12 +230,7 @@ pub(crate) fn run(runtime: &Runtime, mut session: Session) -> anyhow::Result<Exi
                     // Changes to contexts apply from the next session on.
                     Command::Context { cmd } => crate::context::run(cmd, &crate::context::Given::default(), output),
                     Command::Daemon(cmd) => runtime.block_on(crate::commands::daemon::run(cmd, output)),
-                    Command::Completions { shell } => {
-                        use clap::CommandFactory;
-                        let mut command = crate::cli::Cli::command();
-                        clap_complete::generate(shell, &mut command, "maestroctl", &mut std::io::stdout());
-                        Ok(0)
-                    }
+                    Command::Completions { shell } => crate::complete::script(shell).map(|()| 0),
                     Command::Config { cmd } => {
                         let settings = Settings::session(session.server.clone(), project, output);
                         config::run(cmd.unwrap_or(ConfigCmd::Show), &settings, output)

@@ -315,7 +315,7 @@ fn settings_come_from_flags_env_the_project_folder_and_the_users_file() {
     // Bad keys and values are one line and exit 1; nothing is written.
     for (args, mention) in [
         (&["config", "set", "colour", "red"][..], "unknown key \"colour\""),
-        (&["config", "set", "output", "yaml"][..], "not an output format"),
+        (&["config", "set", "output", "xml"][..], "is not one of table, json, yaml"),
         (&["config", "set", "server", "ftp://h:1"][..], "not a valid address"),
     ] {
         let out = ctl(work.path(), &[], args);

@@ -205,20 +205,55 @@ fn what_cannot_be_undone_needs_a_yes() {
 
 /// Completion scripts generate for bash, zsh and fish, and bash loads its own.
 #[test]
-fn completions_generate_and_load_in_bash() {
+fn completions_load_in_bash_and_offer_the_daemons_ids() {
     for shell in ["bash", "zsh", "fish"] {
         let out = Command::new(binary("e2e-maestroctl")).args(["completions", shell]).output().unwrap();
         assert!(out.status.success(), "{shell}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).contains("maestroctl"), "{shell}");
     }
-    let script = Command::new(binary("e2e-maestroctl")).args(["completions", "bash"]).output().unwrap().stdout;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("maestroctl.bash"), script).unwrap();
-    let loaded = Command::new("bash")
-        .arg("-c")
-        .arg(format!("source {}/maestroctl.bash && complete -p maestroctl", dir.path().display()))
-        .output()
-        .unwrap();
-    assert!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
-    assert!(String::from_utf8_lossy(&loaded.stdout).contains("maestroctl"));
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let script = ctl(home, &["completions", "bash"]).stdout;
+    std::fs::write(home.join("maestroctl.bash"), script).unwrap();
+    // What bash offers after `maestroctl WORDS… CURRENT<tab>`.
+    let offered = |words: &[&str], env: &[(&str, &str)]| -> Vec<String> {
+        let line: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+        let current = words.last().unwrap();
+        let previous = words[words.len() - 2];
+        let program = format!(
+            "source {}/maestroctl.bash && complete -p maestroctl >/dev/null && COMP_WORDS=({}) && \
+             COMP_CWORD={} && COMP_TYPE=9 && _clap_complete_maestroctl maestroctl '{current}' '{previous}'; \
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            home.display(),
+            line.join(" "),
+            words.len() - 1
+        );
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(program)
+            .env("HOME", home)
+            .env_remove("MAESTRO_SERVER")
+            .env_remove("MAESTRO_PROJECT")
+            .env_remove("MAESTROD_BIN")
+            .envs(env.iter().copied())
+            .current_dir(home)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split('\t').next().unwrap().to_string()).collect()
+    };
+    assert!(offered(&["maestroctl", "att"], &[]).contains(&"attach".to_string()), "commands come from the CLI");
+    // No daemon runs: no ids are offered (flags are), and completing starts none.
+    let without = offered(&["maestroctl", "attach", ""], &[]);
+    assert!(without.contains(&"--from-seq".to_string()) && !without.iter().any(|c| c.starts_with("loop-")));
+    assert_eq!(ctl(home, &["daemon", "status"]).code, 3, "a completion never starts the daemon");
+
+    let _daemon = LocalDaemon(home);
+    let workspace = home.join("demo");
+    assert_eq!(ctl(home, &["run", "--demo", "--workspace", workspace.to_str().unwrap()]).code, 0);
+    assert!(offered(&["maestroctl", "attach", ""], &[]).contains(&"loop-1".to_string()));
+    assert_eq!(offered(&["maestroctl", "approve", "lo"], &[]), ["loop-1"]);
+    assert!(offered(&["maestroctl", "-p", ""], &[]).contains(&"demo".to_string()));
+    let requirements = offered(&["maestroctl", "req", "show", ""], &[("MAESTRO_PROJECT", "demo")]);
+    assert!(requirements.contains(&"R1".to_string()) && requirements.contains(&"R5".to_string()), "{requirements:?}");
 }

@@ -156,7 +156,13 @@ fn an_exported_project_does_not_rename_new_projects_or_break_the_demo() {
     let demo = home.join("demo");
     let run = ctl_in(home, home, &exported, &["run", "--demo", "--workspace", demo.to_str().unwrap()]);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
-    assert!(run.stdout.contains("take it onto yours: git -C"), "{}", run.stdout);
+    assert!(run.stderr.contains("take it onto yours: git -C"), "{}", run.stderr);
+
+    // Attaching to the finished loop replays its events and its outcome.
+    let attached = ctl(home, &["attach", "loop-1"]);
+    assert_eq!(attached.code, 0, "{}", attached.stderr);
+    assert!(attached.stdout.contains("── PLAN") && attached.stdout.contains("succeeded:"), "{}", attached.stdout);
+    assert!(attached.stderr.contains("maestro/loop-1"), "{}", attached.stderr);
 }
 
 #[test]

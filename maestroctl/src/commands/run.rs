@@ -134,7 +134,8 @@ pub(super) async fn run(
 }
 
 /// The last line after a loop succeeded: which branch holds the work and the
-/// git command that takes it onto yours.
+/// git command that takes it onto yours (on stderr, like the other lines for
+/// people: the last line on stdout stays the loop's outcome, for scripts).
 async fn where_the_work_is(channel: Conn, loop_id: &str, output: Output) -> anyhow::Result<()> {
     if output != Output::Table {
         return Ok(());
@@ -145,9 +146,9 @@ async fn where_the_work_is(channel: Conn, loop_id: &str, output: Output) -> anyh
         return Ok(());
     }
     if l.result_on_current_branch {
-        println!("The work is committed on your branch {} (git -C {} log --oneline)", l.result_branch, l.workspace);
+        eprintln!("The work is committed on your branch {} (git -C {} log --oneline)", l.result_branch, l.workspace);
     } else {
-        println!(
+        eprintln!(
             "The work is on branch {}; take it onto yours: git -C {} {}",
             l.result_branch,
             l.workspace,

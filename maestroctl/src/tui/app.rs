@@ -75,6 +75,10 @@ pub(crate) struct App {
     pub(crate) readonly: bool,
     /// The last thing worth telling (an error, a decision's result).
     pub(crate) message: String,
+    /// The clock the view measures running loops' time by (Unix ms).
+    pub(crate) now_ms: i64,
+    /// Colours on (off with `NO_COLOR` or `--color never`: bold and reverse stay).
+    pub(crate) colour: bool,
 }
 
 impl App {
@@ -89,6 +93,8 @@ impl App {
             help: false,
             readonly,
             message: String::new(),
+            now_ms: 0,
+            colour: true,
         }
     }
 

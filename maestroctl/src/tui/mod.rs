@@ -105,9 +105,14 @@ enum Event {
     Changed,
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Runs the view until `q`.
 pub(crate) async fn run(conn: Conn, project: &str, readonly: bool) -> anyhow::Result<ExitStatus> {
     let mut app = App::new(fetch(&conn, project, None).await?, readonly);
+    app.colour = crate::color::stdout();
     let (tx, mut rx) = mpsc::channel::<Event>(64);
     // Changes to the project wake the view.
     let watch = {
@@ -143,6 +148,7 @@ pub(crate) async fn run(conn: Conn, project: &str, readonly: bool) -> anyhow::Re
     let result = async {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
+            app.now_ms = now_ms();
             terminal.draw(|frame| view::draw(frame, &app))?;
             let refresh = tokio::select! {
                 event = rx.recv() => match event {

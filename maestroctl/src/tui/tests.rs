@@ -51,7 +51,9 @@ fn snapshot() -> Snapshot {
             epoch: 3,
             retries: 2,
             retry_budget: 2,
-            tokens: 1234,
+            tokens: 1_700_000,
+            token_budget: 2_000_000,
+            time_budget_ms: 4 * 3_600_000,
             requirements_done: 1,
             requirements_total: 2,
             task: "Build a shop".into(),
@@ -100,12 +102,44 @@ fn every_pane_shows_the_projects_state() {
         "write_file",
         "src/orders.py",
         "4 Loops",
-        "loop-1 escalated VALID e3 retries 2/2 1234 tok",
+        "loop-1 escalated VALID e3 retries 2/2 1.7M tok",
         "1/2 requirements",
+        "budget 1.7M of 2.0M tokens",
         "a/r/x approve/retry/abort",
     ] {
         assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
     }
+}
+
+/// Styles of the cells of the row that contains `text`.
+fn styles_of(app: &App, text: &str) -> Vec<ratatui::style::Style> {
+    let mut terminal = Terminal::new(TestBackend::new(120, 32)).unwrap();
+    terminal.draw(|frame| view::draw(frame, app)).unwrap();
+    let buffer = terminal.backend().buffer().clone();
+    let width = usize::from(buffer.area.width);
+    let rows: Vec<&[ratatui::buffer::Cell]> = buffer.content().chunks(width).collect();
+    let row = rows
+        .iter()
+        .find(|row| row.iter().map(|c| c.symbol()).collect::<String>().contains(text))
+        .expect("the row is drawn");
+    row.iter().map(|c| c.style()).collect()
+}
+
+#[test]
+fn a_running_loop_shows_its_spending_against_the_budget_in_colour_unless_colour_is_off() {
+    let mut snapshot = snapshot();
+    let l = &mut snapshot.loops[0];
+    l.state = v1::LoopState::Running as i32;
+    l.create_time_ms = 1_000_000;
+    let mut app = App::new(snapshot, false);
+    app.now_ms = 1_000_000 + 3 * 3_600_000 + 30 * 60_000;
+    let text = screen(&app);
+    assert!(text.contains("budget 1.7M of 2.0M tokens · 3h30m of 4h"), "{text}");
+    let yellow = styles_of(&app, "budget 1.7M").iter().any(|s| s.fg == Some(ratatui::style::Color::Yellow));
+    assert!(yellow, "past 80 % of the budget is yellow");
+    app.colour = false;
+    let styles = styles_of(&app, "budget 1.7M");
+    assert!(styles.iter().all(|s| matches!(s.fg, None | Some(ratatui::style::Color::Reset))), "{styles:?}");
 }
 
 #[test]

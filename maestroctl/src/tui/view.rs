@@ -178,6 +178,11 @@ pub(crate) fn draw(frame: &mut Frame, app: &App) {
     if app.help {
         draw_help(frame, body, app.readonly);
     }
+    if !app.colour {
+        for cell in frame.buffer_mut().content.iter_mut() {
+            cell.set_fg(Color::Reset).set_bg(Color::Reset);
+        }
+    }
 }
 
 fn draw_loops(frame: &mut Frame, area: Rect, app: &App) {
@@ -188,7 +193,7 @@ fn draw_loops(frame: &mut Frame, area: Rect, app: &App) {
     let selected = if app.pane == Pane::Loops { Some(app.selection()) } else { None };
     let mut y = inner.y;
     for (i, l) in loops.iter().enumerate().rev() {
-        if y + 2 > inner.y + inner.height {
+        if y + 3 > inner.y + inner.height {
             break;
         }
         let state = l.state();
@@ -204,7 +209,7 @@ fn draw_loops(frame: &mut Frame, area: Rect, app: &App) {
             l.epoch,
             l.retries,
             l.retry_budget,
-            l.tokens
+            crate::output::count(l.tokens)
         );
         frame.render_widget(Paragraph::new(line).style(style), Rect { y, height: 1, ..inner });
         let ratio = if l.requirements_total == 0 {
@@ -217,11 +222,40 @@ fn draw_loops(frame: &mut Frame, area: Rect, app: &App) {
             .label(format!("{}/{} requirements", l.requirements_done, l.requirements_total))
             .gauge_style(Style::default().fg(loop_colour(state)));
         frame.render_widget(gauge, Rect { y: y + 1, height: 1, ..inner });
-        y += 2;
+        frame.render_widget(budget_gauge(l, app.now_ms), Rect { y: y + 2, height: 1, ..inner });
+        y += 3;
     }
     if loops.is_empty() {
         frame.render_widget(Paragraph::new("no loops yet: maestroctl run \"TASK\""), inner);
     }
+}
+
+/// What a loop has spent against its budget: tokens, and time while it
+/// runs; yellow past 80 %, red when spent.
+fn budget_gauge(l: &v1::Loop, now_ms: i64) -> Gauge<'static> {
+    let tokens = crate::output::count(l.tokens);
+    let running = matches!(l.state(), v1::LoopState::Running | v1::LoopState::Queued | v1::LoopState::Paused);
+    let elapsed_ms = if running { (now_ms - l.create_time_ms).max(0) as u64 } else { 0 };
+    let time = (running && l.time_budget_ms > 0).then(|| elapsed_ms as f64 / l.time_budget_ms as f64);
+    let spent = (l.token_budget > 0).then(|| l.tokens as f64 / l.token_budget as f64);
+    let ratio = spent.into_iter().chain(time).fold(0.0_f64, f64::max);
+    let mut label = match l.token_budget {
+        0 => format!("{tokens} tokens (no budget)"),
+        budget => format!("{tokens} of {} tokens", crate::output::count(budget)),
+    };
+    if running && l.time_budget_ms > 0 {
+        let span = |ms: u64| crate::output::duration(std::time::Duration::from_millis(ms));
+        label.push_str(&format!(" · {} of {}", span(elapsed_ms), span(l.time_budget_ms)));
+    }
+    let colour = match ratio {
+        r if r >= 1.0 => Color::Red,
+        r if r >= 0.8 => Color::Yellow,
+        _ => Color::Blue,
+    };
+    Gauge::default()
+        .ratio(ratio.clamp(0.0, 1.0))
+        .label(format!("budget {label}"))
+        .gauge_style(Style::default().fg(colour))
 }
 
 fn centered(area: Rect, width: u16, height: u16) -> Rect {

@@ -54,6 +54,8 @@ fn to_wire(r: LoopRecord) -> v1::Loop {
         result_branch: r.result_branch,
         result_on_current_branch: r.result_on_current_branch,
         result_take: r.result_take,
+        token_budget: r.token_budget,
+        time_budget_ms: r.time_budget_ms,
     }
 }
 

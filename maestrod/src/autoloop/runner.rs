@@ -209,6 +209,9 @@ impl Runner {
     ) -> std::result::Result<Runner, String> {
         let root = PathBuf::from(&record.workspace);
         let (harness, config, llm) = open_workspace(&ssot, &sandbox, &record.project, &root)?;
+        let mut record = record;
+        let per_loop = harness.budget().config().per_loop;
+        (record.token_budget, record.time_budget_ms) = (per_loop.tokens, per_loop.wall_ms);
         let activity = Arc::new(Activity::default());
         activity.base.store(record.tokens, Ordering::SeqCst);
         activity.done.store(record.done, Ordering::SeqCst);

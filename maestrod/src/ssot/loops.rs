@@ -298,6 +298,12 @@ pub struct LoopRecord {
     /// The git command that takes the work onto the user's branch.
     #[serde(default)]
     pub result_take: String,
+    /// The loop's budget (`harness.budget.per_loop`; 0: no limit), for
+    /// clients to show spending against.
+    #[serde(default)]
+    pub token_budget: u64,
+    #[serde(default)]
+    pub time_budget_ms: u64,
     pub create_time_ms: i64,
     pub update_time_ms: i64,
     pub end_time_ms: i64,
@@ -343,6 +349,8 @@ impl LoopRecord {
             result_branch: String::new(),
             result_on_current_branch: false,
             result_take: String::new(),
+            token_budget: 0,
+            time_budget_ms: 0,
             end_time_ms: 0,
         }
     }

@@ -1,0 +1,119 @@
+//! Shell completion: the script `maestroctl completions SHELL` prints calls
+//! back into maestroctl (`COMPLETE=SHELL maestroctl -- WORDS`), which
+//! completes commands and flags from the clap tree, and the ids of projects,
+//! loops and requirements from the daemon where that is cheap: one short
+//! call to a daemon that already runs (none is started for a completion,
+//! and nothing is offered when none answers within a second).
+
+use std::time::Duration;
+
+use clap::CommandFactory;
+use clap_complete::engine::CompletionCandidate;
+use clap_complete::env::EnvCompleter;
+use maestro_shared::v1;
+
+/// The variable that switches maestroctl into completing.
+const VAR: &str = "COMPLETE";
+
+/// Answers a completion request (and exits) when the shell made one.
+pub(crate) fn answer_if_asked() {
+    clap_complete::CompleteEnv::with_factory(crate::cli::Cli::command).var(VAR).bin("maestroctl").complete();
+}
+
+/// Prints the script that registers the completions with `shell`.
+pub(crate) fn script(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    let completer: &dyn EnvCompleter = match shell {
+        clap_complete::Shell::Bash => &clap_complete::env::Bash,
+        clap_complete::Shell::Zsh => &clap_complete::env::Zsh,
+        clap_complete::Shell::Fish => &clap_complete::env::Fish,
+        clap_complete::Shell::Elvish => &clap_complete::env::Elvish,
+        clap_complete::Shell::PowerShell => &clap_complete::env::Powershell,
+        other => anyhow::bail!("no completions for {other}"),
+    };
+    // The program that answers: this very binary, wherever it is installed.
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "maestroctl".into());
+    let mut out = std::io::stdout().lock();
+    completer.write_registration(VAR, "maestroctl", "maestroctl", &exe, &mut out)?;
+    Ok(())
+}
+
+/// Runs `query` against the daemon the user would reach, if one answers soon.
+fn ask<T>(query: impl AsyncFnOnce(maestro_shared::Conn, Option<String>) -> Result<T, tonic::Status>) -> Option<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    runtime.block_on(async {
+        let server = std::env::var("MAESTRO_SERVER").ok().filter(|s| !s.is_empty()).or_else(|| {
+            let file = crate::config::UserFile::path()?;
+            crate::config::UserFile::load(&file).ok()?.server
+        });
+        let work = async {
+            let (channel, local) = match &server {
+                Some(server) => (crate::client::connect(server).await.ok()?, false),
+                None => (crate::local::Local::new().ok()?.connect(Duration::from_millis(300)).await?, true),
+            };
+            let token = std::env::var("MAESTRO_TOKEN").ok().filter(|t| !t.is_empty());
+            let token = token.unwrap_or_else(|| crate::client::token(local));
+            let conn = maestro_shared::Bearer::new(&token).ok()?.connect(channel);
+            query(conn, project()).await.ok()
+        };
+        tokio::time::timeout(Duration::from_secs(1), work).await.ok().flatten()
+    })
+}
+
+/// The project a completion is for: `MAESTRO_PROJECT`, the folder's, the user's default.
+fn project() -> Option<String> {
+    if let Ok(project) = std::env::var("MAESTRO_PROJECT")
+        && !project.is_empty()
+    {
+        return Some(project);
+    }
+    let cwd = std::env::current_dir().ok()?;
+    let folder = crate::commands::init::find_workspace(&cwd)
+        .and_then(|dir| std::fs::read_to_string(crate::commands::init::project_config_path(&dir)).ok())
+        .and_then(|text| crate::commands::init::configured_id(&text));
+    folder.or_else(|| crate::config::UserFile::load(&crate::config::UserFile::path()?).ok()?.project)
+}
+
+fn candidates(items: Vec<(String, String)>) -> Vec<CompletionCandidate> {
+    items.into_iter().map(|(id, help)| CompletionCandidate::new(id).help(Some(help.into()))).collect()
+}
+
+/// Project ids, with their names.
+pub(crate) fn projects() -> Vec<CompletionCandidate> {
+    let found = ask(async |conn, _| {
+        let mut client = v1::project_service_client::ProjectServiceClient::new(conn);
+        let page = client.list_projects(v1::ListProjectsRequest { page_size: 500, ..Default::default() }).await?;
+        Ok(page.into_inner().projects.into_iter().map(|p| (p.id, p.display_name)).collect())
+    });
+    candidates(found.unwrap_or_default())
+}
+
+/// Loop ids (of the project, else all), newest first, with state and task.
+pub(crate) fn loops() -> Vec<CompletionCandidate> {
+    let found = ask(async |conn, project| {
+        let mut client = v1::loop_service_client::LoopServiceClient::new(conn);
+        let request =
+            v1::ListLoopsRequest { project_id: project.unwrap_or_default(), page_size: 200, ..Default::default() };
+        let loops = client.list_loops(request).await?.into_inner().loops;
+        Ok(loops
+            .into_iter()
+            .rev()
+            .map(|l| {
+                let state = l.state().as_str_name().trim_start_matches("LOOP_STATE_").to_lowercase();
+                (l.loop_id, format!("{state}: {}", l.task.chars().take(50).collect::<String>()))
+            })
+            .collect())
+    });
+    candidates(found.unwrap_or_default())
+}
+
+/// Requirement ids of the project, with their titles.
+pub(crate) fn requirements() -> Vec<CompletionCandidate> {
+    let found = ask(async |conn, project| {
+        let Some(project) = project else { return Ok(Vec::new()) };
+        let mut client = v1::requirement_service_client::RequirementServiceClient::new(conn);
+        let request = v1::ListRequirementsRequest { project_id: project, page_size: 1000, ..Default::default() };
+        let requirements = client.list_requirements(request).await?.into_inner().requirements;
+        Ok(requirements.into_iter().map(|r| (r.id, r.title)).collect())
+    });
+    candidates(found.unwrap_or_default())
+}
