@@ -163,6 +163,16 @@ fn an_exported_project_does_not_rename_new_projects_or_break_the_demo() {
     assert_eq!(attached.code, 0, "{}", attached.stderr);
     assert!(attached.stdout.contains("── PLAN") && attached.stdout.contains("succeeded:"), "{}", attached.stdout);
     assert!(attached.stderr.contains("maestro/loop-1"), "{}", attached.stderr);
+
+    // YAML for every listing, with the JSON's field names; the branch is on the loop.
+    let yaml = ctl(home, &["-o", "yaml", "loop", "list"]);
+    assert_eq!(yaml.code, 0, "{}", yaml.stderr);
+    assert!(yaml.stdout.starts_with("- "), "a YAML list: {}", yaml.stdout);
+    for field in ["  loopId: loop-1\n", "  state: LOOP_STATE_SUCCEEDED\n", "  resultBranch: maestro/loop-1\n"] {
+        assert!(yaml.stdout.contains(field), "{field:?} missing:\n{}", yaml.stdout);
+    }
+    let log = ctl(home, &["-o", "yaml", "-p", "demo", "logs", "-n", "2"]);
+    assert!(log.stdout.starts_with("---\n") && log.stdout.matches("---\n").count() == 2, "{}", log.stdout);
 }
 
 #[test]
