@@ -3,7 +3,10 @@
 //! completes commands and flags from the clap tree, and the ids of projects,
 //! loops and requirements from the daemon where that is cheap: one short
 //! call to a daemon that already runs (none is started for a completion,
-//! and nothing is offered when none answers within a second).
+//! and nothing is offered when none answers within a second). The daemon is
+//! the one commands reach without flags (`MAESTRO_SERVER`, the current
+//! context, the user's file, the local one); a `-p` typed on the same line is
+//! not seen, `MAESTRO_PROJECT` and the project folder are.
 
 use std::time::Duration;
 
@@ -41,10 +44,24 @@ pub(crate) fn script(shell: clap_complete::Shell) -> anyhow::Result<()> {
 fn ask<T>(query: impl AsyncFnOnce(maestro_shared::Conn, Option<String>) -> Result<T, tonic::Status>) -> Option<T> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
     runtime.block_on(async {
-        let server = std::env::var("MAESTRO_SERVER").ok().filter(|s| !s.is_empty()).or_else(|| {
-            let file = crate::config::UserFile::path()?;
-            crate::config::UserFile::load(&file).ok()?.server
-        });
+        // The daemon commands reach: MAESTRO_SERVER, the current context (its CA
+        // and token with it), the user's file, else the local one.
+        let contexts = crate::context::Contexts::path()
+            .and_then(|path| crate::context::Contexts::load(&path).ok())
+            .unwrap_or_default();
+        let context = contexts.current().map(|(_, context)| context.clone());
+        let server = match std::env::var("MAESTRO_SERVER").ok().filter(|s| !s.is_empty()) {
+            Some(server) => Some(server),
+            None => match &context {
+                Some(context) => {
+                    crate::client::set_credentials(context.credentials());
+                    Some(context.server.clone())
+                }
+                None => crate::config::UserFile::path()
+                    .and_then(|file| crate::config::UserFile::load(&file).ok())
+                    .and_then(|file| file.server),
+            },
+        };
         let work = async {
             let (channel, local) = match &server {
                 Some(server) => (crate::client::connect(server).await.ok()?, false),

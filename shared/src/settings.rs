@@ -24,6 +24,9 @@ pub enum Kind {
     Lists,
     /// A mapping of names to text: `{X-Title: maestro}`.
     Map,
+    /// A list of mappings with these text fields, all of them given:
+    /// `[{id: no-eval, applies_to: content, pattern: 'eval\(', reason: …}]`.
+    Records(&'static [&'static str]),
 }
 
 impl Kind {
@@ -38,6 +41,7 @@ impl Kind {
             Kind::List => "a list, e.g. [a, b]".into(),
             Kind::Lists => "a list of lists, e.g. [[python3, -m, pytest]]".into(),
             Kind::Map => "a mapping, e.g. {Name: value}".into(),
+            Kind::Records(fields) => format!("a list of {{{}}}", fields.join(", ")),
         }
     }
 }
@@ -124,6 +128,11 @@ fn project_keys() -> Vec<Key> {
         keys.push(key(format!("harness.roles.*.{field}"), *kind, help));
     }
     keys.extend([
+        key(
+            "harness.validator.rules",
+            Kind::Records(&["id", "applies_to", "pattern", "reason"]),
+            "extra validator rules (applies_to: content or command; pattern: a regex)",
+        ),
         key("harness.validator.disable", Kind::List, "built-in validator rules switched off"),
         key("harness.validator.max_deleted_files", Kind::Count, "most files one action deletes"),
         key("harness.validator.max_deleted_lines", Kind::Count, "most lines one action deletes"),

@@ -70,6 +70,7 @@ fn every_key_of_both_files_is_set_checked_and_kept_with_its_comments() {
         ("loop.test_command", "[npm, test]"),
         ("llm.roles.review.temperature", "0.2"),
         ("harness.roles.backend.write", "[src/api/**]"),
+        ("harness.validator.rules", r"[{id: no-eval, applies_to: content, pattern: 'eval\(', reason: no eval}]"),
         ("loop.commit_to_current_branch", "true"),
     ] {
         let out = set(&["--project", key, value]);
@@ -92,6 +93,7 @@ fn every_key_of_both_files_is_set_checked_and_kept_with_its_comments() {
     let policy = ctl_in(home, &folder, &[], &["-o", "json", "policy", "show"]);
     assert_eq!(policy.code, 0, "{}", policy.stderr);
     assert!(policy.stdout.contains("src/api/**"), "{}", policy.stdout);
+    assert!(policy.stdout.contains("no-eval"), "the extra validator rule is read: {}", policy.stdout);
 
     // Wrong values and keys: one line naming what is valid; the file untouched.
     let before = std::fs::read_to_string(&project_file).unwrap();

@@ -81,12 +81,14 @@ pub(crate) fn project_config_path(dir: &Path) -> PathBuf {
 /// The folder at or above `start` that holds `.maestro/config.yaml`. Your
 /// home folder is never one: its `.maestro/config.yaml` is your own settings.
 pub(crate) fn find_workspace(start: &Path) -> Option<PathBuf> {
-    let home = crate::home::home();
-    start
-        .ancestors()
-        .filter(|dir| home.as_deref() != Some(*dir))
-        .find(|dir| dir.join(CONFIG).is_file())
-        .map(Path::to_path_buf)
+    start.ancestors().filter(|dir| !is_home(dir)).find(|dir| dir.join(CONFIG).is_file()).map(Path::to_path_buf)
+}
+
+/// Whether `dir` is the user's home folder (links resolved).
+fn is_home(dir: &Path) -> bool {
+    let Some(home) = crate::home::home() else { return false };
+    let resolved = |path: &Path| path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    dir == home || resolved(dir) == resolved(&home)
 }
 
 /// Makes `dir` a registered project; returns its id. `explicit` wins over the config.
@@ -98,6 +100,12 @@ pub(crate) async fn ensure_project(
 ) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
+    if is_home(&dir) {
+        return Err(anyhow!(
+            "{} is your home folder, whose .maestro/ holds your own settings: make a project in a folder of its own",
+            dir.display()
+        ));
+    }
     let config = dir.join(CONFIG);
     let existing = std::fs::read_to_string(&config).ok();
     let project = explicit

@@ -145,13 +145,14 @@ async fn where_the_work_is(channel: Conn, loop_id: &str, output: Output) -> anyh
     if l.state() != LoopState::Succeeded || l.result_branch.is_empty() {
         return Ok(());
     }
+    let workspace = shlex::try_quote(&l.workspace).map(|w| w.into_owned()).unwrap_or_else(|_| l.workspace.clone());
     if l.result_on_current_branch {
-        eprintln!("The work is committed on your branch {} (git -C {} log --oneline)", l.result_branch, l.workspace);
+        eprintln!("The work is committed on your branch {} (git -C {} log --oneline)", l.result_branch, workspace);
     } else {
         eprintln!(
             "The work is on branch {}; take it onto yours: git -C {} {}",
             l.result_branch,
-            l.workspace,
+            workspace,
             l.result_take.strip_prefix("git ").unwrap_or(&l.result_take)
         );
     }

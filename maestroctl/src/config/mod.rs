@@ -276,14 +276,21 @@ impl File {
         }
     }
 
-    /// Written beside and renamed, so a crash never leaves half a file.
+    /// Written beside and renamed, so a crash never leaves half a file; a
+    /// file that is a link (dotfiles kept elsewhere) is written where it
+    /// leads, and keeps its permissions.
     fn write(&self, text: &str) -> anyhow::Result<()> {
-        if let Some(dir) = self.path.parent() {
+        let path = self.path.canonicalize().unwrap_or_else(|_| self.path.clone());
+        if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let tmp = self.path.with_extension("yaml.tmp");
+        let tmp = path.with_extension("yaml.tmp");
         std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.path).with_context(|| format!("cannot replace {}", self.path.display()))
+        if let Ok(old) = std::fs::metadata(&path) {
+            std::fs::set_permissions(&tmp, old.permissions())
+                .with_context(|| format!("cannot set the permissions of {}", tmp.display()))?;
+        }
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))
     }
 
     /// The key `name` names in this file, or a message listing what there is.
@@ -358,6 +365,21 @@ fn render(key: &settings::Key, value: &str) -> anyhow::Result<String> {
                 return Err(wrong());
             }
             serde_json::to_string(&lists)?
+        }
+        Kind::Records(fields) => {
+            let records = flow(value)?;
+            let ok = records.as_array().is_some_and(|items| {
+                items.iter().all(|item| {
+                    item.as_object().is_some_and(|record| {
+                        record.len() == fields.len()
+                            && fields.iter().all(|field| record.get(*field).is_some_and(|v| v.is_string()))
+                    })
+                })
+            });
+            if !ok {
+                return Err(wrong());
+            }
+            serde_json::to_string(&records)?
         }
         Kind::Map => {
             let map = flow(value)?;

@@ -124,9 +124,11 @@ fn lines_of(text: &str) -> Vec<String> {
     text.lines().map(str::to_string).collect()
 }
 
-fn text_of(lines: &[String]) -> String {
-    let mut text = lines.join("\n");
-    text.push('\n');
+/// The lines as a file again, with the line ending `like` uses (CRLF stays CRLF).
+fn text_of(lines: &[String], like: &str) -> String {
+    let ending = if like.contains("\r\n") { "\r\n" } else { "\n" };
+    let mut text = lines.join(ending);
+    text.push_str(ending);
     text
 }
 
@@ -232,14 +234,16 @@ pub(crate) fn set(text: &str, path: &[&str], value: &str) -> Result<String, Edit
                             new.push(format!("{pad}{segment}:"));
                         }
                     }
-                    // After the parent's last entry (or right under the parent).
-                    let at = (start..end).rev().find(|&i| !inert(&lines[i])).map_or(start, |i| i + 1);
+                    // After the parent's last entry, else right under the parent (at the
+                    // top level: at the end, below a header comment).
+                    let last = (start..end).rev().find(|&i| !inert(&lines[i]));
+                    let at = last.map_or(if depth == 0 { end } else { start }, |i| i + 1);
                     lines.splice(at..at, new);
                 }
             }
         }
     }
-    let after = text_of(&lines);
+    let after = text_of(&lines, text);
     check(before, path, Some(parsed), &after)?;
     Ok(after)
 }
@@ -252,7 +256,7 @@ pub(crate) fn unset(text: &str, path: &[&str]) -> Result<Option<String>, EditErr
     let mut lines = lines_of(text);
     let Walk::Found { line, end } = walk(&lines, path)? else { return Ok(None) };
     lines.drain(line..end);
-    let after = text_of(&lines);
+    let after = text_of(&lines, text);
     check(before, path, None, &after)?;
     Ok(Some(after))
 }
@@ -322,6 +326,10 @@ loop:
         assert!(text.contains("# harness:\n#   roles:\n"), "comments stay: {text}");
         let text = set("", &path("project.id"), "x").unwrap();
         assert_eq!(text, "project:\n  id: x\n");
+        let text = set("# my settings\n", &path("output"), "json").unwrap();
+        assert_eq!(text, "# my settings\noutput: json\n", "below the header");
+        let text = set("project:\r\n  id: x\r\n", &path("project.id"), "y").unwrap();
+        assert_eq!(text, "project:\r\n  id: y\r\n", "CRLF stays CRLF");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `maestroctl status` on a terminal: a live view of one project (the
 //! requirements tree, contracts, the execution log, loops with progress),
-//! redrawn whenever the project's watch stream reports a change and every two
-//! seconds; escalated loops can be approved, retried or aborted from it.
+//! redrawn whenever the project's watch stream or the event stream of one of
+//! its running loops reports a change, and every two seconds; escalated loops can be approved, retried or aborted from it.
 //! `app` holds the state and the keys, `view` draws it; this module reads the
 //! daemon and drives the terminal.
 
@@ -109,6 +109,46 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Follows the event stream of each loop still going, so the view redraws
+/// as it moves (the watch stream covers the SSOT; loops live beside it).
+struct LoopFollowers {
+    conn: Conn,
+    tx: mpsc::Sender<Event>,
+    running: std::collections::HashMap<String, tokio::task::JoinHandle<()>>,
+}
+
+impl LoopFollowers {
+    fn follow(&mut self, loops: &[v1::Loop]) {
+        use v1::LoopState::{Aborted, Cancelled, Failed, Succeeded};
+        self.running.retain(|_, task| !task.is_finished());
+        for l in loops.iter().filter(|l| !matches!(l.state(), Succeeded | Failed | Aborted | Cancelled)) {
+            if self.running.contains_key(&l.loop_id) {
+                continue;
+            }
+            let (conn, tx) = (self.conn.clone(), self.tx.clone());
+            let request = v1::StreamLoopEventsRequest { loop_id: l.loop_id.clone(), from_seq: l.last_seq + 1 };
+            let task = tokio::spawn(async move {
+                let Ok(stream) = LoopServiceClient::new(conn).stream_loop_events(request).await else { return };
+                let mut stream = stream.into_inner();
+                while let Some(Ok(_)) = stream.next().await {
+                    if tx.send(Event::Changed).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            self.running.insert(l.loop_id.clone(), task);
+        }
+    }
+}
+
+impl Drop for LoopFollowers {
+    fn drop(&mut self) {
+        for task in self.running.values() {
+            task.abort();
+        }
+    }
+}
+
 /// Runs the view until `q`.
 pub(crate) async fn run(conn: Conn, project: &str, readonly: bool) -> anyhow::Result<ExitStatus> {
     let mut app = App::new(fetch(&conn, project, None).await?, readonly);
@@ -128,6 +168,8 @@ pub(crate) async fn run(conn: Conn, project: &str, readonly: bool) -> anyhow::Re
             }
         })
     };
+    let mut followers = LoopFollowers { conn: conn.clone(), tx: tx.clone(), running: Default::default() };
+    followers.follow(&app.snapshot.loops);
     let mut terminal = ratatui::init();
     // Keys come from a blocking reader thread (started once the terminal is
     // in raw mode, so no key waits for a newline); it ends with the process.
@@ -173,7 +215,10 @@ pub(crate) async fn run(conn: Conn, project: &str, readonly: bool) -> anyhow::Re
             };
             if refresh {
                 match fetch(&conn, project, Some(&app.snapshot)).await {
-                    Ok(snapshot) => app.update(snapshot),
+                    Ok(snapshot) => {
+                        app.update(snapshot);
+                        followers.follow(&app.snapshot.loops);
+                    }
                     Err(error) => app.message = format!("cannot refresh: {error:#}"),
                 }
             }

@@ -101,6 +101,11 @@ mod tests {
                 Kind::List => "[a]".into(),
                 Kind::Lists => "[[a]]".into(),
                 Kind::Map => "{X-Name: y}".into(),
+                Kind::Records(fields) => {
+                    let sample = |field: &str| if field == "applies_to" { "content" } else { "x" };
+                    let record: Vec<String> = fields.iter().map(|f| format!("{f}: {}", sample(f))).collect();
+                    format!("[{{{}}}]", record.join(", "))
+                }
             };
             let path = key.path.replace("llm.roles.*", "llm.roles.review").replace("roles.*", "roles.backend");
             let mut text = String::new();

@@ -60,6 +60,19 @@ async fn the_demo_fails_once_rolls_back_and_succeeds() {
     let repo = git2::Repository::open(&dir).unwrap();
     let tags = repo.tag_names(Some("maestro/*")).unwrap();
     assert_eq!(tags.len(), 4, "{:?}", tags.iter().collect::<Vec<_>>());
+    // The work is on its branch, one commit per committed epoch, the user's branch untouched.
+    assert_eq!(
+        (done.result_branch.as_str(), done.result_take.as_str()),
+        ("maestro/loop-1", "git reset maestro/loop-1")
+    );
+    let tip = repo.revparse_single("maestro/loop-1").unwrap().peel_to_commit().unwrap();
+    for file in ["src/api/todos.py", "src/ui/cli.py", "tests/test_todos.py"] {
+        assert!(tip.tree().unwrap().get_path(std::path::Path::new(file)).is_ok(), "{file} is on the branch");
+    }
+    let mut walk = repo.revwalk().unwrap();
+    walk.push(tip.id()).unwrap();
+    assert_eq!(walk.count(), 4, "one commit per committed epoch");
+    assert!(repo.head().is_err(), "the user's branch still has no commit");
     manager.shutdown().await;
 }
 

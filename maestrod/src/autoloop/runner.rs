@@ -482,7 +482,17 @@ impl Runner {
     /// loop succeeded (its work is committed and tagged) and is logged.
     async fn publish(&self, record: &mut LoopRecord) {
         let (loop_id, epoch, onto) = (record.id.clone(), record.epoch, self.config.commit_to_current_branch);
-        match git(self.root.clone(), move |g| g.publish(&loop_id, epoch, onto)).await {
+        // The loop's first checkpoint: what the folder held before it wrote anything.
+        let baseline = if record.baseline_checkpoint.is_empty() {
+            format!("refs/maestro/{loop_id}/1/start")
+        } else {
+            record.baseline_checkpoint.clone()
+        };
+        let published = git(self.root.clone(), move |g| {
+            let baseline = g.checkpoint_of(&baseline)?;
+            g.publish(&loop_id, epoch, &baseline, onto)
+        });
+        match published.await {
             Ok(Some(published)) => {
                 let detail = if published.on_current {
                     format!("the work is committed on your branch {}", published.branch)

@@ -230,9 +230,13 @@ impl GitWorkspace {
 
     /// A checkpoint from its commit id (as stored in a loop record).
     pub fn checkpoint_of(&self, commit: &str) -> Result<Checkpoint, RollbackError> {
-        let oid = Oid::from_str(commit)?;
+        // A full commit id, or a reference such as `refs/maestro/<loop>/1/start`.
+        let oid = match Oid::from_str(commit) {
+            Ok(oid) if commit.len() == 40 => oid,
+            _ => self.repo.revparse_single(commit)?.peel_to_commit()?.id(),
+        };
         self.repo.find_commit(oid)?;
-        Ok(Checkpoint { commit: commit.to_string(), reference: String::new() })
+        Ok(Checkpoint { commit: oid.to_string(), reference: String::new() })
     }
 
     /// The epoch's commits, if it was committed (and tagged).
@@ -373,7 +377,9 @@ impl GitWorkspace {
         let all = self.repo.find_commit(complete)?.tree()?;
         let base = self.repo.find_commit(Oid::from_str(&baseline.commit)?)?.tree()?;
         let mut tracked = std::collections::BTreeSet::new();
-        if let Ok(index) = self.repo.index() {
+        if let Ok(mut index) = self.repo.index() {
+            // As the user's git left it on disk now, not as this handle last read it.
+            let _ = index.read(true);
             tracked.extend(index.iter().map(|e| String::from_utf8_lossy(&e.path).into_owned()));
         }
         if let Some(head) = self.repo.head().ok().and_then(|h| h.peel_to_tree().ok()) {
@@ -407,75 +413,135 @@ impl GitWorkspace {
     }
 
     /// Puts a successful loop's work where the user finds it: the branch
-    /// `maestro/<loop>` at its last tagged commit (a chain on top of the
-    /// user's HEAD, so `git merge maestro/<loop>` fast-forwards). With
-    /// `onto_current`, and when the checked-out branch has not moved since
-    /// the loop began (or has no commit yet), that branch is moved to the
-    /// work instead and the index follows it, so `git status` shows the
-    /// loop's files as committed; otherwise the branch is used and `note`
-    /// says why. `None` when the loop committed nothing.
+    /// `maestro/<loop>`, one commit per committed epoch (with the epoch's
+    /// message) on top of the checked-out commit, each holding that commit's
+    /// files with what the loop changed up to that epoch. Only the loop's
+    /// changes (from its first checkpoint, `baseline`, to the epoch's complete
+    /// state): the user's uncommitted edits from before the loop, ignored and
+    /// secret files stay out. `git reset maestro/<loop>` then takes it onto
+    /// the user's branch as a fast-forward that leaves the files as they are
+    /// (`git merge` would refuse the loop's files, already in the folder).
+    /// With `onto_current`, the checked-out branch is moved there itself when
+    /// nobody moved it meanwhile, and the index takes the loop's paths only
+    /// (what the user staged stays staged); otherwise `note` says why not.
+    /// `None` when the loop committed nothing.
     pub fn publish(
         &self,
         loop_id: &str,
         last_epoch: u64,
+        baseline: &Checkpoint,
         onto_current: bool,
     ) -> Result<Option<Published>, RollbackError> {
         check_loop_id(loop_id)?;
-        let Some(tip) = (1..=last_epoch).rev().find_map(|e| self.tagged(loop_id, e)) else { return Ok(None) };
-        let tip = self.repo.find_commit(Oid::from_str(&tip)?)?;
-        let branch = format!("maestro/{loop_id}");
-        if onto_current {
-            match self.current_branch_under(&tip)? {
-                Ok(current) => {
-                    let reference = format!("refs/heads/{current}");
-                    self.repo.reference(&reference, tip.id(), true, &format!("maestro: {loop_id} succeeded"))?;
-                    let mut index = self.repo.index()?;
-                    index.read_tree(&tip.tree()?)?;
-                    index.write()?;
-                    let take = String::new();
-                    return Ok(Some(Published { branch: current, on_current: true, note: String::new(), take }));
-                }
-                Err(note) => {
-                    self.repo.branch(&branch, &tip, true)?;
-                    let take = format!("git merge {branch}");
-                    return Ok(Some(Published { branch, on_current: false, note, take }));
-                }
-            }
-        }
-        self.repo.branch(&branch, &tip, true)?;
-        // The loop's files are in the folder already, untracked: `git merge`
-        // would refuse to overwrite them, while moving the branch (and index)
-        // onto the work leaves the files as they are. Only when that is a
-        // fast-forward; otherwise a merge.
-        let take = match self.current_branch_under(&tip)? {
-            Ok(_) => format!("git reset {branch}"),
-            Err(_) => format!("git merge {branch}"),
+        let base = self.repo.find_commit(Oid::from_str(&baseline.commit)?)?.tree()?;
+        let head = self.repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let head_tree = match &head {
+            Some(commit) => commit.tree()?,
+            None => self.repo.find_tree(self.empty_tree()?)?,
         };
-        Ok(Some(Published { branch, on_current: false, note: String::new(), take }))
+        let signature = Self::signature()?;
+        let (mut tip, mut done) = (None::<git2::Commit<'_>>, None);
+        for epoch in 1..=last_epoch {
+            let Some(tagged) = self.tagged(loop_id, epoch) else { continue };
+            let Ok(complete) = self.repo.find_reference(&format!("refs/maestro/{loop_id}/{epoch}/done")) else {
+                continue;
+            };
+            let complete = complete.peel_to_commit()?.tree()?;
+            let tree = self.repo.find_tree(self.with_changes(&head_tree, &base, &complete)?)?;
+            let message = self.repo.find_commit(Oid::from_str(&tagged)?)?.message().unwrap_or_default().to_string();
+            let parent = tip.as_ref().or(head.as_ref());
+            let parents: Vec<&git2::Commit<'_>> = parent.into_iter().collect();
+            let id = self.repo.commit(None, &signature, &signature, &message, &tree, &parents)?;
+            tip = Some(self.repo.find_commit(id)?);
+            done = Some(complete);
+        }
+        let (Some(tip), Some(done)) = (tip, done) else { return Ok(None) };
+        let branch = format!("maestro/{loop_id}");
+        self.repo.branch(&branch, &tip, true)?;
+        let take = format!("git reset {branch}");
+        if !onto_current {
+            return Ok(Some(Published { branch, on_current: false, note: String::new(), take }));
+        }
+        Ok(Some(match self.move_current_branch(loop_id, head.as_ref(), &tip, &base, &done)? {
+            Ok(current) => Published { branch: current, on_current: true, note: String::new(), take: String::new() },
+            Err(note) => Published { branch, on_current: false, note, take },
+        }))
     }
 
-    /// The checked-out branch when `tip` descends from its commit (or it has
-    /// none yet); otherwise why the work cannot go onto it.
-    fn current_branch_under(&self, tip: &git2::Commit<'_>) -> Result<Result<String, String>, RollbackError> {
-        let head = self.repo.find_reference("HEAD")?;
-        let Some(target) = head.symbolic_target().ok().flatten().map(String::from) else {
+    /// `onto` with what changed from `from` to `to`: files added, changed and removed.
+    fn with_changes(
+        &self,
+        onto: &git2::Tree<'_>,
+        from: &git2::Tree<'_>,
+        to: &git2::Tree<'_>,
+    ) -> Result<Oid, RollbackError> {
+        let diff = self.repo.diff_tree_to_tree(Some(from), Some(to), None)?;
+        let mut update = git2::build::TreeUpdateBuilder::new();
+        for delta in diff.deltas() {
+            if delta.status() == git2::Delta::Deleted {
+                if let Some(path) = delta.old_file().path().filter(|p| onto.get_path(p).is_ok()) {
+                    update.remove(path);
+                }
+            } else if let Some(path) = delta.new_file().path() {
+                update.upsert(path, delta.new_file().id(), delta.new_file().mode());
+            }
+        }
+        Ok(update.create_updated(&self.repo, onto)?)
+    }
+
+    /// Moves the checked-out branch from `head` to `tip` unless it moved
+    /// meanwhile (compare and swap), and updates the index for the loop's
+    /// paths only; the branch goes back if the index cannot be written.
+    fn move_current_branch(
+        &self,
+        loop_id: &str,
+        head: Option<&git2::Commit<'_>>,
+        tip: &git2::Commit<'_>,
+        base: &git2::Tree<'_>,
+        done: &git2::Tree<'_>,
+    ) -> Result<Result<String, String>, RollbackError> {
+        let head_ref = self.repo.find_reference("HEAD")?;
+        let Some(target) = head_ref.symbolic_target().ok().flatten().map(String::from) else {
             return Ok(Err("HEAD is detached, so the work is on its own branch".into()));
         };
         let Some(name) = target.strip_prefix("refs/heads/").map(str::to_string) else {
             return Ok(Err(format!("HEAD points at {target}, not a branch")));
         };
-        match self.repo.find_reference(&target) {
-            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(Ok(name)),
-            Err(e) => Err(e.into()),
-            Ok(current) => {
-                let at = current.peel_to_commit()?.id();
-                if at == tip.id() || self.repo.graph_descendant_of(tip.id(), at)? {
-                    Ok(Ok(name))
-                } else {
-                    Ok(Err(format!("{name} moved while the loop ran, so the work is on its own branch")))
+        let mut index = self.repo.index()?;
+        // As the user's git left it on disk now, not as this handle last read it.
+        index.read(true)?;
+        let diff = self.repo.diff_tree_to_tree(Some(base), Some(done), None)?;
+        for delta in diff.deltas() {
+            if delta.status() == git2::Delta::Deleted {
+                if let Some(path) = delta.old_file().path() {
+                    let _ = index.remove_path(path);
                 }
+            } else if let Some(path) = delta.new_file().path() {
+                index.add_path(path)?;
             }
         }
+        let message = format!("maestro: {loop_id} succeeded");
+        let moved = match head {
+            Some(head) => self.repo.reference_matching(&target, tip.id(), true, head.id(), &message),
+            None => self.repo.reference(&target, tip.id(), false, &message),
+        };
+        match moved {
+            Ok(_) => {}
+            Err(e) if matches!(e.code(), git2::ErrorCode::Modified | git2::ErrorCode::Exists) => {
+                return Ok(Err(format!("{name} moved while the work was being put on it, so it is on its own branch")));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if let Err(e) = index.write() {
+            match head {
+                Some(head) => {
+                    self.repo.reference(&target, head.id(), true, "maestro: the index could not follow")?;
+                }
+                None => self.repo.find_reference(&target)?.delete()?,
+            }
+            return Err(e.into());
+        }
+        Ok(Ok(name))
     }
 
     /// The commit tagged `maestro/<loop>/<epoch>`, if any.
@@ -843,56 +909,116 @@ mod tests {
         assert_eq!(index_after, index_before, "the index (with the staged edit) untouched");
     }
 
-    /// Two committed epochs of loop `demo` in a fresh repository (no commit yet).
-    fn two_epochs(root: &Path) -> GitWorkspace {
-        let ws = GitWorkspace::open_or_init(root).unwrap();
+    /// Two committed epochs of loop `demo` in `root`; returns the baseline.
+    fn two_epochs(ws: &GitWorkspace, root: &Path) -> Checkpoint {
         let baseline = ws.checkpoint("demo", 1).unwrap();
         write(root, "src/a.py", "a = 1\n");
         ws.commit("demo", 1, &baseline, &baseline, "maestro demo epoch 1").unwrap();
         let second = ws.checkpoint("demo", 2).unwrap();
         write(root, "src/b.py", "b = 2\n");
         ws.commit("demo", 2, &second, &baseline, "maestro demo epoch 2").unwrap();
-        ws
+        baseline
+    }
+
+    fn commit_all(repo: &Repository, paths: &[&str], message: &str) -> Oid {
+        let mut index = repo.index().unwrap();
+        for path in paths {
+            index.add_path(Path::new(path)).unwrap();
+        }
+        index.write().unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let signature = git2::Signature::now("ada", "ada@example.com").unwrap();
+        let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+        repo.commit(Some("HEAD"), &signature, &signature, message, &tree, &parents).unwrap()
     }
 
     #[test]
-    fn a_loops_work_lands_on_its_branch_and_on_yours_only_when_asked_and_safe() {
+    fn a_loops_work_lands_on_its_branch_with_only_what_the_loop_changed() {
         let dir = tempfile::tempdir().unwrap();
-        let ws = two_epochs(dir.path());
-        let published = ws.publish("demo", 2, false).unwrap().unwrap();
-        assert_eq!((published.branch.as_str(), published.on_current), ("maestro/demo", false));
-        assert_eq!(published.take, "git reset maestro/demo", "a fast-forward that leaves the files");
-        let repo = Repository::open(dir.path()).unwrap();
-        let tip = repo.revparse_single("maestro/demo").unwrap().peel_to_commit().unwrap();
-        assert_eq!(tip.id(), repo.revparse_single("maestro/demo/2").unwrap().peel_to_commit().unwrap().id());
-        assert!(tip.tree().unwrap().get_path(Path::new("src/a.py")).is_ok(), "the branch holds every epoch");
-        assert!(repo.head().is_err(), "the user's branch is left alone (still no commit)");
-        assert_eq!(ws.publish("other", 3, false).unwrap(), None, "a loop that committed nothing has no branch");
+        let root = dir.path();
+        let repo = Repository::init(root).unwrap();
+        write(root, "README.md", "# mine\n");
+        write(root, ".gitignore", "build/\n");
+        write(root, "build/keep.txt", "tracked although ignored\n");
+        std::fs::write(root.join(".gitignore"), "build/\n").unwrap();
+        let mut index = repo.index().unwrap();
+        index.add_path(Path::new("build/keep.txt")).unwrap();
+        index.write().unwrap();
+        let mine = commit_all(&repo, &["README.md", ".gitignore"], "mine");
+        // Not committed when the loop starts: the user's own edit.
+        write(root, "README.md", "# mine, half done\n");
+        let ws = GitWorkspace::open_or_init(root).unwrap();
+        let baseline = two_epochs(&ws, root);
 
-        // Asked for, on a branch with no commit yet: the branch gets the work, and the index follows.
+        let published = ws.publish("demo", 2, &baseline, false).unwrap().unwrap();
+        assert_eq!((published.branch.as_str(), published.on_current), ("maestro/demo", false));
+        assert_eq!(published.take, "git reset maestro/demo");
+        let tip = repo.revparse_single("maestro/demo").unwrap().peel_to_commit().unwrap();
+        assert_eq!(tip.message().ok(), Some("maestro demo epoch 2"));
+        let first = tip.parent(0).unwrap();
+        assert_eq!((first.message().ok(), first.parent_id(0).unwrap()), (Some("maestro demo epoch 1"), mine));
+        let tree = tip.tree().unwrap();
+        let blob = |path: &str| {
+            let entry = tree.get_path(Path::new(path)).unwrap();
+            String::from_utf8(repo.find_blob(entry.id()).unwrap().content().to_vec()).unwrap()
+        };
+        assert_eq!(blob("src/a.py"), "a = 1\n");
+        assert_eq!(blob("src/b.py"), "b = 2\n");
+        assert_eq!(blob("README.md"), "# mine\n", "the user's unfinished edit is not the loop's");
+        assert_eq!(blob("build/keep.txt"), "tracked although ignored\n", "nothing of the user's is deleted");
+        assert_eq!(repo.head().unwrap().peel_to_commit().unwrap().id(), mine, "HEAD is left alone");
+        assert_eq!(ws.publish("other", 3, &baseline, false).unwrap(), None, "nothing committed, no branch");
+    }
+
+    #[test]
+    fn asked_to_the_work_goes_onto_the_current_branch_keeping_what_was_staged() {
+        // A branch with no commit yet.
         let dir = tempfile::tempdir().unwrap();
-        let ws = two_epochs(dir.path());
-        let published = ws.publish("demo", 2, true).unwrap().unwrap();
-        assert!(published.on_current, "{published:?}");
+        let ws = GitWorkspace::open_or_init(dir.path()).unwrap();
+        let baseline = two_epochs(&ws, dir.path());
+        let published = ws.publish("demo", 2, &baseline, true).unwrap().unwrap();
+        assert!(published.on_current && published.take.is_empty(), "{published:?}");
         let repo = Repository::open(dir.path()).unwrap();
-        let head = repo.head().unwrap().peel_to_commit().unwrap();
-        assert_eq!(head.message().ok(), Some("maestro demo epoch 2"));
+        assert_eq!(repo.head().unwrap().peel_to_commit().unwrap().message().ok(), Some("maestro demo epoch 2"));
         let statuses = repo.statuses(None).unwrap();
         let dirty: Vec<String> = statuses.iter().filter_map(|s| s.path().ok().map(String::from)).collect();
         assert!(!dirty.iter().any(|p| p.starts_with("src/")), "the loop's files are committed: {dirty:?}");
 
-        // Asked for, but the user committed meanwhile: the work goes to its own branch, and says why.
+        // A branch the user committed on while the loop ran, with something staged: the work goes on top.
         let dir = tempfile::tempdir().unwrap();
-        let ws = two_epochs(dir.path());
-        let repo = Repository::open(dir.path()).unwrap();
-        let signature = git2::Signature::now("ada", "ada@example.com").unwrap();
-        let tree = repo.find_tree(repo.treebuilder(None).unwrap().write().unwrap()).unwrap();
-        repo.commit(Some("HEAD"), &signature, &signature, "mine", &tree, &[]).unwrap();
-        let published = ws.publish("demo", 2, true).unwrap().unwrap();
-        assert_eq!((published.branch.as_str(), published.on_current), ("maestro/demo", false));
-        assert!(published.note.contains("moved"), "{published:?}");
-        assert_eq!(published.take, "git merge maestro/demo");
-        assert_eq!(repo.head().unwrap().peel_to_commit().unwrap().message().ok(), Some("mine"), "not moved");
+        let root = dir.path();
+        let repo = Repository::init(root).unwrap();
+        write(root, "notes.md", "v1\n");
+        commit_all(&repo, &["notes.md"], "first");
+        let ws = GitWorkspace::open_or_init(root).unwrap();
+        let baseline = two_epochs(&ws, root);
+        write(root, "notes.md", "v2\n");
+        let meanwhile = commit_all(&repo, &["notes.md"], "meanwhile");
+        write(root, "todo.md", "staged\n");
+        let mut index = repo.index().unwrap();
+        index.add_path(Path::new("todo.md")).unwrap();
+        index.write().unwrap();
+        let published = ws.publish("demo", 2, &baseline, true).unwrap().unwrap();
+        assert!(published.on_current, "{published:?}");
+        let head = repo.head().unwrap().peel_to_commit().unwrap();
+        assert_eq!(head.parent(0).unwrap().parent_id(0).unwrap(), meanwhile, "on top of the user's commit");
+        let status = repo.status_file(Path::new("todo.md")).unwrap();
+        assert!(status.contains(git2::Status::INDEX_NEW), "what the user staged stays staged: {status:?}");
+        assert!(repo.status_file(Path::new("src/a.py")).unwrap().is_empty(), "the loop's files are committed");
+
+        // A detached HEAD is not moved: the work stays on its branch, and the note says why.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let repo = Repository::init(root).unwrap();
+        write(root, "notes.md", "v1\n");
+        let first = commit_all(&repo, &["notes.md"], "first");
+        repo.set_head_detached(first).unwrap();
+        let ws = GitWorkspace::open_or_init(root).unwrap();
+        let baseline = two_epochs(&ws, root);
+        let published = ws.publish("demo", 2, &baseline, true).unwrap().unwrap();
+        assert!(!published.on_current && published.note.contains("detached"), "{published:?}");
+        assert_eq!(repo.head().unwrap().peel_to_commit().unwrap().id(), first);
     }
 
     #[test]
