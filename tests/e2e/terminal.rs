@@ -33,27 +33,76 @@ fn all_output(mut session: Session) -> Vec<u8> {
     [found.before(), found.get(0).unwrap_or_default()].concat()
 }
 
+/// A terminal the program draws on: what it writes goes through a terminal
+/// emulator (vt100), so tests read the screen as a person would, not the
+/// byte stream (ratatui sends only the cells that changed).
+struct Screen {
+    session: Session,
+    parser: vt100::Parser,
+}
+
+impl Screen {
+    fn new(session: Session) -> Screen {
+        Screen { session, parser: vt100::Parser::new(40, 120, 0) }
+    }
+
+    /// The screen once it shows `text` (20 s at most).
+    fn until(&mut self, text: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        self.session.set_expect_timeout(Some(Duration::from_millis(200)));
+        loop {
+            if let Ok(found) = self.session.expect(Regex("(?s).+")) {
+                self.parser.process(&[found.before(), found.get(0).unwrap_or_default()].concat());
+            }
+            let contents = self.parser.screen().contents();
+            if contents.contains(text) {
+                return contents;
+            }
+            assert!(std::time::Instant::now() < deadline, "{text:?} never showed; the screen:\n{contents}");
+        }
+    }
+
+    fn press(&mut self, keys: &str) {
+        self.session.send(keys).unwrap();
+    }
+}
+
 #[test]
 fn the_status_view_shows_the_project_and_answers_its_keys() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
     let _daemon = LocalDaemon(home);
     demo(home);
-    let mut view = on_terminal(home, "xterm-256color", &[], &["-p", "demo", "status"]);
-    view.expect("1 Requirements").unwrap();
-    // Cells are drawn as the terminal needs them: words, not whole lines.
-    view.expect("Build a to-do service").unwrap();
-    view.send("?").unwrap();
-    view.expect("keys").unwrap();
-    view.send("?").unwrap();
-    view.send("2").unwrap();
-    view.expect("todos-api").unwrap();
-    view.send("4").unwrap();
-    view.expect("loop-1").unwrap();
-    view.send("/").unwrap();
-    view.send("no-such-thing\r").unwrap();
-    view.send("q").unwrap();
-    let rest = all_output(view);
+    let mut view = Screen::new(on_terminal(home, "xterm-256color", &[], &["-p", "demo", "status"]));
+    let first = view.until("1 Requirements");
+    for pane in [
+        "2 Contracts",
+        "3 Log",
+        "4 Loops",
+        "R1 Build a to-do service",
+        "todos-api",
+        "loop-1 succeeded",
+        "4/4 requirements",
+    ] {
+        assert!(view.until(pane).contains(pane), "{pane} missing from:\n{first}");
+    }
+    view.press("?");
+    view.until("approve the escalated loop");
+    view.press("?");
+    view.press("2");
+    view.press("\r");
+    view.until("todos-api v1 (CONTRACT_STATUS_ACCEPTED), owner backend");
+    view.press("\r");
+    view.press("4");
+    view.press("\r");
+    view.until("loop-1 LOOP_STATE_SUCCEEDED");
+    view.press("\r");
+    view.press("/");
+    view.press("no-such-thing\r");
+    let filtered = view.until("loops 1  filter: no-such-thing");
+    assert!(!filtered.contains("R1 Build"), "the filter hides what does not match:\n{filtered}");
+    view.press("q");
+    let rest = all_output(view.session);
     assert!(!String::from_utf8_lossy(&rest).contains("panicked"), "{}", String::from_utf8_lossy(&rest));
 
     // A dumb terminal gets the summary printed once, with no escape codes at all.
