@@ -369,7 +369,7 @@ fn check_succeeds_only_when_everything_is_done_and_verified() {
         Outcome::Checked { done: 4, total: 4, require_tests: true },
         Succeeded,
         Check,
-        "root done, log loop-end, drop ≤5, finish, emit state",
+        "root done, publish, log loop-end, drop ≤5, finish, emit state",
     );
     assert_eq!(after.reason, "");
     assert_eq!(
@@ -413,7 +413,7 @@ fn check_succeeds_only_when_everything_is_done_and_verified() {
         Outcome::Checked { done: 4, total: 4, require_tests: false },
         Succeeded,
         Check,
-        "root done, log loop-end, drop ≤5, finish, emit state",
+        "root done, publish, log loop-end, drop ≤5, finish, emit state",
     );
     assert_eq!(
         success_line(&after, false),
