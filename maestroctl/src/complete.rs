@@ -1,5 +1,6 @@
 //! Shell completion: the script `maestroctl completions SHELL` prints calls
-//! back into maestroctl (`COMPLETE=SHELL maestroctl -- WORDS`), which
+//! back into maestroctl (`MAESTROCTL_COMPLETE=SHELL maestroctl -- WORDS`; a name
+//! of its own, so a `COMPLETE` set for something else never changes what it does), which
 //! completes commands and flags from the clap tree, and the ids of projects,
 //! loops and requirements from the daemon where that is cheap: one short
 //! call to a daemon that already runs (none is started for a completion,
@@ -16,7 +17,7 @@ use clap_complete::env::EnvCompleter;
 use maestro_shared::v1;
 
 /// The variable that switches maestroctl into completing.
-const VAR: &str = "COMPLETE";
+const VAR: &str = "MAESTROCTL_COMPLETE";
 
 /// Answers a completion request (and exits) when the shell made one.
 pub(crate) fn answer_if_asked() {

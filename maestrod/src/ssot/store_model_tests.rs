@@ -242,8 +242,21 @@ async fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
     store.close().await;
     drop(store);
 
-    // Everything survives a reopen.
-    let reopened = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+    // Everything survives a reopen. sled's background flusher lets go of the
+    // directory's file lock a moment after the last handle is dropped: a
+    // reopen in the same process waits for it (another process is never
+    // made to wait: a daemon's own lock file refuses it at once).
+    let mut tries = 0;
+    let reopened = loop {
+        match SledStore::open(dir.path(), SledOptions::default()) {
+            Ok(store) => break store,
+            Err(e) if tries < 100 && e.to_string().contains("could not acquire lock") => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    };
     let after = reopened.range(RangeRequest::prefix("")).await.unwrap();
     prop_assert_eq!(as_state(&after.kvs), model.current().clone());
     prop_assert_eq!(reopened.status(), status);
