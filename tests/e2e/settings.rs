@@ -181,6 +181,8 @@ fn an_exported_project_does_not_rename_new_projects_or_break_the_demo() {
 fn the_demo_runs_only_its_own_task() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
+    // Connecting starts the local daemon before the task is looked at: stop it at the end.
+    let _daemon = LocalDaemon(home);
     let other = ctl(home, &["run", "--demo", "Build a chess engine"]);
     assert_eq!(other.code, 1);
     assert!(other.stderr.contains("the demo builds only its own task"), "{}", other.stderr);
