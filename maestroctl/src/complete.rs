@@ -42,53 +42,32 @@ pub(crate) fn script(shell: clap_complete::Shell) -> anyhow::Result<()> {
 }
 
 /// Runs `query` against the daemon the user would reach, if one answers soon.
+/// The daemon and project are what a command without flags would use: the
+/// same settings in layers (`MAESTRO_*`, the current context with its CA and
+/// token, the project folder, the user's file).
 fn ask<T>(query: impl AsyncFnOnce(maestro_shared::Conn, Option<String>) -> Result<T, tonic::Status>) -> Option<T> {
+    let matches = crate::cli::Cli::command().try_get_matches_from(["maestroctl", "info"]).ok()?;
+    let cli = <crate::cli::Cli as clap::FromArgMatches>::from_arg_matches(&matches).ok()?;
+    let contexts = crate::context::Contexts::path()
+        .and_then(|path| crate::context::Contexts::load(&path).ok())
+        .unwrap_or_default();
+    let cwd = std::env::current_dir().ok();
+    let user_file = crate::config::UserFile::path();
+    let settings =
+        crate::config::Settings::resolve(&cli, &matches, cwd.as_deref(), user_file.as_deref(), &contexts).ok()?;
+    crate::client::set_credentials(settings.credentials.clone());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
     runtime.block_on(async {
-        // The daemon commands reach: MAESTRO_SERVER, the current context (its CA
-        // and token with it), the user's file, else the local one.
-        let contexts = crate::context::Contexts::path()
-            .and_then(|path| crate::context::Contexts::load(&path).ok())
-            .unwrap_or_default();
-        let context = contexts.current().map(|(_, context)| context.clone());
-        let server = match std::env::var("MAESTRO_SERVER").ok().filter(|s| !s.is_empty()) {
-            Some(server) => Some(server),
-            None => match &context {
-                Some(context) => {
-                    crate::client::set_credentials(context.credentials());
-                    Some(context.server.clone())
-                }
-                None => crate::config::UserFile::path()
-                    .and_then(|file| crate::config::UserFile::load(&file).ok())
-                    .and_then(|file| file.server),
-            },
-        };
         let work = async {
-            let (channel, local) = match &server {
+            let (channel, local) = match &settings.server.0 {
                 Some(server) => (crate::client::connect(server).await.ok()?, false),
                 None => (crate::local::Local::new().ok()?.connect(Duration::from_millis(300)).await?, true),
             };
-            let token = std::env::var("MAESTRO_TOKEN").ok().filter(|t| !t.is_empty());
-            let token = token.unwrap_or_else(|| crate::client::token(local));
-            let conn = maestro_shared::Bearer::new(&token).ok()?.connect(channel);
-            query(conn, project()).await.ok()
+            let conn = maestro_shared::Bearer::new(&crate::client::token(local)).ok()?.connect(channel);
+            query(conn, settings.project.0.clone()).await.ok()
         };
         tokio::time::timeout(Duration::from_secs(1), work).await.ok().flatten()
     })
-}
-
-/// The project a completion is for: `MAESTRO_PROJECT`, the folder's, the user's default.
-fn project() -> Option<String> {
-    if let Ok(project) = std::env::var("MAESTRO_PROJECT")
-        && !project.is_empty()
-    {
-        return Some(project);
-    }
-    let cwd = std::env::current_dir().ok()?;
-    let folder = crate::commands::init::find_workspace(&cwd)
-        .and_then(|dir| std::fs::read_to_string(crate::commands::init::project_config_path(&dir)).ok())
-        .and_then(|text| crate::commands::init::configured_id(&text));
-    folder.or_else(|| crate::config::UserFile::load(&crate::config::UserFile::path()?).ok()?.project)
 }
 
 fn candidates(items: Vec<(String, String)>) -> Vec<CompletionCandidate> {

@@ -206,3 +206,42 @@ async fn retry_reads_the_fixed_configuration_and_approve_refuses_an_epoch_that_d
     daemon.ctl(&["abort", &id]).ok();
     assert_eq!(wait_end(&daemon, &id).await.state(), v1::LoopState::Aborted);
 }
+
+fn git(ws: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git").arg("-C").arg(ws).args(args).output().unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The user's half-done edit, made before the run, is theirs: the branch the
+/// run prints holds only the loop's work on top of the user's commit, and
+/// the printed command takes it without touching the edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successful_run_puts_only_its_own_work_on_its_branch() {
+    let daemon = Daemon::start_with_env(&[], &[(KEY_ENV, "sk-e2e-local-key")]).unwrap();
+    let server = ModelServer::start(Arc::new(behaves)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("calc");
+    model_workspace(&ws, Wire::OpenAi, &server.base_url(Wire::OpenAi), "calc", "");
+    git(&ws, &["init", "-q"]);
+    std::fs::write(ws.join("NOTES.md"), "v1\n").unwrap();
+    git(&ws, &["add", "NOTES.md"]);
+    git(&ws, &["-c", "user.name=ada", "-c", "user.email=ada@example.com", "commit", "-qm", "mine"]);
+    let mine = git(&ws, &["rev-parse", "HEAD"]);
+    std::fs::write(ws.join("NOTES.md"), "v1, and half of v2\n").unwrap();
+
+    let run = run_ctl_in(&daemon.url(), &ws, &["run", "A calculator"]);
+    assert_eq!(run.code, 0, "{}{}\n{}", run.stdout, run.stderr, daemon.log());
+    let take = run.stderr.lines().find(|l| l.contains("take it onto yours")).expect(&run.stderr).to_string();
+    let branch = take.split_whitespace().last().unwrap().to_string();
+    assert!(branch.starts_with("maestro/loop-"), "{take}");
+    assert_eq!(git(&ws, &["show", &format!("{branch}:NOTES.md")]), "v1\n", "the user's edit is not the loop's");
+    assert!(git(&ws, &["ls-tree", "-r", "--name-only", &branch]).contains("src/api/calc.py"), "the loop's work");
+    assert_eq!(git(&ws, &["rev-parse", "HEAD"]), mine, "the user's branch is left alone");
+
+    // The printed command, as printed: a fast-forward that leaves the edit where it was.
+    git(&ws, &["reset", "-q", &branch]);
+    assert_eq!(std::fs::read_to_string(ws.join("NOTES.md")).unwrap(), "v1, and half of v2\n");
+    let status = git(&ws, &["status", "--porcelain", "--", "src", "NOTES.md"]);
+    assert_eq!(status.trim(), "M NOTES.md", "only the user's edit is left uncommitted: {status}");
+}

@@ -12,6 +12,13 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// An executable shell script at `path` running `body`; its path.
+fn script(path: &Path, body: &str) -> String {
+    write(path, &format!("#!/bin/sh\n{body}\n"));
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
+
 #[test]
 fn a_broken_users_file_blocks_commands_but_config_fixes_it() {
     let home = tempfile::tempdir().unwrap();
@@ -34,17 +41,11 @@ fn a_broken_users_file_blocks_commands_but_config_fixes_it() {
 
     // `config edit` runs the editor on the file and checks what it left.
     write(&file, "output: xml\n");
-    let editor = home.join("fix.sh");
-    write(&editor, "#!/bin/sh\nprintf 'output: yaml\\n' > \"$1\"\n");
-    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let editor = editor.display().to_string();
+    let editor = script(&home.join("fix.sh"), "printf 'output: yaml\\n' > \"$1\"");
     let edited = ctl_in(home, home, &[("EDITOR", &editor), ("VISUAL", "")], &["config", "edit"]);
     assert_eq!(edited.code, 0, "{}", edited.stderr);
     assert_eq!(ctl(home, &["config", "get", "output"]).stdout.trim(), "yaml");
-    let breaker = home.join("break.sh");
-    write(&breaker, "#!/bin/sh\nprintf 'colour: red\\n' >> \"$1\"\n");
-    std::fs::set_permissions(&breaker, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let breaker = breaker.display().to_string();
+    let breaker = script(&home.join("break.sh"), "printf 'colour: red\\n' >> \"$1\"");
     let broken = ctl_in(home, home, &[("EDITOR", &breaker), ("VISUAL", "")], &["config", "edit"]);
     assert_eq!(broken.code, 1, "a file left broken is reported: {}", broken.stderr);
     assert!(broken.stderr.contains("colour"), "{}", broken.stderr);
