@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The public API's checks (CI runs them): `buf lint` with proto/buf.yaml, and
 # `buf breaking` (wire and JSON compatibility) against the newest release tag
-# (v*), then proof that the breaking check bites: a copy of proto/ with a field
+# (v*, or the released commit in proto/BASELINE when the clone has no tag), then proof that the breaking check bites: a copy of proto/ with a field
 # removed must be refused. buf comes from npm (@bufbuild/buf), kept in
 # /var/cache/maestro/buf.
 set -euo pipefail
@@ -19,8 +19,13 @@ tag=$(git tag --list 'v*' --sort=-version:refname | head -n 1)
 if [ -n "$tag" ]; then
   echo "== buf breaking against $tag"
   "$buf" breaking proto --against ".git#tag=$tag,subdir=proto"
+elif [ -s proto/BASELINE ]; then
+  # No tag in this clone: compare with the released commit the file names.
+  base=$(grep -v '^#' proto/BASELINE | head -n 1 | tr -d '[:space:]')
+  echo "== buf breaking against $base (proto/BASELINE)"
+  "$buf" breaking proto --against ".git#ref=$base,subdir=proto"
 else
-  echo "== buf breaking: no release tag (v*) yet, nothing to compare with"
+  echo "== buf breaking: no release tag (v*) and no proto/BASELINE, nothing to compare with"; exit 1
 fi
 echo "== the breaking check refuses a removed field"
 work=$(mktemp -d)

@@ -425,6 +425,7 @@ async fn snapshots_diff_and_restore() {
             project_id: "snap".into(),
             from: "before".into(),
             to: "after".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -458,6 +459,7 @@ async fn snapshots_diff_and_restore() {
             project_id: "snap".into(),
             from: "before".into(),
             to: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

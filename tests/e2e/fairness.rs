@@ -11,30 +11,8 @@ use maestro_shared::v1::{
     self, requirement_service_client::RequirementServiceClient, system_service_client::SystemServiceClient,
     watch_service_client::WatchServiceClient,
 };
-use maestro_tests::{Daemon, binary};
+use maestro_tests::{Daemon, binary, bystander_pings, median};
 use tonic::Code;
-
-/// Pings `n` times, 50 ms apart, as a bystander: how long each took (a
-/// failed or hung ping panics).
-async fn bystander_pings(daemon: &Daemon, n: usize) -> Vec<Duration> {
-    let mut system = SystemServiceClient::new(daemon.channel().await.unwrap());
-    let mut took = Vec::new();
-    for _ in 0..n {
-        let started = Instant::now();
-        tokio::time::timeout(Duration::from_secs(5), system.ping(v1::PingRequest {}))
-            .await
-            .expect("the daemon answers a bystander")
-            .expect("and serves it");
-        took.push(started.elapsed());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    took
-}
-
-fn median(mut times: Vec<Duration>) -> Duration {
-    times.sort();
-    times[times.len() / 2]
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_user_is_slowed_and_told_when_to_retry_while_others_are_served() {

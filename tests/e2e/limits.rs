@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 
 use maestro_shared::v1;
-use maestro_tests::{Daemon, binary};
+use maestro_tests::{Daemon, assert_responsive, binary, while_pinging};
 use tonic::Code;
 
 use crate::Clients;
@@ -61,41 +61,45 @@ async fn bad_ids_and_huge_fields_get_short_clear_errors() {
     c.project("limits").await;
     c.requirement("limits", "Root", "", &[]).await;
 
-    // One requirement has one name: R01 and R+1 are not R1.
-    for alias in ["R01", "R+1", "R 1"] {
-        let request = v1::CreateRequirementRequest {
-            project_id: "limits".into(),
-            parent_id: alias.into(),
-            title: "Child".into(),
-            ..Default::default()
-        };
-        let error = c.requirements.create_requirement(request).await.unwrap_err();
-        assert_eq!(error.code(), Code::InvalidArgument, "{alias}: {error:?}");
-        assert!(error.message().contains("is not a requirement id"), "{}", error.message());
-    }
-    let error = c
-        .requirements
-        .get_requirement(v1::GetRequirementRequest { project_id: "limits".into(), id: "R001".into(), revision: 0 })
-        .await
-        .unwrap_err();
-    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
-    let out = daemon.ctl(&["-p", "limits", "loop", "show", "loop-01"]);
-    assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains("is not a loop id"), "{}", out.stderr);
+    let ((), took) = while_pinging(&daemon, async {
+        // One requirement has one name: R01 and R+1 are not R1.
+        for alias in ["R01", "R+1", "R 1"] {
+            let request = v1::CreateRequirementRequest {
+                project_id: "limits".into(),
+                parent_id: alias.into(),
+                title: "Child".into(),
+                ..Default::default()
+            };
+            let error = c.requirements.create_requirement(request).await.unwrap_err();
+            assert_eq!(error.code(), Code::InvalidArgument, "{alias}: {error:?}");
+            assert!(error.message().contains("is not a requirement id"), "{}", error.message());
+        }
+        let error = c
+            .requirements
+            .get_requirement(v1::GetRequirementRequest { project_id: "limits".into(), id: "R001".into(), revision: 0 })
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+        let out = daemon.ctl(&["-p", "limits", "loop", "show", "loop-01"]);
+        assert_eq!(out.code, 1, "{out:?}");
+        assert!(out.stderr.contains("is not a loop id"), "{}", out.stderr);
 
-    // A megabyte where an id goes: INVALID_ARGUMENT with a short message, not a transport error.
-    let huge = "A".repeat(1 << 20);
-    let request = v1::CreateProjectRequest { id: huge.clone(), ..Default::default() };
-    let error = c.projects.create_project(request).await.unwrap_err();
-    assert_eq!(error.code(), Code::InvalidArgument, "{:.200}", error.message());
-    assert!(error.message().len() < 400, "the message echoes {} bytes", error.message().len());
-    let error = c
-        .requirements
-        .get_requirement(v1::GetRequirementRequest { project_id: "limits".into(), id: huge, revision: 0 })
-        .await
-        .unwrap_err();
-    assert_eq!(error.code(), Code::InvalidArgument);
-    assert!(error.message().len() < 400 && error.message().contains("bytes)"), "{:.400}", error.message());
+        // A megabyte where an id goes: INVALID_ARGUMENT with a short message, not a transport error.
+        let huge = "A".repeat(1 << 20);
+        let request = v1::CreateProjectRequest { id: huge.clone(), ..Default::default() };
+        let error = c.projects.create_project(request).await.unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument, "{:.200}", error.message());
+        assert!(error.message().len() < 400, "the message echoes {} bytes", error.message().len());
+        let error = c
+            .requirements
+            .get_requirement(v1::GetRequirementRequest { project_id: "limits".into(), id: huge, revision: 0 })
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument);
+        assert!(error.message().len() < 400 && error.message().contains("bytes)"), "{:.400}", error.message());
+    })
+    .await;
+    assert_responsive(&took, "megabyte fields and aliased ids were refused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +107,7 @@ async fn dependency_lists_are_bounded() {
     let daemon = Daemon::start().unwrap();
     let mut c = Clients::connect(&daemon).await;
     c.project("deps").await;
-    for n in 1..=300 {
+    for n in 1..=1000 {
         let previous = format!("R{}", n - 1);
         let depends_on: Vec<&str> = if n > 1 { vec![previous.as_str()] } else { vec![] };
         c.requirement("deps", &format!("step {n}"), "", &depends_on).await;
@@ -114,18 +118,33 @@ async fn dependency_lists_are_bounded() {
         add,
         ..Default::default()
     };
-    let error = c.requirements.set_dependencies(set((2..=300).map(|n| format!("R{n}")).collect())).await.unwrap_err();
+    // 1,000 entries on a 1,000-long chain (the request that once blocked every RPC for seconds).
+    let (error, took) =
+        while_pinging(&daemon, c.requirements.set_dependencies(set((2..=1000).map(|n| format!("R{n}")).collect())))
+            .await;
+    let error = error.unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
     assert!(error.message().contains("the limit is 256"), "{}", error.message());
-    // The most one request may add, each closing the chain into a cycle: found, and named readably.
-    let error = c.requirements.set_dependencies(set((45..=300).map(|n| format!("R{n}")).collect())).await.unwrap_err();
+    assert_responsive(&took, "1,000 dependencies were refused");
+    // The most one request may add, each closing the chain into a cycle at its far end: found, and named readably.
+    let mut requirements = c.requirements.clone();
+    let (error, took) = while_pinging(&daemon, async move {
+        let mut last = None;
+        for _ in 0..5 {
+            last = Some(requirements.set_dependencies(set((745..=1000).map(|n| format!("R{n}")).collect())).await);
+        }
+        last.unwrap()
+    })
+    .await;
+    let error = error.unwrap_err();
     assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
     assert!(
-        error.message().contains("would create the cycle R1 → R45 → R44")
-            && error.message().contains("45 steps in all"),
+        error.message().contains("would create the cycle R1 → R745 → R744")
+            && error.message().contains("745 steps in all"),
         "{}",
         error.message()
     );
+    assert_responsive(&took, "cycles along a 1,000-long chain were searched");
     let mut args = vec!["-p", "deps", "req", "add", "too many"];
     for _ in 0..257 {
         args.extend(["--depends-on", "R1"]);
@@ -140,6 +159,9 @@ async fn large_contracts_are_listed_in_pages_below_the_message_limit() {
     let daemon = Daemon::start().unwrap();
     let mut c = Clients::connect(&daemon).await;
     c.project("big").await;
+    let snapshot =
+        |name: &str| v1::CreateSnapshotRequest { project_id: "big".into(), name: name.into(), ..Default::default() };
+    c.snapshots.create_snapshot(snapshot("empty")).await.unwrap();
     let spec = |n: usize| format!("openapi: 3.1.0\n# {}\n", "x".repeat(900_000 + n));
     for n in 0..8 {
         for version in 0..2 {
@@ -153,23 +175,29 @@ async fn large_contracts_are_listed_in_pages_below_the_message_limit() {
             c.contracts.put_contract(request).await.unwrap();
         }
     }
+    c.snapshots.create_snapshot(snapshot("full")).await.unwrap();
     // Each reply fits the client's default 4 MiB limit, and the pages hold every contract once, latest version.
     let (mut token, mut names, mut pages) = (String::new(), Vec::new(), 0);
-    loop {
-        let request =
-            v1::ListContractsRequest { project_id: "big".into(), page_token: token.clone(), ..Default::default() };
-        let page = c.contracts.list_contracts(request).await.unwrap().into_inner();
-        pages += 1;
-        for contract in &page.contracts {
-            let n: usize = contract.name.trim_start_matches("api-").parse().unwrap();
-            assert_eq!(contract.spec.len(), spec(n * 10 + 1).len(), "{} is its latest version", contract.name);
-            names.push(contract.name.clone());
+    let mut contracts = c.contracts.clone();
+    let ((), took) = while_pinging(&daemon, async {
+        loop {
+            let request =
+                v1::ListContractsRequest { project_id: "big".into(), page_token: token.clone(), ..Default::default() };
+            let page = contracts.list_contracts(request).await.unwrap().into_inner();
+            pages += 1;
+            for contract in &page.contracts {
+                let n: usize = contract.name.trim_start_matches("api-").parse().unwrap();
+                assert_eq!(contract.spec.len(), spec(n * 10 + 1).len(), "{} is its latest version", contract.name);
+                names.push(contract.name.clone());
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
         }
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
+    })
+    .await;
+    assert_responsive(&took, "14 MiB of contracts were listed");
     assert_eq!(names, (0..8).map(|n| format!("api-{n}")).collect::<Vec<_>>());
     assert!(pages >= 3, "{pages} pages");
     let listed = daemon.ctl(&["-p", "big", "-o", "json", "contract", "list"]);
@@ -178,30 +206,94 @@ async fn large_contracts_are_listed_in_pages_below_the_message_limit() {
 
     // A watcher replaying everything (about 15 MiB) gets it in messages the
     // client can read, every event once, in revision order.
-    let mut stream = c
-        .watch
-        .watch(v1::WatchRequest { project_id: "big".into(), start_revision: 1, ..Default::default() })
+    let current = c.system.get_info(v1::GetInfoRequest {}).await.unwrap().into_inner().revision;
+    let ((contract_events, messages), took) = while_pinging(&daemon, replay(&mut c.watch, 1, current)).await;
+    assert_responsive(&took, "15 MiB of history were replayed");
+    assert!(contract_events >= 16, "every version's event: {contract_events}");
+    assert!(messages >= 8, "split into messages: {messages}");
+
+    // A snapshot diff of 14 MiB comes in pages under the limit, and maestroctl joins them.
+    let diff_page = |page_token: String| v1::DiffSnapshotsRequest {
+        project_id: "big".into(),
+        from: "empty".into(),
+        to: "full".into(),
+        page_token,
+        ..Default::default()
+    };
+    let mut snapshots = c.snapshots.clone();
+    let ((changes, pages), took) = while_pinging(&daemon, async move {
+        let (mut token, mut changes, mut pages) = (String::new(), Vec::new(), 0);
+        loop {
+            let page = snapshots.diff_snapshots(diff_page(token)).await.expect("each page fits").into_inner();
+            pages += 1;
+            changes.extend(page.changes.into_iter().map(|c| (c.key, c.after_json.len())));
+            if page.next_page_token.is_empty() {
+                return (changes, pages);
+            }
+            token = page.next_page_token;
+        }
+    })
+    .await;
+    assert_responsive(&took, "a 14 MiB diff was paged");
+    assert!(pages >= 3, "{pages} pages");
+    let contract_versions = changes.iter().filter(|(key, len)| key.starts_with("contracts/") && *len > 900_000);
+    assert_eq!(
+        contract_versions.count(),
+        16,
+        "every version once: {:?}",
+        changes.iter().map(|c| &c.0).collect::<Vec<_>>()
+    );
+    let mut keys: Vec<_> = changes.iter().map(|c| c.0.clone()).collect();
+    keys.dedup();
+    assert_eq!(keys.len(), changes.len(), "no change twice across pages");
+    let out = daemon.ctl(&["-p", "big", "-o", "json", "snapshot", "diff", "empty", "full"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["changes"].as_array().map(Vec::len), Some(changes.len()), "maestroctl shows every page");
+
+    // One revision of 14 MiB (a restore that brings every contract back) reaches a
+    // watcher in messages under the limit, every event once.
+    let restore = |name: &str| v1::RestoreSnapshotRequest { project_id: "big".into(), name: name.into() };
+    c.snapshots.restore_snapshot(restore("empty")).await.unwrap();
+    let restored = c.snapshots.restore_snapshot(restore("full")).await.unwrap().into_inner();
+    let ((contract_events, messages), took) =
+        while_pinging(&daemon, replay(&mut c.watch, restored.revision, restored.revision)).await;
+    assert_responsive(&took, "a 14 MiB revision was watched");
+    let contract_changes = changes.iter().filter(|c| c.0.starts_with("contracts/")).count();
+    assert_eq!(contract_events, contract_changes, "every contract resource of the restore once");
+    assert!(messages >= 4, "one revision in several messages: {messages}");
+}
+
+/// Watches project `big` from `from` until revision `through` is covered:
+/// how many contract events came, in how many messages (each must be under
+/// the client's 4 MiB limit, in revision order, and none repeated).
+async fn replay(
+    watch: &mut v1::watch_service_client::WatchServiceClient<maestro_tests::Conn>,
+    from: u64,
+    through: u64,
+) -> (usize, usize) {
+    let mut stream = watch
+        .watch(v1::WatchRequest { project_id: "big".into(), start_revision: from, ..Default::default() })
         .await
         .unwrap()
         .into_inner();
-    let (mut contract_events, mut messages, mut last) = (0, 0, 0);
-    let current = c.system.get_info(v1::GetInfoRequest {}).await.unwrap().into_inner().revision;
-    while last < current {
+    let (mut contract_events, mut messages, mut last, mut covered) = (0, 0, 0, 0);
+    let mut seen = std::collections::HashSet::new();
+    while covered < through {
         let message = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
             .await
             .expect("the replay keeps coming")
             .expect("every message is under the client's 4 MiB limit")
             .expect("the stream stays open");
-        messages += 1;
+        messages += usize::from(!message.events.is_empty());
         for event in &message.events {
             assert!(event.mod_revision >= last, "in order");
+            assert!(seen.insert((event.mod_revision, event.key.clone())), "{} twice", event.key);
             last = event.mod_revision;
             contract_events += usize::from(event.key.starts_with("contracts/"));
         }
-        last = last.max(message.revision);
+        covered = covered.max(message.revision);
     }
-    assert!(contract_events >= 16, "every version's event: {contract_events}");
-    assert!(messages >= 8, "split into messages: {messages}");
+    (contract_events, messages)
 }
 
 /// Errors carry `google.rpc.ErrorInfo` (domain `maestro.v1`) that clients in

@@ -279,3 +279,62 @@ pub fn run_ctl_in(server: &str, cwd: &Path, args: &[&str]) -> CtlOutput {
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
+
+/// Pings `daemon` `n` times, 50 ms apart, as a bystander on its own
+/// connection: how long each took (a failed or hung ping panics).
+pub async fn bystander_pings(daemon: &Daemon, n: usize) -> Vec<Duration> {
+    use maestro_shared::v1::{PingRequest, system_service_client::SystemServiceClient};
+    let mut system = SystemServiceClient::new(daemon.channel().await.expect("a bystander connects"));
+    let mut took = Vec::new();
+    for _ in 0..n {
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), system.ping(PingRequest {}))
+            .await
+            .expect("the daemon answers a bystander")
+            .expect("and serves it");
+        took.push(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    took
+}
+
+/// Runs `work` while a bystander pings `daemon` every 50 ms on its own
+/// connection: the work's output and how long each ping took (at least
+/// three pings; a failed or hung ping panics).
+pub async fn while_pinging<T>(daemon: &Daemon, work: impl std::future::Future<Output = T>) -> (T, Vec<Duration>) {
+    use maestro_shared::v1::{PingRequest, system_service_client::SystemServiceClient};
+    let mut system = SystemServiceClient::new(daemon.channel().await.expect("a bystander connects"));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pinger = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut took = Vec::new();
+            while took.len() < 3 || !done.load(std::sync::atomic::Ordering::Acquire) {
+                let started = std::time::Instant::now();
+                tokio::time::timeout(Duration::from_secs(5), system.ping(PingRequest {}))
+                    .await
+                    .expect("the daemon answers a bystander")
+                    .expect("and serves it");
+                took.push(started.elapsed());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            took
+        })
+    };
+    let output = work.await;
+    done.store(true, std::sync::atomic::Ordering::Release);
+    (output, pinger.await.expect("the bystander ran"))
+}
+
+/// The median of some durations (of pings, say).
+pub fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// Asserts a bystander was served promptly while something heavy ran: the
+/// median ping under 100 ms (one slow ping on a loaded 2-core machine is
+/// scheduling, a slow median is a daemon that stopped serving others).
+pub fn assert_responsive(took: &[Duration], while_doing: &str) {
+    assert!(median(took.to_vec()) < Duration::from_millis(100), "pings while {while_doing}: {took:?}");
+}

@@ -49,8 +49,32 @@ pub(super) async fn run(
             emit(output, &all, || table(&all))?;
         }
         SnapshotCmd::Diff { from, to } => {
-            let request = v1::DiffSnapshotsRequest { project_id: need(project)?, from, to: to.unwrap_or_default() };
-            let diff = reply(client.diff_snapshots(request).await)?;
+            let project_id = need(project)?;
+            let to = to.unwrap_or_default();
+            // Pages compare the same two revisions; the first page says which.
+            let revisions = std::cell::Cell::new(None);
+            let changes = all_pages(0, |page_token| {
+                let mut client = client.clone();
+                let request = v1::DiffSnapshotsRequest {
+                    project_id: project_id.clone(),
+                    from: from.clone(),
+                    to: to.clone(),
+                    page_size: 1000,
+                    page_token,
+                };
+                let revisions = &revisions;
+                async move {
+                    let page = client.diff_snapshots(request).await?.into_inner();
+                    if revisions.get().is_none() {
+                        revisions.set(Some((page.from_revision, page.to_revision)));
+                    }
+                    Ok((page.changes, page.next_page_token))
+                }
+            })
+            .await?;
+            let (from_revision, to_revision) = revisions.get().unwrap_or_default();
+            let diff =
+                v1::DiffSnapshotsResponse { from_revision, to_revision, changes, next_page_token: String::new() };
             emit(output, &diff, || {
                 println!("revision {} → {}: {} change(s)", diff.from_revision, diff.to_revision, diff.changes.len());
                 for change in &diff.changes {

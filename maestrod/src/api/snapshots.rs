@@ -54,7 +54,7 @@ impl SnapshotService for Snapshots {
         request: Request<v1::DiffSnapshotsRequest>,
     ) -> Result<Response<v1::DiffSnapshotsResponse>, Status> {
         let r = request.into_inner();
-        let diff = self.0.diff_snapshots(&r.project_id, &r.from, &r.to).await.status()?;
+        let diff = self.0.diff_snapshots(&r.project_id, &r.from, &r.to, r.page_size, &r.page_token).await.status()?;
         Ok(Response::new(v1::DiffSnapshotsResponse {
             from_revision: diff.from_revision,
             to_revision: diff.to_revision,
@@ -68,6 +68,7 @@ impl SnapshotService for Snapshots {
                     after_json: c.after,
                 })
                 .collect(),
+            next_page_token: diff.next_page_token,
         }))
     }
 

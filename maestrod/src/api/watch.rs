@@ -37,26 +37,23 @@ fn wire_event(project: &str, event: Event) -> Option<v1::WatchEvent> {
 }
 
 /// Most bytes of events in one message, well below gRPC's 4 MiB default
-/// limit: a watcher that fell behind gets many messages, never one too big
-/// to read (a revision larger than this travels alone; one transaction is
-/// bounded by the store's request limits).
+/// limit: a watcher that fell behind, or a revision that changed many large
+/// resources, gets several messages, never one too big to read.
 const MESSAGE_BYTES: usize = 2 << 20;
 
 /// Splits one batch (events in revision order, covering through `revision`)
-/// into messages of at most `limit` bytes of events, never splitting a
-/// revision: after any message, resuming from its last event's
-/// `mod_revision + 1` misses nothing and repeats nothing.
+/// into messages of at most `limit` bytes of events (one event larger than
+/// that travels alone). Each message's `revision` is the newest revision it
+/// completes: after any message, resuming from its `revision + 1` misses
+/// nothing (a revision split across messages is sent again whole).
 fn split(events: Vec<v1::WatchEvent>, revision: u64, limit: usize) -> Vec<v1::WatchResponse> {
     use prost::Message;
     let mut messages: Vec<Vec<v1::WatchEvent>> = Vec::new();
     let mut size = 0;
-    let mut last_revision = None;
     for event in events {
         let len = event.encoded_len() + 8;
-        let same_revision = last_revision == Some(event.mod_revision);
-        last_revision = Some(event.mod_revision);
         match messages.last_mut() {
-            Some(current) if same_revision || size + len <= limit => current.push(event),
+            Some(current) if size + len <= limit => current.push(event),
             _ => {
                 messages.push(vec![event]);
                 size = 0;
@@ -64,13 +61,18 @@ fn split(events: Vec<v1::WatchEvent>, revision: u64, limit: usize) -> Vec<v1::Wa
         }
         size += len;
     }
-    let count = messages.len();
+    let firsts: Vec<Option<u64>> = messages.iter().skip(1).map(|m| m.first().map(|e| e.mod_revision)).collect();
     messages
         .into_iter()
         .enumerate()
         .map(|(i, events)| {
-            // A message before the last completes the revision of its last event.
-            let covered = if i + 1 == count { revision } else { events.last().map_or(revision, |e| e.mod_revision) };
+            let last = events.last().map_or(revision, |e| e.mod_revision);
+            let covered = match firsts.get(i) {
+                None => revision,
+                // The next message continues this revision: only the one before it is complete.
+                Some(Some(next)) if *next == last => last - 1,
+                Some(_) => last,
+            };
             v1::WatchResponse { events, revision: covered, start_revision: 0 }
         })
         .collect()
@@ -114,29 +116,33 @@ mod tests {
     }
 
     #[test]
-    fn big_batches_become_messages_under_the_limit_without_splitting_a_revision() {
+    fn big_batches_become_messages_under_the_limit() {
         // Revision 7 holds three large events, 8 one small, 9 one huge, 10 two small.
         let events = || vec![event(7, 400), event(7, 400), event(7, 400), event(8, 10), event(9, 2000), event(10, 10)];
         let messages = split(events(), 12, 1000);
         let shape: Vec<Vec<u64>> = messages.iter().map(|m| m.events.iter().map(|e| e.mod_revision).collect()).collect();
-        assert_eq!(
-            shape,
-            [vec![7, 7, 7], vec![8], vec![9], vec![10]],
-            "revision 7 stays whole although over the limit"
-        );
+        assert_eq!(shape, [vec![7, 7], vec![7, 8], vec![9], vec![10]], "revision 7 is split to stay under the limit");
         assert_eq!(messages.iter().map(|m| m.events.len()).sum::<usize>(), 6, "nothing lost");
         for m in &messages {
             let bytes: usize = m.events.iter().map(prost::Message::encoded_len).sum();
-            let revisions: std::collections::BTreeSet<u64> = m.events.iter().map(|e| e.mod_revision).collect();
-            assert!(bytes <= 1000 || revisions.len() == 1, "over the limit only as one revision: {bytes}");
-        }
-        // No revision is in two messages, so resuming after any message repeats and misses nothing.
-        for pair in messages.windows(2) {
-            assert!(pair[0].events.last().unwrap().mod_revision < pair[1].events[0].mod_revision);
+            assert!(bytes <= 1000 || m.events.len() == 1, "over the limit only as one event: {bytes}");
         }
         let revisions: Vec<u64> = messages.iter().map(|m| m.revision).collect();
-        assert_eq!(revisions, [7, 8, 9, 12], "each completes through its last revision; the last, the batch");
+        assert_eq!(revisions, [6, 8, 9, 12], "each says what it completes; the first leaves revision 7 open");
         assert_eq!(split(events(), 12, 1 << 20).len(), 1, "a small batch stays one message");
         assert!(split(Vec::new(), 3, 1000).is_empty(), "no events, no message");
+    }
+
+    #[test]
+    fn resuming_after_any_message_misses_nothing() {
+        let events: Vec<_> = (0..40).map(|i| event(5 + i / 7, 90 + (i as usize % 5) * 40)).collect();
+        let messages = split(events.clone(), 20, 500);
+        for (i, message) in messages.iter().enumerate() {
+            // What a watcher has after message i, plus a fresh watch from revision + 1.
+            let mut got: Vec<_> = messages[..=i].iter().flat_map(|m| m.events.clone()).collect();
+            got.retain(|e| e.mod_revision <= message.revision);
+            got.extend(events.iter().filter(|e| e.mod_revision > message.revision).cloned());
+            assert_eq!(got, events, "resuming after message {i} (revision {})", message.revision);
+        }
     }
 }

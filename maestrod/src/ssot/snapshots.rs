@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::clock::now_ms;
+use super::paging::PageToken;
 use super::store::{Compare, KeyValue, Op, RangeRequest, Revision, Txn};
 use super::{Page, Result, Ssot, SsotError, keys, validate};
 
@@ -44,6 +45,8 @@ pub struct Diff {
     pub from_revision: Revision,
     pub to_revision: Revision,
     pub changes: Vec<Change>,
+    /// Non-empty when more changes follow.
+    pub next_page_token: String,
 }
 
 fn snapshot_key(project: &str, name: &str) -> String {
@@ -136,10 +139,25 @@ impl Ssot {
         Ok((state, read_at))
     }
 
-    /// Changes from snapshot `from` to snapshot `to` (empty: the current state).
-    pub async fn diff_snapshots(&self, project: &str, from: &str, to: &str) -> Result<Diff> {
+    /// One page of the changes from snapshot `from` to snapshot `to` (empty:
+    /// the current state), in path order: at most `page_size` changes and
+    /// about PAGE_BYTES of JSON. Every page compares the same two revisions.
+    pub async fn diff_snapshots(
+        &self,
+        project: &str,
+        from: &str,
+        to: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<Diff> {
+        let size = validate::page_size(page_size)?;
+        let token = PageToken::decode(page_token)?;
         let from = self.get_snapshot(project, from).await?;
-        let to_revision = if to.is_empty() { 0 } else { self.get_snapshot(project, to).await?.revision };
+        let to_revision = match &token {
+            Some(token) => token.revision,
+            None if to.is_empty() => 0,
+            None => self.get_snapshot(project, to).await?.revision,
+        };
         let (before, from_revision) = self.covered_state(project, from.revision.max(1)).await?;
         let (after, to_revision) = self.covered_state(project, to_revision).await?;
         let text = |kv: &KeyValue| String::from_utf8_lossy(&kv.value).into_owned();
@@ -174,7 +192,27 @@ impl Ssot {
         // Bookkeeping (the id counter) is restored but is not a change anyone made.
         changes.retain(|c| !c.path.starts_with("_meta/"));
         changes.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(Diff { from_revision, to_revision, changes })
+        if let Some(token) = &token {
+            let after = String::from_utf8_lossy(&token.after);
+            changes.retain(|c| c.path.as_str() > after.as_ref());
+        }
+        let mut used = 0;
+        let mut end = 0;
+        for change in &changes {
+            let bytes = change.path.len() + change.before.len() + change.after.len();
+            if end == size || (end > 0 && used + bytes > super::PAGE_BYTES) {
+                break;
+            }
+            used += bytes;
+            end += 1;
+        }
+        let next_page_token = if end < changes.len() {
+            PageToken { revision: to_revision, after: changes[end - 1].path.clone().into_bytes() }.encode()
+        } else {
+            String::new()
+        };
+        changes.truncate(end);
+        Ok(Diff { from_revision, to_revision, changes, next_page_token })
     }
 
     /// Makes the snapshot's requirements, contracts and memory current again,
