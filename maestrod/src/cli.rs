@@ -100,6 +100,10 @@ enum Command {
     /// The daemon's users and their tokens, in the data dir (works whether or not the daemon runs).
     #[command(subcommand)]
     User(UserCommand),
+    /// Rebuild the store (the sled directory) from its newest intact checkpoint and the
+    /// write-ahead log; the old directory is moved aside, not deleted. The daemon must be stopped
+    /// (it also does this by itself at start when the store will not open).
+    Repair,
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,6 +134,30 @@ enum UserCommand {
 enum ListFormat {
     Table,
     Json,
+}
+
+/// `maestrod repair`: 0 rebuilt, 1 refused or failed (one line on stderr saying why).
+fn repair(data_dir: &std::path::Path) -> ExitCode {
+    if !data_dir.join("store").exists() && !data_dir.join("checkpoints").exists() {
+        eprintln!("maestrod: {} holds no store to repair", data_dir.display());
+        return ExitCode::FAILURE;
+    }
+    match crate::ssot::sled_store::repair(data_dir) {
+        Ok(report) => {
+            println!(
+                "store rebuilt at revision {} from checkpoint {} ({} records) and {} log records",
+                report.revision, report.checkpoint, report.entries, report.replayed
+            );
+            if let Some(old) = report.moved_to {
+                println!("the old store is in {} (delete it once satisfied)", old.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("maestrod: repair failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `maestrod user …`: 0 done, 1 refused or failed.
@@ -272,6 +300,9 @@ fn harness_check(workspace: &std::path::Path, role: &str, action: CheckAction) -
 
 /// Runs `maestrod` with the process's arguments.
 pub fn main() -> ExitCode {
+    // The crash tests' failpoints (`FAILPOINTS=name=return`); compiled in only with the feature.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let mut args = Args::parse();
     match args.command.take() {
         Some(Command::Harness(HarnessCommand::Check { workspace, role, action })) => {
@@ -280,6 +311,10 @@ pub fn main() -> ExitCode {
         Some(Command::User(command)) => {
             let data_dir = args.data_dir.clone().unwrap_or_else(crate::config::default_data_dir);
             return user_command(&data_dir, command);
+        }
+        Some(Command::Repair) => {
+            let data_dir = args.data_dir.clone().unwrap_or_else(crate::config::default_data_dir);
+            return repair(&data_dir);
         }
         None => {}
     }

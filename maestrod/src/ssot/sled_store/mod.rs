@@ -1,0 +1,560 @@
+//! The embedded `Store` backend: a write-ahead log in front of sled (etcd's
+//! design, WAL + backend).
+//!
+//! - [`wal`]: every group commit is one checksummed record, synced before
+//!   anyone is answered: the source of durability.
+//! - [`writer`]: the single writer thread and its group commit.
+//! - [`layout`]: the key spaces of the sled tree, which holds the
+//!   materialised state (current values, history, leases) and is flushed in
+//!   the background.
+//! - [`read`] and [`watch`]: reads on blocking threads; watch streams from
+//!   history, then live.
+//! - [`lease`], [`compact`]: leases and their keys; the compaction point and
+//!   the bounded sweep of old history.
+//! - [`checkpoint`]: the whole tree in one file now and then, so that a sled
+//!   directory that will not open is rebuilt from the newest checkpoint and
+//!   the log (`maestrod repair`, and automatically at start).
+//! - [`lockfile`]: one daemon per data directory.
+//!
+//! Data directory: `store/` (sled), `wal/` (log segments), `checkpoints/`,
+//! `maestrod.lock`.
+
+mod checkpoint;
+mod compact;
+mod layout;
+mod lease;
+mod lockfile;
+mod read;
+mod wal;
+mod watch;
+mod writer;
+
+#[cfg(test)]
+mod recovery_tests;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use self::layout::{LeaseRecord, decode, encode, meta};
+use self::wal::{Wal, WalOp, to_batch};
+use self::writer::{Command, Writer};
+use super::store::{
+    Event, LeaseId, LeaseInfo, RangeRequest, RangeResponse, Revision, Store, StoreError, StoreStatus, Txn, TxnResponse,
+    WatchStream,
+};
+
+/// Most requests folded into one group commit.
+const MAX_GROUP: usize = 1024;
+/// Longest accepted key, in bytes.
+pub const MAX_KEY_LEN: usize = 4096;
+/// Largest accepted value, in bytes.
+pub const MAX_VALUE_LEN: usize = 4 << 20;
+/// Longest accepted lease TTL.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(86_400);
+
+/// Ends the process at once, as `kill -9` would (the crash tests' failpoints).
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+pub(crate) fn crash() -> ! {
+    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    std::process::abort()
+}
+
+/// Tuning for the sled backend.
+#[derive(Debug, Clone)]
+pub struct SledOptions {
+    /// Capacity of the live-event channel; a watcher further behind reads history instead.
+    pub event_buffer: usize,
+    /// sled page cache, in bytes.
+    pub cache_capacity: u64,
+    /// A log segment is closed once it holds this many bytes.
+    pub wal_segment_bytes: u64,
+    /// Log growth that starts a checkpoint (at least; more once checkpoints are larger).
+    pub checkpoint_bytes: u64,
+    /// How often sled writes its state out in the background.
+    pub flush_every: Duration,
+}
+
+impl Default for SledOptions {
+    fn default() -> Self {
+        Self {
+            event_buffer: 4096,
+            cache_capacity: 256 << 20,
+            wal_segment_bytes: 16 << 20,
+            checkpoint_bytes: 64 << 20,
+            flush_every: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The events of one committed revision, as published to live watchers.
+#[derive(Debug)]
+struct RevisionEvents {
+    revision: Revision,
+    events: Vec<Event>,
+}
+
+/// State the writer thread and the readers share.
+struct Shared {
+    tree: sled::Tree,
+    committed: AtomicU64,
+    compacted: AtomicU64,
+    events: broadcast::Sender<Arc<RevisionEvents>>,
+}
+
+/// Where the parts of a data directory live.
+struct Paths {
+    store: PathBuf,
+    wal: PathBuf,
+    checkpoints: PathBuf,
+}
+
+impl Paths {
+    fn of(dir: &Path) -> Self {
+        Paths { store: dir.join("store"), wal: dir.join("wal"), checkpoints: dir.join("checkpoints") }
+    }
+}
+
+/// What opening found, for the writer.
+struct Opened {
+    db: sled::Db,
+    tree: sled::Tree,
+    wal: Wal,
+    revision: Revision,
+    compacted: Revision,
+    swept: Revision,
+    next_lease: LeaseId,
+    checkpoint_size: u64,
+}
+
+/// Why a store did not open: `Rebuild` errors are the sled state's, and a
+/// rebuild from a checkpoint and the log can fix them.
+enum OpenError {
+    Rebuild(StoreError),
+    Fatal(StoreError),
+}
+
+impl From<sled::Error> for OpenError {
+    fn from(error: sled::Error) -> Self {
+        OpenError::Rebuild(error.into())
+    }
+}
+
+/// What `repair` did.
+#[derive(Debug)]
+pub struct RepairReport {
+    /// Sequence number of the checkpoint the store was rebuilt from.
+    pub checkpoint: u64,
+    /// Records in that checkpoint.
+    pub entries: u64,
+    /// Log records replayed after it.
+    pub replayed: u64,
+    /// The store's revision afterwards.
+    pub revision: Revision,
+    /// Where the old sled directory was moved (delete it once satisfied).
+    pub moved_to: Option<PathBuf>,
+}
+
+fn read_u64(tree: &sled::Tree, name: &str) -> Result<u64, StoreError> {
+    tree.get(layout::meta(name))?.map_or(Ok(0), |raw| decode::<u64>(&raw))
+}
+
+/// Applies one log record to the tree, with its sequence number.
+fn apply_record(tree: &sled::Tree, seq: u64, ops: &[WalOp]) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    to_batch(ops, &mut batch);
+    batch.insert(layout::meta(meta::LOG_SEQ), encode(&seq));
+    Ok(tree.apply_batch(batch)?)
+}
+
+fn open_sled(path: &Path, options: &SledOptions) -> Result<sled::Db, OpenError> {
+    let config = sled::Config::new()
+        .path(path)
+        .cache_capacity(options.cache_capacity)
+        .flush_every_ms(Some(u64::try_from(options.flush_every.as_millis()).unwrap_or(500).max(1)));
+    // sled panics on some damage instead of returning an error.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
+        Ok(opened) => Ok(opened?),
+        Err(_) => Err(OpenError::Rebuild(StoreError::Backend("sled panicked while opening".into()))),
+    }
+}
+
+/// Opens the sled state in `dir` (or uses `db`, freshly rebuilt), brings it
+/// up to date from the log, and makes a first checkpoint if there is none.
+fn open_state(dir: &Path, options: &SledOptions, db: Option<sled::Db>) -> Result<Opened, OpenError> {
+    let paths = Paths::of(dir);
+    let checkpoints = checkpoint::list(&paths.checkpoints).map_err(OpenError::Fatal)?;
+    if db.is_none() && !checkpoints.is_empty() && !paths.store.exists() {
+        return Err(OpenError::Rebuild(StoreError::Backend(format!("{} is missing", paths.store.display()))));
+    }
+    let db = match db {
+        Some(db) => db,
+        None => open_sled(&paths.store, options)?,
+    };
+    let tree = db.open_tree("ssot")?;
+    let schema = match tree.get(layout::meta(meta::SCHEMA))? {
+        Some(raw) => decode::<u32>(&raw).map_err(OpenError::Rebuild)?,
+        None if !checkpoints.is_empty() => {
+            return Err(OpenError::Rebuild(StoreError::Backend(
+                "the store is empty but checkpoints of it exist (its files were lost)".into(),
+            )));
+        }
+        None => {
+            tree.insert(layout::meta(meta::SCHEMA), encode(&layout::SCHEMA_VERSION))?;
+            layout::SCHEMA_VERSION
+        }
+    };
+    match schema {
+        1 => migrate_from_1(&tree).map_err(OpenError::Rebuild)?,
+        layout::SCHEMA_VERSION => {}
+        found => {
+            return Err(OpenError::Fatal(StoreError::Schema {
+                path: dir.display().to_string(),
+                found,
+                expected: layout::SCHEMA_VERSION,
+            }));
+        }
+    }
+    let log_seq = read_u64(&tree, meta::LOG_SEQ).map_err(OpenError::Rebuild)?;
+    let mut replayed = 0u64;
+    let started = std::time::Instant::now();
+    let wal = Wal::open(&paths.wal, log_seq + 1, options.wal_segment_bytes, |seq, ops| {
+        replayed += 1;
+        apply_record(&tree, seq, &ops)
+    })
+    .map_err(|error| {
+        if error.to_string().contains("the store needs it from record") {
+            OpenError::Rebuild(error)
+        } else {
+            OpenError::Fatal(error)
+        }
+    })?;
+    if replayed > 0 {
+        tree.flush()?;
+        info!(records = replayed, took = ?started.elapsed(), "replayed the write-ahead log into the store");
+    }
+    let checkpoint_size = match checkpoints.last() {
+        Some((_, path)) => std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        None => {
+            let seq = wal.next_seq() - 1;
+            let (size, _) = checkpoint::take(&paths.checkpoints, &paths.wal, &tree, seq).map_err(OpenError::Fatal)?;
+            info!(seq, bytes = size, "first checkpoint written");
+            size
+        }
+    };
+    let revision = read_u64(&tree, meta::REVISION).map_err(OpenError::Rebuild)?;
+    let compacted = read_u64(&tree, meta::COMPACTED).map_err(OpenError::Rebuild)?;
+    let swept = read_u64(&tree, meta::SWEPT).map_err(OpenError::Rebuild)?;
+    let next_lease = read_u64(&tree, meta::NEXT_LEASE).map_err(OpenError::Rebuild)?.max(1);
+    Ok(Opened { db, tree, wal, revision, compacted, swept, next_lease, checkpoint_size })
+}
+
+/// Schema 1 had no lease-owner index: build it from the current keys.
+fn migrate_from_1(tree: &sled::Tree) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    let mut leased = 0;
+    for item in tree.scan_prefix([layout::CUR]) {
+        let (raw_key, raw) = item?;
+        let record: layout::KvRecordRef<'_> = decode(&raw)?;
+        if record.lease != 0 {
+            batch.insert(layout::lease_key(record.lease, &raw_key[1..]), Vec::new());
+            leased += 1;
+        }
+    }
+    batch.insert(layout::meta(meta::SCHEMA), encode(&layout::SCHEMA_VERSION));
+    tree.apply_batch(batch)?;
+    tree.flush()?;
+    info!(leased, "store format 1 upgraded to 2");
+    Ok(())
+}
+
+/// Rebuilds the sled state of `dir` from its newest intact checkpoint and the
+/// log after it; the old sled directory is moved aside, never deleted.
+/// Refuses while a daemon uses the directory.
+pub fn repair(dir: &Path) -> Result<RepairReport, StoreError> {
+    let _lock = lockfile::lock_data_dir(dir)?;
+    let (report, db) = rebuild(dir, &SledOptions::default())?;
+    db.flush()?;
+    Ok(report)
+}
+
+fn rebuild(dir: &Path, options: &SledOptions) -> Result<(RepairReport, sled::Db), StoreError> {
+    let paths = Paths::of(dir);
+    let mut chosen = None;
+    for (seq, path) in checkpoint::list(&paths.checkpoints)?.into_iter().rev() {
+        match checkpoint::verify(&path) {
+            Ok(_) => {
+                chosen = Some((seq, path));
+                break;
+            }
+            Err(error) => warn!(%error, "skipping a damaged checkpoint"),
+        }
+    }
+    let Some((seq, path)) = chosen else {
+        return Err(StoreError::Backend(format!(
+            "cannot rebuild the store in {}: there is no intact checkpoint in {}",
+            dir.display(),
+            paths.checkpoints.display()
+        )));
+    };
+    if let Some((first, _)) = wal::segments(&paths.wal)?.first()
+        && *first > seq + 1
+    {
+        return Err(StoreError::Backend(format!(
+            "cannot rebuild the store in {}: the write-ahead log starts at record {first}, and checkpoint {seq} needs it from {}",
+            dir.display(),
+            seq + 1
+        )));
+    }
+    let moved_to = if paths.store.exists() {
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut aside = dir.join(format!("store.broken-{stamp}"));
+        for n in 1.. {
+            if !aside.exists() {
+                break;
+            }
+            aside = dir.join(format!("store.broken-{stamp}-{n}"));
+        }
+        std::fs::rename(&paths.store, &aside)
+            .map_err(|e| StoreError::Backend(format!("cannot move {} aside: {e}", paths.store.display())))?;
+        Some(aside)
+    } else {
+        None
+    };
+    let db = open_sled(&paths.store, options).map_err(|e| match e {
+        OpenError::Rebuild(e) | OpenError::Fatal(e) => e,
+    })?;
+    let tree = db.open_tree("ssot")?;
+    let (_, entries) = checkpoint::load(&path, &tree)?;
+    let mut replayed = 0u64;
+    let wal = Wal::open(&paths.wal, seq + 1, options.wal_segment_bytes, |record, ops| {
+        replayed += 1;
+        apply_record(&tree, record, &ops)
+    })?;
+    drop(wal);
+    tree.flush()?;
+    let revision = read_u64(&tree, meta::REVISION)?;
+    Ok((RepairReport { checkpoint: seq, entries, replayed, revision, moved_to }, db))
+}
+
+/// The sled-backed store. Cheap to share behind an `Arc`; call [`SledStore::close`]
+/// to drain the writer and flush before the process exits.
+pub struct SledStore {
+    shared: Arc<Shared>,
+    db: sled::Db,
+    writer: Mutex<Option<mpsc::Sender<Command>>>,
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    leases: Arc<Mutex<HashMap<LeaseId, LeaseRecord>>>,
+    watchers: TaskTracker,
+    cancel: CancellationToken,
+    path: PathBuf,
+    _lock: File,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`. Must run inside a tokio runtime.
+    /// A sled state that will not open, or has fallen behind the log, is
+    /// rebuilt from the newest checkpoint and the log (said in the log).
+    pub fn open(dir: &Path, options: SledOptions) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Backend(format!("cannot create data directory {}: {e}", dir.display())))?;
+        let lock = lockfile::lock_data_dir(dir)?;
+        let opened = match open_state(dir, &options, None) {
+            Ok(opened) => opened,
+            Err(OpenError::Fatal(error)) => return Err(error),
+            Err(OpenError::Rebuild(error)) => {
+                error!(
+                    path = %dir.display(),
+                    %error,
+                    "the store cannot be opened as it is; rebuilding it from its newest checkpoint and the write-ahead log"
+                );
+                let (report, db) = rebuild(dir, &options)?;
+                warn!(
+                    checkpoint = report.checkpoint,
+                    replayed = report.replayed,
+                    revision = report.revision,
+                    old = %report.moved_to.as_ref().map_or(String::new(), |p| p.display().to_string()),
+                    "store rebuilt; the old sled directory was kept aside (delete it once satisfied)"
+                );
+                match open_state(dir, &options, Some(db)) {
+                    Ok(opened) => opened,
+                    Err(OpenError::Rebuild(error) | OpenError::Fatal(error)) => return Err(error),
+                }
+            }
+        };
+        let Opened { db, tree, wal, revision, compacted, swept, next_lease, checkpoint_size } = opened;
+        let (leases, lease_keys) = lease::load(&tree)?;
+        let (events, _) = broadcast::channel(options.event_buffer.max(16));
+        let shared = Arc::new(Shared {
+            tree,
+            committed: AtomicU64::new(revision),
+            compacted: AtomicU64::new(compacted),
+            events,
+        });
+        let leases = Arc::new(Mutex::new(leases));
+        let paths = Paths::of(dir);
+        let mut writer = Writer {
+            shared: shared.clone(),
+            wal,
+            revision,
+            compacted,
+            next_lease,
+            leases: leases.clone(),
+            lease_keys,
+            sweep: None,
+            checkpoints: checkpoint::Checkpoints::new(
+                paths.checkpoints,
+                paths.wal,
+                options.checkpoint_bytes,
+                checkpoint_size,
+            ),
+        };
+        if swept < compacted {
+            info!(revision = compacted, "resuming the sweep of compacted history");
+            writer.start_sweep(compacted);
+        }
+        let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
+        let handle = tokio::runtime::Handle::current();
+        let thread = std::thread::Builder::new()
+            .name("ssot-writer".into())
+            .spawn(move || writer.run(rx, handle))
+            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+        info!(path = %dir.display(), revision, compacted, "store opened");
+        Ok(Self {
+            shared,
+            db,
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(thread)),
+            leases,
+            watchers: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+            path: dir.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Ends every watch stream (on shutdown, so connections can drain).
+    pub fn end_watches(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Stops accepting writes, lets the writer finish every queued request,
+    /// flushes, and ends every watch stream.
+    pub async fn close(&self) {
+        let sender = self.writer.lock().expect("writer mutex poisoned").take();
+        drop(sender);
+        let thread = self.writer_thread.lock().expect("writer mutex poisoned").take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        self.cancel.cancel();
+        self.watchers.close();
+        self.watchers.wait().await;
+        if let Err(error) = self.db.flush_async().await {
+            error!(%error, "final flush failed");
+        }
+    }
+
+    async fn send<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        let sender = self.writer.lock().expect("writer mutex poisoned").clone().ok_or(StoreError::Closed)?;
+        let (tx, rx) = oneshot::channel();
+        sender.send(make(tx)).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl Store for SledStore {
+    fn range(&self, request: RangeRequest) -> BoxFuture<'_, Result<RangeResponse, StoreError>> {
+        let shared = self.shared.clone();
+        async move {
+            tokio::task::spawn_blocking(move || read::range(&shared, &request))
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Backend(format!("reader failed: {e}"))))
+        }
+        .boxed()
+    }
+
+    fn txn(&self, mut txn: Txn) -> BoxFuture<'_, Result<TxnResponse, StoreError>> {
+        if txn.actor.is_none() {
+            txn.actor = super::actor::current();
+        }
+        self.send(|tx| Command::Txn(txn, tx)).boxed()
+    }
+
+    fn watch(&self, prefix: Vec<u8>, start_revision: Revision) -> Result<WatchStream, StoreError> {
+        // Subscribe before looking at the revision, so nothing falls between history and live.
+        let live = self.shared.events.subscribe();
+        let committed = self.shared.committed.load(Ordering::Acquire);
+        let compacted = self.shared.compacted.load(Ordering::Acquire);
+        if start_revision != 0 && start_revision < compacted {
+            return Err(StoreError::Compacted { requested: start_revision, compact_revision: compacted });
+        }
+        if start_revision > committed + 1 {
+            return Err(StoreError::FutureRevision { requested: start_revision, current: committed });
+        }
+        let next = if start_revision == 0 { committed + 1 } else { start_revision };
+        let (tx, rx) = mpsc::channel(64);
+        self.watchers.spawn(watch::run(self.shared.clone(), live, prefix, next, tx, self.cancel.clone()));
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    fn lease_grant(&self, ttl: Duration) -> BoxFuture<'_, Result<LeaseInfo, StoreError>> {
+        self.send(move |tx| Command::LeaseGrant(ttl, tx)).boxed()
+    }
+
+    fn lease_keep_alive(&self, id: LeaseId) -> BoxFuture<'_, Result<LeaseInfo, StoreError>> {
+        self.send(move |tx| Command::LeaseKeepAlive(id, tx)).boxed()
+    }
+
+    fn lease_revoke(&self, id: LeaseId) -> BoxFuture<'_, Result<Revision, StoreError>> {
+        self.send(move |tx| Command::LeaseRevoke(id, tx)).boxed()
+    }
+
+    fn lease_get(&self, id: LeaseId) -> BoxFuture<'_, Result<LeaseInfo, StoreError>> {
+        let found = self.leases.lock().expect("lease mutex poisoned").get(&id).map(|r| r.info(id));
+        async move { found.ok_or(StoreError::LeaseNotFound(id)) }.boxed()
+    }
+
+    fn compact(&self, revision: Revision) -> BoxFuture<'_, Result<Revision, StoreError>> {
+        self.send(move |tx| Command::Compact(revision, tx)).boxed()
+    }
+
+    fn status(&self) -> StoreStatus {
+        StoreStatus {
+            revision: self.shared.committed.load(Ordering::Acquire),
+            compact_revision: self.shared.compacted.load(Ordering::Acquire),
+            watchers: self.shared.events.receiver_count(),
+        }
+    }
+}
+
+fn check_key(key: &[u8]) -> Result<(), StoreError> {
+    if key.is_empty() {
+        return Err(StoreError::InvalidKey("key is empty".into()));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(StoreError::InvalidKey(format!("key of {} bytes exceeds the limit of {MAX_KEY_LEN}", key.len())));
+    }
+    if key.contains(&0) {
+        return Err(StoreError::InvalidKey("key contains a NUL byte".into()));
+    }
+    Ok(())
+}

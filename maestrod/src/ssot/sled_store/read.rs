@@ -1,0 +1,156 @@
+//! Reads: the current state, any retained past revision, and the history a
+//! watcher replays. They run on blocking threads (sled may touch the disk),
+//! against the tree the writer has applied: everything a read sees is in the
+//! log already.
+
+use std::sync::atomic::Ordering;
+
+use serde_bytes::ByteBuf;
+
+use super::Shared;
+use super::layout::{self, KvRecord, decode, history_event};
+use crate::ssot::store::{Event, RangeRequest, RangeResponse, Revision, StoreError, prefix_end};
+
+/// A range read with each record's author.
+pub(super) fn range(shared: &Shared, request: &RangeRequest) -> Result<RangeResponse, StoreError> {
+    let mut response = range_records(shared, request)?;
+    for kv in &mut response.kvs {
+        if let Some(raw) = shared.tree.get(layout::actor(kv.mod_revision))? {
+            kv.modified_by = String::from_utf8_lossy(&raw).into_owned();
+        }
+    }
+    Ok(response)
+}
+
+fn range_records(shared: &Shared, request: &RangeRequest) -> Result<RangeResponse, StoreError> {
+    let current = shared.committed.load(Ordering::Acquire);
+    if request.revision == 0 || request.revision >= current {
+        if request.revision > current {
+            return Err(StoreError::FutureRevision { requested: request.revision, current });
+        }
+        return range_current(shared, request, current);
+    }
+    let compacted = shared.compacted.load(Ordering::Acquire);
+    if request.revision < compacted {
+        return Err(StoreError::Compacted { requested: request.revision, compact_revision: compacted });
+    }
+    let response = range_history(shared, request)?;
+    // A compaction that ran during the scan may have removed what we read past.
+    let compacted = shared.compacted.load(Ordering::Acquire);
+    if request.revision < compacted {
+        return Err(StoreError::Compacted { requested: request.revision, compact_revision: compacted });
+    }
+    Ok(response)
+}
+
+fn range_current(shared: &Shared, request: &RangeRequest, revision: Revision) -> Result<RangeResponse, StoreError> {
+    let mut response = RangeResponse { revision, ..RangeResponse::default() };
+    if request.end.is_empty() {
+        if let Some(raw) = shared.tree.get(layout::cur(&request.start))? {
+            response.kvs.push(decode::<KvRecord>(&raw)?.into_kv(request.start.clone()));
+        }
+        return Ok(response);
+    }
+    for item in shared.tree.range(layout::cur(&request.start)..layout::cur(&request.end)) {
+        let (raw_key, raw) = item?;
+        if request.limit > 0 && response.kvs.len() == request.limit {
+            response.more = true;
+            break;
+        }
+        response.kvs.push(decode::<KvRecord>(&raw)?.into_kv(raw_key[1..].to_vec()));
+    }
+    Ok(response)
+}
+
+fn range_history(shared: &Shared, request: &RangeRequest) -> Result<RangeResponse, StoreError> {
+    let at = request.revision;
+    let mut response = RangeResponse { revision: at, ..RangeResponse::default() };
+    let (start, end) = if request.end.is_empty() {
+        let start = layout::hist_prefix(&request.start);
+        let end = prefix_end(&start);
+        (start, end)
+    } else {
+        let mut start = vec![layout::HIST];
+        start.extend_from_slice(&request.start);
+        let mut end = vec![layout::HIST];
+        end.extend_from_slice(&request.end);
+        (start, end)
+    };
+    // Entries come grouped by key, revisions ascending: keep the last one <= at.
+    let mut pending: Option<(Vec<u8>, Option<KvRecord>)> = None;
+    let flush = |pending: Option<(Vec<u8>, Option<KvRecord>)>, response: &mut RangeResponse| -> bool {
+        if let Some((key, Some(record))) = pending {
+            if request.limit > 0 && response.kvs.len() == request.limit {
+                response.more = true;
+                return false;
+            }
+            response.kvs.push(record.into_kv(key));
+        }
+        true
+    };
+    for item in shared.tree.range(start..end) {
+        let (raw_key, raw) = item?;
+        let Some((key, revision)) = layout::parse_hist(&raw_key) else {
+            continue;
+        };
+        // The scan starts at `h start`, which also matches the history of `start`
+        // itself when a listing resumes at `start` = last key + NUL: skip keys below it.
+        if key < request.start.as_slice() {
+            continue;
+        }
+        if pending.as_ref().is_some_and(|(k, _)| k.as_slice() != key) && !flush(pending.take(), &mut response) {
+            return Ok(response);
+        }
+        if revision > at {
+            continue;
+        }
+        let record: Option<KvRecord> = decode(&raw)?;
+        pending = Some((key.to_vec(), record));
+    }
+    flush(pending, &mut response);
+    Ok(response)
+}
+
+/// Events of revisions `from..=to` under `prefix`, at most about
+/// `max_events`; returns them and the last revision covered.
+pub(super) fn history(
+    shared: &Shared,
+    prefix: &[u8],
+    from: Revision,
+    to: Revision,
+    max_events: usize,
+) -> Result<(Vec<Event>, Revision), StoreError> {
+    let compacted = shared.compacted.load(Ordering::Acquire);
+    if from < compacted {
+        return Err(StoreError::Compacted { requested: from, compact_revision: compacted });
+    }
+    let mut events = Vec::new();
+    let mut covered = from - 1;
+    for item in shared.tree.range(layout::rev(from)..=layout::rev(to)) {
+        let (raw_key, raw) = item?;
+        let revision = layout::parse_rev(&raw_key).ok_or_else(|| StoreError::Backend("corrupt revision key".into()))?;
+        let keys: Vec<ByteBuf> = decode(&raw)?;
+        for key in keys.into_iter().map(ByteBuf::into_vec).filter(|k| k.starts_with(prefix)) {
+            let record: Option<KvRecord> = match shared.tree.get(layout::hist(&key, revision))? {
+                Some(raw) => decode(&raw)?,
+                None => {
+                    return Err(StoreError::Backend(format!("history of revision {revision} is missing")));
+                }
+            };
+            events.push(history_event(key, revision, record));
+        }
+        covered = revision;
+        if events.len() >= max_events {
+            break;
+        }
+    }
+    if covered < to && events.len() < max_events {
+        // Revisions without a record are only possible below the compaction point.
+        covered = to;
+    }
+    let compacted = shared.compacted.load(Ordering::Acquire);
+    if from < compacted {
+        return Err(StoreError::Compacted { requested: from, compact_revision: compacted });
+    }
+    Ok((events, covered))
+}
