@@ -79,6 +79,13 @@ pub struct Args {
     /// Most bytes of stored memory records one agent may hold.
     #[arg(long, env = "MAESTRO_MEMORY_MAX_BYTES", default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(1024..))]
     memory_max_bytes: u64,
+    /// Size at which the store's write-ahead log starts a new segment file.
+    #[arg(long, env = "MAESTRO_WAL_SEGMENT_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
+    wal_segment_bytes: u64,
+    /// Growth of the write-ahead log that starts a checkpoint of the store (at least; later once
+    /// checkpoints are larger). Checkpoints let the log be trimmed and a damaged store be rebuilt.
+    #[arg(long, env = "MAESTRO_CHECKPOINT_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
+    checkpoint_bytes: u64,
     /// Log format on stderr.
     #[arg(long, env = "MAESTRO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -383,6 +390,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.maintenance_interval = std::time::Duration::from_secs(args.maintenance_interval);
     config.limits.memory_entries_per_agent = usize::try_from(args.memory_max_entries).unwrap_or(usize::MAX);
     config.limits.memory_bytes_per_agent = usize::try_from(args.memory_max_bytes).unwrap_or(usize::MAX);
+    config.store.wal_segment_bytes = args.wal_segment_bytes;
+    config.store.checkpoint_bytes = args.checkpoint_bytes;
     for path in &args.sandbox_read {
         if !path.is_absolute() || !path.exists() {
             anyhow::bail!("--sandbox-read {}: give an absolute path that exists", path.display());

@@ -30,6 +30,8 @@ pub struct DaemonConfig {
     pub idle_timeout: Duration,
     /// What one user (token) may ask at once.
     pub user_limits: crate::api::quota::UserLimits,
+    /// The store's log segments, checkpoints and caches.
+    pub store: crate::ssot::sled_store::SledOptions,
 }
 
 impl DaemonConfig {
@@ -47,6 +49,7 @@ impl DaemonConfig {
             user_limits: crate::api::quota::UserLimits::default(),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
+            store: crate::ssot::sled_store::SledOptions::default(),
         }
     }
 }

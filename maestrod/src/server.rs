@@ -17,7 +17,7 @@ use crate::autoloop::placement::Placement;
 use crate::config::DaemonConfig;
 use crate::harness::sandbox::{LocalSandbox, SandboxOptions, SandboxProvider};
 use crate::ssot::Ssot;
-use crate::ssot::sled_store::{SledOptions, SledStore};
+use crate::ssot::sled_store::SledStore;
 use crate::ssot::store::StoreError;
 use crate::transport::Listener;
 
@@ -77,7 +77,7 @@ impl Daemon {
     /// Opens the store; fails if another daemon holds the data directory.
     /// Must run inside a tokio runtime.
     pub fn open(config: DaemonConfig) -> Result<Daemon, ServerError> {
-        let store = Arc::new(SledStore::open(&config.data_dir, SledOptions::default())?);
+        let store = Arc::new(SledStore::open(&config.data_dir, config.store.clone())?);
         let ssot = Arc::new(Ssot::new(store.clone(), config.limits.clone()));
         // What the sandbox can enforce here; weaker confinement is logged by the probe.
         let options = SandboxOptions { extra_read: config.sandbox_read.clone(), hidden: vec![config.data_dir.clone()] };

@@ -6,6 +6,7 @@ mod api;
 mod auth;
 mod budgets;
 mod cli;
+mod crash;
 mod durability;
 mod fairness;
 mod harness;

@@ -157,6 +157,32 @@ impl Daemon {
         bail!("maestrod did not exit within 15 s of SIGTERM; log:\n{}", self.log())
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The environment the next start or restart gives the daemon (on top of
+    /// the test's own), replacing what it was started with.
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    }
+
+    /// Waits up to `timeout` for the daemon to end by itself (a crash at a
+    /// failpoint, say); its exit status, or None if it still runs.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Starts the daemon again on the same data directory (a new port).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9();

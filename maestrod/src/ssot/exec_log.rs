@@ -178,6 +178,7 @@ impl Ssot {
                 end: entry_key(project, end + 1).into_bytes(),
                 revision: 0,
                 limit: 0,
+                ..Default::default()
             };
             let chunk = self.store.range(request).await?;
             for kv in chunk.kvs.iter().rev() {

@@ -648,6 +648,7 @@ impl Ssot {
             end: prefix_end(events_prefix(id).as_bytes()),
             revision: 0,
             limit: 0,
+            ..Default::default()
         };
         let response = self.store.range(request).await?;
         let events = response

@@ -146,7 +146,7 @@ impl Ssot {
         new_len: usize,
         now: i64,
     ) -> Result<Vec<(String, Revision)>> {
-        let held = self.store.range(RangeRequest::prefix(agent_prefix(project, agent))).await?.kvs;
+        let held = self.store.range(RangeRequest::prefix(agent_prefix(project, agent)).without_authors()).await?.kvs;
         let others: Vec<&KeyValue> = held.iter().filter(|kv| kv.key != own_key.as_bytes()).collect();
         let mut count = others.len() + 1;
         let mut bytes = others.iter().map(|kv| kv.value.len()).sum::<usize>() + new_len;

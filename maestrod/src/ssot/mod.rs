@@ -177,7 +177,7 @@ impl Ssot {
             }
             None => prefix.as_bytes().to_vec(),
         };
-        let request = RangeRequest { start, end: prefix_end(prefix.as_bytes()), revision, limit };
+        let request = RangeRequest { start, end: prefix_end(prefix.as_bytes()), revision, limit, ..Default::default() };
         let response = self.store.range(request).await?;
         let items = response
             .kvs

@@ -40,6 +40,8 @@ pub struct RangeRequest {
     pub revision: Revision,
     /// At most this many keys; 0 means no limit.
     pub limit: usize,
+    /// Leave `modified_by` empty (saves a lookup per key where nobody shows it).
+    pub without_authors: bool,
 }
 
 impl RangeRequest {
@@ -57,6 +59,12 @@ impl RangeRequest {
 
     pub fn at(mut self, revision: Revision) -> Self {
         self.revision = revision;
+        self
+    }
+
+    /// Skips who made each record (`modified_by` stays empty).
+    pub fn without_authors(mut self) -> Self {
+        self.without_authors = true;
         self
     }
 

@@ -31,6 +31,9 @@ struct Options {
     json: bool,
     /// An already running daemon (`host:port`); otherwise one is started.
     server: Option<String>,
+    /// Grow the store to this many revisions, then measure a compaction under
+    /// load and (for a daemon this run started) restarts (0: skip).
+    history: u64,
 }
 
 fn parse_args() -> anyhow::Result<Options> {
@@ -43,6 +46,7 @@ fn parse_args() -> anyhow::Result<Options> {
         watch_rate: 1000,
         json: false,
         server: None,
+        history: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -61,10 +65,11 @@ fn parse_args() -> anyhow::Result<Options> {
             "--watch-rate" => options.watch_rate = value("--watch-rate")?.max(1),
             "--json" => options.json = true,
             "--server" => options.server = Some(args.next().context("--server needs host:port")?),
+            "--history" => options.history = value("--history")?,
             "--help" | "-h" => {
                 println!(
                     "usage: maestro-bench [--seconds N per phase (3)] [--rounds N (3)] [--in-flight N (64)] [--connections N (4)] \
-                     [--watchers N (100)] [--watch-rate WRITES_PER_SEC (1000)] [--server HOST:PORT] [--json]"
+                     [--watchers N (100)] [--watch-rate WRITES_PER_SEC (1000)] [--history REVISIONS (0)] [--server HOST:PORT] [--json]"
                 );
                 std::process::exit(0);
             }
@@ -127,6 +132,173 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[index] as f64 / 1000.0
 }
 
+/// The daemon's arguments: the ceiling of the server, not of one user's quota,
+/// and no compaction but the one the history phase asks for.
+fn daemon_args() -> Vec<String> {
+    ["--maintenance-interval", "3600", "--user-rate", "0", "--user-concurrency", "100000", "--user-streams", "100000"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// What the history phases measured.
+#[derive(Default)]
+struct HistoryReport {
+    revisions: u64,
+    fill_writes_per_sec: f64,
+    compact_to: u64,
+    compact_ack_ms: f64,
+    write_p99_before_compaction_ms: f64,
+    write_p99_during_compaction_ms: f64,
+    writes_during_compaction: usize,
+    restart_after_kill9_ms: Option<f64>,
+    restart_after_sigterm_ms: Option<f64>,
+}
+
+/// Grows the store to `options.history` revisions; measures write latency at
+/// the watch rate before and during a compaction of all but the last 1,000
+/// revisions; then, for a daemon this run started, the time from starting it
+/// again (after `kill -9`, then after SIGTERM) to its first answered read.
+async fn history_phases(
+    options: &Options,
+    channels: &[Channel],
+    temp: &std::path::Path,
+    daemon: &mut Option<std::process::Child>,
+) -> anyhow::Result<HistoryReport> {
+    let mut report = HistoryReport::default();
+    let mut system = SystemServiceClient::new(channels[0].clone());
+    let start = system.get_info(v1::GetInfoRequest {}).await?.into_inner().revision;
+    let reached = Arc::new(AtomicU64::new(start));
+    let stop = Arc::new(AtomicBool::new(false));
+    let began = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..options.in_flight {
+        let channel = channels[worker % channels.len()].clone();
+        let (reached, stop, target) = (reached.clone(), stop.clone(), options.history);
+        workers.push(tokio::spawn(async move {
+            let mut memory = MemoryServiceClient::new(channel);
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) && reached.load(Ordering::Relaxed) < target {
+                let request =
+                    memory_put(&format!("fill{worker}"), format!("k{}", i % 50), format!("{i:0>200}"), String::new());
+                let reply = memory.put_memory(request).await?.into_inner();
+                reached.fetch_max(reply.meta.map_or(0, |m| m.mod_revision), Ordering::Relaxed);
+                i += 1;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let mut last_report = Instant::now();
+    while reached.load(Ordering::Relaxed) < options.history {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            let now = reached.load(Ordering::Relaxed);
+            eprintln!(
+                "history: {now} of {} revisions ({:.0} writes/s)",
+                options.history,
+                (now - start) as f64 / began.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+        if workers.iter().any(|w| w.is_finished()) {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await??;
+    }
+    report.revisions = reached.load(Ordering::Relaxed);
+    report.fill_writes_per_sec = (report.revisions - start) as f64 / began.elapsed().as_secs_f64();
+
+    eprintln!("compaction under {} writes/s …", options.watch_rate);
+    let epoch = Instant::now();
+    let samples = Arc::new(std::sync::Mutex::new(Vec::<(u64, u64)>::new()));
+    let load = {
+        let (samples, memory, rate) =
+            (samples.clone(), MemoryServiceClient::new(channels[1 % channels.len()].clone()), options.watch_rate);
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle_stop = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut pending = tokio::task::JoinSet::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let (mut memory, samples) = (memory.clone(), samples.clone());
+                let key = format!("c{}", n % 50);
+                pending.spawn(async move {
+                    let sent = epoch.elapsed().as_micros() as u64;
+                    memory.put_memory(memory_put("compaction", key, n.to_string(), String::new())).await?;
+                    let took = epoch.elapsed().as_micros() as u64 - sent;
+                    samples.lock().expect("samples lock").push((sent, took));
+                    anyhow::Ok(())
+                });
+                while let Some(done) = pending.try_join_next() {
+                    done??;
+                }
+                n += 1;
+            }
+            while let Some(done) = pending.join_next().await {
+                done??;
+            }
+            anyhow::Ok(())
+        });
+        (task, handle_stop)
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let revision = system.get_info(v1::GetInfoRequest {}).await?.into_inner().revision;
+    report.compact_to = revision.saturating_sub(1000);
+    let compact_started = epoch.elapsed().as_micros() as u64;
+    system.compact(v1::CompactRequest { revision: report.compact_to }).await?;
+    report.compact_ack_ms = (epoch.elapsed().as_micros() as u64 - compact_started) as f64 / 1000.0;
+    tokio::time::sleep(Duration::from_secs(options.seconds.max(5))).await;
+    load.1.store(true, Ordering::Relaxed);
+    load.0.await??;
+    let samples = std::mem::take(&mut *samples.lock().expect("samples lock"));
+    let (mut before, mut during): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
+    for (sent, took) in samples {
+        if sent < compact_started { before.push(took) } else { during.push(took) }
+    }
+    before.sort_unstable();
+    during.sort_unstable();
+    report.write_p99_before_compaction_ms = percentile(&before, 0.99);
+    report.write_p99_during_compaction_ms = percentile(&during, 0.99);
+    report.writes_during_compaction = during.len();
+
+    if let Some(child) = daemon.as_mut() {
+        let data = temp.join("data");
+        let log = temp.join("maestrod.log");
+        let expect = report.revisions;
+        let restart = |child: &mut std::process::Child| -> anyhow::Result<(std::process::Child, f64)> {
+            let _ = child.wait();
+            let started = Instant::now();
+            let (next, addr) = maestro_tests::spawn_daemon(&data, &log, &daemon_args())?;
+            let runtime = tokio::runtime::Handle::current();
+            let revision = tokio::task::block_in_place(|| {
+                runtime.block_on(async {
+                    let channel = connect(&addr).await?;
+                    let info = SystemServiceClient::new(channel).get_info(v1::GetInfoRequest {}).await?.into_inner();
+                    anyhow::Ok(info.revision)
+                })
+            })?;
+            let took = started.elapsed().as_secs_f64() * 1000.0;
+            anyhow::ensure!(revision >= expect, "restarted at revision {revision}, below {expect}");
+            Ok((next, took))
+        };
+        eprintln!("restart after kill -9 at {expect} revisions …");
+        child.kill()?;
+        let (mut next, took) = restart(child)?;
+        report.restart_after_kill9_ms = Some(took);
+        eprintln!("restart after SIGTERM …");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(next.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
+        let (again, took) = restart(&mut next)?;
+        report.restart_after_sigterm_ms = Some(took);
+        *child = again;
+    }
+    Ok(report)
+}
+
 fn memory_put(agent: &str, key: String, value: String, etag: String) -> v1::PutMemoryRequest {
     v1::PutMemoryRequest { project_id: "bench".into(), agent: agent.into(), key, value, ttl_seconds: 0, etag }
 }
@@ -141,9 +313,7 @@ async fn main() -> anyhow::Result<()> {
             let (child, addr) = maestro_tests::spawn_daemon(
                 &temp.path().join("data"),
                 &temp.path().join("maestrod.log"),
-                // The ceiling of the server, not of one user's quota.
-                &["--maintenance-interval", "3600", "--user-rate", "0", "--user-concurrency", "100000"]
-                    .map(String::from),
+                &daemon_args(),
             )?;
             (Some(child), addr)
         }
@@ -277,6 +447,11 @@ async fn main() -> anyhow::Result<()> {
     for task in &watcher_tasks {
         task.abort();
     }
+    let history = if options.history > 0 {
+        Some(history_phases(&options, &channels, temp.path(), &mut daemon).await?)
+    } else {
+        None
+    };
     if let Some(daemon) = daemon.as_mut() {
         let _ = daemon.kill();
         let _ = daemon.wait();
@@ -303,6 +478,17 @@ async fn main() -> anyhow::Result<()> {
             "watch_events_expected": expected,
             "watch_p50_ms": p50,
             "watch_p99_ms": p99,
+            "history": history.as_ref().map(|h| serde_json::json!({
+                "revisions": h.revisions,
+                "fill_writes_per_sec": h.fill_writes_per_sec,
+                "compact_to": h.compact_to,
+                "compact_ack_ms": h.compact_ack_ms,
+                "write_p99_before_compaction_ms": h.write_p99_before_compaction_ms,
+                "write_p99_during_compaction_ms": h.write_p99_during_compaction_ms,
+                "writes_during_compaction": h.writes_during_compaction,
+                "restart_after_kill9_ms": h.restart_after_kill9_ms,
+                "restart_after_sigterm_ms": h.restart_after_sigterm_ms,
+            })),
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -323,6 +509,22 @@ async fn main() -> anyhow::Result<()> {
             latencies.len(),
             expected
         );
+    }
+    if let (Some(h), false) = (&history, options.json) {
+        println!(
+            "history of {} revisions (filled at {:.0} writes/s); compaction to {} acknowledged in {:.1} ms",
+            h.revisions, h.fill_writes_per_sec, h.compact_to, h.compact_ack_ms
+        );
+        println!(
+            "write p99 at {} writes/s: {:.2} ms before the compaction, {:.2} ms during it ({} writes)",
+            options.watch_rate,
+            h.write_p99_before_compaction_ms,
+            h.write_p99_during_compaction_ms,
+            h.writes_during_compaction
+        );
+        if let (Some(kill), Some(term)) = (h.restart_after_kill9_ms, h.restart_after_sigterm_ms) {
+            println!("restart to first answered read: {kill:.0} ms after kill -9, {term:.0} ms after SIGTERM");
+        }
     }
     Ok(())
 }

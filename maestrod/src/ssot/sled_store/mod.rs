@@ -483,6 +483,13 @@ impl SledStore {
 
 impl Store for SledStore {
     fn range(&self, request: RangeRequest) -> BoxFuture<'_, Result<RangeResponse, StoreError>> {
+        // A point read of the current state is a lookup in sled's cache: handing it to a
+        // blocking thread costs more than the read (on two cores, 45% of the no-op rate
+        // instead of 78%). Scans and past revisions, which may walk the disk, go there.
+        if request.end.is_empty() && request.revision == 0 {
+            let result = read::range(&self.shared, &request);
+            return async move { result }.boxed();
+        }
         let shared = self.shared.clone();
         async move {
             tokio::task::spawn_blocking(move || read::range(&shared, &request))

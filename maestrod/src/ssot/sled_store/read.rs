@@ -14,6 +14,9 @@ use crate::ssot::store::{Event, RangeRequest, RangeResponse, Revision, StoreErro
 /// A range read with each record's author.
 pub(super) fn range(shared: &Shared, request: &RangeRequest) -> Result<RangeResponse, StoreError> {
     let mut response = range_records(shared, request)?;
+    if request.without_authors {
+        return Ok(response);
+    }
     for kv in &mut response.kvs {
         if let Some(raw) = shared.tree.get(layout::actor(kv.mod_revision))? {
             kv.modified_by = String::from_utf8_lossy(&raw).into_owned();

@@ -1,0 +1,302 @@
+//! The store's promise under crashes, through the real daemon: every write it
+//! acknowledged is there after a `kill -9` at random moments and at each named
+//! failpoint (before the log append, before and after its fsync, after sled
+//! applied the group, at a checkpoint, in a compaction sweep, during start-up
+//! replay); a torn log tail is cut, and a sled directory that is damaged is
+//! rebuilt from the checkpoint and the log, at start or with `maestrod repair`.
+//!
+//! The daemon under test is built with the `failpoints` feature:
+//! `FAILPOINTS=name=N*off->return` lets a point pass N times, then the process
+//! kills itself with SIGKILL there.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+use maestro_shared::v1::{
+    self, memory_service_client::MemoryServiceClient, project_service_client::ProjectServiceClient,
+    system_service_client::SystemServiceClient,
+};
+use maestro_tests::{Daemon, binary};
+
+/// Small log segments and checkpoints, so a test's writes trim the log and
+/// rebuilds start from a checkpoint taken mid-run, not the first one.
+const STORE_ARGS: [&str; 4] = ["--checkpoint-bytes", "65536", "--wal-segment-bytes", "16384"];
+const WRITERS: usize = 8;
+const KEYS: u64 = 40;
+
+type Key = (String, String);
+
+/// What may be stored under each key (None: nothing): the value of its last
+/// acknowledged write, or of a write that was in flight when the daemon died.
+#[derive(Default)]
+struct Expected {
+    allowed: HashMap<Key, HashSet<Option<u64>>>,
+    acknowledged: usize,
+}
+
+/// One writer's account of a run: the last value acknowledged per key, and
+/// the write it was waiting for when the daemon went away.
+#[derive(Default)]
+struct Ledger {
+    acked: HashMap<Key, u64>,
+    in_flight: Option<(Key, u64)>,
+    count: usize,
+}
+
+impl Expected {
+    fn record(&mut self, ledgers: Vec<Ledger>) {
+        for ledger in ledgers {
+            self.acknowledged += ledger.count;
+            for (key, value) in ledger.acked {
+                self.allowed.insert(key, HashSet::from([Some(value)]));
+            }
+            if let Some((key, value)) = ledger.in_flight {
+                self.allowed.entry(key).or_insert_with(|| HashSet::from([None])).insert(Some(value));
+            }
+        }
+    }
+
+    /// Reads every key back: each holds an allowed value. What is read is
+    /// the truth from now on.
+    async fn verify(&mut self, daemon: &Daemon, when: &str) {
+        let mut memory = MemoryServiceClient::new(daemon.channel().await.unwrap());
+        for ((agent, key), allowed) in &mut self.allowed {
+            let request = v1::GetMemoryRequest { project_id: "crash".into(), agent: agent.clone(), key: key.clone() };
+            let stored = match memory.get_memory(request).await {
+                Ok(entry) => Some(entry.into_inner().value.parse::<u64>().unwrap()),
+                Err(status) if status.code() == tonic::Code::NotFound => None,
+                Err(status) => panic!("{when}: reading {agent}/{key}: {status:?}"),
+            };
+            assert!(allowed.contains(&stored), "{when}: {agent}/{key} holds {stored:?}, expected one of {allowed:?}");
+            *allowed = HashSet::from([stored]);
+        }
+    }
+}
+
+/// Writes from `WRITERS` connections (each its own agent, cycling over
+/// `KEYS` keys) until the daemon stops answering, or `limit` writes each.
+/// Values are unique: `round * 1e6 + i`.
+async fn write(daemon: &Daemon, round: u64, limit: Option<u64>) -> Vec<Ledger> {
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let channel = daemon.channel().await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut memory = MemoryServiceClient::new(channel);
+            let mut ledger = Ledger::default();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            for i in 0..limit.unwrap_or(u64::MAX) {
+                assert!(Instant::now() < deadline, "round {round}: the daemon never went down");
+                let key = (format!("w{writer}"), format!("k{}", i % KEYS));
+                let value = round * 1_000_000 + i;
+                ledger.in_flight = Some((key.clone(), value));
+                let request = v1::PutMemoryRequest {
+                    project_id: "crash".into(),
+                    agent: key.0.clone(),
+                    key: key.1.clone(),
+                    value: value.to_string(),
+                    ..Default::default()
+                };
+                if memory.put_memory(request).await.is_err() {
+                    return ledger;
+                }
+                ledger.in_flight = None;
+                ledger.acked.insert(key, value);
+                ledger.count += 1;
+            }
+            ledger
+        }));
+    }
+    let mut ledgers = Vec::new();
+    for task in tasks {
+        ledgers.push(task.await.unwrap());
+    }
+    ledgers
+}
+
+fn start() -> Daemon {
+    let daemon = Daemon::start_with(&STORE_ARGS).unwrap();
+    daemon.ctl(&["project", "create", "crash"]).ok();
+    daemon
+}
+
+/// Restarts with `failpoints` set (empty: none).
+fn restart_with(daemon: &mut Daemon, failpoints: &str) -> anyhow::Result<()> {
+    if failpoints.is_empty() {
+        daemon.set_env(&[]);
+    } else {
+        daemon.set_env(&[("FAILPOINTS", failpoints)]);
+    }
+    daemon.restart()
+}
+
+/// The daemon ended by killing itself at a failpoint.
+fn assert_crashed(daemon: &mut Daemon, point: &str) {
+    let status = daemon.wait_for_exit(Duration::from_secs(10)).unwrap_or_else(|| panic!("{point}: still running"));
+    assert_eq!(status.signal(), Some(9), "{point}: died of SIGKILL at the failpoint: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_a_crash_at_every_failpoint() {
+    let mut daemon = start();
+    let mut expected = Expected::default();
+    // How often each point passes before it fires (a checkpoint comes every 64 KiB of log).
+    let points = [
+        ("wal-before-append", 120),
+        ("wal-before-fsync", 120),
+        ("wal-after-fsync", 120),
+        ("store-after-apply", 120),
+        ("checkpoint-written", 1),
+    ];
+    for (round, (point, passes)) in points.into_iter().enumerate() {
+        restart_with(&mut daemon, &format!("{point}={passes}*off->return")).unwrap();
+        let ledgers = write(&daemon, round as u64 + 1, None).await;
+        assert_crashed(&mut daemon, point);
+        expected.record(ledgers);
+        restart_with(&mut daemon, "").unwrap();
+        expected.verify(&daemon, point).await;
+    }
+
+    // A crash in the middle of sweeping compacted history: the compaction point
+    // was acknowledged, so it holds; the sweep finishes after the restart.
+    // (The first step waits 300 ms, so the acknowledgement leaves before the second step dies.)
+    restart_with(&mut daemon, "compact-step=1*sleep(300)->return").unwrap();
+    let ledgers = write(&daemon, 10, Some(60)).await;
+    expected.record(ledgers);
+    let mut system = SystemServiceClient::new(daemon.channel().await.unwrap());
+    let revision = system.get_info(v1::GetInfoRequest {}).await.unwrap().into_inner().revision;
+    let compacted = system.compact(v1::CompactRequest { revision: revision - 5 }).await.unwrap().into_inner();
+    assert_eq!(compacted.compact_revision, revision - 5);
+    assert_crashed(&mut daemon, "compact-step");
+    restart_with(&mut daemon, "").unwrap();
+    expected.verify(&daemon, "compact-step").await;
+    let mut system = SystemServiceClient::new(daemon.channel().await.unwrap());
+    let info = system.get_info(v1::GetInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.compact_revision, revision - 5, "the acknowledged compaction point survived");
+    assert!(daemon.log().contains("resuming the sweep of compacted history"), "{}", daemon.log());
+
+    // A crash after the log is synced but before sled has the group, then a
+    // crash while the restart replays the log into sled, then a clean start.
+    restart_with(&mut daemon, "wal-after-fsync=150*off->return").unwrap();
+    let ledgers = write(&daemon, 11, None).await;
+    assert_crashed(&mut daemon, "wal-after-fsync");
+    expected.record(ledgers);
+    assert!(restart_with(&mut daemon, "wal-replay-record=return").is_err(), "died while replaying");
+    restart_with(&mut daemon, "").unwrap();
+    expected.verify(&daemon, "wal-replay-record").await;
+    assert!(expected.acknowledged > 500, "{} writes acknowledged in all", expected.acknowledged);
+}
+
+/// A small deterministic generator, so a failing run can be repeated.
+fn pauses(seed: u64) -> impl Iterator<Item = Duration> {
+    let mut state = seed | 1;
+    std::iter::from_fn(move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        Some(Duration::from_millis(80 + state % 500))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill_9_at_random_moments_and_a_torn_log_tail() {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    eprintln!("pauses seeded with {seed}");
+    let mut daemon = start();
+    let mut expected = Expected::default();
+    for (round, pause) in pauses(seed).take(6).enumerate() {
+        let writing = write(&daemon, round as u64 + 1, None);
+        let pid = nix::unistd::Pid::from_raw(daemon.pid().unwrap() as i32);
+        let killing = async {
+            tokio::time::sleep(pause).await;
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        };
+        let (ledgers, ()) = tokio::join!(writing, killing);
+        expected.record(ledgers);
+        if round == 3 {
+            // The process died in the middle of an append: half a frame at the end.
+            let wal = daemon.data_dir().join("wal");
+            let mut segments: Vec<_> = std::fs::read_dir(&wal).unwrap().map(|e| e.unwrap().path()).collect();
+            segments.sort();
+            let newest = segments.last().unwrap();
+            let mut file = std::fs::OpenOptions::new().append(true).open(newest).unwrap();
+            std::io::Write::write_all(&mut file, &[200, 1, 0, 0, 7, 7, 7, 7, 1, 2, 3]).unwrap();
+        }
+        restart_with(&mut daemon, "").unwrap();
+        expected.verify(&daemon, &format!("kill -9 after {pause:?}")).await;
+        if round == 3 {
+            assert!(daemon.log().contains("ends in a torn record"), "{}", daemon.log());
+        }
+    }
+    assert!(expected.acknowledged > 200, "{} writes acknowledged in all", expected.acknowledged);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_sled_directory_is_rebuilt_at_start_and_by_maestrod_repair() {
+    let mut daemon = start();
+    let mut expected = Expected::default();
+    let ledgers = write(&daemon, 1, Some(300)).await;
+    expected.record(ledgers);
+    let checkpoints = std::fs::read_dir(daemon.data_dir().join("checkpoints")).unwrap().count();
+    assert!(checkpoints >= 2, "checkpoints were taken as the log grew ({checkpoints})");
+
+    // Repair refuses while the daemon holds the data directory.
+    let data_dir = daemon.data_dir().to_path_buf();
+    let repair = || {
+        std::process::Command::new(binary("e2e-maestrod"))
+            .arg("repair")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .output()
+            .unwrap()
+    };
+    let refused = repair();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("in use by another maestrod"), "{refused:?}");
+
+    // Every file of sled's directory overwritten: the daemon rebuilds it and says so.
+    daemon.kill9();
+    let store = daemon.data_dir().join("store");
+    for entry in walk(&store) {
+        let len = std::fs::metadata(&entry).unwrap().len() as usize;
+        std::fs::write(&entry, vec![0xA5; len.max(512)]).unwrap();
+    }
+    restart_with(&mut daemon, "").unwrap();
+    assert!(
+        daemon.log().contains("rebuilding it from its newest checkpoint and the write-ahead log"),
+        "{}",
+        daemon.log()
+    );
+    expected.verify(&daemon, "damaged sled directory").await;
+    let ledgers = write(&daemon, 2, Some(100)).await;
+    expected.record(ledgers);
+
+    // The explicit repair, on a stopped daemon: one line of what it did, the old directory kept.
+    daemon.kill9();
+    std::thread::sleep(Duration::from_millis(200));
+    let repaired = repair();
+    assert_eq!(repaired.status.code(), Some(0), "{}", String::from_utf8_lossy(&repaired.stderr));
+    let out = String::from_utf8_lossy(&repaired.stdout);
+    assert!(out.starts_with("store rebuilt at revision") && out.contains("the old store is in"), "{out}");
+    restart_with(&mut daemon, "").unwrap();
+    expected.verify(&daemon, "maestrod repair").await;
+    let projects = ProjectServiceClient::new(daemon.channel().await.unwrap())
+        .list_projects(v1::ListProjectsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(projects.projects.iter().any(|p| p.id == "crash"));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
