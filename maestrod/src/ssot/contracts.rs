@@ -118,7 +118,7 @@ impl Ssot {
     pub async fn put_contract(&self, project: &str, new: NewContract) -> Result<Versioned<Contract>> {
         check_new(&new)?;
         let expected = validate::etag(&new.etag)?;
-        for _ in 0..super::RETRIES {
+        for attempt in 0..super::RETRIES {
             let guard = self.project_guard(project).await?;
             let latest = self.latest_contract(project, &new.name).await?;
             check_etag(KIND, &new.name, expected, latest.as_ref().map_or(0, |l| l.meta.mod_revision))?;
@@ -150,7 +150,7 @@ impl Ssot {
                         current,
                     });
                 }
-                Err(_) => tokio::task::yield_now().await,
+                Err(_) => super::after_lost_race(attempt).await,
             }
         }
         Err(super::lost_race(KIND, &new.name))

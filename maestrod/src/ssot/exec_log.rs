@@ -105,7 +105,7 @@ impl Ssot {
         check_entry(&entry)?;
         let appender = self.appender(project);
         let _serialized = appender.lock().await;
-        for _ in 0..super::RETRIES {
+        for attempt in 0..super::RETRIES {
             let guard = self.project_guard(project).await?;
             let head_key = keys::in_project(project, HEAD);
             let (head, head_rev) = match self.get::<Head>(&head_key, 0).await? {
@@ -126,7 +126,7 @@ impl Ssot {
                     return Ok(Versioned { value: record, meta: super::Meta::created(revision) });
                 }
                 Err((0, _)) => return Err(SsotError::not_found("project", project)),
-                Err(_) => tokio::task::yield_now().await,
+                Err(_) => super::after_lost_race(attempt).await,
             }
         }
         Err(super::lost_race("execution log of", project))

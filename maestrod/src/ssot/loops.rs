@@ -483,7 +483,7 @@ impl Ssot {
     /// Stores a new loop under the next id (`loop-N`) with its first events.
     pub async fn create_loop(&self, mut record: LoopRecord, events: Vec<LoopEvent>) -> Result<LoopRecord> {
         validate::text("task", &record.task, 64 << 10, true)?;
-        for _ in 0..super::RETRIES {
+        for attempt in 0..super::RETRIES {
             let guard = self.project_guard(&record.project).await?;
             let counter = self.get::<u64>(COUNTER, 0).await?;
             let (last, rev) = counter.map_or((0, 0), |c| (c.value, c.meta.mod_revision));
@@ -497,7 +497,7 @@ impl Ssot {
             match self.commit(txn).await? {
                 Ok(_) => return Ok(stored),
                 Err((0, _)) => return Err(SsotError::not_found("project", &record.project)),
-                Err(_) => tokio::task::yield_now().await,
+                Err(_) => super::after_lost_race(attempt).await,
             }
         }
         Err(super::lost_race(KIND, "creation"))
@@ -557,7 +557,7 @@ impl Ssot {
     /// Tells a queued loop why it waits: its reason, and `event`. A loop that
     /// is no longer queued (started, cancelled) is left alone. Returns whether it was told.
     pub async fn note_queued_loop(&self, id: &str, reason: &str, event: LoopEvent) -> Result<bool> {
-        for _ in 0..super::RETRIES {
+        for attempt in 0..super::RETRIES {
             let current = self.get_loop(id).await?;
             if current.value.state != LoopState::Queued || current.value.reason == reason {
                 return Ok(false);
@@ -568,7 +568,7 @@ impl Ssot {
             let (txn, _, _) = self.loop_write(txn, record, vec![event.clone()]);
             match self.commit(txn).await? {
                 Ok(_) => return Ok(true),
-                Err(_) => tokio::task::yield_now().await,
+                Err(_) => super::after_lost_race(attempt).await,
             }
         }
         Err(super::lost_race(KIND, id))
@@ -584,7 +584,7 @@ impl Ssot {
         reason: &str,
         event: LoopEvent,
     ) -> Result<Option<LoopRecord>> {
-        for _ in 0..super::RETRIES {
+        for attempt in 0..super::RETRIES {
             let current = self.get_loop(id).await?;
             if current.value.state != LoopState::Queued {
                 return Ok(None);
@@ -597,7 +597,7 @@ impl Ssot {
             let (txn, stored, _) = self.loop_write(txn, record, vec![event.clone()]);
             match self.commit(txn).await? {
                 Ok(_) => return Ok(Some(stored)),
-                Err(_) => tokio::task::yield_now().await,
+                Err(_) => super::after_lost_race(attempt).await,
             }
         }
         Err(super::lost_race(KIND, id))

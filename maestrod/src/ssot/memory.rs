@@ -72,7 +72,7 @@ impl Ssot {
                 self.limits.memory_bytes_per_agent
             )));
         }
-        for _ in 0..super::RETRIES {
+        for attempt in 0..super::RETRIES {
             let now = now_ms();
             let current = self.get::<MemoryEntry>(&own_key, 0).await?;
             // Updating an entry needs no project guard: deleting the project deletes
@@ -128,7 +128,7 @@ impl Ssot {
                         current,
                     });
                 }
-                Err(_) => tokio::task::yield_now().await,
+                Err(_) => super::after_lost_race(attempt).await,
             }
         }
         Err(super::lost_race(KIND, &id))

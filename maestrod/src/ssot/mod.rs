@@ -290,7 +290,7 @@ impl Ssot {
     {
         let Target { kind, id, key, project } = target;
         let missing = || SsotError::not_found(kind, id);
-        for _ in 0..RETRIES {
+        for attempt in 0..RETRIES {
             let prepared = prepare().await?;
             // The compare on the resource itself also guards its project: deleting a
             // project deletes every key in it, so a commit after that fails here.
@@ -322,7 +322,7 @@ impl Ssot {
                 }
                 Err(_) => {}
             }
-            tokio::task::yield_now().await;
+            after_lost_race(attempt).await;
         }
         Err(lost_race(kind, id))
     }
@@ -354,6 +354,22 @@ impl<T> Edit<T> {
 /// A `prepare` step for [`Ssot::modify`] that reads nothing.
 async fn nothing() -> Result<()> {
     Ok(())
+}
+
+/// Waits before retry `attempt` of a read-modify-write that lost a race: a
+/// yield at first, then a random pause growing to at most 5 ms, so that many
+/// writers contending for one record (an id counter, say) do not keep
+/// colliding in step.
+async fn after_lost_race(attempt: usize) {
+    if attempt < 2 {
+        tokio::task::yield_now().await;
+        return;
+    }
+    let ceiling_us = (50u64 << attempt.min(7)).min(5_000);
+    let mut random = [0u8; 8];
+    let _ = getrandom::fill(&mut random);
+    let pause = u64::from_le_bytes(random) % ceiling_us;
+    tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
 }
 
 fn lost_race(kind: &str, id: &str) -> SsotError {

@@ -189,7 +189,7 @@ impl Ssot {
         if !new.parent_id.is_empty() {
             parse_id("parent_id", &new.parent_id)?;
         }
-        for _ in 0..super::RETRIES {
+        for attempt in 0..super::RETRIES {
             let guard = self.project_guard(project).await?;
             let (structure, structure_rev) = self.structure(project).await?;
             let mut txn =
@@ -237,7 +237,7 @@ impl Ssot {
                 Err((index, 0)) if index >= 2 => {
                     return Err(SsotError::not_found(KIND, &referenced[index - 2]));
                 }
-                Err(_) => tokio::task::yield_now().await,
+                Err(_) => super::after_lost_race(attempt).await,
             }
         }
         Err(super::lost_race(KIND, "creation"))
@@ -471,7 +471,7 @@ impl Ssot {
     pub async fn delete_requirement(&self, project: &str, id: &str, etag: &str) -> Result<Revision> {
         let number = parse_id("id", id)?;
         let expected = validate::etag(etag)?;
-        for _ in 0..super::RETRIES {
+        for attempt in 0..super::RETRIES {
             let guard = self.project_guard(project).await?;
             let (structure, structure_rev) = self.structure(project).await?;
             let all = self.scan_all::<Requirement>(&keys::in_project(project, PREFIX), 0).await?.0;
@@ -516,7 +516,7 @@ impl Ssot {
                         current,
                     });
                 }
-                Err(_) => tokio::task::yield_now().await,
+                Err(_) => super::after_lost_race(attempt).await,
             }
         }
         Err(super::lost_race(KIND, id))

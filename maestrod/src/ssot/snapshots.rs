@@ -240,7 +240,7 @@ impl Ssot {
         select: impl Fn(&str, &Tree, &Tree) -> bool,
     ) -> Result<(Revision, usize)> {
         let snapshot = self.get_snapshot(project, name).await?;
-        for _ in 0..super::RETRIES {
+        for attempt in 0..super::RETRIES {
             let guard = self.project_guard(project).await?;
             let (then, _) = self.covered_state(project, snapshot.revision.max(1)).await?;
             let (now, read_at) = self.covered_state(project, 0).await?;
@@ -284,7 +284,7 @@ impl Ssot {
             match self.commit(txn).await? {
                 Ok(revision) => return Ok((revision, changed)),
                 Err((0, _)) => return Err(SsotError::not_found("project", project)),
-                Err(_) => tokio::task::yield_now().await,
+                Err(_) => super::after_lost_race(attempt).await,
             }
         }
         Err(super::lost_race(KIND, name))

@@ -31,6 +31,8 @@ struct Options {
     json: bool,
     /// An already running daemon (`host:port`); otherwise one is started.
     server: Option<String>,
+    /// An etcd (`host:port`) to run the same workload against in the same run.
+    etcd: Option<String>,
     /// Grow the store to this many revisions, then measure a compaction under
     /// load and (for a daemon this run started) restarts (0: skip).
     history: u64,
@@ -46,6 +48,7 @@ fn parse_args() -> anyhow::Result<Options> {
         watch_rate: 1000,
         json: false,
         server: None,
+        etcd: None,
         history: 0,
     };
     let mut args = std::env::args().skip(1);
@@ -66,10 +69,11 @@ fn parse_args() -> anyhow::Result<Options> {
             "--json" => options.json = true,
             "--server" => options.server = Some(args.next().context("--server needs host:port")?),
             "--history" => options.history = value("--history")?,
+            "--etcd" => options.etcd = Some(args.next().context("--etcd needs host:port")?),
             "--help" | "-h" => {
                 println!(
                     "usage: maestro-bench [--seconds N per phase (3)] [--rounds N (3)] [--in-flight N (64)] [--connections N (4)] \
-                     [--watchers N (100)] [--watch-rate WRITES_PER_SEC (1000)] [--history REVISIONS (0)] [--server HOST:PORT] [--json]"
+                     [--watchers N (100)] [--watch-rate WRITES_PER_SEC (1000)] [--history REVISIONS (0)] [--server HOST:PORT] [--etcd HOST:PORT] [--json]"
                 );
                 std::process::exit(0);
             }
@@ -89,9 +93,10 @@ async fn connect(addr: &str) -> anyhow::Result<Channel> {
 static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Runs `op` from `in_flight` concurrent workers for `seconds`; returns completed ops per second.
-async fn saturate<F, Fut>(channels: &[Channel], in_flight: usize, seconds: u64, op: F) -> anyhow::Result<f64>
+async fn saturate<C, F, Fut>(channels: &[C], in_flight: usize, seconds: u64, op: F) -> anyhow::Result<f64>
 where
-    F: Fn(Channel, usize, u64) -> Fut + Clone + Send + 'static,
+    C: Clone + Send + 'static,
+    F: Fn(C, usize, u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
     let done = Arc::new(AtomicU64::new(0));
@@ -130,6 +135,134 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     }
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index] as f64 / 1000.0
+}
+
+/// What the etcd run measured.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+struct EtcdFigures {
+    reads: Vec<f64>,
+    writes: Vec<f64>,
+    watch_p50: f64,
+    watch_p99: f64,
+    delivered: usize,
+    expected: u64,
+}
+
+/// The same workload against etcd: serializable point reads, conditional
+/// writes (a Txn comparing the key's mod_revision, then a put: durable once
+/// answered, as etcd syncs its log), and watch delivery to as many watchers on
+/// their own connections at the same write rate.
+#[cfg(feature = "etcd")]
+mod etcd {
+    use super::*;
+    use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp, WatchOptions};
+
+    pub(super) async fn run(options: &Options, addr: &str) -> anyhow::Result<EtcdFigures> {
+        let prefix = format!("maestro-bench/{}/", std::process::id());
+        let mut clients = Vec::new();
+        for _ in 0..options.connections {
+            clients.push(Client::connect([addr], None).await.with_context(|| format!("connecting to etcd at {addr}"))?);
+        }
+        let keys = 512u64;
+        let mut kv = clients[0].kv_client();
+        for k in 0..keys {
+            kv.put(format!("{prefix}k{k}"), "x".repeat(200), None).await?;
+        }
+        let revisions: Arc<Vec<std::sync::Mutex<i64>>> =
+            Arc::new((0..options.in_flight).map(|_| std::sync::Mutex::new(0)).collect());
+        let (mut reads, mut writes) = (Vec::new(), Vec::new());
+        for round in 1..=options.rounds {
+            eprintln!("etcd round {round}/{}: point reads, durable conditional writes …", options.rounds);
+            let p = prefix.clone();
+            reads.push(
+                saturate(&clients, options.in_flight, options.seconds, move |client: Client, worker, i| {
+                    let key = format!("{p}k{}", (worker as u64 * 7919 + i) % keys);
+                    async move {
+                        client.kv_client().get(key, Some(GetOptions::new().with_serializable())).await?;
+                        Ok(())
+                    }
+                })
+                .await?,
+            );
+            let (p, revisions) = (prefix.clone(), revisions.clone());
+            writes.push(
+                saturate(&clients, options.in_flight, options.seconds, move |client: Client, worker, i| {
+                    let (key, revisions) = (format!("{p}w{worker}"), revisions.clone());
+                    async move {
+                        let last = *revisions[worker].lock().expect("revision lock");
+                        let txn = Txn::new()
+                            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, last)])
+                            .and_then([TxnOp::put(key, format!("{i:0>200}"), None)]);
+                        let reply = client.kv_client().txn(txn).await?;
+                        anyhow::ensure!(reply.succeeded(), "the compare failed: the bench's own bookkeeping is off");
+                        *revisions[worker].lock().expect("revision lock") = reply.header().map_or(0, |h| h.revision());
+                        Ok(())
+                    }
+                })
+                .await?,
+            );
+        }
+
+        eprintln!("etcd watch latency: {} watchers, writes at {}/s …", options.watchers, options.watch_rate);
+        let epoch = Instant::now();
+        let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+        let mut tasks = Vec::new();
+        let ticker = format!("{prefix}ticker/");
+        for _ in 0..options.watchers {
+            let mut client = Client::connect([addr], None).await?;
+            let mut stream = client.watch(ticker.clone(), Some(WatchOptions::new().with_prefix())).await?;
+            let latencies = latencies.clone();
+            tasks.push(tokio::spawn(async move {
+                let _client = client;
+                while let Ok(Some(message)) = stream.message().await {
+                    let now = epoch.elapsed().as_micros() as u64;
+                    let mine: Vec<u64> = message
+                        .events()
+                        .iter()
+                        .filter_map(|e| e.kv()?.value_str().ok()?.parse::<u64>().ok())
+                        .map(|sent| now.saturating_sub(sent))
+                        .collect();
+                    latencies.lock().expect("latency lock").extend(mine);
+                }
+            }));
+        }
+        let kv = clients[0].kv_client();
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / options.watch_rate));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let end = Instant::now() + Duration::from_secs(options.seconds.max(5));
+        let mut sent = 0u64;
+        let mut pending = tokio::task::JoinSet::new();
+        while Instant::now() < end {
+            tick.tick().await;
+            let (mut kv, key) = (kv.clone(), format!("{ticker}t{}", sent % 64));
+            pending.spawn(async move {
+                let stamp = epoch.elapsed().as_micros().to_string();
+                kv.put(key, stamp, None).await.map(drop)
+            });
+            while let Some(done) = pending.try_join_next() {
+                done??;
+            }
+            sent += 1;
+        }
+        while let Some(done) = pending.join_next().await {
+            done??;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for task in &tasks {
+            task.abort();
+        }
+        let mut latencies = std::mem::take(&mut *latencies.lock().expect("latency lock"));
+        latencies.sort_unstable();
+        let _ = clients[0].delete(prefix, Some(DeleteOptions::new().with_prefix())).await;
+        Ok(EtcdFigures {
+            reads,
+            writes,
+            watch_p50: percentile(&latencies, 0.50),
+            watch_p99: percentile(&latencies, 0.99),
+            delivered: latencies.len(),
+            expected: sent * options.watchers as u64,
+        })
+    }
 }
 
 /// The daemon's arguments: the ceiling of the server, not of one user's quota,
@@ -307,12 +440,20 @@ fn memory_put(agent: &str, key: String, value: String, etag: String) -> v1::PutM
 async fn main() -> anyhow::Result<()> {
     let options = parse_args()?;
     let temp = tempfile::tempdir()?;
+    let temp = match std::env::var_os("MAESTRO_BENCH_KEEP") {
+        // Keep the daemon's data and log (for looking at a store of this size afterwards).
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            std::path::PathBuf::from(dir)
+        }
+        None => temp.path().to_path_buf(),
+    };
     let (mut daemon, addr) = match &options.server {
         Some(addr) => (None, addr.clone()),
         None => {
             let (child, addr) = maestro_tests::spawn_daemon(
-                &temp.path().join("data"),
-                &temp.path().join("maestrod.log"),
+                &temp.as_path().join("data"),
+                &temp.as_path().join("maestrod.log"),
                 &daemon_args(),
             )?;
             (Some(child), addr)
@@ -320,7 +461,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let token = std::env::var("MAESTRO_TOKEN")
         .ok()
-        .or_else(|| std::fs::read_to_string(temp.path().join("data/admin.token")).ok())
+        .or_else(|| std::fs::read_to_string(temp.as_path().join("data/admin.token")).ok())
         .unwrap_or_default();
     let _ = TOKEN.set(token.trim().to_string());
     eprintln!(
@@ -448,10 +589,36 @@ async fn main() -> anyhow::Result<()> {
         task.abort();
     }
     let history = if options.history > 0 {
-        Some(history_phases(&options, &channels, temp.path(), &mut daemon).await?)
+        Some(history_phases(&options, &channels, temp.as_path(), &mut daemon).await?)
     } else {
         None
     };
+    #[cfg(feature = "etcd")]
+    let etcd = match &options.etcd {
+        Some(addr) => Some(etcd::run(&options, addr).await?),
+        None => None,
+    };
+    #[cfg(not(feature = "etcd"))]
+    let etcd: Option<EtcdFigures> = match &options.etcd {
+        Some(_) => anyhow::bail!("this maestro-bench was built without etcd: add --features etcd (needs protoc)"),
+        None => None,
+    };
+    // Each etcd figure as a ratio to this run's no-op ceiling and maestrod's figure over etcd's.
+    let etcd_summary = etcd.as_ref().map(|e| {
+        let (reads_e, writes_e) = (median(&e.reads), median(&e.writes));
+        serde_json::json!({
+            "point_reads_per_sec": reads_e,
+            "point_reads_ratio": reads_e / ceiling,
+            "durable_writes_per_sec": writes_e,
+            "durable_writes_ratio": writes_e / ceiling,
+            "maestrod_over_etcd_reads": reads / reads_e,
+            "maestrod_over_etcd_writes": writes / writes_e,
+            "watch_p50_ms": e.watch_p50,
+            "watch_p99_ms": e.watch_p99,
+            "watch_events_delivered": e.delivered,
+            "watch_events_expected": e.expected,
+        })
+    });
     if let Some(daemon) = daemon.as_mut() {
         let _ = daemon.kill();
         let _ = daemon.wait();
@@ -478,6 +645,7 @@ async fn main() -> anyhow::Result<()> {
             "watch_events_expected": expected,
             "watch_p50_ms": p50,
             "watch_p99_ms": p99,
+            "etcd": etcd_summary,
             "history": history.as_ref().map(|h| serde_json::json!({
                 "revisions": h.revisions,
                 "fill_writes_per_sec": h.fill_writes_per_sec,
@@ -508,6 +676,21 @@ async fn main() -> anyhow::Result<()> {
             p99,
             latencies.len(),
             expected
+        );
+    }
+    if let (Some(e), false) = (&etcd_summary, options.json) {
+        println!(
+            "etcd, same workload: point reads {:.0}/s ({:.0}% of the no-op; maestrod {:.2}x), durable conditional writes {:.0}/s ({:.0}%; maestrod {:.2}x), watch p50 {:.2} ms, p99 {:.2} ms ({} of {} events)",
+            e["point_reads_per_sec"].as_f64().unwrap_or(0.0),
+            100.0 * e["point_reads_ratio"].as_f64().unwrap_or(0.0),
+            e["maestrod_over_etcd_reads"].as_f64().unwrap_or(0.0),
+            e["durable_writes_per_sec"].as_f64().unwrap_or(0.0),
+            100.0 * e["durable_writes_ratio"].as_f64().unwrap_or(0.0),
+            e["maestrod_over_etcd_writes"].as_f64().unwrap_or(0.0),
+            e["watch_p50_ms"].as_f64().unwrap_or(0.0),
+            e["watch_p99_ms"].as_f64().unwrap_or(0.0),
+            e["watch_events_delivered"],
+            e["watch_events_expected"],
         );
     }
     if let (Some(h), false) = (&history, options.json) {

@@ -17,8 +17,9 @@ use super::wal::WalOp;
 use super::writer::{Group, Writer};
 use crate::ssot::store::{Revision, StoreError};
 
-/// Most records one sweep step looks at.
-const STEP: usize = 1024;
+/// Most records one sweep step looks at: a step holds the writer up, so it
+/// must stay in the order of a millisecond (sled copies a leaf per removal).
+const STEP: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {

@@ -198,11 +198,13 @@ fn open_state(dir: &Path, options: &SledOptions, db: Option<sled::Db>) -> Result
     if db.is_none() && !checkpoints.is_empty() && !paths.store.exists() {
         return Err(OpenError::Rebuild(StoreError::Backend(format!("{} is missing", paths.store.display()))));
     }
+    let started = std::time::Instant::now();
     let db = match db {
         Some(db) => db,
         None => open_sled(&paths.store, options)?,
     };
     let tree = db.open_tree("ssot")?;
+    tracing::debug!(took = ?started.elapsed(), "sled opened");
     let schema = match tree.get(layout::meta(meta::SCHEMA))? {
         Some(raw) => decode::<u32>(&raw).map_err(OpenError::Rebuild)?,
         None if !checkpoints.is_empty() => {
@@ -370,6 +372,7 @@ impl SledStore {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("cannot create data directory {}: {e}", dir.display())))?;
         let lock = lockfile::lock_data_dir(dir)?;
+        let started = std::time::Instant::now();
         let opened = match open_state(dir, &options, None) {
             Ok(opened) => opened,
             Err(OpenError::Fatal(error)) => return Err(error),
@@ -430,7 +433,7 @@ impl SledStore {
             .name("ssot-writer".into())
             .spawn(move || writer.run(rx, handle))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
-        info!(path = %dir.display(), revision, compacted, "store opened");
+        info!(path = %dir.display(), revision, compacted, took = ?started.elapsed(), "store opened");
         Ok(Self {
             shared,
             db,
