@@ -1,20 +1,20 @@
 //! The embedded `Store` backend: a write-ahead log in front of sled (etcd's
 //! design, WAL + backend).
 //!
-//! - [`wal`]: every group commit is one checksummed record, synced before
+//! - `wal`: every group commit is one checksummed record, synced before
 //!   anyone is answered: the source of durability.
-//! - [`writer`]: the single writer thread and its group commit.
-//! - [`layout`]: the key spaces of the sled tree, which holds the
+//! - `writer`: the single writer thread and its group commit.
+//! - `layout`: the key spaces of the sled tree, which holds the
 //!   materialised state (current values, history, leases) and is flushed in
 //!   the background.
-//! - [`read`] and [`watch`]: reads on blocking threads; watch streams from
+//! - `read` and `watch`: reads on blocking threads; watch streams from
 //!   history, then live.
-//! - [`lease`], [`compact`]: leases and their keys; the compaction point and
+//! - `lease`, `compact`: leases and their keys; the compaction point and
 //!   the bounded sweep of old history.
-//! - [`checkpoint`]: the whole tree in one file now and then, so that a sled
+//! - `checkpoint`: the whole tree in one file now and then, so that a sled
 //!   directory that will not open is rebuilt from the newest checkpoint and
 //!   the log (`maestrod repair`, and automatically at start).
-//! - [`lockfile`]: one daemon per data directory.
+//! - `lockfile`: one daemon per data directory.
 //!
 //! Data directory: `store/` (sled), `wal/` (log segments), `checkpoints/`,
 //! `maestrod.lock`.
