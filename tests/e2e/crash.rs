@@ -261,6 +261,9 @@ async fn a_damaged_sled_directory_is_rebuilt_at_start_and_by_maestrod_repair() {
         let len = std::fs::metadata(&entry).unwrap().len() as usize;
         std::fs::write(&entry, vec![0xA5; len.max(512)]).unwrap();
     }
+    // A crash in the middle of the rebuild (the new copy built, not yet in place) changes nothing.
+    assert!(restart_with(&mut daemon, "rebuild-before-swap=return").is_err(), "died while rebuilding");
+    assert!(daemon.data_dir().join("store.rebuilding").exists());
     restart_with(&mut daemon, "").unwrap();
     assert!(
         daemon.log().contains("rebuilding it from its newest checkpoint and the write-ahead log"),

@@ -67,7 +67,7 @@ pub(super) fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
 /// Writes a checkpoint of `tree` at log sequence `seq` (every record up to
 /// `seq` is applied). Returns its path and size.
 pub(super) fn write(dir: &Path, tree: &sled::Tree, seq: u64) -> Result<(PathBuf, u64), StoreError> {
-    std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
+    wal::create_durably(dir)?;
     let path = dir.join(format!("{seq:016x}.ckpt"));
     let tmp = dir.join(format!("{seq:016x}.ckpt.tmp"));
     let file = File::create(&tmp).map_err(|e| io("create", &tmp, e))?;

@@ -40,13 +40,25 @@ pub(super) struct Sweep {
     /// older than the target) when the key's entries end.
     candidate: Option<(Vec<u8>, sled::IVec, bool)>,
     removed: usize,
+    /// Tombstones to remove in the next step, once the older entries of their
+    /// key are gone: a reader (or a checkpoint) walking the history while the
+    /// steps apply then never sees an old value without the delete after it.
+    tombstones: Vec<sled::IVec>,
     /// A later compaction point asked for while this sweep runs.
     next: Option<Revision>,
 }
 
 impl Sweep {
     fn new(target: Revision) -> Self {
-        Sweep { target, phase: Phase::Revisions, cursor: None, candidate: None, removed: 0, next: None }
+        Sweep {
+            target,
+            phase: Phase::Revisions,
+            cursor: None,
+            candidate: None,
+            removed: 0,
+            tombstones: Vec::new(),
+            next: None,
+        }
     }
 }
 
@@ -86,7 +98,10 @@ impl Writer {
                     self.sweep = Some(Sweep::new(next));
                 }
             }
-            Err(error) => error!(%error, "sweeping old history failed; it is retried at the next start"),
+            Err(error) => {
+                error!(%error, "sweeping old history failed; it is retried at the next start");
+                self.sweep = sweep.next.map(Sweep::new);
+            }
         }
     }
 
@@ -94,6 +109,11 @@ impl Writer {
     fn step(&self, sweep: &mut Sweep) -> Result<bool, StoreError> {
         let tree = &self.shared.tree;
         let mut batch = sled::Batch::default();
+        // Tombstones found in the previous step: their key's older entries went with it.
+        for tombstone in sweep.tombstones.drain(..) {
+            batch.remove(tombstone);
+            sweep.removed += 1;
+        }
         let (start, end) = match sweep.phase {
             Phase::Revisions => (layout::rev(0), layout::rev(sweep.target)),
             Phase::History => (vec![layout::HIST], vec![layout::HIST + 1]),
@@ -115,11 +135,13 @@ impl Writer {
             {
                 // Per key, keep the newest entry at or below the target (what a read at
                 // the target needs) unless it is a delete older than the target.
-                if let Some((candidate_key, older, drop_it)) = &sweep.candidate
-                    && (candidate_key.as_slice() == key || *drop_it)
-                {
-                    batch.remove(older.clone());
-                    sweep.removed += 1;
+                if let Some((candidate_key, older, drop_it)) = &sweep.candidate {
+                    if candidate_key.as_slice() == key {
+                        batch.remove(older.clone());
+                        sweep.removed += 1;
+                    } else if *drop_it {
+                        sweep.tombstones.push(older.clone());
+                    }
                 }
                 let is_delete = decode::<Option<KvRecord>>(&raw)?.is_none();
                 sweep.candidate = Some((key.to_vec(), raw_key, is_delete && revision < sweep.target));
@@ -131,15 +153,18 @@ impl Writer {
         let finished = seen < STEP;
         if finished && sweep.phase == Phase::History {
             if let Some((_, raw_key, true)) = sweep.candidate.take() {
-                batch.remove(raw_key);
-                sweep.removed += 1;
+                sweep.tombstones.push(raw_key);
             }
-            batch.insert(layout::meta(meta::SWEPT), encode(&sweep.target));
+            if sweep.tombstones.is_empty() {
+                batch.insert(layout::meta(meta::SWEPT), encode(&sweep.target));
+            }
         }
         tree.apply_batch(batch)?;
         if finished {
             match sweep.phase {
                 Phase::Revisions => sweep.phase = Phase::History,
+                // One more step removes the last tombstones and marks the sweep done.
+                Phase::History if !sweep.tombstones.is_empty() => return Ok(false),
                 Phase::History => return Ok(true),
             }
             sweep.cursor = None;

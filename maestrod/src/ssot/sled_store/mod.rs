@@ -146,9 +146,26 @@ enum OpenError {
 }
 
 impl From<sled::Error> for OpenError {
+    /// Damage is for a rebuild; the environment (permissions, a full disk, too
+    /// many open files, sled's own file lock) is not: moving a store aside would
+    /// not help, and the user must see the error.
     fn from(error: sled::Error) -> Self {
-        OpenError::Rebuild(error.into())
+        match &error {
+            sled::Error::Io(io) if environmental(io) => OpenError::Fatal(error.into()),
+            _ => OpenError::Rebuild(error.into()),
+        }
     }
+}
+
+fn environmental(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        error.kind(),
+        PermissionDenied | StorageFull | QuotaExceeded | ReadOnlyFilesystem | OutOfMemory | WouldBlock | ResourceBusy
+    ) || matches!(
+        error.raw_os_error(),
+        Some(code) if code == nix::errno::Errno::ENFILE as i32 || code == nix::errno::Errno::EMFILE as i32
+    ) || error.to_string().contains("could not acquire lock")
 }
 
 /// What `repair` did.
@@ -190,19 +207,16 @@ fn open_sled(path: &Path, options: &SledOptions) -> Result<sled::Db, OpenError> 
     }
 }
 
-/// Opens the sled state in `dir` (or uses `db`, freshly rebuilt), brings it
-/// up to date from the log, and makes a first checkpoint if there is none.
-fn open_state(dir: &Path, options: &SledOptions, db: Option<sled::Db>) -> Result<Opened, OpenError> {
+/// Opens the sled state in `dir`, brings it up to date from the log, and
+/// makes a first checkpoint if there is none.
+fn open_state(dir: &Path, options: &SledOptions) -> Result<Opened, OpenError> {
     let paths = Paths::of(dir);
     let checkpoints = checkpoint::list(&paths.checkpoints).map_err(OpenError::Fatal)?;
-    if db.is_none() && !checkpoints.is_empty() && !paths.store.exists() {
+    if !checkpoints.is_empty() && !paths.store.exists() {
         return Err(OpenError::Rebuild(StoreError::Backend(format!("{} is missing", paths.store.display()))));
     }
     let started = std::time::Instant::now();
-    let db = match db {
-        Some(db) => db,
-        None => open_sled(&paths.store, options)?,
-    };
+    let db = open_sled(&paths.store, options)?;
     let tree = db.open_tree("ssot")?;
     tracing::debug!(took = ?started.elapsed(), "sled opened");
     let schema = match tree.get(layout::meta(meta::SCHEMA))? {
@@ -286,12 +300,14 @@ fn migrate_from_1(tree: &sled::Tree) -> Result<(), StoreError> {
 /// Refuses while a daemon uses the directory.
 pub fn repair(dir: &Path) -> Result<RepairReport, StoreError> {
     let _lock = lockfile::lock_data_dir(dir)?;
-    let (report, db) = rebuild(dir, &SledOptions::default())?;
-    db.flush()?;
-    Ok(report)
+    rebuild(dir, &SledOptions::default())
 }
 
-fn rebuild(dir: &Path, options: &SledOptions) -> Result<(RepairReport, sled::Db), StoreError> {
+/// Builds a new sled state in `store.rebuilding/` from the newest intact
+/// checkpoint and the log, and only once it is complete and flushed moves the
+/// old `store/` aside and puts the new one in its place: a crash at any point
+/// leaves either the old store (rebuilt again at the next start) or the new.
+fn rebuild(dir: &Path, options: &SledOptions) -> Result<RepairReport, StoreError> {
     let paths = Paths::of(dir);
     let mut chosen = None;
     for (seq, path) in checkpoint::list(&paths.checkpoints)?.into_iter().rev() {
@@ -319,6 +335,30 @@ fn rebuild(dir: &Path, options: &SledOptions) -> Result<(RepairReport, sled::Db)
             seq + 1
         )));
     }
+    let building = dir.join("store.rebuilding");
+    if building.exists() {
+        std::fs::remove_dir_all(&building)
+            .map_err(|e| StoreError::Backend(format!("cannot clear {}: {e}", building.display())))?;
+    }
+    let (entries, replayed, revision) = {
+        let db = open_sled(&building, options).map_err(|e| match e {
+            OpenError::Rebuild(e) | OpenError::Fatal(e) => e,
+        })?;
+        let tree = db.open_tree("ssot")?;
+        let (_, entries) = checkpoint::load(&path, &tree)?;
+        // The copy is fuzzy: its own record of the log position may be ahead of what it
+        // holds. The checkpoint's position is the one every later record applies after.
+        tree.insert(layout::meta(meta::LOG_SEQ), encode(&seq))?;
+        let mut replayed = 0u64;
+        let wal = Wal::open(&paths.wal, seq + 1, options.wal_segment_bytes, |record, ops| {
+            replayed += 1;
+            apply_record(&tree, record, &ops)
+        })?;
+        drop(wal);
+        tree.flush()?;
+        (entries, replayed, read_u64(&tree, meta::REVISION)?)
+    };
+    fail::fail_point!("rebuild-before-swap", |_| crash());
     let moved_to = if paths.store.exists() {
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut aside = dir.join(format!("store.broken-{stamp}"));
@@ -334,20 +374,27 @@ fn rebuild(dir: &Path, options: &SledOptions) -> Result<(RepairReport, sled::Db)
     } else {
         None
     };
-    let db = open_sled(&paths.store, options).map_err(|e| match e {
-        OpenError::Rebuild(e) | OpenError::Fatal(e) => e,
-    })?;
-    let tree = db.open_tree("ssot")?;
-    let (_, entries) = checkpoint::load(&path, &tree)?;
-    let mut replayed = 0u64;
-    let wal = Wal::open(&paths.wal, seq + 1, options.wal_segment_bytes, |record, ops| {
-        replayed += 1;
-        apply_record(&tree, record, &ops)
-    })?;
-    drop(wal);
-    tree.flush()?;
-    let revision = read_u64(&tree, meta::REVISION)?;
-    Ok((RepairReport { checkpoint: seq, entries, replayed, revision, moved_to }, db))
+    std::fs::rename(&building, &paths.store)
+        .map_err(|e| StoreError::Backend(format!("cannot put the rebuilt store in place: {e}")))?;
+    wal::sync_dir(dir)?;
+    Ok(RepairReport { checkpoint: seq, entries, replayed, revision, moved_to })
+}
+
+/// `open_state` right after a rebuild in this process: sled's threads for the
+/// rebuilt copy let go of its file lock a moment after it is dropped.
+fn open_rebuilt(dir: &Path, options: &SledOptions) -> Result<Opened, StoreError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match open_state(dir, options) {
+            Ok(opened) => return Ok(opened),
+            Err(OpenError::Fatal(error) | OpenError::Rebuild(error))
+                if std::time::Instant::now() < deadline && error.to_string().contains("could not acquire lock") =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(OpenError::Fatal(error) | OpenError::Rebuild(error)) => return Err(error),
+        }
+    }
 }
 
 /// The sled-backed store. Cheap to share behind an `Arc`; call [`SledStore::close`]
@@ -373,7 +420,7 @@ impl SledStore {
             .map_err(|e| StoreError::Backend(format!("cannot create data directory {}: {e}", dir.display())))?;
         let lock = lockfile::lock_data_dir(dir)?;
         let started = std::time::Instant::now();
-        let opened = match open_state(dir, &options, None) {
+        let opened = match open_state(dir, &options) {
             Ok(opened) => opened,
             Err(OpenError::Fatal(error)) => return Err(error),
             Err(OpenError::Rebuild(error)) => {
@@ -382,7 +429,7 @@ impl SledStore {
                     %error,
                     "the store cannot be opened as it is; rebuilding it from its newest checkpoint and the write-ahead log"
                 );
-                let (report, db) = rebuild(dir, &options)?;
+                let report = rebuild(dir, &options)?;
                 warn!(
                     checkpoint = report.checkpoint,
                     replayed = report.replayed,
@@ -390,10 +437,7 @@ impl SledStore {
                     old = %report.moved_to.as_ref().map_or(String::new(), |p| p.display().to_string()),
                     "store rebuilt; the old sled directory was kept aside (delete it once satisfied)"
                 );
-                match open_state(dir, &options, Some(db)) {
-                    Ok(opened) => opened,
-                    Err(OpenError::Rebuild(error) | OpenError::Fatal(error)) => return Err(error),
-                }
+                open_rebuilt(dir, &options)?
             }
         };
         let Opened { db, tree, wal, revision, compacted, swept, next_lease, checkpoint_size } = opened;

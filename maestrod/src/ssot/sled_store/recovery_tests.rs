@@ -163,3 +163,34 @@ async fn a_sweep_cut_off_by_a_restart_finishes_and_reads_above_the_point_are_who
     assert_eq!(tree.range(super::layout::rev(0)..super::layout::rev(target)).count(), 0);
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_removes_deleted_keys_history_and_reads_never_see_it_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+    for round in 0..3 {
+        for n in 0..200 {
+            store.txn(Txn::new().then(Op::put(format!("gone/{n:03}"), format!("v{round}")))).await.unwrap();
+        }
+    }
+    for n in 0..200 {
+        store.txn(Txn::new().then(Op::delete(format!("gone/{n:03}")))).await.unwrap();
+    }
+    write(&store, 0, 300).await;
+    let target = store.status().revision;
+    let expected = store.range(RangeRequest::prefix("").at(target - 1)).await.unwrap().kvs;
+    assert!(expected.iter().all(|kv| !kv.key.starts_with(b"gone/")));
+    store.compact(target - 1).await.unwrap();
+    // While the sweep runs in steps, reads at the compaction point keep their answer.
+    let tree = store.shared.tree.clone();
+    let history_of_gone = || tree.scan_prefix(&super::layout::hist_prefix(b"gone/")[..6]).count();
+    for _ in 0..500 {
+        let now = store.range(RangeRequest::prefix("").at(target - 1)).await.unwrap().kvs;
+        assert_eq!(now, expected, "a read at the compaction point changed during the sweep");
+        if history_of_gone() == 0 {
+            break;
+        }
+    }
+    assert_eq!(history_of_gone(), 0, "the deleted keys' history and tombstones are gone");
+    store.close().await;
+}

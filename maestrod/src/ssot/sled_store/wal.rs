@@ -94,6 +94,18 @@ pub(super) fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     Ok(out)
 }
 
+/// Creates `dir` if it is missing, and makes its entry in its parent durable.
+pub(super) fn create_durably(dir: &Path) -> Result<(), StoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
+    match dir.parent() {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
+}
+
 /// Makes a new file's directory entry durable.
 pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("sync", dir, e))
@@ -151,7 +163,7 @@ impl Wal {
         max_segment_bytes: u64,
         mut replay: impl FnMut(u64, Vec<WalOp>) -> Result<(), StoreError>,
     ) -> Result<Wal, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
+        create_durably(dir)?;
         let segments = segments(dir)?;
         let Some(&(oldest, _)) = segments.first() else {
             return Wal::create(dir, from.max(1), max_segment_bytes);

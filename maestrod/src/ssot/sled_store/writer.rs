@@ -269,10 +269,12 @@ impl Writer {
         actor: Option<&str>,
     ) -> Result<Revision, StoreError> {
         let revision = self.revision + 1;
+        // Every read that can fail comes first: a transaction that fails leaves nothing in the group.
+        let previous: Vec<Option<KvMeta>> =
+            plan.iter().map(|(key, _)| self.current(group, key)).collect::<Result<_, _>>()?;
         let mut events = Vec::new();
         let mut keys = Vec::new();
-        for (key, change) in plan {
-            let previous = self.current(group, &key)?;
+        for ((key, change), previous) in plan.into_iter().zip(previous) {
             match change {
                 Some((value, lease)) => {
                     let record = KvRecord {
