@@ -306,47 +306,44 @@ pub fn run_ctl_in(server: &str, cwd: &Path, args: &[&str]) -> CtlOutput {
     }
 }
 
+/// Pings on a bystander's own connection to `daemon`, 50 ms apart, until
+/// `enough(pings so far)`: how long each took (a failed or hung ping panics).
+async fn ping_every_50ms(
+    daemon: &Daemon,
+    enough: impl Fn(usize) -> bool + Send + 'static,
+) -> impl std::future::Future<Output = Vec<Duration>> + Send + 'static {
+    use maestro_shared::v1::{PingRequest, system_service_client::SystemServiceClient};
+    let mut system = SystemServiceClient::new(daemon.channel().await.expect("a bystander connects"));
+    async move {
+        let mut took = Vec::new();
+        while !enough(took.len()) {
+            let started = std::time::Instant::now();
+            tokio::time::timeout(Duration::from_secs(5), system.ping(PingRequest {}))
+                .await
+                .expect("the daemon answers a bystander")
+                .expect("and serves it");
+            took.push(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        took
+    }
+}
+
 /// Pings `daemon` `n` times, 50 ms apart, as a bystander on its own
 /// connection: how long each took (a failed or hung ping panics).
 pub async fn bystander_pings(daemon: &Daemon, n: usize) -> Vec<Duration> {
-    use maestro_shared::v1::{PingRequest, system_service_client::SystemServiceClient};
-    let mut system = SystemServiceClient::new(daemon.channel().await.expect("a bystander connects"));
-    let mut took = Vec::new();
-    for _ in 0..n {
-        let started = std::time::Instant::now();
-        tokio::time::timeout(Duration::from_secs(5), system.ping(PingRequest {}))
-            .await
-            .expect("the daemon answers a bystander")
-            .expect("and serves it");
-        took.push(started.elapsed());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    took
+    ping_every_50ms(daemon, move |count| count >= n).await.await
 }
 
 /// Runs `work` while a bystander pings `daemon` every 50 ms on its own
 /// connection: the work's output and how long each ping took (at least
 /// three pings; a failed or hung ping panics).
 pub async fn while_pinging<T>(daemon: &Daemon, work: impl std::future::Future<Output = T>) -> (T, Vec<Duration>) {
-    use maestro_shared::v1::{PingRequest, system_service_client::SystemServiceClient};
-    let mut system = SystemServiceClient::new(daemon.channel().await.expect("a bystander connects"));
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let pinger = {
-        let done = done.clone();
-        tokio::spawn(async move {
-            let mut took = Vec::new();
-            while took.len() < 3 || !done.load(std::sync::atomic::Ordering::Acquire) {
-                let started = std::time::Instant::now();
-                tokio::time::timeout(Duration::from_secs(5), system.ping(PingRequest {}))
-                    .await
-                    .expect("the daemon answers a bystander")
-                    .expect("and serves it");
-                took.push(started.elapsed());
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            took
-        })
-    };
+    let stop = done.clone();
+    let pinger = tokio::spawn(
+        ping_every_50ms(daemon, move |count| count >= 3 && stop.load(std::sync::atomic::Ordering::Acquire)).await,
+    );
     let output = work.await;
     done.store(true, std::sync::atomic::Ordering::Release);
     (output, pinger.await.expect("the bystander ran"))

@@ -129,6 +129,33 @@ where
     Ok(count as f64 / elapsed)
 }
 
+/// Issues `write(n)` `rate` times a second for `seconds`, on schedule rather
+/// than one after another (a durable write's latency must not lower the
+/// rate); returns how many were issued, once all have been answered.
+async fn write_at_rate<F, Fut>(rate: u64, seconds: u64, write: F) -> anyhow::Result<u64>
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let mut pending = tokio::task::JoinSet::new();
+    let mut sent = 0u64;
+    while Instant::now() < end {
+        tick.tick().await;
+        pending.spawn(write(sent));
+        while let Some(done) = pending.try_join_next() {
+            done??;
+        }
+        sent += 1;
+    }
+    while let Some(done) = pending.join_next().await {
+        done??;
+    }
+    Ok(sent)
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -227,26 +254,15 @@ mod etcd {
             }));
         }
         let kv = clients[0].kv_client();
-        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / options.watch_rate));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let end = Instant::now() + Duration::from_secs(options.seconds.max(5));
-        let mut sent = 0u64;
-        let mut pending = tokio::task::JoinSet::new();
-        while Instant::now() < end {
-            tick.tick().await;
-            let (mut kv, key) = (kv.clone(), format!("{ticker}t{}", sent % 64));
-            pending.spawn(async move {
+        let sent = write_at_rate(options.watch_rate, options.seconds.max(5), |n| {
+            let (mut kv, key) = (kv.clone(), format!("{ticker}t{}", n % 64));
+            async move {
                 let stamp = epoch.elapsed().as_micros().to_string();
-                kv.put(key, stamp, None).await.map(drop)
-            });
-            while let Some(done) = pending.try_join_next() {
-                done??;
+                kv.put(key, stamp, None).await?;
+                Ok(())
             }
-            sent += 1;
-        }
-        while let Some(done) = pending.join_next().await {
-            done??;
-        }
+        })
+        .await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         for task in &tasks {
             task.abort();
@@ -560,30 +576,16 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
     let writer = MemoryServiceClient::new(channels[0].clone());
-    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / options.watch_rate));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let watch_seconds = options.seconds.max(5);
-    let end = Instant::now() + Duration::from_secs(watch_seconds);
-    let mut sent = 0u64;
-    // Writes are issued on schedule, not one after another: a durable write's
-    // latency must not lower the rate.
-    let mut pending = tokio::task::JoinSet::new();
-    while Instant::now() < end {
-        tick.tick().await;
-        let mut writer = writer.clone();
-        let key = format!("t{}", sent % 64);
-        pending.spawn(async move {
+    let sent = write_at_rate(options.watch_rate, watch_seconds, |n| {
+        let (mut writer, key) = (writer.clone(), format!("t{}", n % 64));
+        async move {
             let stamp = epoch.elapsed().as_micros().to_string();
-            writer.put_memory(memory_put("ticker", key, stamp, String::new())).await.map(drop)
-        });
-        while let Some(done) = pending.try_join_next() {
-            done??;
+            writer.put_memory(memory_put("ticker", key, stamp, String::new())).await?;
+            Ok(())
         }
-        sent += 1;
-    }
-    while let Some(done) = pending.join_next().await {
-        done??;
-    }
+    })
+    .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for task in &watcher_tasks {
         task.abort();

@@ -45,23 +45,7 @@ fn damaged(path: &Path, why: &str) -> StoreError {
 
 /// The checkpoints in `dir`, oldest first.
 pub(super) fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
-    let mut out = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(io("list", dir, e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| io("list", dir, e))?;
-        let name = entry.file_name();
-        if let Some(seq) =
-            name.to_str().and_then(|n| n.strip_suffix(".ckpt")).and_then(|h| u64::from_str_radix(h, 16).ok())
-        {
-            out.push((seq, entry.path()));
-        }
-    }
-    out.sort();
-    Ok(out)
+    wal::numbered_files(dir, ".ckpt")
 }
 
 /// Writes a checkpoint of `tree` at log sequence `seq` (every record up to

@@ -74,6 +74,12 @@ fn segment_name(first: u64) -> String {
 
 /// The segments in `dir`, by first sequence number.
 pub(super) fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    numbered_files(dir, ".wal")
+}
+
+/// The files in `dir` named `<16 hex digits><suffix>`, by that number (none
+/// when `dir` does not exist).
+pub(super) fn numbered_files(dir: &Path, suffix: &str) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -83,12 +89,11 @@ pub(super) fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     for entry in entries {
         let entry = entry.map_err(|e| io("list", dir, e))?;
         let name = entry.file_name();
-        let Some(first) =
-            name.to_str().and_then(|n| n.strip_suffix(".wal")).and_then(|h| u64::from_str_radix(h, 16).ok())
-        else {
-            continue;
-        };
-        out.push((first, entry.path()));
+        if let Some(number) =
+            name.to_str().and_then(|n| n.strip_suffix(suffix)).and_then(|h| u64::from_str_radix(h, 16).ok())
+        {
+            out.push((number, entry.path()));
+        }
     }
     out.sort();
     Ok(out)
