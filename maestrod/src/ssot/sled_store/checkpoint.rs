@@ -192,6 +192,13 @@ impl Checkpoints {
         }
     }
 
+    /// Whether a checkpoint is being written (the sweep waits: a copy taken
+    /// while old history is removed could keep an old value without the delete
+    /// that followed it).
+    pub(super) fn busy(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
     /// Counts `bytes` more of log up to record `seq` (applied to `tree`), and
     /// starts a checkpoint in the background when it is time.
     pub(super) fn wrote(&mut self, bytes: u64, seq: u64, tree: &sled::Tree) {

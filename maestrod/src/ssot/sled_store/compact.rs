@@ -160,6 +160,7 @@ impl Writer {
             }
         }
         tree.apply_batch(batch)?;
+        self.shared.sweeps.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if finished {
             match sweep.phase {
                 Phase::Revisions => sweep.phase = Phase::History,

@@ -7,8 +7,9 @@
 //! - `layout`: the key spaces of the sled tree, which holds the
 //!   materialised state (current values, history, leases) and is flushed in
 //!   the background.
-//! - `read` and `watch`: reads on blocking threads; watch streams from
-//!   history, then live.
+//! - `read` and `watch`: scans and past-revision reads on blocking threads
+//!   (point reads of the current state on the caller's task); watch streams
+//!   from history, then live.
 //! - `lease`, `compact`: leases and their keys; the compaction point and
 //!   the bounded sweep of old history.
 //! - `checkpoint`: the whole tree in one file now and then, so that a sled
@@ -110,6 +111,11 @@ struct Shared {
     tree: sled::Tree,
     committed: AtomicU64,
     compacted: AtomicU64,
+    /// Sweep steps applied so far: a history read that saw this change while
+    /// it walked may have seen part of a step, and reads again.
+    sweeps: AtomicU64,
+    /// History reads under way: the sweep waits for them.
+    history_readers: std::sync::atomic::AtomicUsize,
     events: broadcast::Sender<Arc<RevisionEvents>>,
 }
 
@@ -447,6 +453,8 @@ impl SledStore {
             tree,
             committed: AtomicU64::new(revision),
             compacted: AtomicU64::new(compacted),
+            sweeps: AtomicU64::new(0),
+            history_readers: std::sync::atomic::AtomicUsize::new(0),
             events,
         });
         let leases = Arc::new(Mutex::new(leases));

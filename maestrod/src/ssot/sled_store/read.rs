@@ -37,13 +37,40 @@ fn range_records(shared: &Shared, request: &RangeRequest) -> Result<RangeRespons
     if request.revision < compacted {
         return Err(StoreError::Compacted { requested: request.revision, compact_revision: compacted });
     }
-    let response = range_history(shared, request)?;
+    // History is not read from a snapshot: a sweep step applied while the scan
+    // walked a key could leave it an old value without the delete after it. The
+    // sweep waits while history is read; a step already under way when this read
+    // began is caught by its count, and the read is done again (once at most).
+    let _reading = HistoryRead::start(shared);
+    let response = loop {
+        let sweeps = shared.sweeps.load(Ordering::Acquire);
+        let response = range_history(shared, request)?;
+        if shared.sweeps.load(Ordering::Acquire) == sweeps {
+            break response;
+        }
+    };
     // A compaction that ran during the scan may have removed what we read past.
     let compacted = shared.compacted.load(Ordering::Acquire);
     if request.revision < compacted {
         return Err(StoreError::Compacted { requested: request.revision, compact_revision: compacted });
     }
     Ok(response)
+}
+
+/// Holds the sweep off for as long as it lives.
+struct HistoryRead<'a>(&'a Shared);
+
+impl<'a> HistoryRead<'a> {
+    fn start(shared: &'a Shared) -> Self {
+        shared.history_readers.fetch_add(1, Ordering::AcqRel);
+        HistoryRead(shared)
+    }
+}
+
+impl Drop for HistoryRead<'_> {
+    fn drop(&mut self) {
+        self.0.history_readers.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn range_current(shared: &Shared, request: &RangeRequest, revision: Revision) -> Result<RangeResponse, StoreError> {

@@ -194,3 +194,19 @@ async fn a_sweep_removes_deleted_keys_history_and_reads_never_see_it_come_back()
     assert_eq!(history_of_gone(), 0, "the deleted keys' history and tombstones are gone");
     store.close().await;
 }
+
+#[test]
+fn only_damage_moves_a_store_aside_never_the_environment() {
+    use super::OpenError;
+    use std::io::{Error, ErrorKind};
+    let rebuilds = |error: sled::Error| matches!(OpenError::from(error), OpenError::Rebuild(_));
+    // The environment: a rebuild would not help, and would move an intact store aside.
+    assert!(!rebuilds(sled::Error::Io(Error::from(ErrorKind::PermissionDenied))));
+    assert!(!rebuilds(sled::Error::Io(Error::from(ErrorKind::StorageFull))));
+    assert!(!rebuilds(sled::Error::Io(Error::from_raw_os_error(nix::errno::Errno::EMFILE as i32))));
+    assert!(!rebuilds(sled::Error::Io(Error::other("could not acquire lock on \"/data/store/db\": WouldBlock"))));
+    // Damage: files that do not read back.
+    assert!(rebuilds(sled::Error::Io(Error::from(ErrorKind::UnexpectedEof))));
+    assert!(rebuilds(sled::Error::Corruption { at: None, bt: () }));
+    assert!(rebuilds(sled::Error::ReportableBug("a page that cannot be".into())));
+}

@@ -90,14 +90,20 @@ impl Writer {
         let span = tracing::info_span!("ssot_writer");
         let _entered = span.enter();
         loop {
-            let wake = if self.sweep.is_some() {
+            let sweeping = self.sweep.is_some() && self.may_sweep();
+            let wake = if sweeping {
                 match rx.try_recv() {
                     Ok(command) => Wake::Command(Some(command)),
                     Err(mpsc::error::TryRecvError::Empty) => Wake::Idle,
                     Err(mpsc::error::TryRecvError::Disconnected) => Wake::Command(None),
                 }
             } else {
-                let deadline = self.next_deadline();
+                let mut deadline = self.next_deadline();
+                if self.sweep.is_some() {
+                    // A sweep waiting for a checkpoint or a history read looks again soon.
+                    let soon = now_ms() + 10;
+                    deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
+                }
                 runtime.block_on(async {
                     match deadline {
                         Some(deadline_ms) => {
@@ -127,7 +133,7 @@ impl Writer {
             if !self.commit(group) {
                 return;
             }
-            if self.sweep.is_some() {
+            if self.sweep.is_some() && self.may_sweep() {
                 self.sweep_step();
             }
         }
@@ -135,6 +141,12 @@ impl Writer {
             error!(%error, "flush on shutdown failed");
         }
         debug!("writer stopped");
+    }
+
+    /// Old history may be swept now: no checkpoint is being copied and no
+    /// history read walks it (neither reads from a snapshot).
+    fn may_sweep(&self) -> bool {
+        !self.checkpoints.busy() && self.shared.history_readers.load(Ordering::Acquire) == 0
     }
 
     fn apply(&mut self, group: &mut Group, command: Command) {
