@@ -64,9 +64,29 @@ pub struct Args {
     /// (fine for a personal daemon); a shared server should always set it.
     #[arg(long = "workspace-root", env = "MAESTRO_WORKSPACE_ROOT", value_name = "DIR", value_delimiter = ':')]
     workspace_root: Vec<PathBuf>,
-    /// Where the store lives [default: ~/.maestro/data].
+    /// The daemon's own files: the sled store, users and tokens, the lock [default: ~/.maestro/data].
     #[arg(long, env = "MAESTRO_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
+    /// Where the SSOT lives: `sled` (in --data-dir), `sled:DIR`, or an etcd cluster,
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (several daemons can share it).
+    #[arg(long, env = "MAESTRO_STORE", default_value = "sled", value_name = "LOCATION")]
+    store: crate::ssot::location::StoreLocation,
+    /// etcd user (etcd's authentication); the password comes from MAESTRO_ETCD_PASSWORD.
+    #[cfg(feature = "etcd")]
+    #[arg(long, env = "MAESTRO_ETCD_USER", value_name = "NAME")]
+    etcd_user: Option<String>,
+    /// CA certificate (PEM) of the etcd cluster: talks TLS to it.
+    #[cfg(feature = "etcd")]
+    #[arg(long, env = "MAESTRO_ETCD_CA", value_name = "PEM")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd clusters that require one (with --etcd-key).
+    #[cfg(feature = "etcd")]
+    #[arg(long, env = "MAESTRO_ETCD_CERT", value_name = "PEM", requires_all = ["etcd_key", "etcd_ca"])]
+    etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[cfg(feature = "etcd")]
+    #[arg(long, env = "MAESTRO_ETCD_KEY", value_name = "PEM", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
     /// Revisions of history kept for point-in-time reads and watch resume.
     #[arg(long, env = "MAESTRO_RETENTION_REVISIONS", default_value_t = 100_000)]
     retention_revisions: u64,
@@ -390,6 +410,17 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.maintenance_interval = std::time::Duration::from_secs(args.maintenance_interval);
     config.limits.memory_entries_per_agent = usize::try_from(args.memory_max_entries).unwrap_or(usize::MAX);
     config.limits.memory_bytes_per_agent = usize::try_from(args.memory_max_bytes).unwrap_or(usize::MAX);
+    config.store_location = args.store.clone();
+    #[cfg(feature = "etcd")]
+    {
+        config.etcd.user = match (&args.etcd_user, std::env::var("MAESTRO_ETCD_PASSWORD")) {
+            (Some(user), Ok(password)) => Some((user.clone(), password)),
+            (Some(_), Err(_)) => anyhow::bail!("--etcd-user: set the password in MAESTRO_ETCD_PASSWORD"),
+            (None, _) => None,
+        };
+        config.etcd.ca = args.etcd_ca.clone();
+        config.etcd.identity = args.etcd_cert.clone().zip(args.etcd_key.clone());
+    }
     config.store.wal_segment_bytes = args.wal_segment_bytes;
     config.store.checkpoint_bytes = args.checkpoint_bytes;
     for path in &args.sandbox_read {
@@ -413,7 +444,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     crate::server::raise_open_files_limit();
     // Open (and lock) the store before announcing the address, so a refused
     // start never looks like a running daemon.
-    let daemon = crate::server::Daemon::open(config)?;
+    let daemon = crate::server::Daemon::open(config).await?;
     let listener = args.listen.bind().await?;
     let addr = listener.local_addr().context("cannot read the bound address")?;
     let shutdown = async {
@@ -430,7 +461,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         }
     };
     // Scripts and tests read the address from this line (useful with port 0).
-    println!("maestrod listening on {addr} (data in {})", data_dir.display());
+    match &args.store {
+        crate::ssot::location::StoreLocation::Sled(None) => {
+            println!("maestrod listening on {addr} (data in {})", data_dir.display())
+        }
+        store => println!("maestrod listening on {addr} (data in {}, store {store})", data_dir.display()),
+    }
     daemon.serve(listener, shutdown).await.context("maestrod stopped")?;
     Ok(())
 }

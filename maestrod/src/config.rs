@@ -30,8 +30,13 @@ pub struct DaemonConfig {
     pub idle_timeout: Duration,
     /// What one user (token) may ask at once.
     pub user_limits: crate::api::quota::UserLimits,
-    /// The store's log segments, checkpoints and caches.
+    /// Where the SSOT lives: the embedded sled store (default) or an etcd cluster.
+    pub store_location: crate::ssot::location::StoreLocation,
+    /// The sled store's log segments, checkpoints and caches.
     pub store: crate::ssot::sled_store::SledOptions,
+    /// How to reach etcd (with `--store etcd://...`).
+    #[cfg(feature = "etcd")]
+    pub etcd: crate::ssot::etcd_store::EtcdOptions,
 }
 
 impl DaemonConfig {
@@ -49,7 +54,10 @@ impl DaemonConfig {
             user_limits: crate::api::quota::UserLimits::default(),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
+            store_location: crate::ssot::location::StoreLocation::default(),
             store: crate::ssot::sled_store::SledOptions::default(),
+            #[cfg(feature = "etcd")]
+            etcd: crate::ssot::etcd_store::EtcdOptions::default(),
         }
     }
 }

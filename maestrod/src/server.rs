@@ -17,8 +17,9 @@ use crate::autoloop::placement::Placement;
 use crate::config::DaemonConfig;
 use crate::harness::sandbox::{LocalSandbox, SandboxOptions, SandboxProvider};
 use crate::ssot::Ssot;
+use crate::ssot::location::StoreLocation;
 use crate::ssot::sled_store::SledStore;
-use crate::ssot::store::StoreError;
+use crate::ssot::store::{Store, StoreError};
 use crate::transport::Listener;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,27 +61,31 @@ pub async fn run(
     listener: impl Into<Listener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    Daemon::open(config)?.serve(listener, shutdown).await
+    Daemon::open(config).await?.serve(listener, shutdown).await
 }
 
 /// A daemon whose store is open (and its data directory locked), ready to serve.
 pub struct Daemon {
     config: DaemonConfig,
     sandbox: Arc<LocalSandbox>,
-    store: Arc<SledStore>,
+    store: Arc<dyn Store>,
     ssot: Arc<Ssot>,
     users: Arc<crate::auth::Users>,
     tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl Daemon {
-    /// Opens the store; fails if another daemon holds the data directory.
-    /// Must run inside a tokio runtime.
-    pub fn open(config: DaemonConfig) -> Result<Daemon, ServerError> {
-        let store = Arc::new(SledStore::open(&config.data_dir, config.store.clone())?);
+    /// Opens the store; fails if another daemon holds the data directory
+    /// (sled) or the cluster cannot be reached (etcd).
+    pub async fn open(config: DaemonConfig) -> Result<Daemon, ServerError> {
+        let store = open_store(&config).await?;
         let ssot = Arc::new(Ssot::new(store.clone(), config.limits.clone()));
         // What the sandbox can enforce here; weaker confinement is logged by the probe.
-        let options = SandboxOptions { extra_read: config.sandbox_read.clone(), hidden: vec![config.data_dir.clone()] };
+        let mut hidden = vec![config.data_dir.clone()];
+        if let StoreLocation::Sled(Some(dir)) = &config.store_location {
+            hidden.push(dir.clone());
+        }
+        let options = SandboxOptions { extra_read: config.sandbox_read.clone(), hidden };
         let sandbox = Arc::new(LocalSandbox::probe_with(options));
         // Every RPC needs a token; a fresh data dir gets its admin token here.
         let users = Arc::new(crate::auth::Users::open(&config.data_dir)?);
@@ -188,6 +193,25 @@ impl Daemon {
         }
         info!("store flushed; bye");
         Ok(())
+    }
+}
+
+/// Opens the store where `--store` says.
+async fn open_store(config: &DaemonConfig) -> Result<Arc<dyn Store>, ServerError> {
+    match &config.store_location {
+        StoreLocation::Sled(dir) => {
+            let dir = dir.as_ref().unwrap_or(&config.data_dir);
+            Ok(Arc::new(SledStore::open(dir, config.store.clone())?))
+        }
+        #[cfg(feature = "etcd")]
+        StoreLocation::Etcd(address) => {
+            let store = crate::ssot::etcd_store::EtcdStore::connect(address, config.etcd.clone()).await?;
+            Ok(Arc::new(store))
+        }
+        #[cfg(not(feature = "etcd"))]
+        StoreLocation::Etcd(_) => Err(ServerError::Store(StoreError::InvalidArgument(
+            "--store etcd://...: this maestrod was built without etcd support (cargo build --features etcd)".into(),
+        ))),
     }
 }
 

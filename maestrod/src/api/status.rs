@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::ssot::SsotError;
 use crate::ssot::store::StoreError;
@@ -82,6 +82,10 @@ pub(crate) fn store_status(error: &StoreError) -> Status {
         }
         StoreError::LeaseNotFound(_) => Status::not_found(error.to_string()),
         StoreError::Closed => Status::unavailable("the daemon is shutting down; retry against the new instance"),
+        StoreError::Unavailable(_) => {
+            warn!(%error, "the store is unreachable");
+            Status::unavailable(format!("{error}; retry shortly"))
+        }
         StoreError::Backend(_) | StoreError::Locked { .. } | StoreError::Schema { .. } => {
             error!(%error, "storage failure while serving a request");
             Status::internal("internal storage error; the daemon log has the details")

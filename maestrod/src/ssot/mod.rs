@@ -13,8 +13,11 @@ pub mod clock;
 pub mod compaction;
 pub mod contracts;
 pub mod error;
+#[cfg(feature = "etcd")]
+pub mod etcd_store;
 pub mod exec_log;
 pub mod keys;
+pub mod location;
 pub mod locks;
 pub mod loops;
 pub mod memory;

@@ -12,6 +12,13 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
+/// Longest accepted key, in bytes.
+pub const MAX_KEY_LEN: usize = 4096;
+/// Largest accepted value, in bytes.
+pub const MAX_VALUE_LEN: usize = 4 << 20;
+/// Longest accepted lease TTL.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(86_400);
+
 /// A store revision. 0 means "none" (a key that does not exist has mod revision 0).
 pub type Revision = u64;
 
@@ -249,6 +256,9 @@ pub enum StoreError {
     Schema { path: String, found: u32, expected: u32 },
     #[error("storage error: {0}")]
     Backend(String),
+    /// The store could not be reached (a remote backend); the request may be retried.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<sled::Error> for StoreError {
@@ -287,4 +297,58 @@ pub trait Store: Send + Sync + 'static {
     fn compact(&self, revision: Revision) -> BoxFuture<'_, Result<Revision, StoreError>>;
 
     fn status(&self) -> StoreStatus;
+
+    /// Ends every watch stream (on shutdown, so connections can drain).
+    fn end_watches(&self);
+
+    /// Finishes what was accepted, ends every watch stream and lets go of the backend.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Checks what every backend refuses alike, before anything is sent or changed:
+/// keys, value sizes and ranges of every op and compare.
+pub fn check_txn(txn: &Txn) -> Result<(), StoreError> {
+    for op in &txn.ops {
+        match op {
+            Op::Put { key, value, .. } => {
+                check_key(key)?;
+                if value.len() > MAX_VALUE_LEN {
+                    return Err(StoreError::InvalidArgument(format!(
+                        "value of {} bytes exceeds the limit of {MAX_VALUE_LEN}",
+                        value.len()
+                    )));
+                }
+            }
+            Op::Delete { key } => check_key(key)?,
+            Op::DeleteRange { start, end } => {
+                if start >= end {
+                    return Err(StoreError::InvalidArgument("delete range is empty".into()));
+                }
+            }
+        }
+    }
+    txn.compares.iter().try_for_each(|compare| check_key(&compare.key))
+}
+
+pub fn check_key(key: &[u8]) -> Result<(), StoreError> {
+    if key.is_empty() {
+        return Err(StoreError::InvalidKey("key is empty".into()));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(StoreError::InvalidKey(format!("key of {} bytes exceeds the limit of {MAX_KEY_LEN}", key.len())));
+    }
+    if key.contains(&0) {
+        return Err(StoreError::InvalidKey("key contains a NUL byte".into()));
+    }
+    Ok(())
+}
+
+pub fn check_lease_ttl(ttl: Duration) -> Result<(), StoreError> {
+    if ttl.is_zero() || ttl > MAX_LEASE_TTL {
+        return Err(StoreError::InvalidArgument(format!(
+            "lease ttl must be between 1s and {}s",
+            MAX_LEASE_TTL.as_secs()
+        )));
+    }
+    Ok(())
 }

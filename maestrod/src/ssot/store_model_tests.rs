@@ -1,6 +1,11 @@
-//! Property tests: random operation sequences run against the sled store and
-//! against a plain in-memory model of the same semantics (revisions, per-key
-//! metadata, conditional writes, history reads, compaction, watch replay).
+//! Property tests: random operation sequences run against each backend (sled,
+//! and etcd with the `etcd` feature) and against a plain in-memory model of the
+//! same semantics (revisions, per-key metadata, conditional writes, history
+//! reads, compaction, watch replay).
+//!
+//! The model counts revisions from 0; a backend's revisions are the model's plus
+//! the revision it stood at when the case began (etcd's are global to the
+//! cluster, and one cluster serves every case).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -105,7 +110,8 @@ impl Model {
     }
 }
 
-fn as_state(kvs: &[super::store::KeyValue]) -> State {
+/// The backend's keys in the model's revisions (`base` is where the case began).
+fn as_state(kvs: &[super::store::KeyValue], base: Revision) -> State {
     kvs.iter()
         .map(|kv| {
             let key = String::from_utf8(kv.key.clone()).unwrap();
@@ -113,8 +119,8 @@ fn as_state(kvs: &[super::store::KeyValue]) -> State {
                 key,
                 ModelKv {
                     value: kv.value.clone(),
-                    create: kv.create_revision,
-                    modified: kv.mod_revision,
+                    create: kv.create_revision - base,
+                    modified: kv.mod_revision - base,
                     version: kv.version,
                 },
             )
@@ -122,21 +128,29 @@ fn as_state(kvs: &[super::store::KeyValue]) -> State {
         .collect()
 }
 
-async fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(dir.path(), SledOptions::default()).unwrap());
+/// What a finished case left, to be compared after a reopen.
+struct Outcome {
+    base: Revision,
+    state: State,
+    status: super::store::StoreStatus,
+}
+
+async fn run(store: &dyn Store, actions: Vec<Action>) -> Result<Outcome, TestCaseError> {
+    let start = store.status();
+    let base = start.revision;
+    let at = |revision: Revision| base + revision;
     let mut model = Model::new();
     for action in actions {
         match action {
             Action::Put(k, v) => {
                 let got = store.txn(Txn::new().then(Op::put(KEYS[k], vec![v]))).await.unwrap();
                 let want = model.apply(vec![(KEYS[k].into(), Some(vec![v]))]);
-                prop_assert_eq!(got, TxnResponse::Committed { revision: want });
+                prop_assert_eq!(got, TxnResponse::Committed { revision: at(want) });
             }
             Action::Delete(k) => {
                 let got = store.txn(Txn::new().then(Op::delete(KEYS[k]))).await.unwrap();
                 let want = model.apply(vec![(KEYS[k].into(), None)]);
-                prop_assert_eq!(got, TxnResponse::Committed { revision: want });
+                prop_assert_eq!(got, TxnResponse::Committed { revision: at(want) });
             }
             Action::DeletePrefix(p) => {
                 let prefix = PREFIXES[p];
@@ -144,16 +158,16 @@ async fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
                 let doomed: Vec<_> =
                     model.current().keys().filter(|k| k.starts_with(prefix)).map(|k| (k.clone(), None)).collect();
                 let want = model.apply(doomed);
-                prop_assert_eq!(got, TxnResponse::Committed { revision: want });
+                prop_assert_eq!(got, TxnResponse::Committed { revision: at(want) });
             }
             Action::CasPut(k, v, right) => {
-                let actual = model.current().get(KEYS[k]).map_or(0, |kv| kv.modified);
+                let actual = model.current().get(KEYS[k]).map_or(0, |kv| at(kv.modified));
                 let expected = if right { actual } else { actual + 7 };
                 let txn = Txn::new().when(Compare::mod_revision(KEYS[k], expected)).then(Op::put(KEYS[k], vec![v]));
                 let got = store.txn(txn).await.unwrap();
                 if right {
                     let want = model.apply(vec![(KEYS[k].into(), Some(vec![v]))]);
-                    prop_assert_eq!(got, TxnResponse::Committed { revision: want });
+                    prop_assert_eq!(got, TxnResponse::Committed { revision: at(want) });
                 } else {
                     prop_assert_eq!(
                         got,
@@ -172,13 +186,13 @@ async fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
                     prop_assert!(matches!(got, Err(StoreError::InvalidArgument(_))), "{got:?}");
                 } else {
                     let want = model.apply(vec![(KEYS[a].into(), Some(vec![v])), (KEYS[b].into(), Some(vec![v, 1]))]);
-                    prop_assert_eq!(got.unwrap(), TxnResponse::Committed { revision: want });
+                    prop_assert_eq!(got.unwrap(), TxnResponse::Committed { revision: at(want) });
                 }
             }
             Action::Compact(percent) => {
                 let target = model.compacted + (model.revision - model.compacted) * u64::from(percent) / 100;
                 if target > model.compacted {
-                    prop_assert_eq!(store.compact(target).await.unwrap(), target);
+                    prop_assert_eq!(store.compact(at(target)).await.unwrap(), at(target));
                     model.compacted = target;
                 }
             }
@@ -186,26 +200,32 @@ async fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
     }
 
     let status = store.status();
-    prop_assert_eq!(status.revision, model.revision);
-    prop_assert_eq!(status.compact_revision, model.compacted);
+    prop_assert_eq!(status.revision, at(model.revision));
+    let compacted = if model.compacted > 0 { at(model.compacted) } else { start.compact_revision };
+    prop_assert_eq!(status.compact_revision, compacted);
     let now = store.range(RangeRequest::prefix("")).await.unwrap();
-    prop_assert_eq!(as_state(&now.kvs), model.current().clone());
+    prop_assert_eq!(as_state(&now.kvs, base), model.current().clone());
 
     // Every retained revision reads exactly as it was; older ones are refused.
     for revision in 1..=model.revision {
-        let read = store.range(RangeRequest::prefix("").at(revision)).await;
+        let read = store.range(RangeRequest::prefix("").at(at(revision))).await;
         if revision < model.compacted {
             prop_assert!(matches!(read, Err(StoreError::Compacted { .. })), "{revision}: {read:?}");
         } else {
-            prop_assert_eq!(as_state(&read.unwrap().kvs), model.states[revision as usize].clone(), "at {}", revision);
+            prop_assert_eq!(
+                as_state(&read.unwrap().kvs, base),
+                model.states[revision as usize].clone(),
+                "at {}",
+                revision
+            );
         }
     }
     // Single-key history reads too.
     for key in KEYS {
         for revision in model.compacted.max(1)..=model.revision {
-            let read = store.range(RangeRequest::key(key).at(revision)).await.unwrap();
+            let read = store.range(RangeRequest::key(key).at(at(revision))).await.unwrap();
             let want = model.states[revision as usize].get(key).cloned();
-            prop_assert_eq!(as_state(&read.kvs).remove(key), want);
+            prop_assert_eq!(as_state(&read.kvs, base).remove(key), want);
         }
     }
 
@@ -215,16 +235,22 @@ async fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
         for prefix in ["", "a/"] {
             let want: Vec<ModelEvent> =
                 model.events.iter().filter(|e| e.3 >= start && e.1.starts_with(prefix)).cloned().collect();
-            let mut stream = store.watch(prefix.as_bytes().to_vec(), start).unwrap();
+            let mut stream = store.watch(prefix.as_bytes().to_vec(), at(start)).unwrap();
             let mut got: Vec<ModelEvent> = Vec::new();
             while got.len() < want.len() {
                 let batch = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
-                let batch = batch.expect("events arrive").expect("stream open").unwrap();
+                let Ok(batch) = batch else {
+                    return Err(TestCaseError::fail(format!(
+                        "watch {prefix:?} from {start} (compacted {}): got {got:?}, wanted {want:?}",
+                        model.compacted
+                    )));
+                };
+                let batch = batch.expect("stream open").unwrap();
                 got.extend(
                     batch
                         .events
                         .into_iter()
-                        .map(|e| (e.kind, String::from_utf8(e.kv.key).unwrap(), e.kv.value, e.kv.mod_revision)),
+                        .map(|e| (e.kind, String::from_utf8(e.kv.key).unwrap(), e.kv.value, e.kv.mod_revision - base)),
                 );
             }
             prop_assert_eq!(&got, &want, "watch {:?} from {}", prefix, start);
@@ -233,12 +259,19 @@ async fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
         }
     }
     if model.compacted > 1 {
-        let refused = store.watch(Vec::new(), model.compacted - 1);
+        let refused = store.watch(Vec::new(), at(model.compacted) - 1);
         prop_assert!(
             matches!(refused, Err(StoreError::Compacted { .. })),
             "watch below the compaction point was accepted"
         );
     }
+    Ok(Outcome { base, state: model.current().clone(), status })
+}
+
+async fn run_on_sled(actions: Vec<Action>) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path(), SledOptions::default()).unwrap());
+    let outcome = run(store.as_ref(), actions).await?;
     store.close().await;
     drop(store);
 
@@ -258,8 +291,8 @@ async fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
         }
     };
     let after = reopened.range(RangeRequest::prefix("")).await.unwrap();
-    prop_assert_eq!(as_state(&after.kvs), model.current().clone());
-    prop_assert_eq!(reopened.status(), status);
+    prop_assert_eq!(as_state(&after.kvs, outcome.base), outcome.state);
+    prop_assert_eq!(reopened.status(), outcome.status);
     reopened.close().await;
     Ok(())
 }
@@ -270,6 +303,39 @@ proptest! {
     #[test]
     fn store_matches_the_model(actions in proptest::collection::vec(action(), 1..40)) {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        runtime.block_on(run(actions))?;
+        runtime.block_on(run_on_sled(actions))?;
+    }
+}
+
+/// The same cases on etcd: one private server, a fresh prefix per case, and a
+/// second client (another daemon) that reads what the first one wrote.
+#[cfg(feature = "etcd")]
+#[test]
+fn etcd_store_matches_the_model() {
+    use super::etcd_store::local::LocalEtcd;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let etcd = LocalEtcd::start().expect("etcd starts");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut runner = TestRunner::new(Config { cases: 24, ..Config::default() });
+    let case = std::sync::atomic::AtomicUsize::new(0);
+    let strategy = proptest::collection::vec(action(), 1..40);
+    let result = runner.run(&strategy, |actions| {
+        runtime.block_on(async {
+            let prefix = format!("model-{}", case.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            let store = etcd.connect(&prefix).await.expect("connect");
+            let outcome = run(&store, actions).await?;
+            store.close().await;
+            let other = etcd.connect(&prefix).await.expect("connect again");
+            let after = other.range(RangeRequest::prefix("")).await.unwrap();
+            prop_assert_eq!(as_state(&after.kvs, outcome.base), outcome.state);
+            prop_assert!(other.status().revision >= outcome.status.revision);
+            prop_assert_eq!(other.status().compact_revision, outcome.status.compact_revision);
+            other.close().await;
+            Ok(())
+        })
+    });
+    if let Err(failure) = result {
+        panic!("{failure}");
     }
 }

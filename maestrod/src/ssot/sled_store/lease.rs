@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::MAX_LEASE_TTL;
 use super::layout::{self, LeaseRecord, decode, encode, meta};
 use super::wal::WalOp;
 use super::writer::{Group, Writer};
 use crate::ssot::clock::now_ms;
-use crate::ssot::store::{LeaseId, LeaseInfo, Revision, StoreError};
+use crate::ssot::store::{LeaseId, LeaseInfo, Revision, StoreError, check_lease_ttl};
 
 /// The leases and the keys attached to each, as stored.
 pub(super) type Loaded = (HashMap<LeaseId, LeaseRecord>, HashMap<LeaseId, BTreeSet<Vec<u8>>>);
@@ -42,12 +41,7 @@ impl Writer {
     }
 
     pub(super) fn grant(&mut self, group: &mut Group, ttl: Duration) -> Result<LeaseInfo, StoreError> {
-        if ttl.is_zero() || ttl > MAX_LEASE_TTL {
-            return Err(StoreError::InvalidArgument(format!(
-                "lease ttl must be between 1s and {}s",
-                MAX_LEASE_TTL.as_secs()
-            )));
-        }
+        check_lease_ttl(ttl)?;
         let id = self.next_lease;
         self.next_lease += 1;
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);

@@ -58,12 +58,7 @@ use super::store::{
 
 /// Most requests folded into one group commit.
 const MAX_GROUP: usize = 1024;
-/// Longest accepted key, in bytes.
-pub const MAX_KEY_LEN: usize = 4096;
-/// Largest accepted value, in bytes.
-pub const MAX_VALUE_LEN: usize = 4 << 20;
-/// Longest accepted lease TTL.
-pub const MAX_LEASE_TTL: Duration = Duration::from_secs(86_400);
+pub use crate::ssot::store::{MAX_KEY_LEN, MAX_LEASE_TTL, MAX_VALUE_LEN};
 
 /// Ends the process at once, as `kill -9` would (the crash tests' failpoints).
 #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
@@ -606,17 +601,12 @@ impl Store for SledStore {
             watchers: self.shared.events.receiver_count(),
         }
     }
-}
 
-fn check_key(key: &[u8]) -> Result<(), StoreError> {
-    if key.is_empty() {
-        return Err(StoreError::InvalidKey("key is empty".into()));
+    fn end_watches(&self) {
+        SledStore::end_watches(self);
     }
-    if key.len() > MAX_KEY_LEN {
-        return Err(StoreError::InvalidKey(format!("key of {} bytes exceeds the limit of {MAX_KEY_LEN}", key.len())));
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        SledStore::close(self).boxed()
     }
-    if key.contains(&0) {
-        return Err(StoreError::InvalidKey("key contains a NUL byte".into()));
-    }
-    Ok(())
 }

@@ -19,9 +19,9 @@ use super::checkpoint::Checkpoints;
 use super::compact::Sweep;
 use super::layout::{self, KvMeta, KvRecord, KvRecordRef, LeaseRecord, as_some, decode, delete_event, encode, meta};
 use super::wal::{Wal, WalOp, to_batch};
-use super::{MAX_GROUP, MAX_VALUE_LEN, RevisionEvents, Shared, check_key};
+use super::{MAX_GROUP, RevisionEvents, Shared};
 use crate::ssot::clock::now_ms;
-use crate::ssot::store::{Event, EventKind, LeaseId, LeaseInfo, Op, Revision, StoreError, Txn, TxnResponse};
+use crate::ssot::store::{Event, EventKind, LeaseId, LeaseInfo, Op, Revision, StoreError, Txn, TxnResponse, check_txn};
 
 type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
 
@@ -215,30 +215,14 @@ impl Writer {
     }
 
     fn apply_txn(&mut self, group: &mut Group, txn: Txn) -> Result<TxnResponse, StoreError> {
+        check_txn(&txn)?;
         for op in &txn.ops {
-            match op {
-                Op::Put { key, value, lease } => {
-                    check_key(key)?;
-                    if value.len() > MAX_VALUE_LEN {
-                        return Err(StoreError::InvalidArgument(format!(
-                            "value of {} bytes exceeds the limit of {MAX_VALUE_LEN}",
-                            value.len()
-                        )));
-                    }
-                    if *lease != 0 && !self.leases.lock().expect("lease mutex poisoned").contains_key(lease) {
-                        return Err(StoreError::LeaseNotFound(*lease));
-                    }
-                }
-                Op::Delete { key } => check_key(key)?,
-                Op::DeleteRange { start, end } => {
-                    if start >= end {
-                        return Err(StoreError::InvalidArgument("delete range is empty".into()));
-                    }
-                }
+            if let Op::Put { lease, .. } = op
+                && *lease != 0
+                && !self.leases.lock().expect("lease mutex poisoned").contains_key(lease)
+            {
+                return Err(StoreError::LeaseNotFound(*lease));
             }
-        }
-        for compare in &txn.compares {
-            check_key(&compare.key)?;
         }
         for (index, compare) in txn.compares.iter().enumerate() {
             let current = self.current(group, &compare.key)?.map_or(0, |r| r.mod_revision);

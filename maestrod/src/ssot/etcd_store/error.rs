@@ -1,0 +1,118 @@
+//! etcd's answers, told apart: the few that the `Store` contract names
+//! (compacted, future revision, unknown lease, bad request) and the rest, where
+//! an unreachable cluster is `Unavailable` (worth a retry) and anything else a
+//! storage failure.
+
+use std::time::Duration;
+
+use etcd_client::Error;
+use tonic::Code;
+
+use crate::ssot::store::StoreError;
+
+/// Why one etcd call failed.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// The requested revision has been compacted.
+    Compacted,
+    /// The requested revision is newer than the cluster's.
+    FutureRevision,
+    /// A lease named by the request does not exist (any more).
+    LeaseNotFound,
+    /// etcd refused the request itself (duplicate key in a transaction, a
+    /// request larger than `--max-request-bytes`).
+    Invalid(String),
+    /// No answer: no endpoint reachable, no leader, or the deadline passed.
+    Unavailable(String),
+    /// Anything else (credentials refused, the cluster's space quota, ...).
+    Other(String),
+}
+
+impl Failure {
+    pub(super) fn timeout(limit: Duration) -> Self {
+        Failure::Unavailable(format!("etcd did not answer within {}s", limit.as_secs()))
+    }
+
+    /// The failure as the `Store` contract reports it, for the cases that need no context.
+    pub(super) fn into_store_error(self) -> StoreError {
+        match self {
+            Failure::Invalid(message) => StoreError::InvalidArgument(message),
+            Failure::Unavailable(message) => StoreError::Unavailable(message),
+            Failure::Compacted | Failure::FutureRevision | Failure::LeaseNotFound => {
+                StoreError::Backend(format!("etcd answered {self:?} where it was not expected"))
+            }
+            Failure::Other(message) => StoreError::Backend(message),
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::GRpcStatus(status) => {
+                let message = status.message().to_string();
+                match status.code() {
+                    Code::OutOfRange if message.contains("compacted") => Failure::Compacted,
+                    Code::OutOfRange if message.contains("future revision") => Failure::FutureRevision,
+                    Code::NotFound if message.contains("lease not found") => Failure::LeaseNotFound,
+                    Code::InvalidArgument if message.contains("authentication failed") => {
+                        Failure::Other(format!("etcd refused maestrod's credentials: {message}"))
+                    }
+                    Code::InvalidArgument if message.contains("too large") => Failure::Invalid(format!(
+                        "{message} (etcd's --max-request-bytes is below the request; raise it to hold values of up \
+                         to {} MiB)",
+                        crate::ssot::store::MAX_VALUE_LEN >> 20
+                    )),
+                    Code::InvalidArgument | Code::FailedPrecondition => Failure::Invalid(message),
+                    Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
+                        Failure::Unavailable(format!("etcd: {message}"))
+                    }
+                    Code::Unauthenticated | Code::PermissionDenied => {
+                        Failure::Other(format!("etcd refused maestrod's credentials: {message}"))
+                    }
+                    _ => Failure::Other(format!("etcd: {message} ({:?})", status.code())),
+                }
+            }
+            Error::TransportError(error) => Failure::Unavailable(format!("cannot reach etcd: {error}")),
+            Error::IoError(error) => Failure::Unavailable(format!("cannot reach etcd: {error}")),
+            Error::WatchError(message) | Error::LeaseKeepAliveError(message) => {
+                Failure::Unavailable(format!("etcd stream ended: {message}"))
+            }
+            other => Failure::Other(format!("etcd client: {other}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: Code, message: &str) -> Failure {
+        Failure::from(Error::GRpcStatus(tonic::Status::new(code, message)))
+    }
+
+    #[test]
+    fn etcds_answers_map_to_the_contract() {
+        assert!(matches!(
+            status(Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"),
+            Failure::Compacted
+        ));
+        assert!(matches!(
+            status(Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision"),
+            Failure::FutureRevision
+        ));
+        assert!(matches!(status(Code::NotFound, "etcdserver: requested lease not found"), Failure::LeaseNotFound));
+        assert!(matches!(
+            status(Code::InvalidArgument, "etcdserver: duplicate key given in txn request").into_store_error(),
+            StoreError::InvalidArgument(_)
+        ));
+        let large = status(Code::InvalidArgument, "etcdserver: request is too large").into_store_error();
+        assert!(large.to_string().contains("--max-request-bytes"), "{large}");
+        assert!(matches!(
+            status(Code::Unavailable, "etcdserver: no leader").into_store_error(),
+            StoreError::Unavailable(_)
+        ));
+        let denied = status(Code::InvalidArgument, "etcdserver: authentication failed, invalid user ID or password");
+        assert!(matches!(denied, Failure::Other(ref m) if m.contains("credentials")), "{denied:?}");
+    }
+}

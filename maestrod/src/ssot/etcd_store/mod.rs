@@ -1,0 +1,501 @@
+//! The SSOT on etcd: the `Store` trait mapped one-to-one onto etcd's KV,
+//! Watch and Lease APIs, so that several daemons can share one SSOT.
+//!
+//! - Keys live under a prefix (`etcd://hosts/prefix`); several SSOTs can share a
+//!   cluster. Revisions are etcd's own: they are global to the cluster, so a
+//!   prefix sees gaps where other prefixes were written.
+//! - A transaction is one etcd `Txn`: every compare is `mod_revision ==`, and the
+//!   failure branch reads the compared keys, so a refused transaction says which
+//!   compare failed and the key's current revision without a second round trip.
+//! - Each value carries its author (`value`), as etcd keeps no metadata per revision.
+//! - Leases, watches from a revision, compaction and the `Compacted` /
+//!   `FutureRevision` answers are etcd's.
+//! - Reads are linearizable (etcd's default): a daemon never reads older state
+//!   than another daemon has acknowledged.
+//! - `status()` is answered from what this process has seen: every response's
+//!   revision and a watch that follows the prefix (other daemons' writes).
+
+mod error;
+#[doc(hidden)]
+pub mod local;
+mod value;
+mod watch;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity, PutOptions,
+    TlsOptions, Txn as EtcdTxn, TxnOp, TxnOpResponse,
+};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span};
+
+use self::error::Failure;
+use crate::ssot::clock::now_ms;
+use crate::ssot::location::EtcdAddress;
+use crate::ssot::store::{
+    KeyValue, LeaseId, LeaseInfo, Op, RangeRequest, RangeResponse, Revision, Store, StoreError, StoreStatus, Txn,
+    TxnResponse, WatchStream, check_lease_ttl, check_txn,
+};
+
+/// How maestrod talks to etcd, besides the address.
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    /// User and password (etcd's authentication).
+    pub user: Option<(String, String)>,
+    /// CA certificate (PEM) that signed the cluster's certificates: turns TLS on.
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for clusters that require them.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// Longest wait for one answer (a watch waits as long as it needs).
+    pub request_timeout: Duration,
+}
+
+impl Default for EtcdOptions {
+    fn default() -> Self {
+        Self { user: None, ca: None, identity: None, request_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// What every task of one store shares.
+struct Shared {
+    /// Highest revision seen in any answer.
+    revision: AtomicU64,
+    /// Compaction point, as far as this process knows.
+    compacted: AtomicU64,
+    /// Watch streams open for callers.
+    watchers: AtomicUsize,
+}
+
+impl Shared {
+    fn seen(&self, header: Option<&etcd_client::ResponseHeader>) -> Revision {
+        self.seen_revision(header.map_or(0, |h| to_revision(h.revision())))
+    }
+
+    fn seen_revision(&self, revision: Revision) -> Revision {
+        self.revision.fetch_max(revision, Ordering::AcqRel).max(revision)
+    }
+}
+
+pub struct EtcdStore {
+    client: Client,
+    prefix: Vec<u8>,
+    shared: Arc<Shared>,
+    timeout: Duration,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl EtcdStore {
+    /// Connects and checks that the cluster answers; must run inside a tokio runtime.
+    pub async fn connect(address: &EtcdAddress, options: EtcdOptions) -> Result<Self, StoreError> {
+        let mut connect = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_require_leader(true);
+        let scheme = if options.ca.is_some() { "https" } else { "http" };
+        if options.ca.is_some() {
+            connect = connect.with_tls(tls(&options)?);
+        }
+        if let Some((user, password)) = &options.user {
+            connect = connect.with_user(user.clone(), password.clone());
+        }
+        let endpoints: Vec<String> = address.endpoints.iter().map(|e| format!("{scheme}://{e}")).collect();
+        let unreachable = |failure: Failure| {
+            let reason = match failure {
+                Failure::Unavailable(reason) | Failure::Other(reason) | Failure::Invalid(reason) => reason,
+                other => format!("{other:?}"),
+            };
+            StoreError::Unavailable(format!("etcd at {}: {reason}", address.endpoints.join(",")))
+        };
+        let client = tokio::time::timeout(options.request_timeout, Client::connect(&endpoints, Some(connect)))
+            .await
+            .map_err(|_| Failure::timeout(options.request_timeout))
+            .and_then(|connected| connected.map_err(Failure::from))
+            .map_err(unreachable)?;
+        let store = EtcdStore {
+            client,
+            prefix: address.prefix.as_bytes().to_vec(),
+            shared: Arc::new(Shared {
+                revision: AtomicU64::new(0),
+                compacted: AtomicU64::new(0),
+                watchers: AtomicUsize::new(0),
+            }),
+            timeout: options.request_timeout,
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        };
+        let revision = store.current_revision().await.map_err(unreachable)?;
+        let compacted = store.find_compacted(revision).await.map_err(|f| f.into_store_error())?;
+        store.shared.compacted.fetch_max(compacted, Ordering::AcqRel);
+        info!(endpoints = %address.endpoints.join(","), prefix = %address.prefix, revision, compacted, "store on etcd");
+        store.follow(revision);
+        Ok(store)
+    }
+
+    /// Keeps `status().revision` current with other daemons' writes.
+    fn follow(&self, revision: Revision) {
+        let (tx, mut rx) = mpsc::channel(1);
+        let follower = watch::Watch {
+            client: self.client.clone(),
+            shared: self.shared.clone(),
+            key: self.prefix.clone(),
+            root: self.prefix.len(),
+            next: revision + 1,
+            counted: false,
+            started: false,
+        };
+        self.tasks.spawn(follower.run(tx, self.cancel.clone()).instrument(info_span!("etcd_follow")));
+        self.tasks.spawn(async move { while rx.recv().await.is_some() {} });
+    }
+
+    fn key(&self, key: &[u8]) -> Vec<u8> {
+        [&self.prefix[..], key].concat()
+    }
+
+    async fn call<T>(&self, request: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, Failure> {
+        match tokio::time::timeout(self.timeout, request).await {
+            Ok(answer) => answer.map_err(Failure::from),
+            Err(_) => Err(Failure::timeout(self.timeout)),
+        }
+    }
+
+    async fn current_revision(&self) -> Result<Revision, Failure> {
+        let options = GetOptions::new().with_count_only();
+        let response = self.call(self.client.kv_client().get(self.prefix.clone(), Some(options))).await?;
+        Ok(self.shared.seen(response.header()))
+    }
+
+    /// The compaction point in the `Store` contract's terms, found by
+    /// bisection (etcd tells its own only by refusing older reads).
+    ///
+    /// etcd compacted at C still reads C, but has dropped the deletions made
+    /// at C, so a watch from C would miss them: the point is C + 1, and
+    /// `compact(R)` compacts etcd at R - 1.
+    async fn find_compacted(&self, current: Revision) -> Result<Revision, Failure> {
+        let probe = self.key(b"\0compacted");
+        let readable = |revision: Revision| {
+            let probe = probe.clone();
+            async move {
+                let options = GetOptions::new().with_count_only().with_revision(revision as i64);
+                match self.call(self.client.kv_client().get(probe, Some(options))).await {
+                    Ok(_) => Ok(true),
+                    Err(Failure::Compacted) => Ok(false),
+                    Err(other) => Err(other),
+                }
+            }
+        };
+        if current <= 1 || readable(1).await? {
+            return Ok(0);
+        }
+        let (mut refused, mut reads) = (1, current);
+        while reads - refused > 1 {
+            let middle = refused + (reads - refused) / 2;
+            if readable(middle).await? {
+                reads = middle;
+            } else {
+                refused = middle;
+            }
+        }
+        Ok(reads + 1)
+    }
+
+    async fn compacted_error(&self, requested: Revision) -> StoreError {
+        let current = self.shared.revision.load(Ordering::Acquire);
+        if let Ok(compacted) = self.find_compacted(current).await {
+            self.shared.compacted.fetch_max(compacted, Ordering::AcqRel);
+        }
+        StoreError::Compacted { requested, compact_revision: self.shared.compacted.load(Ordering::Acquire) }
+    }
+
+    async fn future_error(&self, requested: Revision) -> StoreError {
+        let current = match self.current_revision().await {
+            Ok(current) => current,
+            Err(failure) => return failure.into_store_error(),
+        };
+        StoreError::FutureRevision { requested, current }
+    }
+
+    fn key_value(&self, kv: &etcd_client::KeyValue, authors: bool) -> Result<KeyValue, StoreError> {
+        let (actor, value) = value::decode(kv.value())?;
+        Ok(KeyValue {
+            key: kv.key()[self.prefix.len()..].to_vec(),
+            value: value.to_vec(),
+            create_revision: to_revision(kv.create_revision()),
+            mod_revision: to_revision(kv.mod_revision()),
+            version: to_revision(kv.version()),
+            lease: to_revision(kv.lease()),
+            modified_by: if authors { actor.to_string() } else { String::new() },
+        })
+    }
+
+    async fn do_range(&self, request: RangeRequest) -> Result<RangeResponse, StoreError> {
+        let mut options = GetOptions::new();
+        if !request.end.is_empty() {
+            options = options.with_range(self.key(&request.end));
+        }
+        if request.revision != 0 {
+            options = options.with_revision(to_etcd(request.revision));
+        }
+        if request.limit != 0 {
+            options = options.with_limit(request.limit as i64);
+        }
+        let key = self.key(&request.start);
+        let compacted = self.shared.compacted.load(Ordering::Acquire);
+        if request.revision != 0 && request.revision < compacted {
+            return Err(StoreError::Compacted { requested: request.revision, compact_revision: compacted });
+        }
+        let response = match self.call(self.client.kv_client().get(key, Some(options))).await {
+            Ok(response) => response,
+            Err(Failure::Compacted) => return Err(self.compacted_error(request.revision).await),
+            Err(Failure::FutureRevision) => return Err(self.future_error(request.revision).await),
+            Err(failure) => return Err(failure.into_store_error()),
+        };
+        let revision = self.shared.seen(response.header());
+        let kvs =
+            response.kvs().iter().map(|kv| self.key_value(kv, !request.without_authors)).collect::<Result<_, _>>()?;
+        let revision = if request.revision != 0 { request.revision } else { revision };
+        Ok(RangeResponse { kvs, more: response.more(), revision })
+    }
+
+    async fn do_txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
+        check_txn(&txn)?;
+        let actor = txn.actor.clone().or_else(crate::ssot::actor::current).unwrap_or_default();
+        let compares: Vec<Compare> = txn
+            .compares
+            .iter()
+            .map(|c| Compare::mod_revision(self.key(&c.key), CompareOp::Equal, to_etcd(c.mod_revision)))
+            .collect();
+        let ops: Vec<TxnOp> = txn
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Put { key, value, lease } => TxnOp::put(
+                    self.key(key),
+                    value::encode(&actor, value),
+                    (*lease != 0).then(|| PutOptions::new().with_lease(to_etcd(*lease))),
+                ),
+                Op::Delete { key } => TxnOp::delete(self.key(key), None),
+                Op::DeleteRange { start, end } => {
+                    TxnOp::delete(self.key(start), Some(DeleteOptions::new().with_range(self.key(end))))
+                }
+            })
+            .collect();
+        // When a compare fails, etcd runs this branch instead: the compared keys as they are now.
+        let current: Vec<TxnOp> = txn
+            .compares
+            .iter()
+            .map(|c| TxnOp::get(self.key(&c.key), Some(GetOptions::new().with_keys_only())))
+            .collect();
+        let request = EtcdTxn::new().when(compares).and_then(ops).or_else(current);
+        let response = match self.call(self.client.kv_client().txn(request)).await {
+            Ok(response) => response,
+            Err(Failure::LeaseNotFound) => {
+                let lease = txn.ops.iter().find_map(|op| match op {
+                    Op::Put { lease, .. } if *lease != 0 => Some(*lease),
+                    _ => None,
+                });
+                return Err(StoreError::LeaseNotFound(lease.unwrap_or(0)));
+            }
+            Err(failure) => return Err(failure.into_store_error()),
+        };
+        let revision = self.shared.seen(response.header());
+        if response.succeeded() {
+            return Ok(TxnResponse::Committed { revision });
+        }
+        for (index, (compare, answer)) in txn.compares.iter().zip(response.op_responses()).enumerate() {
+            let current = match answer {
+                TxnOpResponse::Get(get) => get.kvs().first().map_or(0, |kv| to_revision(kv.mod_revision())),
+                _ => 0,
+            };
+            if current != compare.mod_revision {
+                return Ok(TxnResponse::CompareFailed {
+                    index,
+                    key: compare.key.clone(),
+                    current_mod_revision: current,
+                });
+            }
+        }
+        Err(StoreError::Backend("etcd refused a transaction whose compares all hold".into()))
+    }
+
+    async fn do_keep_alive(&self, id: LeaseId) -> Result<LeaseInfo, StoreError> {
+        let (mut keeper, mut answers) =
+            self.call(self.client.lease_client().keep_alive(to_etcd(id))).await.map_err(Failure::into_store_error)?;
+        self.call(keeper.keep_alive()).await.map_err(Failure::into_store_error)?;
+        let answer = self.call(answers.message()).await.map_err(Failure::into_store_error)?;
+        match answer {
+            Some(answer) if answer.ttl() > 0 => Ok(lease_info(id, answer.ttl(), answer.ttl())),
+            _ => Err(StoreError::LeaseNotFound(id)),
+        }
+    }
+
+    async fn do_compact(&self, revision: Revision) -> Result<Revision, StoreError> {
+        let known = self.shared.compacted.load(Ordering::Acquire);
+        if revision <= known {
+            return Ok(known);
+        }
+        if revision > self.current_revision().await.map_err(Failure::into_store_error)? {
+            return Err(self.future_error(revision).await);
+        }
+        // See `find_compacted`: etcd keeps every event from its compaction point on only past it.
+        let etcd_point = revision - 1;
+        let answer = if etcd_point == 0 {
+            Ok(())
+        } else {
+            self.call(self.client.kv_client().compact(to_etcd(etcd_point), None)).await.map(|_| ())
+        };
+        match answer {
+            Ok(()) => {
+                self.shared.compacted.fetch_max(revision, Ordering::AcqRel);
+                info!(revision, "etcd compacted");
+                Ok(revision)
+            }
+            // Someone compacted further already: that point stands.
+            Err(Failure::Compacted) => match self.compacted_error(revision).await {
+                StoreError::Compacted { compact_revision, .. } => Ok(compact_revision),
+                other => Err(other),
+            },
+            Err(Failure::FutureRevision) => Err(self.future_error(revision).await),
+            Err(failure) => Err(failure.into_store_error()),
+        }
+    }
+}
+
+fn tls(options: &EtcdOptions) -> Result<TlsOptions, StoreError> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|e| StoreError::InvalidArgument(format!("cannot read {}: {e}", path.display())))
+    };
+    let mut tls = TlsOptions::new();
+    if let Some(ca) = &options.ca {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+    }
+    if let Some((cert, key)) = &options.identity {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(tls)
+}
+
+fn lease_info(id: LeaseId, granted_ttl: i64, remaining_ttl: i64) -> LeaseInfo {
+    LeaseInfo {
+        id,
+        ttl: Duration::from_secs(u64::try_from(granted_ttl).unwrap_or(0)),
+        deadline_ms: now_ms() + remaining_ttl.max(0) * 1000,
+    }
+}
+
+/// etcd's revisions and ids are `i64` and never negative.
+fn to_revision(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn to_etcd(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl Store for EtcdStore {
+    fn range(&self, request: RangeRequest) -> BoxFuture<'_, Result<RangeResponse, StoreError>> {
+        self.do_range(request).boxed()
+    }
+
+    fn txn(&self, txn: Txn) -> BoxFuture<'_, Result<TxnResponse, StoreError>> {
+        self.do_txn(txn).boxed()
+    }
+
+    fn watch(&self, prefix: Vec<u8>, start_revision: Revision) -> Result<WatchStream, StoreError> {
+        let compacted = self.shared.compacted.load(Ordering::Acquire);
+        if start_revision != 0 && start_revision < compacted {
+            return Err(StoreError::Compacted { requested: start_revision, compact_revision: compacted });
+        }
+        if self.cancel.is_cancelled() {
+            return Err(StoreError::Closed);
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let watch = watch::Watch {
+            client: self.client.clone(),
+            shared: self.shared.clone(),
+            key: self.key(&prefix),
+            root: self.prefix.len(),
+            next: start_revision,
+            counted: true,
+            started: false,
+        };
+        self.shared.watchers.fetch_add(1, Ordering::AcqRel);
+        self.tasks.spawn(watch.run(tx, self.cancel.clone()).instrument(info_span!("etcd_watch")));
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    fn lease_grant(&self, ttl: Duration) -> BoxFuture<'_, Result<LeaseInfo, StoreError>> {
+        async move {
+            check_lease_ttl(ttl)?;
+            // etcd counts whole seconds: a fraction is rounded up, never down.
+            let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+            let response = self
+                .call(self.client.lease_client().grant(to_etcd(seconds), None))
+                .await
+                .map_err(Failure::into_store_error)?;
+            self.shared.seen(response.header());
+            Ok(lease_info(to_revision(response.id()), response.ttl(), response.ttl()))
+        }
+        .boxed()
+    }
+
+    fn lease_keep_alive(&self, id: LeaseId) -> BoxFuture<'_, Result<LeaseInfo, StoreError>> {
+        self.do_keep_alive(id).boxed()
+    }
+
+    fn lease_revoke(&self, id: LeaseId) -> BoxFuture<'_, Result<Revision, StoreError>> {
+        async move {
+            match self.call(self.client.lease_client().revoke(to_etcd(id))).await {
+                Ok(response) => Ok(self.shared.seen(response.header())),
+                Err(Failure::LeaseNotFound) => Err(StoreError::LeaseNotFound(id)),
+                Err(failure) => Err(failure.into_store_error()),
+            }
+        }
+        .boxed()
+    }
+
+    fn lease_get(&self, id: LeaseId) -> BoxFuture<'_, Result<LeaseInfo, StoreError>> {
+        async move {
+            let answer = self.call(self.client.lease_client().time_to_live(to_etcd(id), None)).await;
+            match answer {
+                Ok(response) if response.ttl() > 0 => Ok(lease_info(id, response.granted_ttl(), response.ttl())),
+                Ok(_) | Err(Failure::LeaseNotFound) => Err(StoreError::LeaseNotFound(id)),
+                Err(failure) => Err(failure.into_store_error()),
+            }
+        }
+        .boxed()
+    }
+
+    fn compact(&self, revision: Revision) -> BoxFuture<'_, Result<Revision, StoreError>> {
+        self.do_compact(revision).boxed()
+    }
+
+    fn status(&self) -> StoreStatus {
+        StoreStatus {
+            revision: self.shared.revision.load(Ordering::Acquire),
+            compact_revision: self.shared.compacted.load(Ordering::Acquire),
+            watchers: self.shared.watchers.load(Ordering::Acquire),
+        }
+    }
+
+    fn end_watches(&self) {
+        self.cancel.cancel();
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        async move {
+            self.cancel.cancel();
+            self.tasks.close();
+            self.tasks.wait().await;
+        }
+        .boxed()
+    }
+}
