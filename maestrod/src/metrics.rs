@@ -88,7 +88,7 @@ impl Metrics {
         let store_write_seconds = latency_histogram();
         registry.register(
             "store_write_duration_seconds",
-            "Time to apply and flush one group commit of the store",
+            "Time to make one write durable: a group commit of the sled store, a transaction on etcd",
             store_write_seconds.clone(),
         );
         let revision = Gauge::default();

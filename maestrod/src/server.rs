@@ -72,13 +72,15 @@ pub struct Daemon {
     ssot: Arc<Ssot>,
     users: Arc<crate::auth::Users>,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    /// The data directory's lock, when the store does not hold it (etcd, `sled:DIR`).
+    _lock: Option<std::fs::File>,
 }
 
 impl Daemon {
     /// Opens the store; fails if another daemon holds the data directory
     /// (sled) or the cluster cannot be reached (etcd).
     pub async fn open(config: DaemonConfig) -> Result<Daemon, ServerError> {
-        let store = open_store(&config).await?;
+        let (store, lock) = open_store(&config).await?;
         let ssot = Arc::new(Ssot::new(store.clone(), config.limits.clone()));
         // What the sandbox can enforce here; weaker confinement is logged by the probe.
         let mut hidden = vec![config.data_dir.clone()];
@@ -91,7 +93,7 @@ impl Daemon {
         let users = Arc::new(crate::auth::Users::open(&config.data_dir)?);
         // Read before anything is served: an unreadable certificate stops the start.
         let tls = config.tls.as_ref().map(crate::transport::TlsFiles::load).transpose()?;
-        Ok(Daemon { config, sandbox, store, ssot, users, tls })
+        Ok(Daemon { config, sandbox, store, ssot, users, tls, _lock: lock })
     }
 
     /// Serves the API on `listener` until `shutdown` resolves, then shuts down in order.
@@ -100,7 +102,7 @@ impl Daemon {
         listener: impl Into<Listener>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
-        let Daemon { config, sandbox, store, ssot, users, tls } = self;
+        let Daemon { config, sandbox, store, ssot, users, tls, _lock } = self;
         let listener = listener.into();
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -196,17 +198,29 @@ impl Daemon {
     }
 }
 
-/// Opens the store where `--store` says.
-async fn open_store(config: &DaemonConfig) -> Result<Arc<dyn Store>, ServerError> {
+/// Opens the store where `--store` says, and makes sure the data directory
+/// (users, tokens) belongs to this daemon alone whichever store it uses.
+async fn open_store(config: &DaemonConfig) -> Result<(Arc<dyn Store>, Option<std::fs::File>), ServerError> {
+    let lock_data_dir = || {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            StoreError::Backend(format!("cannot create the data directory {}: {e}", config.data_dir.display()))
+        })?;
+        crate::ssot::sled_store::lockfile::lock_data_dir(&config.data_dir).map(Some)
+    };
     match &config.store_location {
         StoreLocation::Sled(dir) => {
+            let lock = match dir {
+                Some(dir) if dir != &config.data_dir => lock_data_dir()?,
+                _ => None, // the store locks it
+            };
             let dir = dir.as_ref().unwrap_or(&config.data_dir);
-            Ok(Arc::new(SledStore::open(dir, config.store.clone())?))
+            Ok((Arc::new(SledStore::open(dir, config.store.clone())?), lock))
         }
         #[cfg(feature = "etcd")]
         StoreLocation::Etcd(address) => {
+            let lock = lock_data_dir()?;
             let store = crate::ssot::etcd_store::EtcdStore::connect(address, config.etcd.clone()).await?;
-            Ok(Arc::new(store))
+            Ok((Arc::new(store), lock))
         }
         #[cfg(not(feature = "etcd"))]
         StoreLocation::Etcd(_) => Err(ServerError::Store(StoreError::InvalidArgument(

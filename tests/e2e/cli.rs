@@ -197,9 +197,12 @@ fn watch_follows_events_as_json_lines() {
 
     let daemon = Daemon::start().unwrap();
     daemon.ctl(&["project", "create", "w"]).ok();
+    let created = daemon.ctl(&["-o", "json", "project", "show", "w"]);
+    // The project's first revision (on etcd, revisions are the whole cluster's).
+    let from = created.json()["meta"]["createRevision"].as_str().expect("the project's create revision").to_string();
     daemon.ctl(&["-p", "w", "req", "add", "before the watch"]).ok();
     let mut child = Command::new(maestro_tests::binary("e2e-maestroctl"))
-        .args(["--server", &daemon.url(), "-p", "w", "-o", "json", "watch", "--from-revision", "1"])
+        .args(["--server", &daemon.url(), "-p", "w", "-o", "json", "watch", "--from-revision", &from])
         .env("MAESTRO_TOKEN", daemon.admin_token())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -39,6 +39,17 @@ pub fn binary(name: &str) -> PathBuf {
     dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
+/// `--store` for a new test daemon: a fresh prefix on the cluster named by
+/// `MAESTRO_E2E_STORE`, or `None` (the default sled store).
+pub fn e2e_store() -> Option<String> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let cluster = std::env::var("MAESTRO_E2E_STORE").ok().filter(|s| !s.is_empty())?;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    Some(format!("{}/e2e-{}-{nanos}-{n}", cluster.trim_end_matches('/'), std::process::id()))
+}
+
 /// A running `maestrod` process. Dropping it kills the process.
 pub struct Daemon {
     child: Option<Child>,
@@ -62,14 +73,24 @@ impl Daemon {
     }
 
     /// Starts a daemon with extra arguments and environment variables.
+    ///
+    /// With `MAESTRO_E2E_STORE=etcd://HOSTS` (and the `etcd` feature), the
+    /// daemon keeps its SSOT on that cluster under a prefix of its own, kept
+    /// across restarts: the same tests then run against the etcd backend.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Daemon> {
         let temp = tempfile::tempdir().context("creating a temporary data directory")?;
+        let mut extra_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if let Some(store) = e2e_store()
+            && !args.contains(&"--store")
+        {
+            extra_args.extend(["--store".to_string(), store]);
+        }
         let mut daemon = Daemon {
             child: None,
             addr: String::new(),
             data_dir: temp.path().join("data"),
             log: temp.path().join("maestrod.log"),
-            extra_args: args.iter().map(|a| a.to_string()).collect(),
+            extra_args,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             _temp: Some(temp),
         };
@@ -198,6 +219,13 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            // A failing test shows what the daemon said last.
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- last lines of maestrod's log ---");
+            tail.iter().rev().for_each(|line| eprintln!("{line}"));
+        }
     }
 }
 

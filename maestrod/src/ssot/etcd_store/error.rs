@@ -58,11 +58,15 @@ impl From<Error> for Failure {
                     Code::InvalidArgument if message.contains("authentication failed") => {
                         Failure::Other(format!("etcd refused maestrod's credentials: {message}"))
                     }
-                    Code::InvalidArgument if message.contains("too large") => Failure::Invalid(format!(
-                        "{message} (etcd's --max-request-bytes is below the request; raise it to hold values of up \
-                         to {} MiB)",
-                        crate::ssot::store::MAX_VALUE_LEN >> 20
-                    )),
+                    Code::InvalidArgument | Code::ResourceExhausted
+                        if message.contains("too large") || message.contains("larger than max") =>
+                    {
+                        Failure::Invalid(format!(
+                            "{message}: the transaction is larger than etcd's --max-request-bytes (a snapshot restore \
+                             writes a project's whole state at once; a single value may be up to {} MiB)",
+                            crate::ssot::store::MAX_VALUE_LEN >> 20
+                        ))
+                    }
                     Code::InvalidArgument | Code::FailedPrecondition => Failure::Invalid(message),
                     Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
                         Failure::Unavailable(format!("etcd: {message}"))
@@ -75,6 +79,7 @@ impl From<Error> for Failure {
             }
             Error::TransportError(error) => Failure::Unavailable(format!("cannot reach etcd: {error}")),
             Error::IoError(error) => Failure::Unavailable(format!("cannot reach etcd: {error}")),
+            Error::LeaseKeepAliveError(message) if message.contains("lease not found") => Failure::LeaseNotFound,
             Error::WatchError(message) | Error::LeaseKeepAliveError(message) => {
                 Failure::Unavailable(format!("etcd stream ended: {message}"))
             }
@@ -108,6 +113,8 @@ mod tests {
         ));
         let large = status(Code::InvalidArgument, "etcdserver: request is too large").into_store_error();
         assert!(large.to_string().contains("--max-request-bytes"), "{large}");
+        let large = status(Code::ResourceExhausted, "grpc: received message larger than max (14407121 vs. 8912896)");
+        assert!(matches!(large, Failure::Invalid(ref m) if m.contains("--max-request-bytes")), "{large:?}");
         assert!(matches!(
             status(Code::Unavailable, "etcdserver: no leader").into_store_error(),
             StoreError::Unavailable(_)

@@ -35,8 +35,8 @@ impl LocalEtcd {
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=local={peer}"))
-            // The SSOT's largest value (4 MiB) with room for the request around it.
-            .arg("--max-request-bytes=8388608")
+            // Room for the SSOT's largest transactions (a snapshot restore writes a whole project).
+            .arg("--max-request-bytes=67108864")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

@@ -45,6 +45,10 @@ use crate::ssot::store::{
     TxnResponse, WatchStream, check_lease_ttl, check_txn,
 };
 
+/// Largest answer taken from etcd: a range of many keys of up to 4 MiB each
+/// (etcd itself sends answers of any size; the client's default is 4 MiB).
+const MAX_ANSWER: usize = 256 << 20;
+
 /// How maestrod talks to etcd, besides the address.
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
@@ -79,8 +83,11 @@ impl Shared {
         self.seen_revision(header.map_or(0, |h| to_revision(h.revision())))
     }
 
+    /// Notes a revision etcd answered with, and returns it (not the highest seen:
+    /// a transaction's answer is its own revision).
     fn seen_revision(&self, revision: Revision) -> Revision {
-        self.revision.fetch_max(revision, Ordering::AcqRel).max(revision)
+        self.revision.fetch_max(revision, Ordering::AcqRel);
+        revision
     }
 }
 
@@ -156,6 +163,11 @@ impl EtcdStore {
         self.tasks.spawn(async move { while rx.recv().await.is_some() {} });
     }
 
+    /// A KV client that takes answers as large as a range can make them.
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client.kv_client().max_decoding_message_size(MAX_ANSWER)
+    }
+
     fn key(&self, key: &[u8]) -> Vec<u8> {
         [&self.prefix[..], key].concat()
     }
@@ -169,7 +181,7 @@ impl EtcdStore {
 
     async fn current_revision(&self) -> Result<Revision, Failure> {
         let options = GetOptions::new().with_count_only();
-        let response = self.call(self.client.kv_client().get(self.prefix.clone(), Some(options))).await?;
+        let response = self.call(self.kv().get(self.prefix.clone(), Some(options))).await?;
         Ok(self.shared.seen(response.header()))
     }
 
@@ -185,7 +197,7 @@ impl EtcdStore {
             let probe = probe.clone();
             async move {
                 let options = GetOptions::new().with_count_only().with_revision(revision as i64);
-                match self.call(self.client.kv_client().get(probe, Some(options))).await {
+                match self.call(self.kv().get(probe, Some(options))).await {
                     Ok(_) => Ok(true),
                     Err(Failure::Compacted) => Ok(false),
                     Err(other) => Err(other),
@@ -252,7 +264,7 @@ impl EtcdStore {
         if request.revision != 0 && request.revision < compacted {
             return Err(StoreError::Compacted { requested: request.revision, compact_revision: compacted });
         }
-        let response = match self.call(self.client.kv_client().get(key, Some(options))).await {
+        let response = match self.call(self.kv().get(key, Some(options))).await {
             Ok(response) => response,
             Err(Failure::Compacted) => return Err(self.compacted_error(request.revision).await),
             Err(Failure::FutureRevision) => return Err(self.future_error(request.revision).await),
@@ -295,7 +307,10 @@ impl EtcdStore {
             .map(|c| TxnOp::get(self.key(&c.key), Some(GetOptions::new().with_keys_only())))
             .collect();
         let request = EtcdTxn::new().when(compares).and_then(ops).or_else(current);
-        let response = match self.call(self.client.kv_client().txn(request)).await {
+        let started = std::time::Instant::now();
+        let answer = self.call(self.kv().txn(request)).await;
+        crate::metrics::get().store_write_seconds.observe(started.elapsed().as_secs_f64());
+        let response = match answer {
             Ok(response) => response,
             Err(Failure::LeaseNotFound) => {
                 let lease = txn.ops.iter().find_map(|op| match op {
@@ -327,10 +342,14 @@ impl EtcdStore {
     }
 
     async fn do_keep_alive(&self, id: LeaseId) -> Result<LeaseInfo, StoreError> {
+        let refused = |failure: Failure| match failure {
+            Failure::LeaseNotFound => StoreError::LeaseNotFound(id),
+            other => other.into_store_error(),
+        };
         let (mut keeper, mut answers) =
-            self.call(self.client.lease_client().keep_alive(to_etcd(id))).await.map_err(Failure::into_store_error)?;
-        self.call(keeper.keep_alive()).await.map_err(Failure::into_store_error)?;
-        let answer = self.call(answers.message()).await.map_err(Failure::into_store_error)?;
+            self.call(self.client.lease_client().keep_alive(to_etcd(id))).await.map_err(refused)?;
+        self.call(keeper.keep_alive()).await.map_err(refused)?;
+        let answer = self.call(answers.message()).await.map_err(refused)?;
         match answer {
             Some(answer) if answer.ttl() > 0 => Ok(lease_info(id, answer.ttl(), answer.ttl())),
             _ => Err(StoreError::LeaseNotFound(id)),
@@ -350,7 +369,7 @@ impl EtcdStore {
         let answer = if etcd_point == 0 {
             Ok(())
         } else {
-            self.call(self.client.kv_client().compact(to_etcd(etcd_point), None)).await.map(|_| ())
+            self.call(self.kv().compact(to_etcd(etcd_point), None)).await.map(|_| ())
         };
         match answer {
             Ok(()) => {

@@ -83,7 +83,13 @@ impl Watch {
             self.started = true;
         }
         let options = WatchOptions::new().with_prefix().with_start_revision(to_etcd(self.next)).with_progress_notify();
-        let mut stream = match self.client.watch_client().watch(self.key.clone(), Some(options)).await {
+        let mut stream = match self
+            .client
+            .watch_client()
+            .max_decoding_message_size(super::MAX_ANSWER)
+            .watch(self.key.clone(), Some(options))
+            .await
+        {
             Ok(stream) => stream,
             Err(error) => return Ok(not_yet(Failure::from(error))),
         };
@@ -197,6 +203,11 @@ fn not_yet(failure: Failure) -> Delivered {
 
 async fn current_revision(client: &Client, key: &[u8]) -> Result<Revision, Failure> {
     let options = etcd_client::GetOptions::new().with_count_only();
-    let response = client.kv_client().get(key.to_vec(), Some(options)).await.map_err(Failure::from)?;
+    let response = client
+        .kv_client()
+        .max_decoding_message_size(super::MAX_ANSWER)
+        .get(key.to_vec(), Some(options))
+        .await
+        .map_err(Failure::from)?;
     Ok(response.header().map_or(0, |h| to_revision(h.revision())))
 }

@@ -9,7 +9,7 @@ use crate::ssot::store::StoreError;
 /// Takes an exclusive lock on `dir/maestrod.lock` for the life of the
 /// returned file, and writes this process's id into it (for the error a
 /// second daemon gets).
-pub(super) fn lock_data_dir(dir: &Path) -> Result<File, StoreError> {
+pub(crate) fn lock_data_dir(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join("maestrod.lock");
     let mut file = std::fs::OpenOptions::new()
         .read(true)

@@ -24,7 +24,7 @@ mod checkpoint;
 mod compact;
 mod layout;
 mod lease;
-mod lockfile;
+pub(crate) mod lockfile;
 mod read;
 mod wal;
 mod watch;
