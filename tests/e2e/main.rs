@@ -8,6 +8,8 @@ mod budgets;
 mod cli;
 mod crash;
 mod durability;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod fairness;
 mod harness;
 mod keys;

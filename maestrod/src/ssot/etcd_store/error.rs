@@ -46,6 +46,19 @@ impl Failure {
     }
 }
 
+/// The request never reached a member: refused or unroutable at connect.
+pub(super) fn never_sent(error: &Error) -> bool {
+    match error {
+        Error::TransportError(_) => true,
+        Error::GRpcStatus(status) => {
+            let message = status.message();
+            status.code() == Code::Unavailable
+                && (message.contains("connect error") || message.contains("Connection refused"))
+        }
+        _ => false,
+    }
+}
+
 impl From<Error> for Failure {
     fn from(error: Error) -> Self {
         match error {
@@ -94,6 +107,16 @@ mod tests {
 
     fn status(code: Code, message: &str) -> Failure {
         Failure::from(Error::GRpcStatus(tonic::Status::new(code, message)))
+    }
+
+    #[test]
+    fn only_requests_refused_at_connect_count_as_never_sent() {
+        let refused = Error::GRpcStatus(tonic::Status::unavailable("tcp connect error"));
+        assert!(never_sent(&refused));
+        // Sent, then the connection broke: etcd may have applied it.
+        let broken = Error::GRpcStatus(tonic::Status::unavailable("error reading a body from connection"));
+        assert!(!never_sent(&broken));
+        assert!(!never_sent(&Error::GRpcStatus(tonic::Status::unavailable("etcdserver: no leader"))));
     }
 
     #[test]

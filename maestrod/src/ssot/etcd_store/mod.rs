@@ -35,7 +35,7 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, debug, info, info_span};
 
 use self::error::Failure;
 use crate::ssot::clock::now_ms;
@@ -66,6 +66,15 @@ impl Default for EtcdOptions {
     fn default() -> Self {
         Self { user: None, ca: None, identity: None, request_timeout: Duration::from_secs(10) }
     }
+}
+
+/// When a failed call is sent again.
+#[derive(Debug, Clone, Copy)]
+enum Retry {
+    /// After any failure to reach etcd (the call changes nothing).
+    Read,
+    /// Only when etcd cannot have received it.
+    Write,
 }
 
 /// What every task of one store shares.
@@ -172,16 +181,50 @@ impl EtcdStore {
         [&self.prefix[..], key].concat()
     }
 
-    async fn call<T>(&self, request: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, Failure> {
-        match tokio::time::timeout(self.timeout, request).await {
-            Ok(answer) => answer.map_err(Failure::from),
-            Err(_) => Err(Failure::timeout(self.timeout)),
+    /// One etcd call within the request timeout, sent again while the cluster
+    /// cannot have acted on it: a request refused at connect never reached a
+    /// member (one that died stays in the client's rotation until its connection
+    /// is found broken), so it is resent even when it writes; a read is resent
+    /// after any failure to reach etcd.
+    async fn call<T, F, Fut>(&self, retry: Retry, attempt: F) -> Result<T, Failure>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let error = match tokio::time::timeout_at(deadline, attempt()).await {
+                Err(_) => return Err(Failure::timeout(self.timeout)),
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(error)) => error,
+            };
+            let never_sent = error::never_sent(&error);
+            let failure = Failure::from(error);
+            let again = match retry {
+                Retry::Read => matches!(failure, Failure::Unavailable(_)),
+                Retry::Write => never_sent,
+            };
+            if !again || tokio::time::Instant::now() + pause >= deadline {
+                return Err(failure);
+            }
+            debug!(?failure, "etcd did not take the request; sending it again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
         }
+    }
+
+    async fn get(&self, key: Vec<u8>, options: GetOptions) -> Result<etcd_client::GetResponse, Failure> {
+        self.call(Retry::Read, || {
+            let (mut kv, key, options) = (self.kv(), key.clone(), options.clone());
+            async move { kv.get(key, Some(options)).await }
+        })
+        .await
     }
 
     async fn current_revision(&self) -> Result<Revision, Failure> {
         let options = GetOptions::new().with_count_only();
-        let response = self.call(self.kv().get(self.prefix.clone(), Some(options))).await?;
+        let response = self.get(self.prefix.clone(), options).await?;
         Ok(self.shared.seen(response.header()))
     }
 
@@ -197,7 +240,7 @@ impl EtcdStore {
             let probe = probe.clone();
             async move {
                 let options = GetOptions::new().with_count_only().with_revision(revision as i64);
-                match self.call(self.kv().get(probe, Some(options))).await {
+                match self.get(probe, options).await {
                     Ok(_) => Ok(true),
                     Err(Failure::Compacted) => Ok(false),
                     Err(other) => Err(other),
@@ -264,7 +307,7 @@ impl EtcdStore {
         if request.revision != 0 && request.revision < compacted {
             return Err(StoreError::Compacted { requested: request.revision, compact_revision: compacted });
         }
-        let response = match self.call(self.kv().get(key, Some(options))).await {
+        let response = match self.get(key, options).await {
             Ok(response) => response,
             Err(Failure::Compacted) => return Err(self.compacted_error(request.revision).await),
             Err(Failure::FutureRevision) => return Err(self.future_error(request.revision).await),
@@ -308,7 +351,12 @@ impl EtcdStore {
             .collect();
         let request = EtcdTxn::new().when(compares).and_then(ops).or_else(current);
         let started = std::time::Instant::now();
-        let answer = self.call(self.kv().txn(request)).await;
+        let answer = self
+            .call(Retry::Write, || {
+                let (mut kv, request) = (self.kv(), request.clone());
+                async move { kv.txn(request).await }
+            })
+            .await;
         crate::metrics::get().store_write_seconds.observe(started.elapsed().as_secs_f64());
         let response = match answer {
             Ok(response) => response,
@@ -346,10 +394,18 @@ impl EtcdStore {
             Failure::LeaseNotFound => StoreError::LeaseNotFound(id),
             other => other.into_store_error(),
         };
-        let (mut keeper, mut answers) =
-            self.call(self.client.lease_client().keep_alive(to_etcd(id))).await.map_err(refused)?;
-        self.call(keeper.keep_alive()).await.map_err(refused)?;
-        let answer = self.call(answers.message()).await.map_err(refused)?;
+        // Keeping a lease alive is idempotent: the whole exchange is retried.
+        let answer = self
+            .call(Retry::Read, || {
+                let mut leases = self.client.lease_client();
+                async move {
+                    let (mut keeper, mut answers) = leases.keep_alive(to_etcd(id)).await?;
+                    keeper.keep_alive().await?;
+                    answers.message().await
+                }
+            })
+            .await
+            .map_err(refused)?;
         match answer {
             Some(answer) if answer.ttl() > 0 => Ok(lease_info(id, answer.ttl(), answer.ttl())),
             _ => Err(StoreError::LeaseNotFound(id)),
@@ -369,7 +425,13 @@ impl EtcdStore {
         let answer = if etcd_point == 0 {
             Ok(())
         } else {
-            self.call(self.kv().compact(to_etcd(etcd_point), None)).await.map(|_| ())
+            let point = to_etcd(etcd_point);
+            self.call(Retry::Write, || {
+                let mut kv = self.kv();
+                async move { kv.compact(point, None).await }
+            })
+            .await
+            .map(|_| ())
         };
         match answer {
             Ok(()) => {
@@ -457,7 +519,10 @@ impl Store for EtcdStore {
             // etcd counts whole seconds: a fraction is rounded up, never down.
             let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
             let response = self
-                .call(self.client.lease_client().grant(to_etcd(seconds), None))
+                .call(Retry::Write, || {
+                    let mut leases = self.client.lease_client();
+                    async move { leases.grant(to_etcd(seconds), None).await }
+                })
                 .await
                 .map_err(Failure::into_store_error)?;
             self.shared.seen(response.header());
@@ -472,7 +537,11 @@ impl Store for EtcdStore {
 
     fn lease_revoke(&self, id: LeaseId) -> BoxFuture<'_, Result<Revision, StoreError>> {
         async move {
-            match self.call(self.client.lease_client().revoke(to_etcd(id))).await {
+            let revoke = self.call(Retry::Write, || {
+                let mut leases = self.client.lease_client();
+                async move { leases.revoke(to_etcd(id)).await }
+            });
+            match revoke.await {
                 Ok(response) => Ok(self.shared.seen(response.header())),
                 Err(Failure::LeaseNotFound) => Err(StoreError::LeaseNotFound(id)),
                 Err(failure) => Err(failure.into_store_error()),
@@ -483,7 +552,12 @@ impl Store for EtcdStore {
 
     fn lease_get(&self, id: LeaseId) -> BoxFuture<'_, Result<LeaseInfo, StoreError>> {
         async move {
-            let answer = self.call(self.client.lease_client().time_to_live(to_etcd(id), None)).await;
+            let answer = self
+                .call(Retry::Read, || {
+                    let mut leases = self.client.lease_client();
+                    async move { leases.time_to_live(to_etcd(id), None).await }
+                })
+                .await;
             match answer {
                 Ok(response) if response.ttl() > 0 => Ok(lease_info(id, response.granted_ttl(), response.ttl())),
                 Ok(_) | Err(Failure::LeaseNotFound) => Err(StoreError::LeaseNotFound(id)),
