@@ -70,10 +70,15 @@ fn parse_args() -> anyhow::Result<Options> {
             "--server" => options.server = Some(args.next().context("--server needs host:port")?),
             "--history" => options.history = value("--history")?,
             "--etcd" => options.etcd = Some(args.next().context("--etcd needs host:port")?),
+            "--store" => {
+                let store = args.next().context("--store needs a location (sled, etcd://HOST:PORT/PREFIX)")?;
+                let _ = STORE.set(store);
+            }
             "--help" | "-h" => {
                 println!(
                     "usage: maestro-bench [--seconds N per phase (3)] [--rounds N (3)] [--in-flight N (64)] [--connections N (4)] \
-                     [--watchers N (100)] [--watch-rate WRITES_PER_SEC (1000)] [--history REVISIONS (0)] [--server HOST:PORT] [--etcd HOST:PORT] [--json]"
+                     [--watchers N (100)] [--watch-rate WRITES_PER_SEC (1000)] [--history REVISIONS (0)] [--server HOST:PORT] [--store LOCATION: the started daemon's --store] \
+                     [--etcd HOST:PORT] [--json]"
                 );
                 std::process::exit(0);
             }
@@ -284,10 +289,26 @@ mod etcd {
 /// The daemon's arguments: the ceiling of the server, not of one user's quota,
 /// and no compaction but the one the history phase asks for.
 fn daemon_args() -> Vec<String> {
-    ["--maintenance-interval", "3600", "--user-rate", "0", "--user-concurrency", "100000", "--user-streams", "100000"]
-        .map(String::from)
-        .to_vec()
+    let mut args: Vec<String> = [
+        "--maintenance-interval",
+        "3600",
+        "--user-rate",
+        "0",
+        "--user-concurrency",
+        "100000",
+        "--user-streams",
+        "100000",
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Some(store) = STORE.get() {
+        args.extend(["--store".to_string(), store.clone()]);
+    }
+    args
 }
+
+/// `--store` of the daemons this run starts (default: their own sled store).
+static STORE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// What the history phases measured.
 #[derive(Default)]
