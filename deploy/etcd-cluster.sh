@@ -37,7 +37,7 @@ case $action in
         --listen-client-urls "http://127.0.0.1:2379$n" --advertise-client-urls "http://127.0.0.1:2379$n" \
         --listen-peer-urls "http://127.0.0.1:2380$n" --initial-advertise-peer-urls "http://127.0.0.1:2380$n" \
         --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token maestro-local \
-        --max-request-bytes 67108864 >"$dir/n$n.log" 2>&1 &
+        --max-request-bytes 67108864 --max-txn-ops 100000 >"$dir/n$n.log" 2>&1 &
       echo $! >"$dir/n$n.pid"
     done
     for _ in $(seq 1 100); do

@@ -73,14 +73,22 @@ fn a_loop_carries_on_when_an_etcd_member_dies() {
     let here = tempfile::tempdir().unwrap();
     let url = daemon.url();
     let path = here.path().to_path_buf();
-    let run = std::thread::spawn(move || run_ctl_in(&url, &path, &["-o", "json", "run", "--demo"]));
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(run_ctl_in(&url, &path, &["-o", "json", "run", "--demo"])));
     // Mid-loop: the first member (the endpoint maestrod named first) goes away.
     std::thread::sleep(Duration::from_millis(1500));
     etcd.kill(0);
-    let out = run.join().unwrap();
+    let killed_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let Ok(out) = finished.recv_timeout(Duration::from_secs(180)) else {
+        panic!("the loop did not end within 3 minutes:\n{}", daemon.log());
+    };
     assert_eq!(out.code, 0, "{}{}\n{}", out.stdout, out.stderr, daemon.log());
     let last = out.stdout.lines().last().unwrap_or_default();
     assert!(last.contains("LOOP_STATE_SUCCEEDED"), "{last}");
+    // The loop was still at work when the member died: it went on without it.
+    let event: serde_json::Value = serde_json::from_str(last).unwrap();
+    let ended_ms: i64 = event["timeMs"].as_str().unwrap().parse().unwrap();
+    assert!(ended_ms > killed_ms, "the loop ended before the member was killed; kill it earlier");
     // And the daemon still serves from the two members left.
     let status = daemon.ctl(&["-p", "maestro-demo", "-o", "json", "req", "list"]);
     assert_eq!(status.code, 0, "{}", status.stderr);

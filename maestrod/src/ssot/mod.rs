@@ -360,7 +360,7 @@ async fn nothing() -> Result<()> {
 }
 
 /// Waits before retry `attempt` of a read-modify-write that lost a race: a
-/// yield at first, then a random pause growing to at most 5 ms, so that many
+/// yield at first, then a random pause growing to at most 50 ms, so that many
 /// writers contending for one record (an id counter, say) do not keep
 /// colliding in step.
 async fn after_lost_race(attempt: usize) {
@@ -368,7 +368,9 @@ async fn after_lost_race(attempt: usize) {
         tokio::task::yield_now().await;
         return;
     }
-    let ceiling_us = (50u64 << attempt.min(7)).min(5_000);
+    // Full jitter up to 50 ms: with dozens of writers on one key and durable writes taking
+    // milliseconds under load, a lower ceiling let the losers collide again and run out of tries.
+    let ceiling_us = (50u64 << attempt.min(10)).min(50_000);
     let mut random = [0u8; 8];
     let _ = getrandom::fill(&mut random);
     let pause = u64::from_le_bytes(random) % ceiling_us;

@@ -330,7 +330,9 @@ fn etcd_store_matches_the_model() {
             let after = other.range(RangeRequest::prefix("")).await.unwrap();
             prop_assert_eq!(as_state(&after.kvs, outcome.base), outcome.state);
             prop_assert!(other.status().revision >= outcome.status.revision);
-            prop_assert_eq!(other.status().compact_revision, outcome.status.compact_revision);
+            // etcd cannot tell a compaction at its first (empty) revision from none: 2 reads as 0.
+            let point = |c: Revision| if c <= 2 { 0 } else { c };
+            prop_assert_eq!(point(other.status().compact_revision), point(outcome.status.compact_revision));
             other.close().await;
             Ok(())
         })

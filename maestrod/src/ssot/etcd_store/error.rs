@@ -26,6 +26,8 @@ pub(super) enum Failure {
     Unavailable(String),
     /// Anything else (credentials refused, the cluster's space quota, ...).
     Other(String),
+    /// A write was sent and no answer came: etcd may have applied it.
+    Unconfirmed(String),
 }
 
 impl Failure {
@@ -41,22 +43,28 @@ impl Failure {
             Failure::Compacted | Failure::FutureRevision | Failure::LeaseNotFound => {
                 StoreError::Backend(format!("etcd answered {self:?} where it was not expected"))
             }
-            Failure::Other(message) => StoreError::Backend(message),
+            Failure::Other(message) | Failure::Unconfirmed(message) => StoreError::Backend(message),
         }
     }
 }
 
-/// The request never reached a member: refused or unroutable at connect.
+/// The request never reached a member: the connection to it could not be made.
 pub(super) fn never_sent(error: &Error) -> bool {
-    match error {
-        Error::TransportError(_) => true,
-        Error::GRpcStatus(status) => {
-            let message = status.message();
-            status.code() == Code::Unavailable
-                && (message.contains("connect error") || message.contains("Connection refused"))
+    let status = match error {
+        Error::TransportError(_) => return true,
+        Error::GRpcStatus(status) if status.code() == Code::Unavailable => status,
+        _ => return false,
+    };
+    // tonic marks a failed connect with a `ConnectError` source; a proxy's "upstream connect
+    // error" (which may have forwarded the request) has none.
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tonic::ConnectError>() {
+            return true;
         }
-        _ => false,
+        source = error.source();
     }
+    status.message() == "tcp connect error"
 }
 
 impl From<Error> for Failure {
@@ -80,10 +88,22 @@ impl From<Error> for Failure {
                             crate::ssot::store::MAX_VALUE_LEN >> 20
                         ))
                     }
-                    Code::InvalidArgument | Code::FailedPrecondition => Failure::Invalid(message),
-                    Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
+                    Code::InvalidArgument if message.contains("too many operations") => Failure::Invalid(format!(
+                        "{message}: the transaction has more operations than etcd's --max-txn-ops (a snapshot \
+                         restore compares every resource of a project)"
+                    )),
+                    Code::InvalidArgument => Failure::Invalid(message),
+                    // "not leader" and the like: the cluster is between leaders.
+                    Code::FailedPrecondition => Failure::Unavailable(format!("etcd: {message}")),
+                    // The connection broke under the request (h2 reset): unreachable, not a bug.
+                    Code::Unknown if message.contains("transport error") => {
                         Failure::Unavailable(format!("etcd: {message}"))
                     }
+                    Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::Cancelled
+                    | Code::Aborted
+                    | Code::ResourceExhausted => Failure::Unavailable(format!("etcd: {message}")),
                     Code::Unauthenticated | Code::PermissionDenied => {
                         Failure::Other(format!("etcd refused maestrod's credentials: {message}"))
                     }
@@ -113,6 +133,8 @@ mod tests {
     fn only_requests_refused_at_connect_count_as_never_sent() {
         let refused = Error::GRpcStatus(tonic::Status::unavailable("tcp connect error"));
         assert!(never_sent(&refused));
+        let proxy = "upstream connect error or disconnect/reset before headers";
+        assert!(!never_sent(&Error::GRpcStatus(tonic::Status::unavailable(proxy))));
         // Sent, then the connection broke: etcd may have applied it.
         let broken = Error::GRpcStatus(tonic::Status::unavailable("error reading a body from connection"));
         assert!(!never_sent(&broken));

@@ -51,6 +51,7 @@ impl LocalEtcd {
                 .arg("--initial-cluster-state=new")
                 // Room for the SSOT's largest transactions (a snapshot restore writes a whole project).
                 .arg("--max-request-bytes=67108864")
+                .arg("--max-txn-ops=100000")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());

@@ -68,6 +68,13 @@ impl Default for EtcdOptions {
     }
 }
 
+/// What became of a transaction whose answer was lost.
+enum Settled {
+    Applied(Revision),
+    NotApplied,
+    Unknown,
+}
+
 /// When a failed call is sent again.
 #[derive(Debug, Clone, Copy)]
 enum Retry {
@@ -115,7 +122,10 @@ impl EtcdStore {
         let mut connect = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            .with_require_leader(true);
+            .with_require_leader(true)
+            // etcd's auth tokens expire (simple tokens after 5 idle minutes on a member, JWTs at
+            // their TTL): a refused token is renewed and the request sent again.
+            .with_auto_token_refresh(true);
         let scheme = if options.ca.is_some() { "https" } else { "http" };
         if options.ca.is_some() {
             connect = connect.with_tls(tls(&options)?);
@@ -195,6 +205,12 @@ impl EtcdStore {
         let mut pause = Duration::from_millis(20);
         loop {
             let error = match tokio::time::timeout_at(deadline, attempt()).await {
+                Err(_) if matches!(retry, Retry::Write) => {
+                    return Err(Failure::Unconfirmed(format!(
+                        "etcd did not confirm the write within {}s; it may have been applied",
+                        self.timeout.as_secs()
+                    )));
+                }
                 Err(_) => return Err(Failure::timeout(self.timeout)),
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(error)) => error,
@@ -206,7 +222,13 @@ impl EtcdStore {
                 Retry::Write => never_sent,
             };
             if !again || tokio::time::Instant::now() + pause >= deadline {
-                return Err(failure);
+                return Err(match (retry, failure) {
+                    // Sent, then no answer: etcd may have applied it. Not "retry shortly".
+                    (Retry::Write, Failure::Unavailable(reason)) if !never_sent => Failure::Unconfirmed(format!(
+                        "etcd did not confirm the write, which may have been applied: {reason}"
+                    )),
+                    (_, failure) => failure,
+                });
             }
             debug!(?failure, "etcd did not take the request; sending it again");
             tokio::time::sleep(pause).await;
@@ -247,6 +269,7 @@ impl EtcdStore {
                 }
             }
         };
+        // Revision 1 is an empty cluster's first: compacted there or not, nothing is lost (0).
         if current <= 1 || readable(1).await? {
             return Ok(0);
         }
@@ -263,7 +286,10 @@ impl EtcdStore {
     }
 
     async fn compacted_error(&self, requested: Revision) -> StoreError {
-        let current = self.shared.revision.load(Ordering::Acquire);
+        let current = match self.current_revision().await {
+            Ok(current) => current,
+            Err(failure) => return failure.into_store_error(),
+        };
         if let Ok(compacted) = self.find_compacted(current).await {
             self.shared.compacted.fetch_max(compacted, Ordering::AcqRel);
         }
@@ -322,7 +348,7 @@ impl EtcdStore {
 
     async fn do_txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
         check_txn(&txn)?;
-        let actor = txn.actor.clone().or_else(crate::ssot::actor::current).unwrap_or_default();
+        let actor = txn.actor.clone().unwrap_or_else(crate::ssot::actor::current_or_daemon);
         let compares: Vec<Compare> = txn
             .compares
             .iter()
@@ -351,12 +377,31 @@ impl EtcdStore {
             .collect();
         let request = EtcdTxn::new().when(compares).and_then(ops).or_else(current);
         let started = std::time::Instant::now();
-        let answer = self
+        let mut answer = self
             .call(Retry::Write, || {
                 let (mut kv, request) = (self.kv(), request.clone());
                 async move { kv.txn(request).await }
             })
             .await;
+        // A leader that died mid-write leaves its outcome unknown: find it out, and send the
+        // transaction again only when it certainly did not apply.
+        let mut checks = 0;
+        while let Err(Failure::Unconfirmed(reason)) = &answer {
+            checks += 1;
+            match self.settle(&txn, &actor).await {
+                Settled::Applied(revision) => return Ok(TxnResponse::Committed { revision }),
+                Settled::NotApplied if checks < 3 => {
+                    debug!(%reason, "the unconfirmed write did not apply; sending it again");
+                    answer = self
+                        .call(Retry::Write, || {
+                            let (mut kv, request) = (self.kv(), request.clone());
+                            async move { kv.txn(request).await }
+                        })
+                        .await;
+                }
+                Settled::NotApplied | Settled::Unknown => break,
+            }
+        }
         crate::metrics::get().store_write_seconds.observe(started.elapsed().as_secs_f64());
         let response = match answer {
             Ok(response) => response,
@@ -387,6 +432,63 @@ impl EtcdStore {
             }
         }
         Err(StoreError::Backend("etcd refused a transaction whose compares all hold".into()))
+    }
+
+    /// Whether a transaction whose answer was lost was applied, from what etcd holds now:
+    /// applied if every key it put holds its value (author included) at one revision; not
+    /// applied if it compares a key it also changes and every compare still holds (applying it
+    /// would have moved that key). Anything else is unknown.
+    async fn settle(&self, txn: &Txn, actor: &str) -> Settled {
+        let written: Vec<&[u8]> = txn
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Put { key, .. } | Op::Delete { key } => Some(key.as_slice()),
+                Op::DeleteRange { .. } => None,
+            })
+            .collect();
+        let mut put_revisions = Vec::new();
+        for op in &txn.ops {
+            let Op::Put { key, value, .. } = op else { continue };
+            match self.get(self.key(key), GetOptions::new()).await {
+                Ok(response) => match response.kvs().first() {
+                    Some(kv) if kv.value() == value::encode(actor, value) => {
+                        put_revisions.push(to_revision(kv.mod_revision()))
+                    }
+                    _ => put_revisions.clear(),
+                },
+                Err(_) => return Settled::Unknown,
+            }
+            if put_revisions.is_empty() {
+                break;
+            }
+        }
+        let puts = txn.ops.iter().filter(|op| matches!(op, Op::Put { .. })).count();
+        // The same value at the very revision a compare expects is what was there before.
+        let unchanged = |revision: Revision| txn.compares.iter().any(|c| c.mod_revision == revision);
+        if puts > 0
+            && put_revisions.len() == puts
+            && put_revisions.windows(2).all(|w| w[0] == w[1])
+            && !unchanged(put_revisions[0])
+        {
+            return Settled::Applied(put_revisions[0]);
+        }
+        if !txn.compares.iter().any(|c| written.contains(&c.key.as_slice())) {
+            return Settled::Unknown;
+        }
+        for compare in &txn.compares {
+            let options = GetOptions::new().with_keys_only();
+            match self.get(self.key(&compare.key), options).await {
+                Ok(response) => {
+                    let current = response.kvs().first().map_or(0, |kv| to_revision(kv.mod_revision()));
+                    if current != compare.mod_revision {
+                        return Settled::Unknown;
+                    }
+                }
+                Err(_) => return Settled::Unknown,
+            }
+        }
+        Settled::NotApplied
     }
 
     async fn do_keep_alive(&self, id: LeaseId) -> Result<LeaseInfo, StoreError> {
@@ -447,6 +549,13 @@ impl EtcdStore {
             Err(Failure::FutureRevision) => Err(self.future_error(revision).await),
             Err(failure) => Err(failure.into_store_error()),
         }
+    }
+}
+
+impl Drop for EtcdStore {
+    /// Ends the follower and every watch task even when `close` was not called.
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }
 

@@ -20,6 +20,8 @@ type Sender = mpsc::Sender<Result<WatchBatch, StoreError>>;
 
 /// Longest pause between two attempts to open the stream again.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Attempts in a row that deliver nothing before the caller is told (about a minute).
+const MAX_FAILURES: u32 = 35;
 
 pub(super) struct Watch {
     pub(super) client: Client,
@@ -39,6 +41,7 @@ pub(super) struct Watch {
 impl Watch {
     pub(super) async fn run(mut self, tx: Sender, cancel: CancellationToken) {
         let mut backoff = Duration::from_millis(50);
+        let mut failures = 0;
         loop {
             let outcome = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -46,10 +49,27 @@ impl Watch {
                 outcome = self.stream(&tx) => outcome,
             };
             match outcome {
-                Ok(Delivered::Some) => backoff = Duration::from_millis(50),
-                Ok(Delivered::Nothing) => {}
+                Ok(Delivered::Some) => {
+                    backoff = Duration::from_millis(50);
+                    failures = 0;
+                }
+                Ok(Delivered::Nothing) if failures + 1 < MAX_FAILURES => failures += 1,
+                Ok(Delivered::Nothing) => {
+                    // Not one revision delivered in a minute of attempts: say so rather than go quiet.
+                    let error = StoreError::Unavailable(format!(
+                        "the etcd watch could not be opened again from revision {} (see the daemon's log)",
+                        self.next
+                    ));
+                    let _ = tx.try_send(Err(error));
+                    break;
+                }
+                // The follower only keeps `status()` current: it starts over from now.
+                Err(Ended::Refused(StoreError::Compacted { .. })) if !self.counted => {
+                    self.next = 0;
+                    self.started = false;
+                }
                 Err(Ended::Refused(error)) => {
-                    let _ = tx.send(Err(error)).await;
+                    let _ = tx.try_send(Err(error));
                     break;
                 }
                 Err(Ended::CallerGone) => break,
@@ -81,6 +101,21 @@ impl Watch {
                 return Err(Ended::Refused(StoreError::FutureRevision { requested: self.next, current }));
             }
             self.started = true;
+        }
+        // etcd accepts a watch from its compaction revision C itself but has dropped the
+        // deletions made at C: refuse where a read of the revision before would be refused.
+        if self.next > 1 {
+            match read_at(&self.client, &self.key, self.next - 1).await {
+                Ok(()) => {}
+                Err(Failure::Compacted) => {
+                    let compacted = self.shared.compacted.load(Ordering::Acquire).max(self.next + 1);
+                    return Err(Ended::Refused(StoreError::Compacted {
+                        requested: self.next,
+                        compact_revision: compacted,
+                    }));
+                }
+                Err(failure) => return Ok(not_yet(failure)),
+            }
         }
         let options = WatchOptions::new().with_prefix().with_start_revision(to_etcd(self.next)).with_progress_notify();
         let mut stream = match self
@@ -199,6 +234,13 @@ enum Ended {
 fn not_yet(failure: Failure) -> Delivered {
     debug!(?failure, "etcd watch cannot be opened yet");
     Delivered::Nothing
+}
+
+/// A read at `revision` that returns nothing: whether etcd still has it.
+async fn read_at(client: &Client, key: &[u8], revision: Revision) -> Result<(), Failure> {
+    let options = etcd_client::GetOptions::new().with_count_only().with_revision(to_etcd(revision));
+    let mut kv = client.kv_client();
+    kv.get(key.to_vec(), Some(options)).await.map(drop).map_err(Failure::from)
 }
 
 async fn current_revision(client: &Client, key: &[u8]) -> Result<Revision, Failure> {
