@@ -53,7 +53,8 @@ impl Watch {
                     backoff = Duration::from_millis(50);
                     failures = 0;
                 }
-                Ok(Delivered::Nothing) if failures + 1 < MAX_FAILURES => failures += 1,
+                // The follower never gives up: `status()` depends on it.
+                Ok(Delivered::Nothing) if failures + 1 < MAX_FAILURES || !self.counted => failures += 1,
                 Ok(Delivered::Nothing) => {
                     // Not one revision delivered in a minute of attempts: say so rather than go quiet.
                     let error = StoreError::Unavailable(format!(
