@@ -501,6 +501,9 @@ impl EtcdStore {
             .call(Retry::Read, || {
                 let mut leases = self.client.lease_client();
                 async move {
+                    // Opening the stream already renews the lease once (and refuses an unknown
+                    // one), but the crate keeps that answer's TTL to itself: a second renewal on
+                    // the same stream brings it back.
                     let (mut keeper, mut answers) = leases.keep_alive(to_etcd(id)).await?;
                     keeper.keep_alive().await?;
                     answers.message().await
