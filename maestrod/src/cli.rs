@@ -106,6 +106,10 @@ pub struct Args {
     /// checkpoints are larger). Checkpoints let the log be trimmed and a damaged store be rebuilt.
     #[arg(long, env = "MAESTRO_CHECKPOINT_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
     checkpoint_bytes: u64,
+    /// TTL of the lease this daemon owns its loops on (seconds): when the daemon dies, or is cut off
+    /// from the store for longer, another daemon sharing the store takes its loops over.
+    #[arg(long, env = "MAESTRO_DAEMON_LEASE_TTL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    daemon_lease_ttl: u64,
     /// Log format on stderr.
     #[arg(long, env = "MAESTRO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -411,6 +415,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.limits.memory_entries_per_agent = usize::try_from(args.memory_max_entries).unwrap_or(usize::MAX);
     config.limits.memory_bytes_per_agent = usize::try_from(args.memory_max_bytes).unwrap_or(usize::MAX);
     config.store_location = args.store.clone();
+    config.daemon_lease_ttl = std::time::Duration::from_secs(args.daemon_lease_ttl);
     #[cfg(feature = "etcd")]
     {
         config.etcd.user = match (&args.etcd_user, std::env::var("MAESTRO_ETCD_PASSWORD")) {

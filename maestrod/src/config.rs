@@ -37,6 +37,9 @@ pub struct DaemonConfig {
     /// How to reach etcd (with `--store etcd://...`).
     #[cfg(feature = "etcd")]
     pub etcd: crate::ssot::etcd_store::EtcdOptions,
+    /// The TTL of the lease this daemon's loops are owned on: how long they
+    /// wait for it after it dies before another daemon takes them.
+    pub daemon_lease_ttl: Duration,
 }
 
 impl DaemonConfig {
@@ -56,6 +59,7 @@ impl DaemonConfig {
             idle_timeout: Duration::from_secs(300),
             store_location: crate::ssot::location::StoreLocation::default(),
             store: crate::ssot::sled_store::SledOptions::default(),
+            daemon_lease_ttl: crate::autoloop::membership::DEFAULT_TTL,
             #[cfg(feature = "etcd")]
             etcd: crate::ssot::etcd_store::EtcdOptions::default(),
         }

@@ -110,6 +110,16 @@ impl Daemon {
 
         let placement = Placement::new(Some(config.data_dir.clone()), config.workspace_roots.clone());
         let loops = LoopManager::with_placement(ssot.clone(), sandbox.clone(), placement);
+        let address = match &listener {
+            Listener::Tcp(listener) => listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Listener::Unix(_, path) => format!("unix:{}", path.display()),
+        };
+        loops.set_member_config(crate::autoloop::membership::MemberConfig {
+            address,
+            ttl: config.daemon_lease_ttl,
+            lease_file: Some(config.data_dir.join("daemon.lease")),
+            ..Default::default()
+        });
         match loops.resume_all().await {
             Ok(0) => {}
             Ok(resumed) => info!(resumed, "unfinished loops resumed"),

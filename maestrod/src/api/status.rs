@@ -48,7 +48,7 @@ pub(crate) fn to_status(error: SsotError) -> Status {
         SsotError::NotFound { .. } => Code::NotFound,
         SsotError::AlreadyExists { .. } => Code::AlreadyExists,
         SsotError::FailedPrecondition(_) => Code::FailedPrecondition,
-        SsotError::StaleEtag { .. } | SsotError::Conflict(_) => Code::Aborted,
+        SsotError::StaleEtag { .. } | SsotError::Conflict(_) | SsotError::Fenced(_) => Code::Aborted,
         SsotError::ResourceExhausted(_) => Code::ResourceExhausted,
         SsotError::PermissionDenied(_) => Code::PermissionDenied,
         SsotError::Store(store) => return store_status(store),

@@ -1,6 +1,13 @@
 //! Starts, queues, resumes and steers loops. One active loop per project;
 //! further loops wait in the SSOT as QUEUED and start, oldest first, when the
-//! active one ends. At daemon start every unfinished loop is resumed.
+//! active one ends.
+//!
+//! Several daemons may share one SSOT. A loop runs on the daemon that owns its
+//! project's run (`ssot::owners`), on that daemon's lease; every write of the
+//! loop is fenced by it (`ssot::fence`). A daemon adopts each unfinished loop
+//! nobody owns: at start, whenever a run is released (a loop ended, or a
+//! daemon's lease expired), and every few TTLs; it resumes it from its last
+//! recorded phase, as after a restart.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -17,11 +24,14 @@ use tracing::{Instrument, info, info_span, warn};
 use super::control::{Control, PendingDecision};
 use super::demo;
 use super::fsm::Decision;
+use super::membership::{MemberConfig, Membership, Renewal, Term};
 use super::placement::Placement;
 use super::runner::{self, Runner};
 use crate::agents::llm::config::Keys;
 use crate::harness::sandbox::SandboxProvider;
+use crate::ssot::fence::{self, Fence};
 use crate::ssot::loops::{EventKind, LoopEvent, LoopRecord, LoopState};
+use crate::ssot::owners::{Claim, Ownership};
 use crate::ssot::projects::MAX_ID_LEN;
 use crate::ssot::{Page, Result, Ssot, SsotError};
 
@@ -57,6 +67,8 @@ pub struct LoopManager {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     inner: Mutex<Inner>,
+    member_config: std::sync::Mutex<MemberConfig>,
+    membership: tokio::sync::OnceCell<Arc<Membership>>,
 }
 
 /// A project id from a folder name: `My Demo` → `my-demo`.
@@ -86,29 +98,184 @@ impl LoopManager {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             inner: Mutex::new(Inner::default()),
+            member_config: std::sync::Mutex::new(MemberConfig::default()),
+            membership: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// Who this daemon is to the others (before it joins: at the first start or resume).
+    pub fn set_member_config(&self, config: MemberConfig) {
+        *self.member_config.lock().expect("member config lock") = config;
+    }
+
+    /// This daemon's membership, joined (and kept up) on first use.
+    async fn membership(self: &Arc<Self>) -> Result<Arc<Membership>> {
+        let membership = self
+            .membership
+            .get_or_try_init(|| async {
+                let config = self.member_config.lock().expect("member config lock").clone();
+                let membership = Membership::join(self.ssot.clone(), config, self.shutdown.clone()).await?;
+                let manager = self.clone();
+                let upkeep = manager.clone().upkeep(membership.clone());
+                self.tasks.spawn(upkeep.instrument(info_span!("membership", daemon = %membership.id())));
+                Ok::<_, SsotError>(membership)
+            })
+            .await?;
+        Ok(membership.clone())
+    }
+
+    /// Keeps the membership's lease alive, ends the term when it is lost (its
+    /// loops stop) and joins again, and adopts loops nobody runs whenever a
+    /// run is released, and every few TTLs in case a release went unseen.
+    async fn upkeep(self: Arc<Self>, membership: Arc<Membership>) {
+        let period = (membership.ttl() / 3).max(Duration::from_millis(200));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut released = None;
+        let mut cancels = None;
+        let mut ticks = 0u64;
+        loop {
+            let next_release = async {
+                match released.as_mut() {
+                    Some(stream) => futures::StreamExt::next(stream).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let next_cancel = async {
+                match cancels.as_mut() {
+                    Some(stream) => futures::StreamExt::next(stream).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+                next = next_cancel => {
+                    match next {
+                        // Asked through any daemon: the one running the loop acts on it.
+                        Some(Ok(id)) => {
+                            if let Some(control) = self.inner.lock().await.controls.get(&id).cloned() {
+                                control.cancel_requested.store(true, Ordering::SeqCst);
+                                control.cancel.cancel();
+                                control.wake.notify_one();
+                            }
+                        }
+                        Some(Err(_)) | None => cancels = None,
+                    }
+                    continue;
+                }
+                next = next_release => {
+                    match next {
+                        Some(Ok(project)) => {
+                            tracing::debug!(%project, "a project's run was released");
+                            self.adopt_logged(&membership).await;
+                        }
+                        // Reopened at the next tick (adopting then covers what was missed).
+                        Some(Err(_)) | None => released = None,
+                    }
+                    continue;
+                }
+            }
+            ticks += 1;
+            match membership.renew().await {
+                Renewal::Renewed => {}
+                Renewal::Unconfirmed(error) => warn!(%error, "cannot renew this daemon's lease; trying again"),
+                Renewal::Lost(reason) => {
+                    warn!(%reason, "this daemon's lease is lost: its loops stop here (another daemon may take them)");
+                    membership.end_term().await;
+                    if let Err(error) = membership.rejoin().await {
+                        warn!(%error, "cannot join the SSOT again; trying again");
+                        continue;
+                    }
+                    self.adopt_logged(&membership).await;
+                }
+            }
+            if cancels.is_none() {
+                match self.ssot.follow_cancel_requests() {
+                    Ok(stream) => cancels = Some(stream),
+                    Err(error) => warn!(%error, "cannot watch for cancel requests; trying again"),
+                }
+            }
+            if released.is_none() {
+                match self.ssot.follow_released_runs() {
+                    Ok(stream) => {
+                        released = Some(stream);
+                        self.adopt_logged(&membership).await;
+                    }
+                    Err(error) => warn!(%error, "cannot watch for released loops; trying again"),
+                }
+            } else if ticks % 9 == 0 {
+                self.adopt_logged(&membership).await;
+            }
+        }
+    }
+
+    async fn adopt_logged(self: &Arc<Self>, membership: &Arc<Membership>) {
+        match self.adopt(membership).await {
+            Ok(0) => {}
+            Ok(adopted) => info!(adopted, "took over unfinished loops nobody ran"),
+            Err(error) => warn!(%error, "cannot look for loops nobody runs"),
+        }
+    }
+
+    /// Takes every project's unfinished loop that no daemon runs (loops past
+    /// QUEUED first: they were running when their daemon stopped), and runs it.
+    async fn adopt(self: &Arc<Self>, membership: &Arc<Membership>) -> Result<usize> {
+        let term = membership.term();
+        if term.stop.is_cancelled() || self.shutdown.is_cancelled() {
+            return Ok(0);
+        }
+        let open = self.ssot.unfinished_loops().await?;
+        let (running, queued): (Vec<_>, Vec<_>) = open.into_iter().partition(|l| l.state != LoopState::Queued);
+        let mut inner = self.inner.lock().await;
+        let mut tried = std::collections::HashSet::new();
+        let mut started = 0;
+        for record in running.into_iter().chain(queued) {
+            if inner.active.contains_key(&record.project) || !tried.insert(record.project.clone()) {
+                continue;
+            }
+            let Some(ownership) = self.claim(membership, &term, &record).await? else { continue };
+            // It may have ended or moved on between the read and the claim.
+            let record = self.ssot.get_loop(&record.id).await?.value;
+            if record.state.is_final() {
+                self.ssot.release_loop(&ownership).await?;
+                continue;
+            }
+            info!(loop_id = %record.id, state = record.state.as_str(), "resuming loop");
+            let resumed = record.state != LoopState::Queued;
+            self.spawn(&mut inner, record, resumed, ownership, term.clone());
+            started += 1;
+        }
+        Ok(started)
+    }
+
+    /// Claims the run of `record`'s project for it on `term`; `None` when someone runs the project.
+    async fn claim(&self, membership: &Membership, term: &Term, record: &LoopRecord) -> Result<Option<Ownership>> {
+        match self.ssot.claim_loop(&record.project, membership.owner(&record.id, term)).await {
+            Ok(Claim::Owned(ownership)) => Ok(Some(ownership)),
+            Ok(Claim::Busy(_)) => Ok(None),
+            // The term's lease ended meanwhile: the next term adopts.
+            Err(SsotError::NotFound { kind: "lease", .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
     pub fn ssot(&self) -> &Arc<Ssot> {
         &self.ssot
     }
 
-    /// Resumes every unfinished loop (one per project; the rest stay queued).
+    /// Joins the SSOT and resumes every unfinished loop no daemon runs (one
+    /// per project; the rest stay queued).
     pub async fn resume_all(self: &Arc<Self>) -> Result<usize> {
-        let mut inner = self.inner.lock().await;
-        let open = self.ssot.unfinished_loops().await?;
-        let mut started = 0;
-        // Loops already past QUEUED first: they were running when the daemon stopped.
-        let (running, queued): (Vec<_>, Vec<_>) = open.into_iter().partition(|l| l.state != LoopState::Queued);
-        for record in running.into_iter().chain(queued) {
-            if inner.active.contains_key(&record.project) {
-                continue;
-            }
-            info!(loop_id = %record.id, state = record.state.as_str(), "resuming loop");
-            self.spawn(&mut inner, record, true);
-            started += 1;
+        let membership = self.membership().await?;
+        self.adopt(&membership).await
+    }
+
+    /// Leaves the SSOT after the loops stopped: other daemons take them at once.
+    async fn leave(&self) {
+        if let Some(membership) = self.membership.get() {
+            membership.leave().await;
         }
-        Ok(started)
     }
 
     /// Registers the task and starts its loop, or queues it behind the project's active loop.
@@ -140,12 +307,17 @@ impl LoopManager {
         {
             return Err(SsotError::invalid("record", "give a path inside the workspace, relative to it"));
         }
+        let membership = self.membership().await?;
         let mut inner = self.inner.lock().await;
         let root = Runner::create_root(&self.ssot, &project, &request.task).await?;
         let mut record = LoopRecord::new(&project, &request.task, &workspace, request.demo, config.retries);
         record.root = root.clone();
         record.record_file = record_file;
-        let queued_behind = inner.active.get(&project).cloned();
+        let running_here = inner.active.get(&project).cloned();
+        let queued_behind = match running_here {
+            Some(active) => Some(active),
+            None => self.ssot.project_runner(&project).await?.map(|runner| runner.value.loop_id),
+        };
         let message = match &queued_behind {
             Some(active) => {
                 let escalated = self.ssot.get_loop(active).await.is_ok_and(|l| l.value.state == LoopState::Escalated);
@@ -163,8 +335,17 @@ impl LoopManager {
         if !request.keys.is_empty() {
             inner.keys.insert(record.id.clone(), request.keys.clone());
         }
+        let term = membership.term();
+        let ownership = match &queued_behind {
+            None => self.claim(&membership, &term, &record).await?,
+            Some(_) => None,
+        };
         match queued_behind {
-            None => self.spawn(&mut inner, record.clone(), false),
+            // Nobody ran the project, and the claim was won here (another daemon may have adopted it first).
+            None => match ownership {
+                Some(ownership) => self.spawn(&mut inner, record.clone(), false, ownership, term),
+                None => record = self.ssot.get_loop(&record.id).await?.value,
+            },
             // The active loop may have escalated since it was looked at: say so.
             Some(active) if !record.reason.starts_with("waiting for") => {
                 if self.ssot.get_loop(&active).await.is_ok_and(|l| l.value.state == LoopState::Escalated) {
@@ -240,12 +421,16 @@ impl LoopManager {
         Ok((project, workspace))
     }
 
-    fn spawn(self: &Arc<Self>, inner: &mut Inner, record: LoopRecord, resumed: bool) {
-        let control = inner
-            .controls
-            .entry(record.id.clone())
-            .or_insert_with(|| Control::new(record.clone(), &self.shutdown))
-            .clone();
+    fn spawn(self: &Arc<Self>, inner: &mut Inner, record: LoopRecord, resumed: bool, ownership: Ownership, term: Term) {
+        let control =
+            inner.controls.entry(record.id.clone()).or_insert_with(|| Control::new(record.clone(), &term.stop)).clone();
+        // Every write the loop makes is conditional on this daemon still owning it.
+        let fence = Fence {
+            loop_id: record.id.clone(),
+            key: ownership.key(),
+            revision: ownership.revision,
+            tenure: term.tenure,
+        };
         *control.keys.lock().expect("keys lock") = inner.keys.get(&record.id).cloned().unwrap_or_default();
         inner.active.insert(record.project.clone(), record.id.clone());
         let (id, project) = (record.id.clone(), record.project.clone());
@@ -254,14 +439,15 @@ impl LoopManager {
             self.ssot.clone(),
             self.sandbox.clone(),
             control,
-            self.shutdown.clone(),
+            term.stop.clone(),
             self.tasks.clone(),
             record.clone(),
         );
         match runner {
             Ok(runner) => {
                 let span = info_span!("supervise", loop_id = %id);
-                self.tasks.spawn(
+                self.tasks.spawn(fence::scope(
+                    fence,
                     async move {
                         // A panic in the loop's task fails the loop, not the daemon, and frees the project.
                         if let Err(panic) = std::panic::AssertUnwindSafe(runner.run(resumed)).catch_unwind().await {
@@ -272,10 +458,10 @@ impl LoopManager {
                                 .unwrap_or_else(|| "no message".into());
                             manager.crashed(&project, &id, &message).await;
                         }
-                        manager.finished(&project, &id).await;
+                        manager.finished(&project, &id, &ownership).await;
                     }
                     .instrument(span),
-                );
+                ));
             }
             Err(reason) => {
                 warn!(loop_id = %id, %reason, "the loop cannot start");
@@ -285,11 +471,15 @@ impl LoopManager {
                 let event =
                     LoopEvent { kind: EventKind::State, message: format!("failed: {reason}"), ..Default::default() };
                 let ssot = self.ssot.clone();
-                self.tasks.spawn(async move {
+                self.tasks.spawn(fence::scope(fence, async move {
                     if let Err(error) = ssot.save_loop(record, vec![event]).await {
                         warn!(%error, "cannot record the failure");
                     }
-                });
+                    // The project is free for its next loop.
+                    if let Err(error) = ssot.release_loop(&ownership).await {
+                        warn!(%error, "cannot release the loop");
+                    }
+                }));
                 inner.controls.remove(&id);
                 inner.active.remove(&project);
             }
@@ -331,24 +521,27 @@ impl LoopManager {
         }
     }
 
-    /// A loop ended: start the project's next queued loop.
-    async fn finished(self: &Arc<Self>, project: &str, id: &str) {
-        let mut inner = self.inner.lock().await;
-        inner.controls.remove(id);
-        inner.keys.remove(id);
-        if inner.active.get(project).is_some_and(|a| a == id) {
-            inner.active.remove(project);
+    /// A loop's task ended (the loop ended, the daemon stops, or its term
+    /// ended): the project's run is released, and loops nobody runs are adopted
+    /// (the project's next queued loop among them).
+    async fn finished(self: &Arc<Self>, project: &str, id: &str, ownership: &Ownership) {
+        {
+            let mut inner = self.inner.lock().await;
+            inner.controls.remove(id);
+            inner.keys.remove(id);
+            if inner.active.get(project).is_some_and(|a| a == id) {
+                inner.active.remove(project);
+            }
+        }
+        // Outside the loop's fence: releasing is conditional on the ownership itself.
+        if let Err(error) = self.ssot.release_loop(ownership).await {
+            warn!(%error, loop_id = %id, "cannot release the loop's project");
         }
         if self.shutdown.is_cancelled() {
             return;
         }
-        match self.ssot.unfinished_loops().await {
-            Ok(open) => {
-                if let Some(next) = open.into_iter().find(|l| l.project == project && l.state == LoopState::Queued) {
-                    self.spawn(&mut inner, next, false);
-                }
-            }
-            Err(error) => warn!(%error, "cannot look for queued loops"),
+        if let Some(membership) = self.membership.get() {
+            self.adopt_logged(membership).await;
         }
     }
 
@@ -402,6 +595,12 @@ impl LoopManager {
                 return Ok(Self::wait(&control, |r| r.state.is_final()).await);
             }
             drop(inner);
+            if record.state != LoopState::Queued {
+                // Another daemon runs it (or will, once it takes it over): the request
+                // reaches that daemon through the SSOT, and a resumed loop reads it too.
+                self.ssot.request_loop_cancel(id).await?;
+                return self.wait_in_ssot(id, |r| r.state.is_final()).await;
+            }
             // Queued: nothing runs yet, so nothing to roll back. Conditional, so a
             // concurrent write (a start, a "waiting for" notice) is never overwritten.
             let event =
@@ -414,16 +613,28 @@ impl LoopManager {
         }
     }
 
+    /// Waits (up to the action wait) until the stored record satisfies `done`.
+    async fn wait_in_ssot(&self, id: &str, done: impl Fn(&LoopRecord) -> bool) -> Result<LoopRecord> {
+        let deadline = tokio::time::Instant::now() + ACTION_WAIT;
+        loop {
+            let record = self.get(id).await?;
+            if done(&record) || tokio::time::Instant::now() >= deadline {
+                return Ok(record);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn pause(&self, id: &str) -> Result<LoopRecord> {
         let (record, control) = self.control(id).await?;
-        let control = control.ok_or_else(|| Self::not_running(&record))?;
+        let control = self.running_here(&record, control).await?;
         control.pause.store(true, Ordering::SeqCst);
         Ok(control.published.borrow().clone())
     }
 
     pub async fn resume(&self, id: &str) -> Result<LoopRecord> {
         let (record, control) = self.control(id).await?;
-        let control = control.ok_or_else(|| Self::not_running(&record))?;
+        let control = self.running_here(&record, control).await?;
         control.pause.store(false, Ordering::SeqCst);
         control.wake.notify_one();
         Ok(Self::wait(&control, |r| r.state != LoopState::Paused).await)
@@ -434,6 +645,23 @@ impl LoopManager {
             return Self::ended(record);
         }
         SsotError::FailedPrecondition(format!("loop {} is {}, not running", record.id, record.state.as_str()))
+    }
+
+    /// The control of a loop this daemon runs, or an error that says where it runs.
+    async fn running_here(&self, record: &LoopRecord, control: Option<Arc<Control>>) -> Result<Arc<Control>> {
+        if let Some(control) = control {
+            return Ok(control);
+        }
+        if !record.state.is_final()
+            && let Some(runner) = self.ssot.project_runner(&record.project).await?
+            && runner.value.loop_id == record.id
+        {
+            return Err(SsotError::FailedPrecondition(format!(
+                "loop {} runs on daemon {} ({}); send this to that daemon",
+                record.id, runner.value.daemon, runner.value.address
+            )));
+        }
+        Err(Self::not_running(record))
     }
 
     /// Hands an ESCALATED loop a human's decision.
@@ -451,7 +679,7 @@ impl LoopManager {
                 record.state.as_str()
             )));
         }
-        let control = control.ok_or_else(|| Self::not_running(&record))?;
+        let control = self.running_here(&record, control).await?;
         let (reply, answer) = oneshot::channel();
         *control.decision.lock().expect("decision lock") = Some(PendingDecision { decision, reply });
         control.wake.notify_one();
@@ -469,6 +697,7 @@ impl LoopManager {
         self.shutdown.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        self.leave().await;
     }
 }
 

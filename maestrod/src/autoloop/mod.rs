@@ -16,6 +16,7 @@ mod fsm_tests;
 #[cfg(test)]
 mod loop_tests;
 pub mod manager;
+pub mod membership;
 pub mod placement;
 pub mod runner;
 pub mod scheduler;

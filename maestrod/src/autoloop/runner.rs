@@ -62,6 +62,17 @@ pub enum LoopError {
     Internal(String),
 }
 
+impl LoopError {
+    /// This daemon lost the loop (its lease ended): another daemon may run it now.
+    fn fenced(&self) -> bool {
+        matches!(
+            self,
+            LoopError::Ssot(SsotError::Fenced(_))
+                | LoopError::Harness(HarnessError::Log(SsotError::Fenced(_)) | HarnessError::Fenced(_))
+        )
+    }
+}
+
 type Result<T> = std::result::Result<T, LoopError>;
 
 /// Test hook: the loop of this project panics when it reaches this phase.
@@ -320,6 +331,8 @@ impl Runner {
     }
 
     async fn perform(&self, effect: Effect, record: &mut LoopRecord) -> Result<()> {
+        // Git and lease work cannot be fenced by the store: stop first when the lease is known lost.
+        crate::ssot::fence::check()?;
         let project = record.project.clone();
         match effect {
             Effect::AcquireLease => {
@@ -605,6 +618,8 @@ impl Runner {
             match result {
                 Ok(()) => {}
                 Err(error) if self.stopping() => info!(%error, "stopped by shutdown"),
+                // Nothing more may be written for the loop from here: the record stays as the new owner keeps it.
+                Err(error) if error.fenced() => warn!(%error, "stopped: a write was refused"),
                 Err(error) => {
                     warn!(%error, "the loop failed");
                     if let Err(e) = self.fail_hard(&error.to_string()).await {

@@ -93,6 +93,9 @@ pub enum HarnessError {
     File { path: String, message: String },
     #[error("cannot log the action: {0}")]
     Log(#[from] SsotError),
+    /// The loop's daemon no longer owns it: nothing is done.
+    #[error("{0}")]
+    Fenced(String),
 }
 
 /// The harness of one workspace in one project.
@@ -151,6 +154,9 @@ impl Harness {
         let span = info_span!("action", kind = kind(&action), target = %target(&action), agent = %ctx.agent);
         async {
             let started = Instant::now();
+            if let Err(lost) = crate::ssot::fence::check() {
+                return Err(HarnessError::Fenced(lost.to_string()));
+            }
             if let Decision::Deny(violation) = self.gate.check(&ctx.role, &action)? {
                 let detail = format!("{}: {}", violation.rule, violation.reason);
                 crate::metrics::get()

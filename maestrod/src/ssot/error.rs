@@ -21,6 +21,9 @@ pub enum SsotError {
     ResourceExhausted(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// A loop's write refused because its daemon no longer owns the loop.
+    #[error("{0}")]
+    Fenced(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -34,6 +34,14 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// `lease_error` of a domain error that came from the store.
+fn store_lease_error(error: SsotError) -> SsotError {
+    match error {
+        SsotError::Store(store) => lease_error(store),
+        other => other,
+    }
+}
+
 /// Maps a store lease error to one that names the lease.
 fn lease_error(error: StoreError) -> SsotError {
     match error {
@@ -45,6 +53,7 @@ fn lease_error(error: StoreError) -> SsotError {
 
 impl Ssot {
     pub async fn grant_lease(&self, ttl_seconds: u64) -> Result<LeaseInfo> {
+        super::fence::check()?;
         if ttl_seconds == 0 {
             return Err(SsotError::invalid("ttl_seconds", "must be at least 1"));
         }
@@ -52,10 +61,12 @@ impl Ssot {
     }
 
     pub async fn keep_alive(&self, lease: LeaseId) -> Result<LeaseInfo> {
+        super::fence::check()?;
         self.store.lease_keep_alive(lease).await.map_err(lease_error)
     }
 
     pub async fn revoke_lease(&self, lease: LeaseId) -> Result<Revision> {
+        super::fence::check()?;
         self.store.lease_revoke(lease).await.map_err(lease_error)
     }
 
@@ -67,7 +78,7 @@ impl Ssot {
             value: super::encode_json(&owner.to_string()),
             lease,
         });
-        self.store.txn(txn).await.map_err(lease_error)?;
+        self.txn(txn).await.map_err(store_lease_error)?;
         Ok(())
     }
 
@@ -132,7 +143,7 @@ impl Ssot {
             value: super::encode_json(&lock),
             lease,
         });
-        match self.store.txn(txn).await.map_err(lease_error)? {
+        match self.txn(txn).await.map_err(store_lease_error)? {
             super::store::TxnResponse::Committed { revision } => {
                 Ok(Versioned { value: lock, meta: Meta::created(revision) })
             }

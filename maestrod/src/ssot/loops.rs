@@ -611,6 +611,28 @@ impl Ssot {
         Ok(())
     }
 
+    /// Loops someone asked to cancel from now on, as they come (by any daemon).
+    pub fn follow_cancel_requests(&self) -> Result<BoxStream<'static, Result<String>>> {
+        let stream = self.store.watch(CANCELS.as_bytes().to_vec(), 0)?;
+        Ok(stream
+            .flat_map(|batch| {
+                let items: Vec<Result<String>> = match batch {
+                    Ok(batch) => batch
+                        .events
+                        .iter()
+                        .filter(|e| e.kind == store::EventKind::Put)
+                        .filter_map(|e| {
+                            let number = std::str::from_utf8(&e.kv.key[CANCELS.len()..]).ok()?.parse::<u64>().ok()?;
+                            Some(Ok(format!("loop-{number}")))
+                        })
+                        .collect(),
+                    Err(e) => vec![Err(e.into())],
+                };
+                futures::stream::iter(items)
+            })
+            .boxed())
+    }
+
     pub async fn loop_cancel_requested(&self, id: &str) -> Result<bool> {
         check_id(id)?;
         Ok(self.get::<i64>(&cancel_key(id), 0).await?.is_some())

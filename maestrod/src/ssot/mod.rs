@@ -16,11 +16,13 @@ pub mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd_store;
 pub mod exec_log;
+pub mod fence;
 pub mod keys;
 pub mod location;
 pub mod locks;
 pub mod loops;
 pub mod memory;
+pub mod owners;
 pub mod paging;
 pub mod projects;
 pub mod requirements;
@@ -267,9 +269,24 @@ impl Ssot {
         }
     }
 
+    /// Runs a transaction, fenced when the task runs a loop: its owner key's
+    /// revision is one more compare, and its failure is `Fenced`.
+    async fn txn(&self, mut txn: Txn) -> Result<TxnResponse> {
+        let Some(fence) = fence::current() else { return Ok(self.store.txn(txn).await?) };
+        if !fence.tenure.is_valid() {
+            return Err(fence.lost());
+        }
+        let index = txn.compares.len();
+        txn.compares.push(fence.compare());
+        match self.store.txn(txn).await? {
+            TxnResponse::CompareFailed { index: failed, .. } if failed == index => Err(fence.lost()),
+            response => Ok(response),
+        }
+    }
+
     /// Runs a transaction; `Err((index, current_mod_revision))` names the compare that failed.
     async fn commit(&self, txn: Txn) -> Result<std::result::Result<Revision, (usize, Revision)>> {
-        Ok(match self.store.txn(txn).await? {
+        Ok(match self.txn(txn).await? {
             TxnResponse::Committed { revision } => Ok(revision),
             TxnResponse::CompareFailed { index, current_mod_revision, .. } => Err((index, current_mod_revision)),
         })
