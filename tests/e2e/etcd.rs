@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use maestro_shared::v1;
+use maestro_shared::v1::loop_service_client::LoopServiceClient;
 use maestro_tests::{Daemon, run_ctl_in};
 use maestrod::ssot::etcd_store::local::LocalEtcd;
 
 use crate::Clients;
+use crate::loops::{files, get, wait_end};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_on_one_prefix_are_one_ssot() {
@@ -101,4 +103,115 @@ fn a_daemon_on_an_unreachable_cluster_refuses_to_start_and_says_why() {
     let store = format!("etcd://127.0.0.1:{port}/nobody");
     let error = Daemon::start_with(&["--store", &store]).map(drop).unwrap_err().to_string();
     assert!(error.contains("etcd at 127.0.0.1:") && error.contains("unavailable"), "{error}");
+}
+
+/// Two daemons on one etcd prefix, whose loops move after `ttl` seconds without their daemon.
+fn pair(etcd: &LocalEtcd, prefix: &str, ttl: &str) -> (Daemon, Daemon) {
+    let store = etcd.store_arg(prefix);
+    let a = Daemon::start_with(&["--store", &store, "--daemon-lease-ttl", ttl]).unwrap();
+    let b = Daemon::start_with(&["--store", &store, "--daemon-lease-ttl", ttl]).unwrap();
+    (a, b)
+}
+
+/// Every event of `id` through `daemon` from `from_seq`, until the loop's final
+/// event or until the stream breaks (the daemon died).
+async fn follow(daemon_channel: maestro_tests::Conn, id: String, from_seq: u64) -> Vec<(u64, String, String)> {
+    let mut client = LoopServiceClient::new(daemon_channel);
+    let mut seen = Vec::new();
+    let Ok(stream) = client.stream_loop_events(v1::StreamLoopEventsRequest { loop_id: id, from_seq }).await else {
+        return seen;
+    };
+    let mut stream = stream.into_inner();
+    while let Ok(Some(Ok(event))) = tokio::time::timeout(Duration::from_secs(120), stream.next()).await {
+        seen.push((event.seq, event.kind.clone(), event.message.clone()));
+    }
+    seen
+}
+
+/// Waits until the loop is in EXEC (as `daemon` reads it).
+async fn until_exec(daemon: &Daemon, id: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let l = get(daemon, id).await;
+        if l.phase == "EXEC" && !matches!(l.state(), v1::LoopState::Succeeded | v1::LoopState::Failed) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "never saw {id} in EXEC: {l:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn assert_contiguous(events: &[(u64, String, String)], last_seq: u64, who: &str) {
+    let seqs: Vec<u64> = events.iter().map(|e| e.0).collect();
+    assert_eq!(seqs, (1..=last_seq).collect::<Vec<_>>(), "{who}: every event once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_whose_daemon_is_killed_mid_exec_is_finished_by_the_other_with_the_same_workspace_and_events() {
+    let etcd = LocalEtcd::start().unwrap();
+    let (mut a, b) = pair(&etcd, "failover", "2");
+    let here = tempfile::tempdir().unwrap();
+    // What the demo leaves when nothing goes wrong.
+    let reference = run_ctl_in(&b.url(), here.path(), &["demo", "--workspace", "reference"]);
+    assert_eq!(reference.code, 0, "{}", reference.stderr);
+    let expected = files(&here.path().join("reference"));
+
+    let started = run_ctl_in(&a.url(), here.path(), &["demo", "--workspace", "moved", "--detach"]);
+    let id = started.ok().trim().to_string();
+    // One follower on each daemon, from the first event.
+    let on_a = tokio::spawn(follow(a.channel().await.unwrap(), id.clone(), 1));
+    let on_b = tokio::spawn(follow(b.channel().await.unwrap(), id.clone(), 1));
+    until_exec(&a, &id).await;
+    a.kill9();
+
+    let end = wait_end(&b, &id).await;
+    assert_eq!(end.state(), v1::LoopState::Succeeded, "{end:?}\n{}", b.log());
+    assert_eq!(files(&here.path().join("moved")), expected, "the same final workspace");
+    assert!(b.log().contains("took over unfinished loops"), "b adopted it:\n{}", b.log());
+
+    // b's follower saw it all; a's broke with a, and goes on through b from where it was.
+    let through_b = on_b.await.unwrap();
+    assert_contiguous(&through_b, end.last_seq, "the follower on b");
+    assert!(through_b.iter().any(|e| e.1 == "restart"), "the move is an event: {through_b:?}");
+    let mut through_a = on_a.await.unwrap();
+    let last = through_a.last().map_or(0, |e| e.0);
+    assert!(last < end.last_seq, "a died before the loop ended");
+    through_a.extend(follow(b.channel().await.unwrap(), id.clone(), last + 1).await);
+    assert_eq!(through_a, through_b, "a follower that reconnects by sequence misses nothing and sees nothing twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_frozen_past_its_lease_loses_its_loop_and_writes_nothing_more() {
+    let etcd = LocalEtcd::start().unwrap();
+    let (a, b) = pair(&etcd, "frozen", "2");
+    let here = tempfile::tempdir().unwrap();
+    let reference = run_ctl_in(&b.url(), here.path(), &["demo", "--workspace", "reference"]);
+    assert_eq!(reference.code, 0, "{}", reference.stderr);
+    let expected = files(&here.path().join("reference"));
+
+    let started = run_ctl_in(&a.url(), here.path(), &["demo", "--workspace", "frozen", "--detach"]);
+    let id = started.ok().trim().to_string();
+    until_exec(&a, &id).await;
+    let pid = nix::unistd::Pid::from_raw(a.pid().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // a's lease runs out while it is frozen: b takes the loop and finishes it.
+    let end = wait_end(&b, &id).await;
+    assert_eq!(end.state(), v1::LoopState::Succeeded, "{end:?}\n{}", b.log());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+
+    // a wakes up in the middle of its work: it must notice, and change nothing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !a.log().contains("lease is lost") {
+        assert!(std::time::Instant::now() < deadline, "a never noticed its lease was gone:\n{}", a.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = get(&b, &id).await;
+    assert_eq!((after.state(), after.last_seq), (v1::LoopState::Succeeded, end.last_seq), "a wrote nothing more");
+    assert_eq!(files(&here.path().join("frozen")), expected);
+    let events = follow(b.channel().await.unwrap(), id.clone(), 1).await;
+    assert_contiguous(&events, end.last_seq, "the loop's events");
+    assert_eq!(events.iter().filter(|e| e.1 == "state" && e.2.contains("succeeded")).count(), 1, "{events:?}");
+    // a joined again and serves: it reads what b wrote.
+    assert_eq!(get(&a, &id).await.state(), v1::LoopState::Succeeded);
 }

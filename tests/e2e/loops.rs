@@ -10,7 +10,7 @@ use maestro_tests::{Daemon, run_ctl_in};
 
 /// Every file of a workspace but git's and Python's caches and the
 /// configuration (it names the project): path → hash of the content.
-fn files(root: &Path) -> BTreeMap<String, u64> {
+pub(crate) fn files(root: &Path) -> BTreeMap<String, u64> {
     use std::hash::{Hash, Hasher};
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
