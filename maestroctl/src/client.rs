@@ -121,13 +121,64 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
+/// The addresses of `server`: one, or several separated by commas (daemons
+/// sharing one SSOT), each checked as [`endpoint_url`] does.
+pub(crate) fn server_list(server: &str) -> anyhow::Result<Vec<String>> {
+    let servers: Vec<String> = server.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+    if servers.is_empty() {
+        return Err(anyhow!(
+            "--server is empty (expected e.g. http://127.0.0.1:7700, or several: http://a:7700,http://b:7700)"
+        ));
+    }
+    for server in &servers {
+        endpoint_url(server)?;
+    }
+    Ok(servers)
+}
+
+/// The servers of `--server` and the index of the one in use.
+static SERVERS: std::sync::Mutex<(Vec<String>, usize)> = std::sync::Mutex::new((Vec::new(), 0));
+
 /// Connects to `server` (e.g. `http://127.0.0.1:7700`, `127.0.0.1:7700`,
 /// `https://host:7700` or `unix:/path`), failing fast with a message that
-/// says what to do.
+/// says what to do. With several (comma-separated), to the first that answers.
 pub(crate) async fn connect(server: &str) -> anyhow::Result<Channel> {
+    let servers = server_list(server)?;
+    let mut errors = Vec::new();
+    for (i, one) in servers.iter().enumerate() {
+        match connect_one(one, Duration::from_secs(5)).await {
+            Ok(channel) => {
+                *SERVERS.lock().expect("servers lock") = (servers, i);
+                return Ok(channel);
+            }
+            Err(error) => errors.push(error),
+        }
+    }
+    if errors.len() == 1 {
+        return Err(errors.remove(0));
+    }
+    let reasons: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    Err(anyhow!("none of the {} servers answers: {}", reasons.len(), reasons.join("; ")))
+}
+
+/// After the server in use stopped answering: a connection to the next one of
+/// `--server`'s list that answers, and its address (`None` without another).
+pub(crate) async fn failover() -> Option<(Channel, String)> {
+    let (servers, current) = SERVERS.lock().expect("servers lock").clone();
+    for offset in 1..servers.len() {
+        let i = (current + offset) % servers.len();
+        if let Ok(channel) = connect_one(&servers[i], Duration::from_secs(2)).await {
+            SERVERS.lock().expect("servers lock").1 = i;
+            return Some((channel, servers[i].clone()));
+        }
+    }
+    None
+}
+
+async fn connect_one(server: &str, timeout: Duration) -> anyhow::Result<Channel> {
     let url = endpoint_url(server)?;
     note_server(&url);
-    endpoint(&url, Duration::from_secs(5))?.connect().await.map_err(|error| {
+    endpoint(&url, timeout)?.connect().await.map_err(|error| {
         let cause = root_cause(&error);
         let hint = if cause.contains("certificate") || cause.contains("Certificate") {
             "check --ca-file (the CA that signed the server's certificate) and the host name"

@@ -11,7 +11,7 @@ use anyhow::{Context as _, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{ContextCmd, Output};
-use crate::client::{Credentials, endpoint_url};
+use crate::client::Credentials;
 use crate::commands::ExitStatus;
 use crate::output::{Table, emit};
 
@@ -140,7 +140,7 @@ pub(crate) fn run(cmd: ContextCmd, given: &Given, output: Output) -> anyhow::Res
             check_name(&name)?;
             let server =
                 given.server.clone().ok_or_else(|| anyhow!("context add {name}: give the server with --server URL"))?;
-            endpoint_url(&server)?;
+            crate::client::server_list(&server)?;
             let absolute = |file: &Option<PathBuf>, flag: &str| -> anyhow::Result<Option<PathBuf>> {
                 file.as_ref()
                     .map(|f| std::fs::canonicalize(f).map_err(|e| anyhow!("{flag} {}: {e}", f.display())))

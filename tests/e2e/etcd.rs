@@ -12,7 +12,7 @@ use maestro_tests::{Daemon, run_ctl_in};
 use maestrod::ssot::etcd_store::local::LocalEtcd;
 
 use crate::Clients;
-use crate::loops::{files, get, wait_end};
+use crate::loops::{SLOW, appears, files, get, scripted_workspace, wait_end};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_on_one_prefix_are_one_ssot() {
@@ -156,11 +156,18 @@ async fn a_loop_whose_daemon_is_killed_mid_exec_is_finished_by_the_other_with_th
     assert_eq!(reference.code, 0, "{}", reference.stderr);
     let expected = files(&here.path().join("reference"));
 
+    b.share_users_of(&a).await.unwrap();
     let started = run_ctl_in(&a.url(), here.path(), &["demo", "--workspace", "moved", "--detach"]);
     let id = started.ok().trim().to_string();
-    // One follower on each daemon, from the first event.
+    // One follower on each daemon, from the first event, and maestroctl given both daemons.
     let on_a = tokio::spawn(follow(a.channel().await.unwrap(), id.clone(), 1));
     let on_b = tokio::spawn(follow(b.channel().await.unwrap(), id.clone(), 1));
+    let both = format!("{},{}", a.url(), b.url());
+    let attach = maestro_tests::ctl_command(&both, here.path(), &["-o", "json", "attach", &id])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     until_exec(&a, &id).await;
     a.kill9();
 
@@ -178,6 +185,17 @@ async fn a_loop_whose_daemon_is_killed_mid_exec_is_finished_by_the_other_with_th
     assert!(last < end.last_seq, "a died before the loop ended");
     through_a.extend(follow(b.channel().await.unwrap(), id.clone(), last + 1).await);
     assert_eq!(through_a, through_b, "a follower that reconnects by sequence misses nothing and sees nothing twice");
+
+    // maestroctl failed over to b by itself and showed every event once.
+    let attached = attach.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&attached.stdout), String::from_utf8_lossy(&attached.stderr));
+    assert_eq!(attached.status.code(), Some(0), "{stdout}{stderr}");
+    let seqs: Vec<u64> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"].as_str().unwrap().parse().unwrap())
+        .collect();
+    // a died before the loop's end (above): the events after it came through b.
+    assert_eq!(seqs, (1..=end.last_seq).collect::<Vec<_>>(), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,4 +232,34 @@ async fn a_daemon_frozen_past_its_lease_loses_its_loop_and_writes_nothing_more()
     assert_eq!(events.iter().filter(|e| e.1 == "state" && e.2.contains("succeeded")).count(), 1, "{events:?}");
     // a joined again and serves: it reads what b wrote.
     assert_eq!(get(&a, &id).await.state(), v1::LoopState::Succeeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_is_steered_through_either_daemon() {
+    let etcd = LocalEtcd::start().unwrap();
+    let (a, b) = pair(&etcd, "steer", "10");
+    b.share_users_of(&a).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("slow");
+    scripted_workspace(&ws, SLOW, 0);
+    std::fs::write(ws.join("README"), "kept\n").unwrap();
+    let started = run_ctl_in(&a.url(), &ws, &["run", "--detach", "Slow things"]);
+    let id = started.ok().trim().to_string();
+    appears(&ws.join("tests/test_slow.py")).await;
+    // Pausing needs the daemon that runs the loop: b says which one that is.
+    let pause = b.ctl(&["pause", &id]);
+    assert_eq!(pause.code, 1);
+    assert!(pause.stderr.contains("runs on daemon") && pause.stderr.contains(a.addr()), "{}", pause.stderr);
+    // A cancel through b reaches a through the SSOT: a rolls EXEC back and ends the loop.
+    let cancelled = b.ctl(&["-o", "json", "cancel", &id]).json();
+    assert_eq!(cancelled["state"], "LOOP_STATE_CANCELLED", "{cancelled}\n{}", a.log());
+    assert!(!ws.join("tests/test_slow.py").exists(), "EXEC's work is rolled back");
+    assert_eq!(std::fs::read_to_string(ws.join("README")).unwrap(), "kept\n");
+    // The project is free again: a loop started through b runs (the script has nothing for it, so it ends).
+    let next = run_ctl_in(&b.url(), &ws, &["run", "--detach", "Slow again"]);
+    let next = next.ok().trim().to_string();
+    let end = wait_end(&a, &next).await;
+    assert_ne!(end.phase, "", "{end:?}");
+    let events = run_ctl_in(&a.url(), &ws, &["-o", "json", "attach", &next]).stdout;
+    assert!(events.contains("\"kind\":\"phase\""), "it ran, not queued behind the cancelled loop: {events}");
 }

@@ -67,7 +67,7 @@ pub(crate) async fn wait_end(daemon: &Daemon, id: &str) -> v1::Loop {
 }
 
 /// Waits (up to a minute) until an agent has written `path`.
-async fn appears(path: &Path) {
+pub(crate) async fn appears(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !path.exists() {
         assert!(Instant::now() < deadline, "the agent never wrote {}", path.display());
@@ -277,7 +277,7 @@ async fn kill_9_at_ten_points_and_the_loop_still_ends_with_the_same_workspace() 
     }
 }
 
-const SLOW: &str = r#"
+pub(crate) const SLOW: &str = r#"
 roles:
   planning@R1#1:
     - tool_calls:

@@ -24,6 +24,8 @@ fn remember_token(url: &str, token: &str) {
 }
 
 fn token_for(server: &str) -> Option<String> {
+    // A list of daemons sharing one SSOT (and their users): the first one's.
+    let server = server.split(',').next().unwrap_or_default();
     let url = if server.contains("://") { server.to_string() } else { format!("http://{server}") };
     TOKENS.lock().expect("tokens lock").iter().find(|(u, _)| *u == url).map(|(_, t)| t.clone())
 }
@@ -109,6 +111,27 @@ impl Daemon {
     /// The admin token the daemon wrote in its data dir.
     pub fn admin_token(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("admin.token")).unwrap_or_default().trim().to_string()
+    }
+
+    /// Gives this daemon `other`'s users and tokens (daemons sharing one SSOT
+    /// keep the same `users.json`), and waits until it accepts them.
+    pub async fn share_users_of(&self, other: &Daemon) -> anyhow::Result<()> {
+        for file in ["users.json", "admin.token"] {
+            let temporary = self.data_dir.join(format!("{file}.copy"));
+            std::fs::copy(other.data_dir.join(file), &temporary)?;
+            std::fs::rename(&temporary, self.data_dir.join(file))?;
+        }
+        remember_token(&self.url(), &self.admin_token());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let channel = self.channel().await?;
+            let mut system = maestro_shared::v1::system_service_client::SystemServiceClient::new(channel);
+            match system.ping(maestro_shared::v1::PingRequest {}).await {
+                Ok(_) => return Ok(()),
+                Err(e) if std::time::Instant::now() > deadline => bail!("the copied users are not accepted: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// `host:port` the daemon listens on.

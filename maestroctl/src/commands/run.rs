@@ -266,6 +266,16 @@ pub(crate) async fn follow(
                 stream.into_inner()
             }
             Err(e) if matches!(e.code(), Code::Unavailable | Code::Unknown | Code::Cancelled) => {
+                // Another daemon of the list serves the same loop (its events are in the SSOT).
+                if let Some((channel, server)) = crate::client::failover().await
+                    && let Ok(bearer) = maestro_shared::Bearer::new(&crate::client::token(false))
+                {
+                    if output == Output::Table {
+                        eprintln!("maestroctl: following {loop_id} through {server} from event {next}");
+                    }
+                    client = LoopServiceClient::new(bearer.connect(channel));
+                    continue;
+                }
                 let since = *reconnecting_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > Duration::from_secs(120) {
                     return Err(anyhow!(
