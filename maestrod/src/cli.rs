@@ -135,6 +135,19 @@ enum Command {
     /// write-ahead log; the old directory is moved aside, not deleted. The daemon must be stopped
     /// (it also does this by itself at start when the store will not open).
     Repair,
+    /// Copy an SSOT into an empty store: its current state (every key not held by a lease), with a
+    /// fresh history. The source must not be in use (a sled store is locked while a daemon runs).
+    #[command(
+        after_help = "Example:\n  maestrod migrate --from sled:/var/lib/maestro --to etcd://10.0.0.1:2379,10.0.0.2:2379/maestro"
+    )]
+    Migrate {
+        /// Where the SSOT is now: sled (in --data-dir), sled:DIR or etcd://HOSTS[/PREFIX].
+        #[arg(long, value_name = "LOCATION")]
+        from: crate::ssot::location::StoreLocation,
+        /// Where it goes (empty): sled:DIR or etcd://HOSTS[/PREFIX].
+        #[arg(long, value_name = "LOCATION")]
+        to: crate::ssot::location::StoreLocation,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -189,6 +202,77 @@ fn repair(data_dir: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `maestrod migrate`: 0 copied, 1 refused or failed (the target may hold part of the copy).
+fn migrate(
+    args: &Args,
+    from: crate::ssot::location::StoreLocation,
+    to: crate::ssot::location::StoreLocation,
+) -> ExitCode {
+    let work = async {
+        let mut config = DaemonConfig::new(args.data_dir.clone().unwrap_or_else(crate::config::default_data_dir));
+        store_options(args, &mut config)?;
+        if from == to {
+            anyhow::bail!("--from and --to are the same store");
+        }
+        let source = crate::server::open_location(&from, &config).await.context("--from")?;
+        let target = crate::server::open_location(&to, &config).await.context("--to")?;
+        let started = std::time::Instant::now();
+        let mut shown = std::time::Instant::now();
+        let report = crate::ssot::migrate::migrate(source.clone(), target.clone(), |so_far| {
+            if shown.elapsed() >= std::time::Duration::from_secs(1) {
+                eprintln!("maestrod: {} keys ({} bytes) copied…", so_far.keys, so_far.bytes);
+                shown = std::time::Instant::now();
+            }
+        })
+        .await?;
+        source.close().await;
+        target.close().await;
+        println!(
+            "copied {} keys ({} bytes) of {from} at revision {} to {to} (now at revision {}) in {:.1} s",
+            report.keys,
+            report.bytes,
+            report.source_revision,
+            report.target_revision,
+            started.elapsed().as_secs_f64()
+        );
+        if report.skipped_leased > 0 {
+            println!("left behind {} keys held by leases (locks, daemons, loop owners)", report.skipped_leased);
+        }
+        anyhow::Ok(())
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("maestrod: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("maestrod: migrate: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The store options of `args` (etcd's credentials and TLS, sled's log sizes).
+fn store_options(args: &Args, config: &mut DaemonConfig) -> anyhow::Result<()> {
+    #[cfg(feature = "etcd")]
+    {
+        config.etcd.user = match (&args.etcd_user, std::env::var("MAESTRO_ETCD_PASSWORD")) {
+            (Some(user), Ok(password)) => Some((user.clone(), password)),
+            (Some(_), Err(_)) => anyhow::bail!("--etcd-user: set the password in MAESTRO_ETCD_PASSWORD"),
+            (None, _) => None,
+        };
+        config.etcd.ca = args.etcd_ca.clone();
+        config.etcd.identity = args.etcd_cert.clone().zip(args.etcd_key.clone());
+    }
+    config.store.wal_segment_bytes = args.wal_segment_bytes;
+    config.store.checkpoint_bytes = args.checkpoint_bytes;
+    Ok(())
 }
 
 /// `maestrod user …`: 0 done, 1 refused or failed.
@@ -347,6 +431,7 @@ pub fn main() -> ExitCode {
             let data_dir = args.data_dir.clone().unwrap_or_else(crate::config::default_data_dir);
             return repair(&data_dir);
         }
+        Some(Command::Migrate { from, to }) => return migrate(&args, from, to),
         None => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -375,8 +460,8 @@ pub fn main() -> ExitCode {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let tls = match (args.tls_cert, args.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsFiles { cert, key, client_ca: args.tls_client_ca }),
+    let tls = match (args.tls_cert.clone(), args.tls_key.clone()) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key, client_ca: args.tls_client_ca.clone() }),
         _ => None,
     };
     if tls.is_some() && matches!(args.listen, ListenAddr::Unix(_)) {
@@ -408,7 +493,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             anyhow::bail!("--workspace-root {}: give an absolute path to a folder that exists", root.display());
         }
     }
-    let data_dir = args.data_dir.unwrap_or_else(crate::config::default_data_dir);
+    let data_dir = args.data_dir.clone().unwrap_or_else(crate::config::default_data_dir);
     let mut config = DaemonConfig::new(data_dir.clone());
     config.retention_revisions = args.retention_revisions;
     config.maintenance_interval = std::time::Duration::from_secs(args.maintenance_interval);
@@ -416,18 +501,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.limits.memory_bytes_per_agent = usize::try_from(args.memory_max_bytes).unwrap_or(usize::MAX);
     config.store_location = args.store.clone();
     config.daemon_lease_ttl = std::time::Duration::from_secs(args.daemon_lease_ttl);
-    #[cfg(feature = "etcd")]
-    {
-        config.etcd.user = match (&args.etcd_user, std::env::var("MAESTRO_ETCD_PASSWORD")) {
-            (Some(user), Ok(password)) => Some((user.clone(), password)),
-            (Some(_), Err(_)) => anyhow::bail!("--etcd-user: set the password in MAESTRO_ETCD_PASSWORD"),
-            (None, _) => None,
-        };
-        config.etcd.ca = args.etcd_ca.clone();
-        config.etcd.identity = args.etcd_cert.clone().zip(args.etcd_key.clone());
-    }
-    config.store.wal_segment_bytes = args.wal_segment_bytes;
-    config.store.checkpoint_bytes = args.checkpoint_bytes;
+    store_options(&args, &mut config)?;
     for path in &args.sandbox_read {
         if !path.is_absolute() || !path.exists() {
             anyhow::bail!("--sandbox-read {}: give an absolute path that exists", path.display());

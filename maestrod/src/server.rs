@@ -210,6 +210,24 @@ impl Daemon {
 
 /// Opens the store where `--store` says, and makes sure the data directory
 /// (users, tokens) belongs to this daemon alone whichever store it uses.
+/// Opens the store at `location` with `config`'s options (a sled store locks its directory).
+pub async fn open_location(location: &StoreLocation, config: &DaemonConfig) -> Result<Arc<dyn Store>, ServerError> {
+    match location {
+        StoreLocation::Sled(dir) => {
+            let dir = dir.as_ref().unwrap_or(&config.data_dir);
+            Ok(Arc::new(SledStore::open(dir, config.store.clone())?))
+        }
+        #[cfg(feature = "etcd")]
+        StoreLocation::Etcd(address) => {
+            Ok(Arc::new(crate::ssot::etcd_store::EtcdStore::connect(address, config.etcd.clone()).await?))
+        }
+        #[cfg(not(feature = "etcd"))]
+        StoreLocation::Etcd(_) => Err(ServerError::Store(StoreError::InvalidArgument(
+            "etcd://...: this maestrod was built without etcd support (cargo build --features etcd)".into(),
+        ))),
+    }
+}
+
 async fn open_store(config: &DaemonConfig) -> Result<(Arc<dyn Store>, Option<std::fs::File>), ServerError> {
     let lock_data_dir = || {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
@@ -217,26 +235,12 @@ async fn open_store(config: &DaemonConfig) -> Result<(Arc<dyn Store>, Option<std
         })?;
         crate::ssot::sled_store::lockfile::lock_data_dir(&config.data_dir).map(Some)
     };
-    match &config.store_location {
-        StoreLocation::Sled(dir) => {
-            let lock = match dir {
-                Some(dir) if dir != &config.data_dir => lock_data_dir()?,
-                _ => None, // the store locks it
-            };
-            let dir = dir.as_ref().unwrap_or(&config.data_dir);
-            Ok((Arc::new(SledStore::open(dir, config.store.clone())?), lock))
-        }
-        #[cfg(feature = "etcd")]
-        StoreLocation::Etcd(address) => {
-            let lock = lock_data_dir()?;
-            let store = crate::ssot::etcd_store::EtcdStore::connect(address, config.etcd.clone()).await?;
-            Ok((Arc::new(store), lock))
-        }
-        #[cfg(not(feature = "etcd"))]
-        StoreLocation::Etcd(_) => Err(ServerError::Store(StoreError::InvalidArgument(
-            "--store etcd://...: this maestrod was built without etcd support (cargo build --features etcd)".into(),
-        ))),
-    }
+    let lock = match &config.store_location {
+        StoreLocation::Sled(Some(dir)) if dir != &config.data_dir => lock_data_dir()?,
+        StoreLocation::Sled(_) => None, // the store locks it
+        StoreLocation::Etcd(_) => lock_data_dir()?,
+    };
+    Ok((open_location(&config.store_location, config).await?, lock))
 }
 
 /// Ends the open streams of revoked tokens within a second of the revocation

@@ -263,3 +263,57 @@ async fn a_loop_is_steered_through_either_daemon() {
     let events = run_ctl_in(&a.url(), &ws, &["-o", "json", "attach", &next]).stdout;
     assert!(events.contains("\"kind\":\"phase\""), "it ran, not queued behind the cancelled loop: {events}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ssot_migrated_from_sled_to_etcd_serves_the_same_state() {
+    let etcd = LocalEtcd::start().unwrap();
+    let mut old = Daemon::start_with(&["--store", "sled"]).unwrap();
+    let here = tempfile::tempdir().unwrap();
+    let demo = run_ctl_in(&old.url(), here.path(), &["demo", "--workspace", "before"]);
+    assert_eq!(demo.code, 0, "{}", demo.stderr);
+    // Revisions are the new store's own (a fresh history): everything else is the same.
+    let listing = |daemon: &Daemon| {
+        let mut items = daemon.ctl(&["-p", "before", "-o", "json", "req", "list"]).json();
+        for item in items.as_array_mut().unwrap() {
+            item.as_object_mut().unwrap().remove("meta");
+        }
+        items
+    };
+    let requirements = listing(&old);
+    let events = old.ctl(&["-o", "json", "attach", "loop-1"]).ok().to_string();
+    let from = format!("sled:{}", old.data_dir().display());
+    let to = etcd.store_arg("moved");
+    let migrate = |from: &str, to: &str| {
+        std::process::Command::new(maestro_tests::binary("e2e-maestrod"))
+            .args(["migrate", "--from", from, "--to", to])
+            .output()
+            .unwrap()
+    };
+    // Not while a daemon uses the source.
+    let busy = migrate(&from, &to);
+    assert_eq!(busy.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&busy.stderr);
+    assert!(stderr.starts_with("maestrod: migrate: --from") && stderr.lines().count() == 1, "{stderr}");
+
+    old.terminate().unwrap();
+    let copied = migrate(&from, &to);
+    let stdout = String::from_utf8_lossy(&copied.stdout);
+    assert_eq!(copied.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&copied.stderr));
+    assert!(stdout.starts_with("copied ") && stdout.contains(&to), "{stdout}");
+    // Into a store that holds something: refused.
+    let again = migrate(&from, &to);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds data"));
+
+    // A daemon on etcd serves what the sled daemon had: its users too, from the same data dir.
+    let new = Daemon::start_with(&["--store", &to]).unwrap();
+    new.share_users_of(&old).await.unwrap();
+    assert_eq!(listing(&new), requirements, "the same requirements");
+    assert!(requirements.as_array().unwrap().len() > 3, "{requirements}");
+    let moved = new.ctl(&["-o", "json", "attach", "loop-1"]).ok().to_string();
+    assert_eq!(moved, events, "the same loop, with every event");
+    // And goes on from there: the next loop is loop-2.
+    let next = run_ctl_in(&new.url(), here.path(), &["demo", "--workspace", "after"]);
+    assert_eq!(next.code, 0, "{}", next.stderr);
+    assert!(new.ctl(&["-o", "json", "loop", "list"]).ok().contains("loop-2"));
+}

@@ -22,6 +22,7 @@ pub mod location;
 pub mod locks;
 pub mod loops;
 pub mod memory;
+pub mod migrate;
 pub mod owners;
 pub mod paging;
 pub mod projects;
