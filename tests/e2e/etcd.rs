@@ -65,6 +65,23 @@ async fn two_daemons_on_one_prefix_are_one_ssot() {
     cb.requirements.update_requirement(update("through b", &etag)).await.expect("b's update with the etag");
     let stale = ca.requirements.update_requirement(update("through a", &etag)).await.unwrap_err();
     assert_eq!(stale.code(), tonic::Code::Aborted, "a's update with the same etag is refused: {stale:?}");
+    // A snapshot through b, right after a write through a, holds that write: b asks etcd for the
+    // revision rather than trusting what it has seen so far.
+    for round in 0..20 {
+        let written = ca.requirement("shared", &format!("round {round}"), "", &[]).await;
+        let revision = written.meta.unwrap().create_revision;
+        let snapshot = cb
+            .snapshots
+            .create_snapshot(v1::CreateSnapshotRequest {
+                project_id: "shared".into(),
+                name: format!("after-{round}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(snapshot.revision >= revision, "round {round}: snapshot at {} misses {revision}", snapshot.revision);
+    }
 }
 
 #[test]

@@ -89,7 +89,7 @@ impl WatchService for Watch {
         let prefix = keys::in_project(&r.project_id, &r.prefix);
         // The start is pinned here, so the first message says exactly where events begin
         // (a remote store's own "next revision" would be decided a round trip later).
-        let current = self.0.store().status().revision;
+        let current = self.0.store().current_revision().await.map_err(|e| store_status(&e))?;
         let start = if r.start_revision == 0 { current + 1 } else { r.start_revision };
         let events = self.0.store().watch(prefix.into_bytes(), start).map_err(|e| store_status(&e))?;
         // The first message confirms the watch and says where it starts.

@@ -145,7 +145,7 @@ impl Ssot {
         let prefix = keys::in_project(project, PREFIX);
         // Starting at a sequence number is a page token that points just before it.
         let token = if page_token.is_empty() && from_seq > 1 {
-            let revision = self.store.status().revision.max(1);
+            let revision = self.store.current_revision().await?.max(1);
             super::paging::PageToken { revision, after: entry_key(project, from_seq - 1).into_bytes() }.encode()
         } else {
             page_token.to_string()
@@ -200,7 +200,7 @@ impl Ssot {
     pub async fn verify_log(&self, project: &str) -> Result<Verification> {
         self.project_guard(project).await?;
         let head_key = keys::in_project(project, HEAD);
-        let revision = self.store.status().revision;
+        let revision = self.store.current_revision().await?;
         let head = self.get::<Head>(&head_key, revision).await?.map(|h| h.value);
         let mut prev = GENESIS_HASH.to_string();
         let mut count = 0;

@@ -53,7 +53,10 @@ pub async fn migrate(
     if let Some(kv) = present.kvs.first() {
         return Err(MigrateError::TargetNotEmpty(String::from_utf8_lossy(&kv.key).into_owned()));
     }
-    let mut report = MigrationReport { source_revision: source.status().revision, ..Default::default() };
+    let mut report = MigrationReport {
+        source_revision: source.current_revision().await.map_err(MigrateError::Source)?,
+        ..Default::default()
+    };
     let mut start = vec![0];
     let mut pending: Vec<Op> = Vec::new();
     let mut pending_bytes = 0;

@@ -71,7 +71,7 @@ impl Ssot {
         let snapshot = Snapshot {
             name: name.to_string(),
             // Everything committed so far; the snapshot record itself comes after.
-            revision: self.store.status().revision,
+            revision: self.store.current_revision().await?,
             git_commit: git_commit.to_string(),
             description: description.to_string(),
             create_time_ms: now_ms(),

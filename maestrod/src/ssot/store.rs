@@ -298,6 +298,14 @@ pub trait Store: Send + Sync + 'static {
 
     fn status(&self) -> StoreStatus;
 
+    /// The revision a read now would see: every write acknowledged before the
+    /// call, by any process sharing the store, is at or below it. The default,
+    /// `status().revision`, is exact for a store only this process writes.
+    fn current_revision(&self) -> BoxFuture<'_, Result<Revision, StoreError>> {
+        let revision = self.status().revision;
+        Box::pin(async move { Ok(revision) })
+    }
+
     /// Ends every watch stream (on shutdown, so connections can drain).
     fn end_watches(&self);
 
