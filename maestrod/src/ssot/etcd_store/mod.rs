@@ -92,6 +92,8 @@ struct Shared {
     compacted: AtomicU64,
     /// Watch streams open for callers.
     watchers: AtomicUsize,
+    /// The follower's batches, shared by every live watch of this process.
+    hub: std::sync::Mutex<watch::Hub>,
 }
 
 impl Shared {
@@ -153,6 +155,7 @@ impl EtcdStore {
                 revision: AtomicU64::new(0),
                 compacted: AtomicU64::new(0),
                 watchers: AtomicUsize::new(0),
+                hub: std::sync::Mutex::new(watch::Hub::new()),
             }),
             timeout: options.request_timeout,
             cancel: CancellationToken::new(),
@@ -166,9 +169,11 @@ impl EtcdStore {
         Ok(store)
     }
 
-    /// Keeps `status().revision` current with other daemons' writes.
+    /// Keeps `status().revision` current with other daemons' writes, and
+    /// hands every batch of the prefix to the live watches (one etcd watch for all).
     fn follow(&self, revision: Revision) {
-        let (tx, mut rx) = mpsc::channel(1);
+        self.shared.hub.lock().expect("hub lock").delivered = revision;
+        let (tx, mut rx) = mpsc::channel(64);
         let follower = watch::Watch {
             client: self.client.clone(),
             shared: self.shared.clone(),
@@ -179,7 +184,16 @@ impl EtcdStore {
             started: false,
         };
         self.tasks.spawn(follower.run(tx, self.cancel.clone()).instrument(info_span!("etcd_follow")));
-        self.tasks.spawn(async move { while rx.recv().await.is_some() {} });
+        let shared = self.shared.clone();
+        self.tasks.spawn(async move {
+            while let Some(batch) = rx.recv().await {
+                if let Ok(batch) = batch {
+                    shared.hub.lock().expect("hub lock").publish(batch);
+                }
+            }
+            // The follower ended (the store closes): live watches go on by themselves.
+            shared.hub.lock().expect("hub lock").reset();
+        });
     }
 
     /// A KV client that takes answers as large as a range can make them.
@@ -621,7 +635,15 @@ impl Store for EtcdStore {
             started: false,
         };
         self.shared.watchers.fetch_add(1, Ordering::AcqRel);
-        self.tasks.spawn(watch.run(tx, self.cancel.clone()).instrument(info_span!("etcd_watch")));
+        // A watch from after what the follower delivered is served from the follower's
+        // batches; one from earlier needs etcd's history, so it gets an etcd watch of its own.
+        let (live, delivered) = self.shared.hub.lock().expect("hub lock").subscribe();
+        if delivered != Revision::MAX && start_revision > delivered {
+            let task = watch.run_shared(prefix, live, delivered, tx, self.cancel.clone());
+            self.tasks.spawn(task.instrument(info_span!("etcd_watch", shared = true)));
+        } else {
+            self.tasks.spawn(watch.run(tx, self.cancel.clone()).instrument(info_span!("etcd_watch")));
+        }
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -17,6 +17,49 @@ use super::{Shared, to_etcd, to_revision, value};
 use crate::ssot::store::{Event, EventKind, KeyValue, Revision, StoreError, WatchBatch};
 
 type Sender = mpsc::Sender<Result<WatchBatch, StoreError>>;
+
+/// Batches of the follower a live watch may fall behind by before it reads
+/// etcd's history on a watch of its own.
+const HUB_BATCHES: usize = 4096;
+
+/// The follower's batches (the whole prefix), for every live watch of this
+/// process: one etcd watch carries each event once, however many callers
+/// follow it.
+pub(super) struct Hub {
+    sender: broadcast::Sender<Arc<WatchBatch>>,
+    /// Every batch above this revision reaches whoever subscribes now.
+    pub(super) delivered: Revision,
+}
+
+impl Hub {
+    pub(super) fn new() -> Hub {
+        Hub { sender: broadcast::channel(HUB_BATCHES).0, delivered: 0 }
+    }
+
+    /// Sends under the hub's lock, so a subscriber knows exactly which batches it gets.
+    pub(super) fn publish(&mut self, batch: WatchBatch) {
+        self.delivered = self.delivered.max(batch.revision);
+        let _ = self.sender.send(Arc::new(batch));
+    }
+
+    /// A receiver of every batch above the revision returned with it.
+    pub(super) fn subscribe(&self) -> (broadcast::Receiver<Arc<WatchBatch>>, Revision) {
+        (self.sender.subscribe(), self.delivered)
+    }
+
+    /// The follower skipped revisions (it fell behind a compaction) or ended:
+    /// the current subscribers are cut off and read etcd's history themselves,
+    /// and so does every new one until the follower says where it starts again.
+    pub(super) fn reset(&mut self) {
+        self.sender = broadcast::channel(HUB_BATCHES).0;
+        self.delivered = Revision::MAX;
+    }
+
+    /// The follower (re)starts after `revision`: every later batch is published.
+    pub(super) fn restart_after(&mut self, revision: Revision) {
+        self.delivered = revision;
+    }
+}
 
 /// Longest pause between two attempts to open the stream again.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -64,8 +107,9 @@ impl Watch {
                     let _ = tx.try_send(Err(error));
                     break;
                 }
-                // The follower only keeps `status()` current: it starts over from now.
+                // The follower starts over from now; the live watches fed by it catch up by themselves.
                 Err(Ended::Refused(StoreError::Compacted { .. })) if !self.counted => {
+                    self.shared.hub.lock().expect("hub lock").reset();
                     self.next = 0;
                     self.started = false;
                 }
@@ -88,6 +132,58 @@ impl Watch {
         }
     }
 
+    /// Delivers the events under `prefix` (relative to the store's) from the
+    /// follower's batches, from `self.next`, which the hub has not delivered
+    /// yet; if it falls behind or the hub is reset, it goes on from the next
+    /// revision with an etcd watch of its own.
+    pub(super) async fn run_shared(
+        mut self,
+        prefix: Vec<u8>,
+        mut live: broadcast::Receiver<Arc<WatchBatch>>,
+        delivered: Revision,
+        tx: Sender,
+        cancel: CancellationToken,
+    ) {
+        if self.next > delivered + 1 {
+            // Past what this process has seen: etcd says whether it is past its revision too.
+            match current_revision(&self.client, &self.key).await {
+                Ok(current) if self.next > self.shared.seen_revision(current) + 1 => {
+                    let _ = tx.try_send(Err(StoreError::FutureRevision { requested: self.next, current }));
+                    self.shared.watchers.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                }
+                Ok(_) => {}
+                // Unreachable for now: the etcd watch of its own waits it out.
+                Err(_) => return self.run(tx, cancel).await,
+            }
+        }
+        self.started = true;
+        loop {
+            let batch = tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tx.closed() => break,
+                batch = live.recv() => batch,
+            };
+            match batch {
+                Ok(batch) if batch.revision < self.next => {}
+                Ok(batch) => {
+                    self.next = batch.revision + 1;
+                    let events: Vec<Event> =
+                        batch.events.iter().filter(|e| e.kv.key.starts_with(&prefix)).cloned().collect();
+                    if !events.is_empty() && tx.send(Ok(WatchBatch { revision: batch.revision, events })).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_) | broadcast::error::RecvError::Closed) => {
+                    debug!(next = self.next, "a live watch fell behind the shared one; reading etcd's history");
+                    return self.run(tx, cancel).await;
+                }
+            }
+        }
+        self.shared.watchers.fetch_sub(1, Ordering::AcqRel);
+    }
+
     /// Opens the stream once and delivers from it until it breaks.
     async fn stream(&mut self, tx: &Sender) -> Result<Delivered, Ended> {
         if !self.started {
@@ -98,6 +194,9 @@ impl Watch {
             if self.next == 0 {
                 // "From the next revision" is pinned now, so a stream opened again later misses nothing.
                 self.next = current + 1;
+                if !self.counted {
+                    self.shared.hub.lock().expect("hub lock").restart_after(current);
+                }
             } else if self.next > current + 1 {
                 return Err(Ended::Refused(StoreError::FutureRevision { requested: self.next, current }));
             }
