@@ -107,9 +107,10 @@ pub struct Args {
     #[arg(long, env = "MAESTRO_CHECKPOINT_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
     checkpoint_bytes: u64,
     /// TTL of the lease this daemon owns its loops on (seconds): when the daemon dies, or is cut off
-    /// from the store for longer, another daemon sharing the store takes its loops over.
-    #[arg(long, env = "MAESTRO_DAEMON_LEASE_TTL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    daemon_lease_ttl: u64,
+    /// from the store for longer, another daemon sharing the store takes its loops over
+    /// [default: 10 on etcd; 3600 on sled, which no other daemon can share].
+    #[arg(long, env = "MAESTRO_DAEMON_LEASE_TTL", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    daemon_lease_ttl: Option<u64>,
     /// Log format on stderr.
     #[arg(long, env = "MAESTRO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -220,7 +221,9 @@ fn migrate(
         let target = crate::server::open_location(&to, &config).await.context("--to")?;
         let started = std::time::Instant::now();
         let mut shown = std::time::Instant::now();
-        let report = crate::ssot::migrate::migrate(source.clone(), target.clone(), |so_far| {
+        // A sled store is locked while a daemon uses it; daemons share an etcd one.
+        let shared = matches!(from, crate::ssot::location::StoreLocation::Etcd(_));
+        let report = crate::ssot::migrate::migrate(source.clone(), target.clone(), shared, |so_far| {
             if shown.elapsed() >= std::time::Duration::from_secs(1) {
                 eprintln!("maestrod: {} keys ({} bytes) copied…", so_far.keys, so_far.bytes);
                 shown = std::time::Instant::now();
@@ -500,7 +503,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.limits.memory_entries_per_agent = usize::try_from(args.memory_max_entries).unwrap_or(usize::MAX);
     config.limits.memory_bytes_per_agent = usize::try_from(args.memory_max_bytes).unwrap_or(usize::MAX);
     config.store_location = args.store.clone();
-    config.daemon_lease_ttl = std::time::Duration::from_secs(args.daemon_lease_ttl);
+    config.daemon_lease_ttl = match (args.daemon_lease_ttl, &args.store) {
+        (Some(seconds), _) => std::time::Duration::from_secs(seconds),
+        // Nobody else can take a sled store's loops (its directory is locked), and a daemon
+        // restarted on it revokes its old lease: a long one only spares loops a suspend's rollback.
+        (None, crate::ssot::location::StoreLocation::Sled(_)) => std::time::Duration::from_secs(3600),
+        (None, crate::ssot::location::StoreLocation::Etcd(_)) => crate::autoloop::membership::DEFAULT_TTL,
+    };
     store_options(&args, &mut config)?;
     for path in &args.sandbox_read {
         if !path.is_absolute() || !path.exists() {

@@ -123,7 +123,10 @@ impl Daemon {
         match loops.resume_all().await {
             Ok(0) => {}
             Ok(resumed) => info!(resumed, "unfinished loops resumed"),
-            Err(error) => warn!(%error, "cannot resume unfinished loops"),
+            Err(error) => {
+                warn!(%error, "cannot join the SSOT to resume loops; trying again in the background");
+                loops.join_later();
+            }
         }
         let quotas = crate::api::quota::Quotas::new(config.user_limits);
         tasks.spawn(

@@ -266,7 +266,13 @@ pub(crate) async fn follow(
                 stream.into_inner()
             }
             Err(e) if matches!(e.code(), Code::Unavailable | Code::Unknown | Code::Cancelled) => {
-                // Another daemon of the list serves the same loop (its events are in the SSOT).
+                let since = *reconnecting_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(120) {
+                    return Err(anyhow!(
+                        "lost the daemon for 2 minutes; follow again with: maestroctl attach {loop_id} --from-seq {next}"
+                    ));
+                }
+                // Another daemon of --server's list serves the same loop (its events are in the SSOT).
                 if let Some((channel, server)) = crate::client::failover().await
                     && let Ok(bearer) = maestro_shared::Bearer::new(&crate::client::token(false))
                 {
@@ -274,13 +280,6 @@ pub(crate) async fn follow(
                         eprintln!("maestroctl: following {loop_id} through {server} from event {next}");
                     }
                     client = LoopServiceClient::new(bearer.connect(channel));
-                    continue;
-                }
-                let since = *reconnecting_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > Duration::from_secs(120) {
-                    return Err(anyhow!(
-                        "lost the daemon for 2 minutes; follow again with: maestroctl attach {loop_id} --from-seq {next}"
-                    ));
                 }
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(500)) => {}

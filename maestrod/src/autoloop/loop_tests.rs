@@ -228,3 +228,41 @@ async fn a_replan_replaces_the_failed_plan_instead_of_adding_to_it() {
     assert!(std::fs::read_to_string(ws.join("src/api/calc.py")).unwrap().contains("def add"));
     manager.shutdown().await;
 }
+
+/// A project's run left behind (a release that never happened, here one naming
+/// an ended loop on another daemon's lease) does not hold the project.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_left_behind_does_not_hold_the_project() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(data.path(), SledOptions::default()).unwrap());
+    let ssot = Arc::new(Ssot::new(store, Default::default()));
+    let manager = LoopManager::new(ssot.clone(), Arc::new(LocalSandbox::probe()));
+    let dir = work.path().join("left");
+    let request = StartRequest {
+        task: super::demo::DEFAULT_TASK.into(),
+        demo: true,
+        workspace: dir.display().to_string(),
+        ..Default::default()
+    };
+    let first = manager.start(request).await.unwrap();
+    assert_eq!(until_final(&manager, &first.id).await.state, LoopState::Succeeded);
+    let ghost = ssot.grant_lease(3600).await.unwrap().id;
+    let owner = crate::ssot::owners::Owner {
+        loop_id: first.id.clone(),
+        daemon: "ghost".into(),
+        address: String::new(),
+        lease: ghost,
+        since_ms: 0,
+    };
+    let claim = ssot.claim_loop(&first.project, owner).await.unwrap();
+    assert!(matches!(claim, crate::ssot::owners::Claim::Owned(_)), "{claim:?}");
+
+    let request = StartRequest { project: first.project.clone(), task: "Again".into(), ..Default::default() };
+    let second = manager.start(request).await.unwrap();
+    assert!(second.reason.is_empty(), "not queued behind the ended loop: {}", second.reason);
+    let runner = ssot.project_runner(&first.project).await.unwrap().expect("the project is run");
+    assert_eq!(runner.value.loop_id, second.id, "the new loop took the project");
+    until_final(&manager, &second.id).await;
+    manager.shutdown().await;
+}

@@ -69,6 +69,8 @@ pub struct LoopManager {
     inner: Mutex<Inner>,
     member_config: std::sync::Mutex<MemberConfig>,
     membership: tokio::sync::OnceCell<Arc<Membership>>,
+    /// Someone asked for a look at loops nobody runs (coalesced; the adopter task looks).
+    adopt_wanted: tokio::sync::Notify,
 }
 
 /// A project id from a folder name: `My Demo` → `my-demo`.
@@ -100,6 +102,7 @@ impl LoopManager {
             inner: Mutex::new(Inner::default()),
             member_config: std::sync::Mutex::new(MemberConfig::default()),
             membership: tokio::sync::OnceCell::new(),
+            adopt_wanted: tokio::sync::Notify::new(),
         })
     }
 
@@ -115,18 +118,61 @@ impl LoopManager {
             .get_or_try_init(|| async {
                 let config = self.member_config.lock().expect("member config lock").clone();
                 let membership = Membership::join(self.ssot.clone(), config, self.shutdown.clone()).await?;
-                let manager = self.clone();
-                let upkeep = manager.clone().upkeep(membership.clone());
+                let upkeep = self.clone().upkeep(membership.clone());
                 self.tasks.spawn(upkeep.instrument(info_span!("membership", daemon = %membership.id())));
+                let adopter = self.clone().adopter(membership.clone());
+                self.tasks.spawn(adopter.instrument(info_span!("adopter", daemon = %membership.id())));
                 Ok::<_, SsotError>(membership)
             })
             .await?;
         Ok(membership.clone())
     }
 
+    /// Joins in the background until it works (the store was unreachable at
+    /// start): until then this daemon runs no loops, but serves.
+    pub fn join_later(self: &Arc<Self>) {
+        let manager = self.clone();
+        self.tasks.spawn(async move {
+            let mut pause = Duration::from_millis(500);
+            loop {
+                tokio::select! {
+                    () = manager.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                match manager.resume_all().await {
+                    Ok(resumed) => return info!(resumed, "joined the SSOT"),
+                    Err(error) => warn!(%error, "cannot join the SSOT yet; trying again"),
+                }
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+        });
+    }
+
+    /// Looks for loops nobody runs whenever asked (asks made meanwhile are one).
+    async fn adopter(self: Arc<Self>, membership: Arc<Membership>) {
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = self.adopt_wanted.notified() => {}
+            }
+            match self.adopt(&membership).await {
+                Ok(0) => {}
+                Ok(adopted) => info!(adopted, "took over unfinished loops nobody ran"),
+                Err(error) => warn!(%error, "cannot look for loops nobody runs"),
+            }
+        }
+    }
+
+    /// Asks the adopter for a look at loops nobody runs.
+    fn want_adoption(&self) {
+        self.adopt_wanted.notify_one();
+    }
+
     /// Keeps the membership's lease alive, ends the term when it is lost (its
-    /// loops stop) and joins again, and adopts loops nobody runs whenever a
-    /// run is released, and every few TTLs in case a release went unseen.
+    /// loops stop, then its lease is revoked) and joins again, hands cancel
+    /// requests to the loops run here, and asks for adoption whenever a run is
+    /// released, and every few TTLs in case a release went unseen. Nothing here
+    /// waits for the manager's lock, so renewals are never late because of it.
     async fn upkeep(self: Arc<Self>, membership: Arc<Membership>) {
         let period = (membership.ttl() / 3).max(Duration::from_millis(200));
         let mut tick = tokio::time::interval(period);
@@ -153,13 +199,7 @@ impl LoopManager {
                 next = next_cancel => {
                     match next {
                         // Asked through any daemon: the one running the loop acts on it.
-                        Some(Ok(id)) => {
-                            if let Some(control) = self.inner.lock().await.controls.get(&id).cloned() {
-                                control.cancel_requested.store(true, Ordering::SeqCst);
-                                control.cancel.cancel();
-                                control.wake.notify_one();
-                            }
-                        }
+                        Some(Ok(id)) => self.pass_cancels(vec![id]),
                         Some(Err(_)) | None => cancels = None,
                     }
                     continue;
@@ -168,7 +208,7 @@ impl LoopManager {
                     match next {
                         Some(Ok(project)) => {
                             tracing::debug!(%project, "a project's run was released");
-                            self.adopt_logged(&membership).await;
+                            self.want_adoption();
                         }
                         // Reopened at the next tick (adopting then covers what was missed).
                         Some(Err(_)) | None => released = None,
@@ -182,17 +222,25 @@ impl LoopManager {
                 Renewal::Unconfirmed(error) => warn!(%error, "cannot renew this daemon's lease; trying again"),
                 Renewal::Lost(reason) => {
                     warn!(%reason, "this daemon's lease is lost: its loops stop here (another daemon may take them)");
-                    membership.end_term().await;
+                    let ended = membership.stop_term();
+                    // Their current steps end before anyone else may start the loops again.
+                    self.until_loops_stopped(membership.ttl()).await;
+                    membership.revoke(&ended).await;
                     if let Err(error) = membership.rejoin().await {
                         warn!(%error, "cannot join the SSOT again; trying again");
                         continue;
                     }
-                    self.adopt_logged(&membership).await;
+                    self.want_adoption();
                 }
             }
             if cancels.is_none() {
                 match self.ssot.follow_cancel_requests() {
-                    Ok(stream) => cancels = Some(stream),
+                    Ok(stream) => {
+                        cancels = Some(stream);
+                        // What was asked while nobody watched: every loop run here checks.
+                        let running: Vec<String> = self.inner.lock().await.controls.keys().cloned().collect();
+                        self.pass_cancels(running);
+                    }
                     Err(error) => warn!(%error, "cannot watch for cancel requests; trying again"),
                 }
             }
@@ -200,21 +248,36 @@ impl LoopManager {
                 match self.ssot.follow_released_runs() {
                     Ok(stream) => {
                         released = Some(stream);
-                        self.adopt_logged(&membership).await;
+                        self.want_adoption();
                     }
                     Err(error) => warn!(%error, "cannot watch for released loops; trying again"),
                 }
             } else if ticks % 9 == 0 {
-                self.adopt_logged(&membership).await;
+                self.want_adoption();
             }
         }
     }
 
-    async fn adopt_logged(self: &Arc<Self>, membership: &Arc<Membership>) {
-        match self.adopt(membership).await {
-            Ok(0) => {}
-            Ok(adopted) => info!(adopted, "took over unfinished loops nobody ran"),
-            Err(error) => warn!(%error, "cannot look for loops nobody runs"),
+    /// Cancels each of `loops` run here whose cancel is stored in the SSOT.
+    fn pass_cancels(self: &Arc<Self>, loops: Vec<String>) {
+        let manager = self.clone();
+        self.tasks.spawn(async move {
+            for id in loops {
+                let Some(control) = manager.inner.lock().await.controls.get(&id).cloned() else { continue };
+                if manager.ssot.loop_cancel_requested(&id).await.unwrap_or(false) {
+                    control.cancel_requested.store(true, Ordering::SeqCst);
+                    control.cancel.cancel();
+                    control.wake.notify_one();
+                }
+            }
+        });
+    }
+
+    /// Waits (up to `limit`) until no loop task runs here.
+    async fn until_loops_stopped(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.inner.lock().await.controls.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -222,19 +285,24 @@ impl LoopManager {
     /// QUEUED first: they were running when their daemon stopped), and runs it.
     async fn adopt(self: &Arc<Self>, membership: &Arc<Membership>) -> Result<usize> {
         let term = membership.term();
-        if term.stop.is_cancelled() || self.shutdown.is_cancelled() {
+        // A term whose lease may have run out takes nothing: its loops would be refused at once.
+        if term.stop.is_cancelled() || !term.tenure.is_valid() || self.shutdown.is_cancelled() {
             return Ok(0);
         }
-        let open = self.ssot.unfinished_loops().await?;
-        let (running, queued): (Vec<_>, Vec<_>) = open.into_iter().partition(|l| l.state != LoopState::Queued);
+        // Read under the lock: a loop a start queues meanwhile is seen by the next look.
         let mut inner = self.inner.lock().await;
+        let open = self.ssot.unfinished_loops().await?;
+        // Keys kept for loops that ended elsewhere are dropped.
+        let ids: std::collections::HashSet<&str> = open.iter().map(|l| l.id.as_str()).collect();
+        inner.keys.retain(|id, _| ids.contains(id.as_str()));
+        let (running, queued): (Vec<_>, Vec<_>) = open.into_iter().partition(|l| l.state != LoopState::Queued);
         let mut tried = std::collections::HashSet::new();
         let mut started = 0;
         for record in running.into_iter().chain(queued) {
             if inner.active.contains_key(&record.project) || !tried.insert(record.project.clone()) {
                 continue;
             }
-            let Some(ownership) = self.claim(membership, &term, &record).await? else { continue };
+            let Some(ownership) = self.claim(&inner, membership, &term, &record).await? else { continue };
             // It may have ended or moved on between the read and the claim.
             let record = self.ssot.get_loop(&record.id).await?.value;
             if record.state.is_final() {
@@ -249,13 +317,44 @@ impl LoopManager {
         Ok(started)
     }
 
-    /// Claims the run of `record`'s project for it on `term`; `None` when someone runs the project.
-    async fn claim(&self, membership: &Membership, term: &Term, record: &LoopRecord) -> Result<Option<Ownership>> {
-        match self.ssot.claim_loop(&record.project, membership.owner(&record.id, term)).await {
-            Ok(Claim::Owned(ownership)) => Ok(Some(ownership)),
-            Ok(Claim::Busy(_)) => Ok(None),
-            // The term's lease ended meanwhile: the next term adopts.
-            Err(SsotError::NotFound { kind: "lease", .. }) => Ok(None),
+    /// Claims the run of `record`'s project for it on `term`; `None` when
+    /// someone runs the project. A run left behind (its loop ended, or it is
+    /// this daemon's but no task runs it here: a release that failed) is
+    /// deleted first.
+    async fn claim(
+        &self,
+        inner: &Inner,
+        membership: &Membership,
+        term: &Term,
+        record: &LoopRecord,
+    ) -> Result<Option<Ownership>> {
+        for _ in 0..2 {
+            match self.ssot.claim_loop(&record.project, membership.owner(&record.id, term)).await {
+                Ok(Claim::Owned(ownership)) => return Ok(Some(ownership)),
+                Ok(Claim::Busy { owner, revision }) => {
+                    if !self.left_behind(inner, term, &owner).await? {
+                        return Ok(None);
+                    }
+                    info!(project = %record.project, loop_id = %owner.loop_id, "deleting a run left behind");
+                    self.ssot.release_run(&record.project, revision).await?;
+                }
+                // The term's lease ended meanwhile: the next term adopts.
+                Err(SsotError::NotFound { kind: "lease", .. }) => return Ok(None),
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether a project's run is left behind: its loop has ended, or it is on
+    /// this daemon's lease though no task runs it here.
+    async fn left_behind(&self, inner: &Inner, term: &Term, owner: &crate::ssot::owners::Owner) -> Result<bool> {
+        if owner.lease == term.lease && !inner.controls.contains_key(&owner.loop_id) {
+            return Ok(true);
+        }
+        match self.ssot.get_loop(&owner.loop_id).await {
+            Ok(record) => Ok(record.value.state.is_final()),
+            Err(SsotError::NotFound { .. }) => Ok(true),
             Err(error) => Err(error),
         }
     }
@@ -313,10 +412,20 @@ impl LoopManager {
         let mut record = LoopRecord::new(&project, &request.task, &workspace, request.demo, config.retries);
         record.root = root.clone();
         record.record_file = record_file;
-        let running_here = inner.active.get(&project).cloned();
+        let term = membership.term();
+        // Who the new loop waits for: the project's loop run here, or by another daemon, or
+        // an older unfinished one nobody runs yet (its daemon died; it goes first).
+        let running_here = match inner.active.get(&project).cloned() {
+            // A loop that has just failed (its task panicked) is not waited for.
+            Some(active) if !self.ssot.get_loop(&active).await?.value.state.is_final() => Some(active),
+            _ => None,
+        };
         let queued_behind = match running_here {
             Some(active) => Some(active),
-            None => self.ssot.project_runner(&project).await?.map(|runner| runner.value.loop_id),
+            None => match self.ssot.project_runner(&project).await? {
+                Some(runner) if !self.left_behind(&inner, &term, &runner.value).await? => Some(runner.value.loop_id),
+                _ => self.ssot.unfinished_loops().await?.into_iter().find(|l| l.project == project).map(|l| l.id),
+            },
         };
         let message = match &queued_behind {
             Some(active) => {
@@ -335,10 +444,13 @@ impl LoopManager {
         if !request.keys.is_empty() {
             inner.keys.insert(record.id.clone(), request.keys.clone());
         }
-        let term = membership.term();
         let ownership = match &queued_behind {
-            None => self.claim(&membership, &term, &record).await?,
-            Some(_) => None,
+            None => self.claim(&inner, &membership, &term, &record).await?,
+            Some(_) => {
+                // The loop it waits for may be one nobody runs yet.
+                self.want_adoption();
+                None
+            }
         };
         match queued_behind {
             // Nobody ran the project, and the claim was won here (another daemon may have adopted it first).
@@ -456,7 +568,7 @@ impl LoopManager {
                                 .map(|s| s.to_string())
                                 .or_else(|| panic.downcast_ref::<String>().cloned())
                                 .unwrap_or_else(|| "no message".into());
-                            manager.crashed(&project, &id, &message).await;
+                            manager.crashed(&id, &message).await;
                         }
                         manager.finished(&project, &id, &ownership).await;
                     }
@@ -488,16 +600,10 @@ impl LoopManager {
 
     /// A loop's task panicked: the loop is FAILED with the panic's message, its
     /// claims and lease released.
-    async fn crashed(&self, project: &str, id: &str, message: &str) {
+    async fn crashed(&self, id: &str, message: &str) {
         warn!(loop_id = %id, panic = %message, "a loop's task panicked");
-        // The project is free before anyone can read that the loop failed: a
-        // start that follows the failure runs at once, never queued behind it.
-        {
-            let mut inner = self.inner.lock().await;
-            if inner.active.get(project).is_some_and(|a| a == id) {
-                inner.active.remove(project);
-            }
-        }
+        // The project stays this loop's until `finished` releases it; a start that
+        // reads the failure first finds the run left behind and takes the project.
         let Ok(current) = self.ssot.get_loop(id).await else { return };
         let mut record = current.value;
         if record.state.is_final() {
@@ -525,6 +631,19 @@ impl LoopManager {
     /// ended): the project's run is released, and loops nobody runs are adopted
     /// (the project's next queued loop among them).
     async fn finished(self: &Arc<Self>, project: &str, id: &str, ownership: &Ownership) {
+        // Releasing is conditional on the ownership itself (not on the loop's fence).
+        // Tried a few times; a run still left behind is deleted by the next claim.
+        let mut pause = Duration::from_millis(100);
+        for attempt in 1..=5 {
+            match self.ssot.release_loop(ownership).await {
+                Ok(()) => break,
+                Err(error) if attempt == 5 => warn!(%error, loop_id = %id, "cannot release the loop's project"),
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+        }
         {
             let mut inner = self.inner.lock().await;
             inner.controls.remove(id);
@@ -533,15 +652,8 @@ impl LoopManager {
                 inner.active.remove(project);
             }
         }
-        // Outside the loop's fence: releasing is conditional on the ownership itself.
-        if let Err(error) = self.ssot.release_loop(ownership).await {
-            warn!(%error, loop_id = %id, "cannot release the loop's project");
-        }
-        if self.shutdown.is_cancelled() {
-            return;
-        }
-        if let Some(membership) = self.membership.get() {
-            self.adopt_logged(membership).await;
+        if !self.shutdown.is_cancelled() {
+            self.want_adoption();
         }
     }
 
@@ -595,7 +707,9 @@ impl LoopManager {
                 return Ok(Self::wait(&control, |r| r.state.is_final()).await);
             }
             drop(inner);
-            if record.state != LoopState::Queued {
+            let runner = self.ssot.project_runner(&record.project).await?;
+            let taken = runner.as_ref().is_some_and(|r| r.value.loop_id == id);
+            if record.state != LoopState::Queued || taken {
                 // Another daemon runs it (or will, once it takes it over): the request
                 // reaches that daemon through the SSOT, and a resumed loop reads it too.
                 self.ssot.request_loop_cancel(id).await?;
@@ -605,7 +719,10 @@ impl LoopManager {
             // concurrent write (a start, a "waiting for" notice) is never overwritten.
             let event =
                 LoopEvent { kind: EventKind::State, message: "cancelled while queued".into(), ..Default::default() };
-            match self.ssot.end_queued_loop(id, LoopState::Cancelled, "cancelled while queued", event).await? {
+            // Also conditional on the project's run as read: a daemon that takes the loop
+            // meanwhile makes this fail, and the loop is cancelled as a running one.
+            let run = crate::ssot::Ssot::run_unchanged(&record.project, runner.map_or(0, |r| r.meta.mod_revision));
+            match self.ssot.end_queued_loop(id, LoopState::Cancelled, "cancelled while queued", event, run).await? {
                 Some(record) => return Ok(record),
                 // It left the queue meanwhile: cancel it as a running loop.
                 None => tokio::task::yield_now().await,

@@ -5,12 +5,12 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::ssot::fence::Tenure;
+use crate::ssot::fence::{self, Tenure};
 use crate::ssot::owners::{DaemonInfo, Owner};
 use crate::ssot::store::LeaseId;
 use crate::ssot::{Result, Ssot, SsotError};
@@ -91,7 +91,7 @@ impl Membership {
     }
 
     async fn begin(ssot: &Ssot, config: &MemberConfig, shutdown: &CancellationToken) -> Result<Term> {
-        let sent = Instant::now();
+        let sent = fence::now();
         let lease = ssot.grant_lease(config.ttl.as_secs().max(1)).await?;
         let info = DaemonInfo {
             id: config.id.clone(),
@@ -146,7 +146,7 @@ impl Membership {
         if term.stop.is_cancelled() {
             return Renewal::Lost("the term has ended".into());
         }
-        let sent = Instant::now();
+        let sent = fence::now();
         match self.ssot.keep_alive(term.lease).await {
             Ok(_) => {
                 term.tenure.renewed(sent, self.config.ttl);
@@ -160,11 +160,17 @@ impl Membership {
         }
     }
 
-    /// Ends the current term: its loops stop; its lease is revoked if it still exists.
-    pub async fn end_term(&self) {
+    /// Ends the current term: nothing more may be done on its lease, and its loops stop.
+    pub fn stop_term(&self) -> Term {
         let term = self.term();
         term.tenure.end();
         term.stop.cancel();
+        term
+    }
+
+    /// Revokes an ended term's lease if it still exists (once its loops have stopped:
+    /// another daemon takes them at once).
+    pub async fn revoke(&self, term: &Term) {
         let _ = self.ssot.revoke_lease(term.lease).await;
     }
 
@@ -179,7 +185,8 @@ impl Membership {
     /// Leaves on shutdown: the lease is revoked, so other daemons take this
     /// daemon's loops at once; the lease file goes.
     pub async fn leave(&self) {
-        self.end_term().await;
+        let term = self.stop_term();
+        self.revoke(&term).await;
         if let Some(file) = &self.config.lease_file {
             let _ = std::fs::remove_file(file);
         }

@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::SsotError;
 use super::store::{Compare, Revision};
@@ -22,21 +22,34 @@ tokio::task_local! {
     static FENCE: Fence;
 }
 
+/// Time since boot, counting time suspended (`CLOCK_BOOTTIME`): a lease's
+/// deadline passes while the machine sleeps, and a monotonic clock would not see it.
+pub fn now() -> Duration {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
+        Ok(time) => Duration::new(time.tv_sec().max(0) as u64, time.tv_nsec().clamp(0, 999_999_999) as u32),
+        Err(_) => {
+            static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+            START.get_or_init(std::time::Instant::now).elapsed()
+        }
+    }
+}
+
 /// How long a daemon may act on its lease: until the send time of its last
 /// confirmed keep-alive plus the TTL (the store's deadline is never earlier).
+/// Times are [`now`]'s.
 #[derive(Debug)]
 pub struct Tenure {
-    until: Mutex<Option<Instant>>,
+    until: Mutex<Option<Duration>>,
 }
 
 impl Tenure {
     /// A tenure confirmed by a grant or keep-alive sent at `sent`, for `ttl`.
-    pub fn new(sent: Instant, ttl: Duration) -> Arc<Tenure> {
+    pub fn new(sent: Duration, ttl: Duration) -> Arc<Tenure> {
         Arc::new(Tenure { until: Mutex::new(Some(sent + ttl)) })
     }
 
     /// A keep-alive sent at `sent` was confirmed for `ttl`.
-    pub fn renewed(&self, sent: Instant, ttl: Duration) {
+    pub fn renewed(&self, sent: Duration, ttl: Duration) {
         let mut until = self.until.lock().expect("tenure lock");
         if until.is_some() {
             *until = Some(until.map_or(sent + ttl, |u| u.max(sent + ttl)));
@@ -49,7 +62,7 @@ impl Tenure {
     }
 
     pub fn is_valid(&self) -> bool {
-        self.until.lock().expect("tenure lock").is_some_and(|until| Instant::now() < until)
+        self.until.lock().expect("tenure lock").is_some_and(|until| now() < until)
     }
 }
 
@@ -101,18 +114,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_fence_holds_until_its_tenure_ends_or_runs_out() {
-        let tenure = Tenure::new(Instant::now(), Duration::from_secs(60));
+        let tenure = Tenure::new(now(), Duration::from_secs(60));
         let fence = Fence { loop_id: "loop-1".into(), key: b"k".to_vec(), revision: 3, tenure: tenure.clone() };
         assert!(check().is_ok(), "no fence outside a loop");
         scope(fence.clone(), async { assert!(check().is_ok()) }).await;
         tenure.end();
-        tenure.renewed(Instant::now(), Duration::from_secs(60));
+        tenure.renewed(now(), Duration::from_secs(60));
         let refused = scope(fence, async { check() }).await;
         assert!(matches!(refused, Err(SsotError::Fenced(_))), "{refused:?}");
 
-        let short = Tenure::new(Instant::now() - Duration::from_secs(2), Duration::from_secs(1));
+        let short = Tenure::new(now().saturating_sub(Duration::from_secs(2)), Duration::from_secs(1));
         assert!(!short.is_valid(), "a keep-alive sent 2 s ago for 1 s has run out");
-        short.renewed(Instant::now(), Duration::from_secs(1));
+        short.renewed(now(), Duration::from_secs(1));
         assert!(short.is_valid());
     }
 }

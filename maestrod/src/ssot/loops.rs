@@ -575,14 +575,16 @@ impl Ssot {
     }
 
     /// Ends a loop that is still queued (nothing runs it yet) as `state` with
-    /// `reason` and `event`, in one conditional write. `None` when the loop is
-    /// no longer queued (its task took it meanwhile).
+    /// `reason` and `event`, in one write conditional on the record and on
+    /// `also`. `None` when the loop is no longer queued (its task took it
+    /// meanwhile) or `also` failed.
     pub async fn end_queued_loop(
         &self,
         id: &str,
         state: LoopState,
         reason: &str,
         event: LoopEvent,
+        also: Compare,
     ) -> Result<Option<LoopRecord>> {
         for attempt in 0..super::RETRIES {
             let current = self.get_loop(id).await?;
@@ -593,10 +595,13 @@ impl Ssot {
             record.state = state;
             record.reason = reason.to_string();
             record.end_time_ms = now_ms();
-            let txn = Txn::new().when(Compare::mod_revision(record_key(id), current.meta.mod_revision));
+            let txn =
+                Txn::new().when(Compare::mod_revision(record_key(id), current.meta.mod_revision)).when(also.clone());
             let (txn, stored, _) = self.loop_write(txn, record, vec![event.clone()]);
             match self.commit(txn).await? {
                 Ok(_) => return Ok(Some(stored)),
+                // `also` no longer holds: the caller looks again.
+                Err((1, _)) => return Ok(None),
                 Err(_) => super::after_lost_race(attempt).await,
             }
         }

@@ -39,16 +39,27 @@ pub enum MigrateError {
     Target(StoreError),
     #[error("key {0:?} appeared on the target while copying: is a daemon using it?")]
     Raced(String),
+    #[error("a daemon uses the source ({0}): stop every daemon on it first")]
+    SourceInUse(String),
 }
 
 /// Copies every key of `source` (as of its current revision) into the empty
 /// `target`; `progress` is told the report so far after each transaction.
+/// With `shared_source` (a store daemons share, not locked by any), a source
+/// where a daemon is registered is refused.
 pub async fn migrate(
     source: Arc<dyn Store>,
     target: Arc<dyn Store>,
+    shared_source: bool,
     mut progress: impl FnMut(&MigrationReport),
 ) -> Result<MigrationReport, MigrateError> {
     let everything = || RangeRequest { start: vec![0], end: vec![0xff], ..Default::default() };
+    if shared_source {
+        let daemons = source.range(RangeRequest { limit: 1, ..RangeRequest::prefix("daemons/") }).await;
+        if let Some(kv) = daemons.map_err(MigrateError::Source)?.kvs.first() {
+            return Err(MigrateError::SourceInUse(String::from_utf8_lossy(&kv.key).into_owned()));
+        }
+    }
     let present = target.range(RangeRequest { limit: 1, ..everything() }).await.map_err(MigrateError::Target)?;
     if let Some(kv) = present.kvs.first() {
         return Err(MigrateError::TargetNotEmpty(String::from_utf8_lossy(&kv.key).into_owned()));
@@ -143,7 +154,7 @@ mod tests {
         source.txn(Txn::new().then(Op::Put { key: b"held".to_vec(), value: b"1".to_vec(), lease })).await.unwrap();
 
         let mut reports = 0;
-        let report = migrate(source.clone(), target.clone(), |_| reports += 1).await.unwrap();
+        let report = migrate(source.clone(), target.clone(), true, |_| reports += 1).await.unwrap();
         assert_eq!(report.keys as usize, PAGE_KEYS + 150 + 1, "{report:?}");
         assert_eq!(report.skipped_leased, 1);
         assert!(reports >= (PAGE_KEYS + 150) / TXN_OPS, "progress after each transaction: {reports}");
@@ -154,8 +165,24 @@ mod tests {
         assert!(target.range(RangeRequest::key("held")).await.unwrap().kvs.is_empty());
 
         // A second run finds the target in use and changes nothing.
-        let refused = migrate(source, target.clone(), |_| {}).await.unwrap_err();
+        let refused = migrate(source.clone(), target.clone(), false, |_| {}).await.unwrap_err();
         assert!(matches!(refused, MigrateError::TargetNotEmpty(_)), "{refused}");
         assert_eq!(target.status().revision, report.target_revision);
+
+        // A store a daemon is registered in (on a lease) is in use.
+        let held = Ssot::new(source.clone(), Default::default());
+        let info = crate::ssot::owners::DaemonInfo {
+            id: "d1".into(),
+            address: String::new(),
+            host: String::new(),
+            pid: 1,
+            lease,
+            start_time_ms: 0,
+        };
+        held.register_daemon(&info).await.unwrap();
+        let c = tempfile::tempdir().unwrap();
+        let empty: Arc<dyn Store> = Arc::new(SledStore::open(c.path(), SledOptions::default()).unwrap());
+        let busy = migrate(source, empty, true, |_| {}).await.unwrap_err();
+        assert!(matches!(busy, MigrateError::SourceInUse(_)), "{busy}");
     }
 }

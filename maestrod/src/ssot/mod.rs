@@ -281,6 +281,14 @@ impl Ssot {
         txn.compares.push(fence.compare());
         match self.store.txn(txn).await? {
             TxnResponse::CompareFailed { index: failed, .. } if failed == index => Err(fence.lost()),
+            // A store may name only the first compare that failed: the fence may have failed too.
+            response @ TxnResponse::CompareFailed { .. } => {
+                let owner = self.store.range(RangeRequest::key(fence.key.clone())).await?;
+                match owner.kvs.first() {
+                    Some(kv) if kv.mod_revision == fence.revision => Ok(response),
+                    _ => Err(fence.lost()),
+                }
+            }
             response => Ok(response),
         }
     }

@@ -60,8 +60,12 @@ impl Ownership {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     Owned(Ownership),
-    /// The project's loop is run by someone (maybe this loop, by another daemon).
-    Busy(Owner),
+    /// The project's loop is run by someone (maybe this loop, by another
+    /// daemon), as written at `revision`.
+    Busy {
+        owner: Owner,
+        revision: Revision,
+    },
 }
 
 fn run_key(project: &str) -> String {
@@ -110,7 +114,7 @@ impl Ssot {
                     let revision = current.meta.mod_revision;
                     return Ok(Claim::Owned(Ownership { project: project.into(), owner: current.value, revision }));
                 }
-                return Ok(Claim::Busy(current.value));
+                return Ok(Claim::Busy { owner: current.value, revision: current.meta.mod_revision });
             }
             let owner = Owner { since_ms: now_ms(), ..owner.clone() };
             let txn = Txn::new().when(Compare::absent(key.as_str())).then(Op::Put {
@@ -136,6 +140,19 @@ impl Ssot {
         Ok(())
     }
 
+    /// Deletes `project`'s run if it is still as written at `revision` (a run
+    /// left behind: its loop ended, or its daemon let go of it without deleting it).
+    pub async fn release_run(&self, project: &str, revision: Revision) -> Result<bool> {
+        let key = run_key(project);
+        let txn = Txn::new().when(Compare::mod_revision(key.as_str(), revision)).then(Op::delete(key));
+        Ok(matches!(self.store.txn(txn).await?, TxnResponse::Committed { .. }))
+    }
+
+    /// The compare that holds while `project`'s run is as read (absent: 0).
+    pub fn run_unchanged(project: &str, revision: Revision) -> Compare {
+        Compare::mod_revision(run_key(project), revision)
+    }
+
     /// Projects whose runner went away (a loop ended, or its daemon's lease did), as they go.
     pub fn follow_released_runs(&self) -> Result<BoxStream<'static, Result<String>>> {
         let stream = self.store.watch(RUNS.as_bytes().to_vec(), 0)?;
@@ -159,7 +176,7 @@ impl Ssot {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use super::*;
     use crate::ssot::fence::{self, Fence, Tenure};
@@ -184,14 +201,16 @@ mod tests {
 
         let Claim::Owned(mine) = ssot.claim_loop("p", owner(&record.id, "a", a)).await.unwrap() else { panic!() };
         assert_eq!(ssot.claim_loop("p", owner(&record.id, "a", a)).await.unwrap(), Claim::Owned(mine.clone()));
-        let Claim::Busy(held) = ssot.claim_loop("p", owner(&record.id, "b", b)).await.unwrap() else { panic!() };
+        let Claim::Busy { owner: held, .. } = ssot.claim_loop("p", owner(&record.id, "b", b)).await.unwrap() else {
+            panic!()
+        };
         assert_eq!(held.daemon, "a", "one daemon runs a project's loop");
 
         let fence = Fence {
             loop_id: record.id.clone(),
             key: mine.key(),
             revision: mine.revision,
-            tenure: Tenure::new(Instant::now(), Duration::from_secs(3600)),
+            tenure: Tenure::new(fence::now(), Duration::from_secs(3600)),
         };
         let mut running = record.clone();
         running.state = LoopState::Running;
