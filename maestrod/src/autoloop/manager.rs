@@ -252,7 +252,7 @@ impl LoopManager {
                     }
                     Err(error) => warn!(%error, "cannot watch for released loops; trying again"),
                 }
-            } else if ticks % 9 == 0 {
+            } else if ticks.is_multiple_of(9) {
                 self.want_adoption();
             }
         }

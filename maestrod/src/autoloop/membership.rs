@@ -76,13 +76,12 @@ impl Membership {
     /// Registers the daemon on a new lease. The lease a previous run of this
     /// daemon left behind (killed) is revoked first: its loops are free at once.
     pub async fn join(ssot: Arc<Ssot>, config: MemberConfig, shutdown: CancellationToken) -> Result<Arc<Membership>> {
-        if let Some(previous) = config.lease_file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
-            if let Ok(lease) = previous.trim().parse::<LeaseId>() {
-                match ssot.revoke_lease(lease).await {
-                    Ok(_) => info!(lease, "revoked the lease this daemon held before it stopped"),
-                    Err(SsotError::NotFound { .. }) => {}
-                    Err(error) => warn!(lease, %error, "cannot revoke this daemon's previous lease"),
-                }
+        let previous = config.lease_file.as_ref().and_then(|f| std::fs::read_to_string(f).ok());
+        if let Some(lease) = previous.and_then(|p| p.trim().parse::<LeaseId>().ok()) {
+            match ssot.revoke_lease(lease).await {
+                Ok(_) => info!(lease, "revoked the lease this daemon held before it stopped"),
+                Err(SsotError::NotFound { .. }) => {}
+                Err(error) => warn!(lease, %error, "cannot revoke this daemon's previous lease"),
             }
         }
         let term = Self::begin(&ssot, &config, &shutdown).await?;
