@@ -334,3 +334,13 @@ async fn an_ssot_migrated_from_sled_to_etcd_serves_the_same_state() {
     assert_eq!(next.code, 0, "{}", next.stderr);
     assert!(new.ctl(&["-o", "json", "loop", "list"]).ok().contains("loop-2"));
 }
+
+#[test]
+fn a_prefix_inside_another_ssots_prefix_is_refused() {
+    let etcd = LocalEtcd::start().unwrap();
+    let _team = Daemon::start_with(&["--store", &etcd.store_arg("team")]).unwrap();
+    let inside = Daemon::start_with(&["--store", &etcd.store_arg("team/x")]).map(drop).unwrap_err().to_string();
+    assert!(inside.contains("lie inside one another") && inside.contains("\"team\""), "{inside}");
+    // A sibling whose name merely starts the same is another SSOT.
+    Daemon::start_with(&["--store", &etcd.store_arg("team-b")]).expect("team-b is not inside team/");
+}

@@ -161,6 +161,7 @@ impl EtcdStore {
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
         };
+        store.register_prefix().await?;
         let revision = store.current_revision().await.map_err(unreachable)?;
         let compacted = store.find_compacted(revision).await.map_err(|f| f.into_store_error())?;
         store.shared.compacted.fetch_max(compacted, Ordering::AcqRel);
@@ -256,6 +257,59 @@ impl EtcdStore {
             async move { kv.get(key, Some(options)).await }
         })
         .await
+    }
+
+    /// Records this SSOT's prefix in the cluster's list (`maestro-prefixes`,
+    /// outside every prefix), refusing one that contains or lies inside
+    /// another's: their keys would mix. A cluster whose user may not write the
+    /// list (etcd roles limited to the prefix) is let through with a warning.
+    async fn register_prefix(&self) -> Result<(), StoreError> {
+        const LIST: &[u8] = b"maestro-prefixes";
+        let ours = String::from_utf8_lossy(&self.prefix).into_owned();
+        for attempt in 0..16 {
+            let response = match self.get(LIST.to_vec(), GetOptions::new()).await {
+                Ok(response) => response,
+                Err(failure) => {
+                    tracing::warn!(?failure, "cannot read the cluster's list of maestro prefixes; not checked");
+                    return Ok(());
+                }
+            };
+            let (mut known, revision) = match response.kvs().first() {
+                Some(kv) => (serde_json::from_slice::<Vec<String>>(kv.value()).unwrap_or_default(), kv.mod_revision()),
+                None => (Vec::new(), 0),
+            };
+            if known.contains(&ours) {
+                return Ok(());
+            }
+            if let Some(other) = known.iter().find(|p| p.starts_with(&ours) || ours.starts_with(p.as_str())) {
+                return Err(StoreError::InvalidArgument(format!(
+                    "the etcd prefix {:?} and {:?} (another SSOT on this cluster) lie inside one another, so their \
+                     keys would mix; choose a prefix that neither contains nor lies inside another",
+                    ours.trim_end_matches('/'),
+                    other.trim_end_matches('/')
+                )));
+            }
+            known.push(ours.clone());
+            let value = serde_json::to_vec(&known).expect("a list of strings serializes");
+            let txn = etcd_client::Txn::new()
+                .when([etcd_client::Compare::mod_revision(LIST, etcd_client::CompareOp::Equal, revision)])
+                .and_then([etcd_client::TxnOp::put(LIST, value, None)]);
+            match self
+                .call(Retry::Write, || {
+                    let (mut kv, txn) = (self.kv(), txn.clone());
+                    async move { kv.txn(txn).await }
+                })
+                .await
+            {
+                Ok(response) if response.succeeded() => return Ok(()),
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10 * (attempt + 1))).await,
+                Err(failure) => {
+                    tracing::warn!(?failure, "cannot record this SSOT's prefix on the cluster; not checked");
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn current_revision(&self) -> Result<Revision, Failure> {
