@@ -564,9 +564,12 @@ impl EtcdStore {
             Failure::LeaseNotFound => StoreError::LeaseNotFound(id),
             other => other.into_store_error(),
         };
-        // Keeping a lease alive is idempotent: the whole exchange is retried.
-        let answer = self
-            .call(Retry::Read, || {
+        // Keeping a lease alive is idempotent: the whole exchange is retried, each try within
+        // a second, so one sent to a member that died unseen (its connection not yet known
+        // broken) does not use up the lease's time: the next try may reach another member.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let answer = loop {
+            let attempt = self.call(Retry::Read, || {
                 let mut leases = self.client.lease_client();
                 async move {
                     // Opening the stream already renews the lease once (and refuses an unknown
@@ -576,9 +579,18 @@ impl EtcdStore {
                     keeper.keep_alive().await?;
                     answers.message().await
                 }
-            })
-            .await
-            .map_err(refused)?;
+            });
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left.min(Duration::from_secs(1)), attempt).await {
+                Ok(Ok(answer)) => break answer,
+                Ok(Err(Failure::LeaseNotFound)) => return Err(StoreError::LeaseNotFound(id)),
+                Ok(Err(failure)) if tokio::time::Instant::now() >= deadline => return Err(refused(failure)),
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(refused(Failure::timeout(self.timeout)));
+                }
+                Ok(Err(_)) | Err(_) => debug!("a lease keep-alive got no answer within a second; trying again"),
+            }
+        };
         match answer {
             Some(answer) if answer.ttl() > 0 => Ok(lease_info(id, answer.ttl(), answer.ttl())),
             _ => Err(StoreError::LeaseNotFound(id)),
