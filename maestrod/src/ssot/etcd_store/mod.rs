@@ -824,4 +824,46 @@ mod tests {
         // Not asserted (timing): how often the follower's view alone would have missed the write.
         eprintln!("status() lagged behind the other client's write {lagged} times of 200");
     }
+
+    /// etcd may hand the follower several revisions in one batch: a live watch
+    /// delivers only those from its start.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shared_watch_delivers_only_revisions_from_its_start() {
+        use crate::ssot::store::{Event, EventKind, KeyValue, WatchBatch};
+        let etcd = LocalEtcd::start().unwrap();
+        let store = etcd.connect("hub").await.unwrap();
+        let mut hub = watch::Hub::new();
+        let (live, _) = hub.subscribe();
+        let watch = watch::Watch {
+            client: store.client.clone(),
+            shared: store.shared.clone(),
+            key: store.key(b""),
+            root: store.prefix.len(),
+            next: 5,
+            counted: true,
+            started: false,
+        };
+        store.shared.watchers.fetch_add(1, Ordering::AcqRel);
+        let (tx, mut rx) = mpsc::channel(8);
+        tokio::spawn(watch.run_shared(b"a/".to_vec(), live, 10, tx, CancellationToken::new()));
+        let event = |key: &str, revision| Event {
+            kind: EventKind::Put,
+            kv: KeyValue {
+                key: key.into(),
+                value: Vec::new(),
+                create_revision: revision,
+                mod_revision: revision,
+                version: 1,
+                lease: 0,
+                modified_by: String::new(),
+            },
+        };
+        let events = vec![event("a/1", 4), event("a/2", 5), event("b/1", 6), event("a/3", 6)];
+        hub.publish(WatchBatch { revision: 6, events });
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap().unwrap();
+        let keys: Vec<(String, Revision)> =
+            got.events.iter().map(|e| (String::from_utf8_lossy(&e.kv.key).into_owned(), e.kv.mod_revision)).collect();
+        assert_eq!(keys, [("a/2".to_string(), 5), ("a/3".to_string(), 6)], "from revision 5, under a/ only");
+        assert_eq!(got.revision, 6);
+    }
 }

@@ -167,9 +167,16 @@ impl Watch {
             match batch {
                 Ok(batch) if batch.revision < self.next => {}
                 Ok(batch) => {
+                    // One batch may span several revisions (etcd groups events): only those
+                    // from `next` on are new to this watch.
+                    let from = self.next;
                     self.next = batch.revision + 1;
-                    let events: Vec<Event> =
-                        batch.events.iter().filter(|e| e.kv.key.starts_with(&prefix)).cloned().collect();
+                    let events: Vec<Event> = batch
+                        .events
+                        .iter()
+                        .filter(|e| e.kv.mod_revision >= from && e.kv.key.starts_with(&prefix))
+                        .cloned()
+                        .collect();
                     if !events.is_empty() && tx.send(Ok(WatchBatch { revision: batch.revision, events })).await.is_err()
                     {
                         break;
