@@ -65,8 +65,18 @@ pub enum AgentError {
 impl AgentError {
     /// The failure of a run that this error stopped.
     pub fn into_failure(self) -> AgentFailure {
+        use crate::ssot::SsotError;
+        use crate::ssot::store::StoreError;
         match self {
             AgentError::Llm(e) => model_failure(e),
+            // The store was unreachable or could not confirm a write (an etcd member died under
+            // it): the next attempt of the cycle may well succeed, so it is not escalated at once.
+            AgentError::Harness(HarnessError::Log(SsotError::Store(
+                StoreError::Unavailable(_) | StoreError::Backend(_),
+            )))
+            | AgentError::Context(SsotError::Store(StoreError::Unavailable(_) | StoreError::Backend(_))) => {
+                AgentFailure::new(FailureCause::Other, self.to_string())
+            }
             other => AgentFailure::new(FailureCause::Setup, other.to_string()),
         }
     }
@@ -725,6 +735,19 @@ roles:
         for error in transient {
             assert_eq!(model_failure(error).cause, FailureCause::Model);
         }
+    }
+
+    #[test]
+    fn a_store_that_could_not_confirm_a_write_is_worth_another_attempt() {
+        use crate::ssot::SsotError;
+        use crate::ssot::store::StoreError;
+        let unconfirmed = StoreError::Backend("etcd did not confirm the write, which may have been applied".into());
+        let failure = AgentError::Harness(HarnessError::Log(SsotError::Store(unconfirmed))).into_failure();
+        assert!(!failure.cause.is_permanent(), "{failure:?}");
+        let away = AgentError::Context(SsotError::Store(StoreError::Unavailable("etcd".into()))).into_failure();
+        assert!(!away.cause.is_permanent(), "{away:?}");
+        let broken = AgentError::Context(SsotError::FailedPrecondition("no such project".into())).into_failure();
+        assert!(broken.cause.is_permanent(), "a broken setup still escalates at once");
     }
 
     /// Fifty turns of reading a big file never exceed the context window: old
