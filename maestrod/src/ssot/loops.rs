@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
@@ -618,24 +617,10 @@ impl Ssot {
 
     /// Loops someone asked to cancel from now on, as they come (by any daemon).
     pub fn follow_cancel_requests(&self) -> Result<BoxStream<'static, Result<String>>> {
-        let stream = self.store.watch(CANCELS.as_bytes().to_vec(), 0)?;
-        Ok(stream
-            .flat_map(|batch| {
-                let items: Vec<Result<String>> = match batch {
-                    Ok(batch) => batch
-                        .events
-                        .iter()
-                        .filter(|e| e.kind == store::EventKind::Put)
-                        .filter_map(|e| {
-                            let number = std::str::from_utf8(&e.kv.key[CANCELS.len()..]).ok()?.parse::<u64>().ok()?;
-                            Some(Ok(format!("loop-{number}")))
-                        })
-                        .collect(),
-                    Err(e) => vec![Err(e.into())],
-                };
-                futures::stream::iter(items)
-            })
-            .boxed())
+        self.follow(CANCELS, 0, store::EventKind::Put, |kv| {
+            let number = std::str::from_utf8(&kv.key[CANCELS.len()..]).ok()?.parse::<u64>().ok()?;
+            Some(Ok(format!("loop-{number}")))
+        })
     }
 
     pub async fn loop_cancel_requested(&self, id: &str) -> Result<bool> {
@@ -689,20 +674,8 @@ impl Ssot {
     /// Events of loop `id` committed after `revision`, as they come.
     pub fn follow_loop_events(&self, id: &str, revision: Revision) -> Result<BoxStream<'static, Result<LoopEvent>>> {
         check_id(id)?;
-        let stream = self.store.watch(events_prefix(id).into_bytes(), revision + 1)?;
-        Ok(stream
-            .flat_map(|batch| {
-                let items: Vec<Result<LoopEvent>> = match batch {
-                    Ok(batch) => batch
-                        .events
-                        .iter()
-                        .filter(|e| e.kind == store::EventKind::Put)
-                        .map(|e| super::decode_versioned::<LoopEvent>(&e.kv).map(|v| v.value))
-                        .collect(),
-                    Err(e) => vec![Err(e.into())],
-                };
-                futures::stream::iter(items)
-            })
-            .boxed())
+        self.follow(&events_prefix(id), revision + 1, store::EventKind::Put, |kv| {
+            Some(super::decode_versioned::<LoopEvent>(kv).map(|v| v.value))
+        })
     }
 }

@@ -293,6 +293,28 @@ impl Ssot {
         }
     }
 
+    /// Events of `kind` under `prefix` from `start` (0: the next revision) as
+    /// they come, each made an item by `item` (`None`: skipped).
+    fn follow<T: Send + 'static>(
+        &self,
+        prefix: &str,
+        start: Revision,
+        kind: store::EventKind,
+        item: impl Fn(&KeyValue) -> Option<Result<T>> + Send + 'static,
+    ) -> Result<futures::stream::BoxStream<'static, Result<T>>> {
+        use futures::StreamExt;
+        let stream = self.store.watch(prefix.as_bytes().to_vec(), start)?;
+        Ok(stream
+            .flat_map(move |batch| {
+                let items: Vec<Result<T>> = match batch {
+                    Ok(batch) => batch.events.iter().filter(|e| e.kind == kind).filter_map(|e| item(&e.kv)).collect(),
+                    Err(e) => vec![Err(e.into())],
+                };
+                futures::stream::iter(items)
+            })
+            .boxed())
+    }
+
     /// Runs a transaction; `Err((index, current_mod_revision))` names the compare that failed.
     async fn commit(&self, txn: Txn) -> Result<std::result::Result<Revision, (usize, Revision)>> {
         Ok(match self.txn(txn).await? {

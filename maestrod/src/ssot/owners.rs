@@ -8,7 +8,6 @@
 //!   store deletes the key, and any daemon may take the loop again. The key's
 //!   revision is the fence of the loop's writes (`fence.rs`).
 
-use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
@@ -155,21 +154,9 @@ impl Ssot {
 
     /// Projects whose runner went away (a loop ended, or its daemon's lease did), as they go.
     pub fn follow_released_runs(&self) -> Result<BoxStream<'static, Result<String>>> {
-        let stream = self.store.watch(RUNS.as_bytes().to_vec(), 0)?;
-        Ok(stream
-            .flat_map(|batch| {
-                let items: Vec<Result<String>> = match batch {
-                    Ok(batch) => batch
-                        .events
-                        .iter()
-                        .filter(|e| e.kind == store::EventKind::Delete)
-                        .map(|e| Ok(String::from_utf8_lossy(&e.kv.key[RUNS.len()..]).into_owned()))
-                        .collect(),
-                    Err(e) => vec![Err(e.into())],
-                };
-                futures::stream::iter(items)
-            })
-            .boxed())
+        self.follow(RUNS, 0, store::EventKind::Delete, |kv| {
+            Some(Ok(String::from_utf8_lossy(&kv.key[RUNS.len()..]).into_owned()))
+        })
     }
 }
 
