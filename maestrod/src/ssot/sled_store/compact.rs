@@ -7,8 +7,9 @@
 //! by a crash starts again at the next open (the `swept` mark is behind the
 //! compaction point until a sweep finishes).
 //!
-//! Who made a revision (`a rev`) is kept: entries that survive a compaction
-//! still name their author.
+//! Each record names its author, so entries that survive a compaction still
+//! do. Revision records go by group: one is removed once its group's last
+//! revision is below the target.
 
 use tracing::{error, info};
 
@@ -23,7 +24,7 @@ const STEP: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// `r rev` records below the target.
+    /// `r` records of groups that end below the target.
     Revisions,
     /// History entries no read at or after the target needs.
     History,

@@ -6,12 +6,16 @@
 //! | prefix | key                     | value                                        |
 //! |--------|-------------------------|----------------------------------------------|
 //! | `m`    | meta name               | schema, revision, compaction, log position   |
-//! | `k`    | user key                | current `KvRecord`                           |
+//! | `k`    | user key                | current `KvRecord` (with its author)         |
 //! | `h`    | user key, 0, rev (BE)   | `Option<KvRecord>` after that revision       |
-//! | `r`    | rev (BE)                | keys changed at that revision, in order      |
-//! | `a`    | rev (BE)                | who made the revision                        |
+//! | `r`    | last rev of a group (BE)| `RevisionGroup`: per revision of one group   |
+//! |        |                         | commit, the keys it changed, in order        |
 //! | `l`    | lease id (BE)           | `LeaseRecord` (TTL and wall-clock deadline)  |
 //! | `o`    | lease id (BE), user key | empty: the key is attached to the lease      |
+//!
+//! A write of one key is two inserts (`k` and `h`), and a group commit adds
+//! one `r` record for all its revisions. Format 2 had an `r` record and an
+//! `a` (author) record per revision; it is converted at open (`migrate`).
 
 use std::time::Duration;
 
@@ -21,8 +25,9 @@ use crate::ssot::store::{Event, EventKind, KeyValue, LeaseId, LeaseInfo, Revisio
 
 /// Bumped whenever the on-disk layout changes; checked on open. 2 added the
 /// lease-owner index (`o`), built from the current keys when a version 1
-/// store is opened.
-pub(super) const SCHEMA_VERSION: u32 = 2;
+/// store is opened; 3 moved the author into the records and made the
+/// revision record one per group commit.
+pub(super) const SCHEMA_VERSION: u32 = 3;
 
 pub(super) const META: u8 = b'm';
 pub(super) const CUR: u8 = b'k';
@@ -30,7 +35,6 @@ pub(super) const HIST: u8 = b'h';
 pub(super) const REVS: u8 = b'r';
 pub(super) const LEASE: u8 = b'l';
 pub(super) const LEASE_KEY: u8 = b'o';
-pub(super) const ACTOR: u8 = b'a';
 
 /// Names of the meta records.
 pub(super) mod meta {
@@ -75,17 +79,13 @@ pub(super) fn parse_hist(raw: &[u8]) -> Option<(&[u8], Revision)> {
     Some((key, rev))
 }
 
+/// `r rev`: the revision record of the group commit whose last revision is `revision`.
 pub(super) fn rev(revision: Revision) -> Vec<u8> {
     prefixed(REVS, &revision.to_be_bytes())
 }
 
 pub(super) fn parse_rev(raw: &[u8]) -> Option<Revision> {
     Some(Revision::from_be_bytes(raw.get(1..9)?.try_into().ok()?))
-}
-
-/// `a rev`: who made the revision.
-pub(super) fn actor(revision: Revision) -> Vec<u8> {
-    prefixed(ACTOR, &revision.to_be_bytes())
 }
 
 pub(super) fn lease(id: LeaseId) -> Vec<u8> {
@@ -107,7 +107,7 @@ pub(super) fn parse_lease_key(raw: &[u8]) -> Option<(LeaseId, &[u8])> {
     Some((LeaseId::from_be_bytes(raw.get(1..9)?.try_into().ok()?), raw.get(9..)?))
 }
 
-fn prefixed(tag: u8, rest: &[u8]) -> Vec<u8> {
+pub(super) fn prefixed(tag: u8, rest: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(rest.len() + 1);
     out.push(tag);
     out.extend_from_slice(rest);
@@ -122,6 +122,8 @@ pub(super) struct KvRecord {
     pub(super) mod_revision: Revision,
     pub(super) version: u64,
     pub(super) lease: LeaseId,
+    /// Who made the revision that wrote this value.
+    pub(super) actor: String,
 }
 
 impl KvRecord {
@@ -133,10 +135,14 @@ impl KvRecord {
             mod_revision: self.mod_revision,
             version: self.version,
             lease: self.lease,
-            modified_by: String::new(),
+            modified_by: self.actor,
         }
     }
 }
+
+/// The revisions of one group commit, in order, each with the keys it
+/// changed (in the order of its events).
+pub(super) type RevisionGroup = Vec<(Revision, Vec<serde_bytes::ByteBuf>)>;
 
 /// A stored record without its value: what the writer needs to know about a
 /// key's current state.
@@ -157,6 +163,7 @@ pub(super) struct KvRecordRef<'a> {
     pub(super) mod_revision: Revision,
     pub(super) version: u64,
     pub(super) lease: LeaseId,
+    _actor: &'a str,
 }
 
 impl KvRecordRef<'_> {
@@ -228,14 +235,21 @@ mod tests {
 
     #[test]
     fn record_encodings_agree() {
-        let record =
-            KvRecord { value: b"{\"v\":1}".to_vec(), create_revision: 3, mod_revision: 9, version: 4, lease: 7 };
+        let record = KvRecord {
+            value: b"{\"v\":1}".to_vec(),
+            create_revision: 3,
+            mod_revision: 9,
+            version: 4,
+            lease: 7,
+            actor: "alice".into(),
+        };
         let encoded = encode(&record);
         assert_eq!(as_some(&encoded), encode(&Some(&record)), "history entries are Some(record)");
         let meta: KvRecordRef<'_> = decode(&encoded).unwrap();
         assert_eq!((meta.create_revision, meta.mod_revision, meta.version, meta.lease), (3, 9, 4, 7));
         let round: Option<KvRecord> = decode(&as_some(&encoded)).unwrap();
-        assert_eq!(round.unwrap().value, record.value);
+        let round = round.unwrap();
+        assert_eq!((round.value, round.actor.as_str()), (record.value, "alice"));
     }
 
     #[test]

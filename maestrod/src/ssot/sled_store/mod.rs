@@ -26,6 +26,7 @@ mod layout;
 mod lease;
 pub(crate) mod lockfile;
 mod read;
+mod upgrade;
 mod wal;
 mod watch;
 mod writer;
@@ -208,6 +209,22 @@ fn open_sled(path: &Path, options: &SledOptions) -> Result<sled::Db, OpenError> 
     }
 }
 
+/// `open_sled` of a directory this process has just closed: sled's threads
+/// let go of its file lock a moment after it is dropped.
+fn open_sled_again(path: &Path, options: &SledOptions) -> Result<sled::Db, OpenError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match open_sled(path, options) {
+            Err(OpenError::Fatal(error) | OpenError::Rebuild(error))
+                if std::time::Instant::now() < deadline && error.to_string().contains("could not acquire lock") =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Opens the sled state in `dir`, brings it up to date from the log, and
 /// makes a first checkpoint if there is none.
 fn open_state(dir: &Path, options: &SledOptions) -> Result<Opened, OpenError> {
@@ -217,10 +234,10 @@ fn open_state(dir: &Path, options: &SledOptions) -> Result<Opened, OpenError> {
         return Err(OpenError::Rebuild(StoreError::Backend(format!("{} is missing", paths.store.display()))));
     }
     let started = std::time::Instant::now();
-    let db = open_sled(&paths.store, options)?;
-    let tree = db.open_tree("ssot")?;
+    let mut db = open_sled(&paths.store, options)?;
+    let mut tree = db.open_tree("ssot")?;
     tracing::debug!(took = ?started.elapsed(), "sled opened");
-    let schema = match tree.get(layout::meta(meta::SCHEMA))? {
+    let mut schema = match tree.get(layout::meta(meta::SCHEMA))? {
         Some(raw) => decode::<u32>(&raw).map_err(OpenError::Rebuild)?,
         None if !checkpoints.is_empty() => {
             return Err(OpenError::Rebuild(StoreError::Backend(
@@ -232,9 +249,12 @@ fn open_state(dir: &Path, options: &SledOptions) -> Result<Opened, OpenError> {
             layout::SCHEMA_VERSION
         }
     };
+    if schema == 1 {
+        upgrade::from_1(&tree).map_err(OpenError::Rebuild)?;
+        schema = 2;
+    }
     match schema {
-        1 => migrate_from_1(&tree).map_err(OpenError::Rebuild)?,
-        layout::SCHEMA_VERSION => {}
+        2 | layout::SCHEMA_VERSION => {}
         found => {
             return Err(OpenError::Fatal(StoreError::Schema {
                 path: dir.display().to_string(),
@@ -261,6 +281,16 @@ fn open_state(dir: &Path, options: &SledOptions) -> Result<Opened, OpenError> {
         tree.flush()?;
         info!(records = replayed, took = ?started.elapsed(), "replayed the write-ahead log into the store");
     }
+    let mut checkpoints = checkpoints;
+    if schema == 2 {
+        // The log's records were written in format 2 too: the conversion comes after them.
+        upgrade::to_3(dir, &tree, wal.next_seq() - 1, options)?;
+        drop(tree);
+        drop(db);
+        db = open_sled_again(&paths.store, options)?;
+        tree = db.open_tree("ssot")?;
+        checkpoints = checkpoint::list(&paths.checkpoints).map_err(OpenError::Fatal)?;
+    }
     let checkpoint_size = match checkpoints.last() {
         Some((_, path)) => std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
         None => {
@@ -275,25 +305,6 @@ fn open_state(dir: &Path, options: &SledOptions) -> Result<Opened, OpenError> {
     let swept = read_u64(&tree, meta::SWEPT).map_err(OpenError::Rebuild)?;
     let next_lease = read_u64(&tree, meta::NEXT_LEASE).map_err(OpenError::Rebuild)?.max(1);
     Ok(Opened { db, tree, wal, revision, compacted, swept, next_lease, checkpoint_size })
-}
-
-/// Schema 1 had no lease-owner index: build it from the current keys.
-fn migrate_from_1(tree: &sled::Tree) -> Result<(), StoreError> {
-    let mut batch = sled::Batch::default();
-    let mut leased = 0;
-    for item in tree.scan_prefix([layout::CUR]) {
-        let (raw_key, raw) = item?;
-        let record: layout::KvRecordRef<'_> = decode(&raw)?;
-        if record.lease != 0 {
-            batch.insert(layout::lease_key(record.lease, &raw_key[1..]), Vec::new());
-            leased += 1;
-        }
-    }
-    batch.insert(layout::meta(meta::SCHEMA), encode(&layout::SCHEMA_VERSION));
-    tree.apply_batch(batch)?;
-    tree.flush()?;
-    info!(leased, "store format 1 upgraded to 2");
-    Ok(())
 }
 
 /// Rebuilds the sled state of `dir` from its newest intact checkpoint and the

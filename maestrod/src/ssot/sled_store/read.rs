@@ -8,24 +8,11 @@ use std::sync::atomic::Ordering;
 use serde_bytes::ByteBuf;
 
 use super::Shared;
-use super::layout::{self, KvRecord, decode, history_event};
+use super::layout::{self, KvRecord, RevisionGroup, decode, history_event};
 use crate::ssot::store::{Event, RangeRequest, RangeResponse, Revision, StoreError, prefix_end};
 
-/// A range read with each record's author.
+/// A range read; each record names its author.
 pub(super) fn range(shared: &Shared, request: &RangeRequest) -> Result<RangeResponse, StoreError> {
-    let mut response = range_records(shared, request)?;
-    if request.without_authors {
-        return Ok(response);
-    }
-    for kv in &mut response.kvs {
-        if let Some(raw) = shared.tree.get(layout::actor(kv.mod_revision))? {
-            kv.modified_by = String::from_utf8_lossy(&raw).into_owned();
-        }
-    }
-    Ok(response)
-}
-
-fn range_records(shared: &Shared, request: &RangeRequest) -> Result<RangeResponse, StoreError> {
     let current = shared.committed.load(Ordering::Acquire);
     if request.revision == 0 || request.revision >= current {
         if request.revision > current {
@@ -156,22 +143,31 @@ pub(super) fn history(
     }
     let mut events = Vec::new();
     let mut covered = from - 1;
-    for item in shared.tree.range(layout::rev(from)..=layout::rev(to)) {
-        let (raw_key, raw) = item?;
-        let revision = layout::parse_rev(&raw_key).ok_or_else(|| StoreError::Backend("corrupt revision key".into()))?;
-        let keys: Vec<ByteBuf> = decode(&raw)?;
-        for key in keys.into_iter().map(ByteBuf::into_vec).filter(|k| k.starts_with(prefix)) {
-            let record: Option<KvRecord> = match shared.tree.get(layout::hist(&key, revision))? {
-                Some(raw) => decode(&raw)?,
-                None => {
-                    return Err(StoreError::Backend(format!("history of revision {revision} is missing")));
-                }
-            };
-            events.push(history_event(key, revision, record));
-        }
-        covered = revision;
-        if events.len() >= max_events {
-            break;
+    // Records are keyed by their group's last revision: the first one at or
+    // after `from` holds `from` (or the revision after it).
+    'groups: for item in shared.tree.range(layout::rev(from)..layout::prefixed(layout::REVS + 1, &[])) {
+        let (_, raw) = item?;
+        let group: RevisionGroup = decode(&raw)?;
+        for (revision, keys) in group {
+            if revision < from {
+                continue;
+            }
+            if revision > to {
+                break 'groups;
+            }
+            for key in keys.into_iter().map(ByteBuf::into_vec).filter(|k| k.starts_with(prefix)) {
+                let record: Option<KvRecord> = match shared.tree.get(layout::hist(&key, revision))? {
+                    Some(raw) => decode(&raw)?,
+                    None => {
+                        return Err(StoreError::Backend(format!("history of revision {revision} is missing")));
+                    }
+                };
+                events.push(history_event(key, revision, record));
+            }
+            covered = revision;
+            if events.len() >= max_events {
+                break 'groups;
+            }
         }
     }
     if covered < to && events.len() < max_events {
@@ -183,4 +179,51 @@ pub(super) fn history(
         return Err(StoreError::Compacted { requested: from, compact_revision: compacted });
     }
     Ok((events, covered))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+
+    use super::super::{SledOptions, SledStore};
+    use super::*;
+    use crate::ssot::store::{Op, Store, Txn};
+
+    /// Writes that arrive together share a group commit and one revision
+    /// record, and a watch may start at any revision inside a group.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_revision_record_per_group_and_watches_start_inside_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+        let writes = (0..400).map(|n| {
+            let mut txn = Txn::new().then(Op::put(format!("k/{}", n % 37), format!("v{n}")));
+            txn.actor = Some(format!("agent-{}", n % 3));
+            store.txn(txn)
+        });
+        for result in futures::future::join_all(writes).await {
+            assert!(result.unwrap().is_committed());
+        }
+        let records = store.shared.tree.scan_prefix([layout::REVS]).count();
+        assert!(records < 400, "{records} revision records for 400 revisions: writes were not grouped");
+        let mut all = Vec::new();
+        let mut stream = store.watch(b"k/".to_vec(), 1).unwrap();
+        while all.len() < 400 {
+            let batch = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
+            all.extend(batch.events.into_iter().map(|e| (e.kv.mod_revision, e.kv.key, e.kv.modified_by)));
+        }
+        assert_eq!(all.iter().map(|e| e.0).collect::<Vec<_>>(), (1..=400).collect::<Vec<_>>());
+        for start in [2, 57, 200, 399, 400] {
+            let (events, covered) = history(&store.shared, b"k/", start, 400, usize::MAX).unwrap();
+            let got: Vec<_> = events.into_iter().map(|e| (e.kv.mod_revision, e.kv.key, e.kv.modified_by)).collect();
+            assert_eq!(got, all[start as usize - 1..], "history from {start}");
+            assert_eq!(covered, 400);
+            let (events, covered) = history(&store.shared, b"k/", start, start, usize::MAX).unwrap();
+            assert_eq!((events.len(), covered), (1, start), "history of revision {start} alone");
+        }
+        let kvs = store.range(RangeRequest::prefix("k/")).await.unwrap().kvs;
+        assert!(kvs.iter().all(|kv| kv.modified_by.starts_with("agent-")), "every record names its author");
+        store.close().await;
+    }
 }

@@ -17,7 +17,9 @@ use tracing::{debug, error};
 
 use super::checkpoint::Checkpoints;
 use super::compact::Sweep;
-use super::layout::{self, KvMeta, KvRecord, KvRecordRef, LeaseRecord, as_some, decode, delete_event, encode, meta};
+use super::layout::{
+    self, KvMeta, KvRecord, KvRecordRef, LeaseRecord, RevisionGroup, as_some, decode, delete_event, encode, meta,
+};
 use super::wal::{Wal, WalOp, to_batch};
 use super::{MAX_GROUP, RevisionEvents, Shared};
 use crate::ssot::clock::now_ms;
@@ -43,6 +45,8 @@ pub(super) struct Group {
     /// absent). The writer is the only mutator, so a cached read stays true.
     overlay: HashMap<Vec<u8>, Option<KvMeta>>,
     published: Vec<Arc<RevisionEvents>>,
+    /// The group's revisions and the keys each changed: one `r` record.
+    revisions: RevisionGroup,
     replies: Vec<Reply>,
     /// A compaction point this group makes durable.
     pub(super) compacted: Option<Revision>,
@@ -50,7 +54,14 @@ pub(super) struct Group {
 
 impl Group {
     fn new() -> Self {
-        Self { ops: Vec::new(), overlay: HashMap::new(), published: Vec::new(), replies: Vec::new(), compacted: None }
+        Self {
+            ops: Vec::new(),
+            overlay: HashMap::new(),
+            published: Vec::new(),
+            revisions: Vec::new(),
+            replies: Vec::new(),
+            compacted: None,
+        }
     }
 
     pub(super) fn reply<T: Send + 'static>(&mut self, tx: oneshot::Sender<Result<T, StoreError>>, value: T) {
@@ -265,6 +276,7 @@ impl Writer {
         actor: Option<&str>,
     ) -> Result<Revision, StoreError> {
         let revision = self.revision + 1;
+        let actor = actor.unwrap_or(crate::ssot::actor::DAEMON);
         // Every read that can fail comes first: a transaction that fails leaves nothing in the group.
         let previous: Vec<Option<KvMeta>> =
             plan.iter().map(|(key, _)| self.current(group, key)).collect::<Result<_, _>>()?;
@@ -279,6 +291,7 @@ impl Writer {
                         mod_revision: revision,
                         version: previous.as_ref().map_or(0, |p| p.version) + 1,
                         lease,
+                        actor: actor.to_string(),
                     };
                     let previous_lease = previous.as_ref().map_or(0, |p| p.lease);
                     if previous_lease != lease {
@@ -312,10 +325,7 @@ impl Writer {
         if events.is_empty() {
             return Ok(self.revision);
         }
-        let keys: Vec<serde_bytes::ByteBuf> = keys.into_iter().map(serde_bytes::ByteBuf::from).collect();
-        group.ops.push(WalOp::put(layout::rev(revision), encode(&keys)));
-        let actor = actor.unwrap_or(crate::ssot::actor::DAEMON).as_bytes().to_vec();
-        group.ops.push(WalOp::put(layout::actor(revision), actor));
+        group.revisions.push((revision, keys.into_iter().map(serde_bytes::ByteBuf::from).collect()));
         self.revision = revision;
         group.published.push(Arc::new(RevisionEvents { revision, events }));
         Ok(revision)
@@ -325,7 +335,10 @@ impl Writer {
     /// tree, then answers and publishes. Returns false when the store can no
     /// longer be written (the writer stops).
     fn commit(&mut self, group: Group) -> bool {
-        let Group { mut ops, published, replies, compacted, .. } = group;
+        let Group { mut ops, published, revisions, replies, compacted, .. } = group;
+        if let Some(&(last, _)) = revisions.last() {
+            ops.push(WalOp::put(layout::rev(last), encode(&revisions)));
+        }
         if !ops.is_empty() {
             ops.push(WalOp::put(layout::meta(meta::REVISION), encode(&self.revision)));
             let started = std::time::Instant::now();

@@ -1,0 +1,279 @@
+//! Opening a store written in an older format.
+//!
+//! - Format 1 had no lease-owner index: it is built in place.
+//! - Format 2 kept the author of each revision in an `a rev` record and one
+//!   `r rev` record per revision. Format 3 keeps the author in each record
+//!   and one `r` record per group commit. The conversion is written into a
+//!   new sled directory beside the old one, a checkpoint of it replaces the
+//!   old checkpoints (a later rebuild never mixes formats), and only then
+//!   are the directories swapped: a crash at any point leaves the old store
+//!   in place, converted again at the next start. The old directory is kept
+//!   as `store.format-2` (delete it once satisfied).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_bytes::ByteBuf;
+use tracing::info;
+
+use super::layout::{self, KvRecord, RevisionGroup, decode, encode, meta};
+use super::{OpenError, Paths, SledOptions, checkpoint, open_sled, wal};
+use crate::ssot::store::{LeaseId, Revision, StoreError};
+
+/// Records written per batch while converting.
+const BATCH: usize = 10_000;
+
+/// Format 1 to 2: builds the lease-owner index from the current keys.
+pub(super) fn from_1(tree: &sled::Tree) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    let mut leased = 0;
+    for item in tree.scan_prefix([layout::CUR]) {
+        let (raw_key, raw) = item?;
+        let record: RecordV2 = decode(&raw)?;
+        if record.lease != 0 {
+            batch.insert(layout::lease_key(record.lease, &raw_key[1..]), Vec::new());
+            leased += 1;
+        }
+    }
+    batch.insert(layout::meta(meta::SCHEMA), encode(&2u32));
+    tree.apply_batch(batch)?;
+    tree.flush()?;
+    info!(leased, "store format 1 upgraded to 2");
+    Ok(())
+}
+
+/// A key's record in formats 1 and 2: no author.
+#[derive(Deserialize)]
+struct RecordV2 {
+    #[serde(with = "serde_bytes")]
+    value: Vec<u8>,
+    create_revision: Revision,
+    mod_revision: Revision,
+    version: u64,
+    lease: LeaseId,
+}
+
+/// Format 2's author records.
+const ACTOR_V2: u8 = b'a';
+
+/// Format 2 to 3: converts `old` (every log record up to `seq` applied) into
+/// a new directory, checkpoints it and puts it in place of `store/`. The
+/// caller has closed nothing yet: `old` stays readable until the swap.
+pub(super) fn to_3(dir: &Path, old: &sled::Tree, seq: u64, options: &SledOptions) -> Result<PathBuf, OpenError> {
+    let paths = Paths::of(dir);
+    let started = std::time::Instant::now();
+    let building = dir.join("store.upgrading");
+    if building.exists() {
+        std::fs::remove_dir_all(&building)
+            .map_err(|e| OpenError::Fatal(StoreError::Backend(format!("cannot clear {}: {e}", building.display()))))?;
+    }
+    let converted = {
+        let db = open_sled(&building, options)?;
+        let tree = db.open_tree("ssot")?;
+        let converted = convert(old, &tree).map_err(OpenError::Fatal)?;
+        // This checkpoint replaces the format 2 ones before the new store is in
+        // place: a rebuild never replays format 3 records over a format 2 copy.
+        checkpoint::write(&paths.checkpoints, &tree, seq).map_err(OpenError::Fatal)?;
+        for (other, path) in checkpoint::list(&paths.checkpoints).map_err(OpenError::Fatal)? {
+            if other != seq {
+                std::fs::remove_file(&path).map_err(|e| {
+                    OpenError::Fatal(StoreError::Backend(format!("cannot remove {}: {e}", path.display())))
+                })?;
+            }
+        }
+        wal::sync_dir(&paths.checkpoints).map_err(OpenError::Fatal)?;
+        tree.flush()?;
+        converted
+    };
+    fail::fail_point!("upgrade-before-swap", |_| super::crash());
+    let mut aside = dir.join("store.format-2");
+    for n in 1.. {
+        if !aside.exists() {
+            break;
+        }
+        aside = dir.join(format!("store.format-2-{n}"));
+    }
+    let rename = |from: &Path, to: &Path| {
+        std::fs::rename(from, to).map_err(|e| {
+            OpenError::Fatal(StoreError::Backend(format!("cannot rename {} to {}: {e}", from.display(), to.display())))
+        })
+    };
+    rename(&paths.store, &aside)?;
+    rename(&building, &paths.store)?;
+    wal::sync_dir(dir).map_err(OpenError::Fatal)?;
+    info!(
+        records = converted,
+        took = ?started.elapsed(),
+        old = %aside.display(),
+        "store format 2 upgraded to 3; the old sled directory was kept aside (delete it once satisfied)"
+    );
+    Ok(aside)
+}
+
+/// Copies `old` into the empty `new` in format 3; returns the records written.
+fn convert(old: &sled::Tree, new: &sled::Tree) -> Result<u64, StoreError> {
+    let actor_of = |revision: Revision| -> Result<String, StoreError> {
+        let raw = old.get(layout::prefixed(ACTOR_V2, &revision.to_be_bytes()))?;
+        Ok(raw.map(|raw| String::from_utf8_lossy(&raw).into_owned()).unwrap_or_default())
+    };
+    let upgrade = |record: RecordV2| -> Result<KvRecord, StoreError> {
+        Ok(KvRecord {
+            actor: actor_of(record.mod_revision)?,
+            value: record.value,
+            create_revision: record.create_revision,
+            mod_revision: record.mod_revision,
+            version: record.version,
+            lease: record.lease,
+        })
+    };
+    let mut batch = sled::Batch::default();
+    let (mut pending, mut written) = (0, 0u64);
+    for item in old.iter() {
+        let (raw_key, raw) = item?;
+        let value = match raw_key.first().copied() {
+            Some(layout::CUR) => encode(&upgrade(decode::<RecordV2>(&raw)?)?),
+            Some(layout::HIST) => encode(&decode::<Option<RecordV2>>(&raw)?.map(upgrade).transpose()?),
+            Some(layout::REVS) => {
+                let revision = layout::parse_rev(&raw_key)
+                    .ok_or_else(|| StoreError::Backend("corrupt revision key in a format 2 store".into()))?;
+                let group: RevisionGroup = vec![(revision, decode::<Vec<ByteBuf>>(&raw)?)];
+                encode(&group)
+            }
+            Some(ACTOR_V2) => continue,
+            _ => raw.to_vec(),
+        };
+        batch.insert(raw_key, value);
+        pending += 1;
+        written += 1;
+        if pending == BATCH {
+            new.apply_batch(std::mem::take(&mut batch))?;
+            pending = 0;
+        }
+    }
+    batch.insert(layout::meta(meta::SCHEMA), encode(&layout::SCHEMA_VERSION));
+    new.apply_batch(batch)?;
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use serde::Serialize;
+
+    use super::super::{SledOptions, SledStore};
+    use super::*;
+    use crate::ssot::store::{EventKind, Op, RangeRequest, Store, Txn};
+
+    #[derive(Serialize)]
+    struct WrittenV2<'a> {
+        #[serde(with = "serde_bytes")]
+        value: &'a [u8],
+        create_revision: Revision,
+        mod_revision: Revision,
+        version: u64,
+        lease: LeaseId,
+    }
+
+    /// A store as format 2 wrote it: a put of `a` by alice, of `b` by bob, `a`
+    /// again by carol, and the delete of `b` by dave.
+    fn write_format_2(dir: &Path) {
+        let db = sled::Config::new().path(dir.join("store")).open().unwrap();
+        let tree = db.open_tree("ssot").unwrap();
+        let put = |key: &[u8], value: Vec<u8>| tree.insert(key, value).unwrap();
+        fn record(value: &[u8], create: Revision, modified: Revision, version: u64) -> WrittenV2<'_> {
+            WrittenV2 { value, create_revision: create, mod_revision: modified, version, lease: 0 }
+        }
+        for (name, value) in [(meta::SCHEMA, encode(&2u32)), (meta::REVISION, encode(&4u64))] {
+            put(&layout::meta(name), value);
+        }
+        put(&layout::cur(b"a"), encode(&record(b"a3", 1, 3, 2)));
+        put(&layout::hist(b"a", 1), encode(&Some(record(b"a1", 1, 1, 1))));
+        put(&layout::hist(b"b", 2), encode(&Some(record(b"b2", 2, 2, 1))));
+        put(&layout::hist(b"a", 3), encode(&Some(record(b"a3", 1, 3, 2))));
+        put(&layout::hist(b"b", 4), encode(&None::<WrittenV2<'_>>));
+        for (revision, key, actor) in [(1u64, "a", "alice"), (2, "b", "bob"), (3, "a", "carol"), (4, "b", "dave")] {
+            put(&layout::rev(revision), encode(&vec![ByteBuf::from(key.as_bytes().to_vec())]));
+            put(&layout::prefixed(ACTOR_V2, &revision.to_be_bytes()), actor.as_bytes().to_vec());
+        }
+        db.flush().unwrap();
+    }
+
+    fn authored(kvs: &[crate::ssot::store::KeyValue]) -> Vec<(String, String, String)> {
+        kvs.iter()
+            .map(|kv| {
+                let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).unwrap();
+                (text(&kv.key), text(&kv.value), kv.modified_by.clone())
+            })
+            .collect()
+    }
+
+    async fn events(store: &SledStore, count: usize) -> Vec<(EventKind, String, Revision)> {
+        let mut stream = store.watch(Vec::new(), 1).unwrap();
+        let mut got = Vec::new();
+        while got.len() < count {
+            let batch = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
+            got.extend(
+                batch.events.into_iter().map(|e| (e.kind, String::from_utf8(e.kv.key).unwrap(), e.kv.mod_revision)),
+            );
+        }
+        got
+    }
+
+    async fn reopen(dir: &Path) -> SledStore {
+        for _ in 0..200 {
+            match SledStore::open(dir, SledOptions::default()) {
+                Ok(store) => return store,
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("open: {e}"),
+            }
+        }
+        panic!("sled never let go of its lock")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_format_2_store_keeps_its_values_authors_and_history_and_rebuilds_in_format_3() {
+        let dir = tempfile::tempdir().unwrap();
+        write_format_2(dir.path());
+        let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+        let now = store.range(RangeRequest::prefix("")).await.unwrap();
+        assert_eq!(now.revision, 4);
+        assert_eq!(authored(&now.kvs), [("a".into(), "a3".into(), "carol".into())]);
+        let then = store.range(RangeRequest::prefix("").at(2)).await.unwrap();
+        assert_eq!(
+            authored(&then.kvs),
+            [("a".into(), "a1".into(), "alice".into()), ("b".into(), "b2".into(), "bob".into())]
+        );
+        let history = [
+            (EventKind::Put, "a".to_string(), 1),
+            (EventKind::Put, "b".into(), 2),
+            (EventKind::Put, "a".into(), 3),
+            (EventKind::Delete, "b".into(), 4),
+        ];
+        assert_eq!(events(&store, 4).await, history);
+        assert!(dir.path().join("store.format-2").is_dir(), "the old directory is kept aside");
+        assert_eq!(checkpoint::list(&dir.path().join("checkpoints")).unwrap().len(), 1);
+
+        let mut txn = Txn::new().then(Op::put("c", "c5"));
+        txn.actor = Some("erin".into());
+        assert!(store.txn(txn).await.unwrap().is_committed());
+        store.close().await;
+        drop(store);
+
+        // Lose the converted sled directory: the format 3 checkpoint and the log rebuild it.
+        std::fs::remove_dir_all(dir.path().join("store")).unwrap();
+        let store = reopen(dir.path()).await;
+        let now = store.range(RangeRequest::prefix("")).await.unwrap();
+        assert_eq!(
+            authored(&now.kvs),
+            [("a".into(), "a3".into(), "carol".into()), ("c".into(), "c5".into(), "erin".into())]
+        );
+        let mut all = history.to_vec();
+        all.push((EventKind::Put, "c".into(), 5));
+        assert_eq!(events(&store, 5).await, all);
+        store.close().await;
+    }
+}
