@@ -69,6 +69,9 @@ fn parse_args() -> anyhow::Result<Options> {
             "--json" => options.json = true,
             "--server" => options.server = Some(args.next().context("--server needs host:port")?),
             "--history" => options.history = value("--history")?,
+            "--etcd" if cfg!(not(feature = "etcd")) => {
+                anyhow::bail!("this maestro-bench was built without etcd: add --features etcd (needs protoc)")
+            }
             "--etcd" => options.etcd = Some(args.next().context("--etcd needs host:port")?),
             "--store" => {
                 let store = args.next().context("--store needs a location (sled, etcd://HOST:PORT/PREFIX)")?;
@@ -622,10 +625,7 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     #[cfg(not(feature = "etcd"))]
-    let etcd: Option<EtcdFigures> = match &options.etcd {
-        Some(_) => anyhow::bail!("this maestro-bench was built without etcd: add --features etcd (needs protoc)"),
-        None => None,
-    };
+    let etcd: Option<EtcdFigures> = None;
     // Each etcd figure as a ratio to this run's no-op ceiling and maestrod's figure over etcd's.
     let etcd_summary = etcd.as_ref().map(|e| {
         let (reads_e, writes_e) = (median(&e.reads), median(&e.writes));
