@@ -60,6 +60,8 @@ use super::store::{
 /// Most requests folded into one group commit.
 const MAX_GROUP: usize = 1024;
 pub use crate::ssot::store::{MAX_KEY_LEN, MAX_LEASE_TTL, MAX_VALUE_LEN};
+#[cfg(any(test, feature = "failpoints"))]
+pub use upgrade::downgrade_to_format_2;
 
 /// Ends the process at once, as `kill -9` would (the crash tests' failpoints).
 #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
