@@ -306,9 +306,13 @@ async fn a_format_2_store_is_upgraded_at_start_even_through_a_crash_in_the_middl
     maestrod::ssot::sled_store::downgrade_to_format_2(daemon.data_dir()).unwrap();
 
     // Killed with the converted copy built and checkpointed, not yet in place.
+    let data = daemon.data_dir().to_path_buf();
     assert!(restart_with(&mut daemon, "upgrade-before-swap=return").is_err(), "died while upgrading");
-    assert!(daemon.data_dir().join("store.upgrading").exists());
-    assert!(!daemon.data_dir().join("store.format-2").exists(), "the old store is still in place");
+    assert!(data.join("store.upgraded").is_dir() && data.join("store").is_dir(), "the old store is still in place");
+    assert!(data.join("checkpoints.format-2").is_dir(), "the old checkpoints are kept aside");
+    // Killed again between the renames of the swap, which the next start resumes: no store in place.
+    assert!(restart_with(&mut daemon, "upgrade-between-renames=return").is_err(), "died while swapping");
+    assert!(!data.join("store").exists() && data.join("store.upgraded").is_dir());
     restart_with(&mut daemon, "").unwrap();
     assert!(daemon.log().contains("store format 2 upgraded to 3"), "{}", daemon.log());
     assert!(daemon.data_dir().join("store.format-2").is_dir());

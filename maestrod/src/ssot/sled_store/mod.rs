@@ -149,6 +149,14 @@ enum OpenError {
     Fatal(StoreError),
 }
 
+impl OpenError {
+    fn into_error(self) -> StoreError {
+        match self {
+            OpenError::Rebuild(error) | OpenError::Fatal(error) => error,
+        }
+    }
+}
+
 impl From<sled::Error> for OpenError {
     /// Damage is for a rebuild; the environment (permissions, a full disk, too
     /// many open files, sled's own file lock) is not: moving a store aside would
@@ -231,6 +239,7 @@ fn open_sled_again(path: &Path, options: &SledOptions) -> Result<sled::Db, OpenE
 /// makes a first checkpoint if there is none.
 fn open_state(dir: &Path, options: &SledOptions) -> Result<Opened, OpenError> {
     let paths = Paths::of(dir);
+    upgrade::swap_in(dir).map_err(OpenError::Fatal)?;
     let checkpoints = checkpoint::list(&paths.checkpoints).map_err(OpenError::Fatal)?;
     if !checkpoints.is_empty() && !paths.store.exists() {
         return Err(OpenError::Rebuild(StoreError::Backend(format!("{} is missing", paths.store.display()))));
@@ -286,9 +295,12 @@ fn open_state(dir: &Path, options: &SledOptions) -> Result<Opened, OpenError> {
     let mut checkpoints = checkpoints;
     if schema == 2 {
         // The log's records were written in format 2 too: the conversion comes after them.
-        upgrade::to_3(dir, &tree, wal.next_seq() - 1, options)?;
+        let started = std::time::Instant::now();
+        let converted = upgrade::convert_to_3(dir, &tree, wal.next_seq() - 1, options).map_err(OpenError::Fatal)?;
         drop(tree);
         drop(db);
+        upgrade::swap_in(dir).map_err(OpenError::Fatal)?;
+        info!(records = converted, took = ?started.elapsed(), "store converted to format 3");
         db = open_sled_again(&paths.store, options)?;
         tree = db.open_tree("ssot")?;
         checkpoints = checkpoint::list(&paths.checkpoints).map_err(OpenError::Fatal)?;
@@ -355,9 +367,7 @@ fn rebuild(dir: &Path, options: &SledOptions) -> Result<RepairReport, StoreError
             .map_err(|e| StoreError::Backend(format!("cannot clear {}: {e}", building.display())))?;
     }
     let (entries, replayed, revision) = {
-        let db = open_sled(&building, options).map_err(|e| match e {
-            OpenError::Rebuild(e) | OpenError::Fatal(e) => e,
-        })?;
+        let db = open_sled(&building, options).map_err(OpenError::into_error)?;
         let tree = db.open_tree("ssot")?;
         let (_, entries) = checkpoint::load(&path, &tree)?;
         // The copy is fuzzy: its own record of the log position may be ahead of what it

@@ -6,9 +6,11 @@
 //!   and one `r` record per group commit. The conversion is written into a
 //!   new sled directory beside the old one, a checkpoint of it replaces the
 //!   old checkpoints (a later rebuild never mixes formats), and only then
-//!   are the directories swapped: a crash at any point leaves the old store
-//!   in place, converted again at the next start. The old directory is kept
-//!   as `store.format-2` (delete it once satisfied).
+//!   are the directories swapped. A crash before the copy is complete leaves
+//!   the old store, converted again at the next start; a crash after it
+//!   leaves a complete copy, and the next start finishes the swap. The old
+//!   directory is kept as `store.format-2` and the old checkpoints in
+//!   `checkpoints.format-2` (delete them once satisfied).
 
 use std::path::{Path, PathBuf};
 
@@ -56,56 +58,86 @@ struct RecordV2 {
 /// Format 2's author records.
 const ACTOR_V2: u8 = b'a';
 
-/// Format 2 to 3: converts `old` (every log record up to `seq` applied) into
-/// a new directory, checkpoints it and puts it in place of `store/`. The
-/// caller has closed nothing yet: `old` stays readable until the swap.
-pub(super) fn to_3(dir: &Path, old: &sled::Tree, seq: u64, options: &SledOptions) -> Result<PathBuf, OpenError> {
+/// Where a conversion is built, and its name once complete.
+const BUILDING: &str = "store.upgrading";
+const BUILT: &str = "store.upgraded";
+
+fn backend(what: String) -> StoreError {
+    StoreError::Backend(what)
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), StoreError> {
+    std::fs::rename(from, to).map_err(|e| backend(format!("cannot rename {} to {}: {e}", from.display(), to.display())))
+}
+
+/// Format 2 to 3, first half, with the old store still open: converts `old`
+/// (every log record up to `seq` applied) into `store.upgrading/`, writes a
+/// checkpoint of it, moves the format 2 checkpoints to `checkpoints.format-2/`
+/// (a rebuild never replays format 3 records over a format 2 copy), and names
+/// the copy `store.upgraded`: complete. Errors here are the new copy's, never
+/// a reason to move the old store aside; a partial copy is removed.
+pub(super) fn convert_to_3(dir: &Path, old: &sled::Tree, seq: u64, options: &SledOptions) -> Result<u64, StoreError> {
     let paths = Paths::of(dir);
-    let started = std::time::Instant::now();
-    let building = dir.join("store.upgrading");
-    if building.exists() {
-        std::fs::remove_dir_all(&building)
-            .map_err(|e| OpenError::Fatal(StoreError::Backend(format!("cannot clear {}: {e}", building.display()))))?;
+    let building = dir.join(BUILDING);
+    for stale in [&building, &dir.join(BUILT)] {
+        if stale.exists() {
+            std::fs::remove_dir_all(stale).map_err(|e| backend(format!("cannot clear {}: {e}", stale.display())))?;
+        }
     }
-    let converted = {
-        let db = open_sled(&building, options)?;
+    let build = || -> Result<u64, StoreError> {
+        let db = open_sled(&building, options).map_err(OpenError::into_error)?;
         let tree = db.open_tree("ssot")?;
-        let converted = convert(old, &tree).map_err(OpenError::Fatal)?;
-        // This checkpoint replaces the format 2 ones before the new store is in
-        // place: a rebuild never replays format 3 records over a format 2 copy.
-        checkpoint::write(&paths.checkpoints, &tree, seq).map_err(OpenError::Fatal)?;
-        for (other, path) in checkpoint::list(&paths.checkpoints).map_err(OpenError::Fatal)? {
-            if other != seq {
-                std::fs::remove_file(&path).map_err(|e| {
-                    OpenError::Fatal(StoreError::Backend(format!("cannot remove {}: {e}", path.display())))
-                })?;
-            }
-        }
-        wal::sync_dir(&paths.checkpoints).map_err(OpenError::Fatal)?;
+        let converted = convert(old, &tree)?;
         tree.flush()?;
-        converted
-    };
-    fail::fail_point!("upgrade-before-swap", |_| super::crash());
-    let mut aside = dir.join("store.format-2");
-    for n in 1.. {
-        if !aside.exists() {
-            break;
+        let kept = dir.join("checkpoints.format-2");
+        for (_, path) in checkpoint::list(&paths.checkpoints)? {
+            wal::create_durably(&kept)?;
+            rename(&path, &kept.join(path.file_name().unwrap_or_default()))?;
         }
-        aside = dir.join(format!("store.format-2-{n}"));
-    }
-    let rename = |from: &Path, to: &Path| {
-        std::fs::rename(from, to).map_err(|e| {
-            OpenError::Fatal(StoreError::Backend(format!("cannot rename {} to {}: {e}", from.display(), to.display())))
-        })
+        checkpoint::write(&paths.checkpoints, &tree, seq)?;
+        Ok(converted)
     };
-    rename(&paths.store, &aside)?;
-    rename(&building, &paths.store)?;
-    wal::sync_dir(dir).map_err(OpenError::Fatal)?;
+    match build() {
+        Ok(converted) => {
+            rename(&building, &dir.join(BUILT))?;
+            wal::sync_dir(dir)?;
+            Ok(converted)
+        }
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&building);
+            Err(error)
+        }
+    }
+}
+
+/// Second half, with the old store closed (and at every open: a swap cut off
+/// by a crash is finished): a complete `store.upgraded/` takes the place of
+/// `store/`, which is kept as `store.format-2`. Returns where the old store
+/// went (None: nothing to do, or `store/` was already moved).
+pub(super) fn swap_in(dir: &Path) -> Result<Option<PathBuf>, StoreError> {
+    let (built, store) = (dir.join(BUILT), Paths::of(dir).store);
+    if !built.exists() {
+        return Ok(None);
+    }
+    fail::fail_point!("upgrade-before-swap", |_| super::crash());
+    let mut aside = None;
+    if store.exists() {
+        let mut old = dir.join("store.format-2");
+        for n in 1.. {
+            if !old.exists() {
+                break;
+            }
+            old = dir.join(format!("store.format-2-{n}"));
+        }
+        rename(&store, &old)?;
+        aside = Some(old);
+        fail::fail_point!("upgrade-between-renames", |_| super::crash());
+    }
+    rename(&built, &store)?;
+    wal::sync_dir(dir)?;
     info!(
-        records = converted,
-        took = ?started.elapsed(),
-        old = %aside.display(),
-        "store format 2 upgraded to 3; the old sled directory was kept aside (delete it once satisfied)"
+        old = %aside.as_ref().map_or_else(|| "store.format-2".into(), |p| p.display().to_string()),
+        "store format 2 upgraded to 3; the old sled directory and checkpoints were kept aside (delete them once satisfied)"
     );
     Ok(aside)
 }
@@ -187,9 +219,7 @@ impl<'a> From<&'a KvRecord> for WrittenV2<'a> {
 #[cfg(any(test, feature = "failpoints"))]
 pub fn downgrade_to_format_2(dir: &Path) -> Result<(), StoreError> {
     let paths = Paths::of(dir);
-    let db = super::open_sled_again(&paths.store, &SledOptions::default()).map_err(|e| match e {
-        OpenError::Rebuild(e) | OpenError::Fatal(e) => e,
-    })?;
+    let db = super::open_sled_again(&paths.store, &SledOptions::default()).map_err(OpenError::into_error)?;
     let tree = db.open_tree("ssot")?;
     let mut batch = sled::Batch::default();
     for item in tree.iter() {
@@ -339,15 +369,20 @@ mod tests {
 
     /// Everything a client can read: the current state and each revision's
     /// events with their authors.
-    async fn readable(store: &SledStore) -> (Vec<(String, String, String)>, Vec<(EventKind, String, Revision, String)>) {
+    async fn readable(
+        store: &SledStore,
+    ) -> (Vec<(String, String, String)>, Vec<(EventKind, String, Revision, String)>) {
         let now = store.range(RangeRequest::prefix("")).await.unwrap();
         let mut stream = store.watch(Vec::new(), 1).unwrap();
         let mut events = Vec::new();
         while events.len() < 300 {
             let batch = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
-            events.extend(batch.events.into_iter().map(|e| {
-                (e.kind, String::from_utf8(e.kv.key).unwrap(), e.kv.mod_revision, e.kv.modified_by)
-            }));
+            events.extend(
+                batch
+                    .events
+                    .into_iter()
+                    .map(|e| (e.kind, String::from_utf8(e.kv.key).unwrap(), e.kv.mod_revision, e.kv.modified_by)),
+            );
         }
         (authored(&now.kvs), events)
     }
