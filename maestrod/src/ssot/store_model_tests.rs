@@ -1,7 +1,7 @@
 //! Property tests: random operation sequences run against each backend (sled,
 //! and etcd with the `etcd` feature) and against a plain in-memory model of the
-//! same semantics (revisions, per-key metadata, conditional writes, history
-//! reads, compaction, watch replay).
+//! same semantics (revisions, per-key metadata and author, conditional writes,
+//! history reads, compaction, watch replay).
 //!
 //! The model counts revisions from 0; a backend's revisions are the model's plus
 //! the revision it stood at when the case began (etcd's are global to the
@@ -50,6 +50,8 @@ struct ModelKv {
     create: Revision,
     modified: Revision,
     version: u64,
+    /// Who wrote this value (each action is made by one of three authors).
+    author: String,
 }
 
 type State = BTreeMap<String, ModelKv>;
@@ -76,7 +78,7 @@ impl Model {
     }
 
     /// Applies puts (`Some`) and deletes (`None`) as one revision if anything changes.
-    fn apply(&mut self, changes: Vec<(String, Option<Vec<u8>>)>) -> Revision {
+    fn apply(&mut self, author: &str, changes: Vec<(String, Option<Vec<u8>>)>) -> Revision {
         let next = self.revision + 1;
         let mut state = self.current().clone();
         let mut events = Vec::new();
@@ -89,6 +91,7 @@ impl Model {
                         create: previous.map_or(next, |p| p.create),
                         modified: next,
                         version: previous.map_or(0, |p| p.version) + 1,
+                        author: author.to_string(),
                     };
                     state.insert(key.clone(), kv);
                     events.push((EventKind::Put, key, value, next));
@@ -122,6 +125,7 @@ fn as_state(kvs: &[super::store::KeyValue], base: Revision) -> State {
                     create: kv.create_revision - base,
                     modified: kv.mod_revision - base,
                     version: kv.version,
+                    author: kv.modified_by.clone(),
                 },
             )
         })
@@ -140,33 +144,35 @@ async fn run(store: &dyn Store, actions: Vec<Action>) -> Result<Outcome, TestCas
     let base = start.revision;
     let at = |revision: Revision| base + revision;
     let mut model = Model::new();
-    for action in actions {
+    for (n, action) in actions.into_iter().enumerate() {
+        let author = format!("author-{}", n % 3);
+        let txn = || Txn { actor: Some(author.clone()), ..Txn::new() };
         match action {
             Action::Put(k, v) => {
-                let got = store.txn(Txn::new().then(Op::put(KEYS[k], vec![v]))).await.unwrap();
-                let want = model.apply(vec![(KEYS[k].into(), Some(vec![v]))]);
+                let got = store.txn(txn().then(Op::put(KEYS[k], vec![v]))).await.unwrap();
+                let want = model.apply(&author, vec![(KEYS[k].into(), Some(vec![v]))]);
                 prop_assert_eq!(got, TxnResponse::Committed { revision: at(want) });
             }
             Action::Delete(k) => {
-                let got = store.txn(Txn::new().then(Op::delete(KEYS[k]))).await.unwrap();
-                let want = model.apply(vec![(KEYS[k].into(), None)]);
+                let got = store.txn(txn().then(Op::delete(KEYS[k]))).await.unwrap();
+                let want = model.apply(&author, vec![(KEYS[k].into(), None)]);
                 prop_assert_eq!(got, TxnResponse::Committed { revision: at(want) });
             }
             Action::DeletePrefix(p) => {
                 let prefix = PREFIXES[p];
-                let got = store.txn(Txn::new().then(Op::delete_prefix(prefix))).await.unwrap();
+                let got = store.txn(txn().then(Op::delete_prefix(prefix))).await.unwrap();
                 let doomed: Vec<_> =
                     model.current().keys().filter(|k| k.starts_with(prefix)).map(|k| (k.clone(), None)).collect();
-                let want = model.apply(doomed);
+                let want = model.apply(&author, doomed);
                 prop_assert_eq!(got, TxnResponse::Committed { revision: at(want) });
             }
             Action::CasPut(k, v, right) => {
                 let actual = model.current().get(KEYS[k]).map_or(0, |kv| at(kv.modified));
                 let expected = if right { actual } else { actual + 7 };
-                let txn = Txn::new().when(Compare::mod_revision(KEYS[k], expected)).then(Op::put(KEYS[k], vec![v]));
+                let txn = txn().when(Compare::mod_revision(KEYS[k], expected)).then(Op::put(KEYS[k], vec![v]));
                 let got = store.txn(txn).await.unwrap();
                 if right {
-                    let want = model.apply(vec![(KEYS[k].into(), Some(vec![v]))]);
+                    let want = model.apply(&author, vec![(KEYS[k].into(), Some(vec![v]))]);
                     prop_assert_eq!(got, TxnResponse::Committed { revision: at(want) });
                 } else {
                     prop_assert_eq!(
@@ -180,12 +186,13 @@ async fn run(store: &dyn Store, actions: Vec<Action>) -> Result<Outcome, TestCas
                 }
             }
             Action::PutTwo(a, b, v) => {
-                let txn = Txn::new().then(Op::put(KEYS[a], vec![v])).then(Op::put(KEYS[b], vec![v, 1]));
+                let txn = txn().then(Op::put(KEYS[a], vec![v])).then(Op::put(KEYS[b], vec![v, 1]));
                 let got = store.txn(txn).await;
                 if a == b {
                     prop_assert!(matches!(got, Err(StoreError::InvalidArgument(_))), "{got:?}");
                 } else {
-                    let want = model.apply(vec![(KEYS[a].into(), Some(vec![v])), (KEYS[b].into(), Some(vec![v, 1]))]);
+                    let changes = vec![(KEYS[a].into(), Some(vec![v])), (KEYS[b].into(), Some(vec![v, 1]))];
+                    let want = model.apply(&author, changes);
                     prop_assert_eq!(got.unwrap(), TxnResponse::Committed { revision: at(want) });
                 }
             }

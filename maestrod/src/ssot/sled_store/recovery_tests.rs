@@ -15,7 +15,7 @@ fn small() -> SledOptions {
 }
 
 /// Opens, waiting for a store just closed in this process to let go of sled's lock.
-async fn reopen(dir: &Path, options: SledOptions) -> SledStore {
+pub(super) async fn reopen(dir: &Path, options: SledOptions) -> SledStore {
     for _ in 0..200 {
         match SledStore::open(dir, options.clone()) {
             Ok(store) => return store,

@@ -262,6 +262,7 @@ mod tests {
 
     use futures::StreamExt;
 
+    use super::super::recovery_tests::reopen;
     use super::super::{SledOptions, SledStore};
     use super::*;
     use crate::ssot::store::{EventKind, Op, RangeRequest, Store, Txn};
@@ -311,19 +312,6 @@ mod tests {
         got
     }
 
-    async fn reopen(dir: &Path) -> SledStore {
-        for _ in 0..200 {
-            match SledStore::open(dir, SledOptions::default()) {
-                Ok(store) => return store,
-                Err(e) if e.to_string().contains("could not acquire lock") => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("open: {e}"),
-            }
-        }
-        panic!("sled never let go of its lock")
-    }
-
     #[tokio::test(flavor = "multi_thread")]
     async fn a_format_2_store_keeps_its_values_authors_and_history_and_rebuilds_in_format_3() {
         let dir = tempfile::tempdir().unwrap();
@@ -355,7 +343,7 @@ mod tests {
 
         // Lose the converted sled directory: the format 3 checkpoint and the log rebuild it.
         std::fs::remove_dir_all(dir.path().join("store")).unwrap();
-        let store = reopen(dir.path()).await;
+        let store = reopen(dir.path(), SledOptions::default()).await;
         let now = store.range(RangeRequest::prefix("")).await.unwrap();
         assert_eq!(
             authored(&now.kvs),
@@ -412,7 +400,7 @@ mod tests {
         drop(store);
 
         downgrade_to_format_2(dir.path()).unwrap();
-        let store = reopen(dir.path()).await;
+        let store = reopen(dir.path(), SledOptions::default()).await;
         assert_eq!(readable(&store).await, before);
         assert!(dir.path().join("store.format-2").is_dir());
         store.close().await;
