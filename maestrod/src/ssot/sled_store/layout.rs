@@ -15,7 +15,7 @@
 //!
 //! A write of one key is two inserts (`k` and `h`), and a group commit adds
 //! one `r` record for all its revisions. Format 2 had an `r` record and an
-//! `a` (author) record per revision; it is converted at open (`migrate`).
+//! `a` (author) record per revision; it is converted at open (`upgrade`).
 
 use std::time::Duration;
 
