@@ -1,8 +1,8 @@
 //! The store's promise under crashes, through the real daemon: every write it
 //! acknowledged is there after a `kill -9` at random moments and at each named
 //! failpoint (before the log append, before and after its fsync, after sled
-//! applied the group, at a checkpoint, in a compaction sweep, during start-up
-//! replay); a torn log tail is cut, and a sled directory that is damaged is
+//! applied the group, at a checkpoint, in a compaction sweep, in the middle of
+//! reopening sled, during start-up replay); a torn log tail is cut, and a sled directory that is damaged is
 //! rebuilt from the checkpoint and the log, at start or with `maestrod repair`.
 //!
 //! The daemon under test is built with the `failpoints` feature:
@@ -20,8 +20,10 @@ use maestro_shared::v1::{
 use maestro_tests::{Daemon, binary};
 
 /// Small log segments and checkpoints, so a test's writes trim the log and
-/// rebuilds start from a checkpoint taken mid-run, not the first one.
-const STORE_ARGS: [&str; 4] = ["--checkpoint-bytes", "65536", "--wal-segment-bytes", "16384"];
+/// rebuilds start from a checkpoint taken mid-run, not the first one; and
+/// sled reopened every few hundred writes, so crashes also meet reopens.
+const STORE_ARGS: [&str; 6] =
+    ["--checkpoint-bytes", "65536", "--wal-segment-bytes", "16384", "--sled-reopen-ops", "2000"];
 const WRITERS: usize = 8;
 const KEYS: u64 = 40;
 
@@ -147,6 +149,8 @@ async fn acknowledged_writes_survive_a_crash_at_every_failpoint() {
         ("wal-after-fsync", 120),
         ("store-after-apply", 120),
         ("checkpoint-written", 1),
+        // sled closed for a reopen, not yet open again.
+        ("sled-reopen-closed", 1),
     ];
     for (round, (point, passes)) in points.into_iter().enumerate() {
         restart_with(&mut daemon, &format!("{point}={passes}*off->return")).unwrap();

@@ -91,7 +91,10 @@ impl Writer {
     pub(super) fn sweep_step(&mut self) {
         let Some(mut sweep) = self.sweep.take() else { return };
         fail::fail_point!("compact-step", |_| super::crash());
-        match self.step(&mut sweep) {
+        let before = sweep.removed;
+        let stepped = self.step(&mut sweep);
+        self.reopen.applied(sweep.removed - before + 1);
+        match stepped {
             Ok(false) => self.sweep = Some(sweep),
             Ok(true) => {
                 info!(revision = sweep.target, removed = sweep.removed, "history compacted");
@@ -108,7 +111,7 @@ impl Writer {
 
     /// Returns true when the sweep is done.
     fn step(&self, sweep: &mut Sweep) -> Result<bool, StoreError> {
-        let tree = &self.shared.tree;
+        let tree = self.tree();
         let mut batch = sled::Batch::default();
         // Tombstones found in the previous step: their key's older entries went with it.
         for tombstone in sweep.tombstones.drain(..) {

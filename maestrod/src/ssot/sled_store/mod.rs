@@ -15,6 +15,8 @@
 //! - `checkpoint`: the whole tree in one file now and then, so that a sled
 //!   directory that will not open is rebuilt from the newest checkpoint and
 //!   the log (`maestrod repair`, and automatically at start).
+//! - `reopen`: sled reopened now and then by the writer, so that the log sled
+//!   reads to recover after a crash stays short.
 //! - `lockfile`: one daemon per data directory.
 //!
 //! Data directory: `store/` (sled), `wal/` (log segments), `checkpoints/`,
@@ -26,6 +28,7 @@ mod layout;
 mod lease;
 pub(crate) mod lockfile;
 mod read;
+mod reopen;
 mod upgrade;
 mod wal;
 mod watch;
@@ -83,6 +86,9 @@ pub struct SledOptions {
     pub checkpoint_bytes: u64,
     /// How often sled writes its state out in the background.
     pub flush_every: Duration,
+    /// sled operations (inserts and removes) after which the writer reopens
+    /// sled, which makes it write the snapshot it recovers from (0: never).
+    pub reopen_after_ops: u64,
 }
 
 impl Default for SledOptions {
@@ -93,6 +99,7 @@ impl Default for SledOptions {
             wal_segment_bytes: 16 << 20,
             checkpoint_bytes: 64 << 20,
             flush_every: Duration::from_millis(500),
+            reopen_after_ops: reopen::DEFAULT_OPS,
         }
     }
 }
@@ -104,9 +111,16 @@ struct RevisionEvents {
     events: Vec<Event>,
 }
 
+/// The open sled state. The writer replaces it when it reopens sled.
+struct Sled {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
 /// State the writer thread and the readers share.
 struct Shared {
-    tree: sled::Tree,
+    /// `None` only while the writer reopens sled, or after a reopen failed.
+    sled: std::sync::RwLock<Option<Sled>>,
     committed: AtomicU64,
     compacted: AtomicU64,
     /// Sweep steps applied so far: a history read that saw this change while
@@ -115,6 +129,19 @@ struct Shared {
     /// History reads under way: the sweep waits for them.
     history_readers: std::sync::atomic::AtomicUsize,
     events: broadcast::Sender<Arc<RevisionEvents>>,
+}
+
+impl Shared {
+    /// The tree as it is now. A clone: the writer reopens sled only once every
+    /// clone of the old tree is gone, so a read never sees half of a change.
+    fn tree(&self) -> Result<sled::Tree, StoreError> {
+        match &*self.sled.read().expect("sled lock poisoned") {
+            Some(sled) => Ok(sled.tree.clone()),
+            None => Err(StoreError::Backend(
+                "the store stopped: reopening its sled state failed (see the daemon's log)".into(),
+            )),
+        }
+    }
 }
 
 /// Where the parts of a data directory live.
@@ -208,6 +235,7 @@ fn apply_record(tree: &sled::Tree, seq: u64, ops: &[WalOp]) -> Result<(), StoreE
 }
 
 fn open_sled(path: &Path, options: &SledOptions) -> Result<sled::Db, OpenError> {
+    reopen::remove_unfinished_snapshots(path).map_err(OpenError::Fatal)?;
     let config = sled::Config::new()
         .path(path)
         .cache_capacity(options.cache_capacity)
@@ -425,7 +453,6 @@ fn open_rebuilt(dir: &Path, options: &SledOptions) -> Result<Opened, StoreError>
 /// to drain the writer and flush before the process exits.
 pub struct SledStore {
     shared: Arc<Shared>,
-    db: sled::Db,
     writer: Mutex<Option<mpsc::Sender<Command>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     leases: Arc<Mutex<HashMap<LeaseId, LeaseRecord>>>,
@@ -468,7 +495,7 @@ impl SledStore {
         let (leases, lease_keys) = lease::load(&tree)?;
         let (events, _) = broadcast::channel(options.event_buffer.max(16));
         let shared = Arc::new(Shared {
-            tree,
+            sled: std::sync::RwLock::new(Some(Sled { db, tree: tree.clone() })),
             committed: AtomicU64::new(revision),
             compacted: AtomicU64::new(compacted),
             sweeps: AtomicU64::new(0),
@@ -479,6 +506,8 @@ impl SledStore {
         let paths = Paths::of(dir);
         let mut writer = Writer {
             shared: shared.clone(),
+            tree: Some(tree),
+            reopen: reopen::Reopen::new(paths.store.clone(), options.clone()),
             wal,
             revision,
             compacted,
@@ -506,7 +535,6 @@ impl SledStore {
         info!(path = %dir.display(), revision, compacted, took = ?started.elapsed(), "store opened");
         Ok(Self {
             shared,
-            db,
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
             leases,
@@ -538,7 +566,11 @@ impl SledStore {
         self.cancel.cancel();
         self.watchers.close();
         self.watchers.wait().await;
-        if let Err(error) = self.db.flush_async().await {
+        let flushed = match self.shared.tree() {
+            Ok(tree) => tree.flush_async().await.map(|_| ()).map_err(StoreError::from),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = flushed {
             error!(%error, "final flush failed");
         }
     }

@@ -62,13 +62,14 @@ impl Drop for HistoryRead<'_> {
 
 fn range_current(shared: &Shared, request: &RangeRequest, revision: Revision) -> Result<RangeResponse, StoreError> {
     let mut response = RangeResponse { revision, ..RangeResponse::default() };
+    let tree = shared.tree()?;
     if request.end.is_empty() {
-        if let Some(raw) = shared.tree.get(layout::cur(&request.start))? {
+        if let Some(raw) = tree.get(layout::cur(&request.start))? {
             response.kvs.push(decode::<KvRecord>(&raw)?.into_kv(request.start.clone()));
         }
         return Ok(response);
     }
-    for item in shared.tree.range(layout::cur(&request.start)..layout::cur(&request.end)) {
+    for item in tree.range(layout::cur(&request.start)..layout::cur(&request.end)) {
         let (raw_key, raw) = item?;
         if request.limit > 0 && response.kvs.len() == request.limit {
             response.more = true;
@@ -105,7 +106,7 @@ fn range_history(shared: &Shared, request: &RangeRequest) -> Result<RangeRespons
         }
         true
     };
-    for item in shared.tree.range(start..end) {
+    for item in shared.tree()?.range(start..end) {
         let (raw_key, raw) = item?;
         let Some((key, revision)) = layout::parse_hist(&raw_key) else {
             continue;
@@ -143,9 +144,10 @@ pub(super) fn history(
     }
     let mut events = Vec::new();
     let mut covered = from - 1;
+    let tree = shared.tree()?;
     // Records are keyed by their group's last revision: the first one at or
     // after `from` holds `from` (or the revision after it).
-    'groups: for item in shared.tree.range(layout::rev(from)..layout::prefixed(layout::REVS + 1, &[])) {
+    'groups: for item in tree.range(layout::rev(from)..layout::prefixed(layout::REVS + 1, &[])) {
         let (_, raw) = item?;
         let group: RevisionGroup = decode(&raw)?;
         for (revision, keys) in group {
@@ -156,7 +158,7 @@ pub(super) fn history(
                 break 'groups;
             }
             for key in keys.into_iter().map(ByteBuf::into_vec).filter(|k| k.starts_with(prefix)) {
-                let record: Option<KvRecord> = match shared.tree.get(layout::hist(&key, revision))? {
+                let record: Option<KvRecord> = match tree.get(layout::hist(&key, revision))? {
                     Some(raw) => decode(&raw)?,
                     None => {
                         return Err(StoreError::Backend(format!("history of revision {revision} is missing")));
@@ -205,7 +207,7 @@ mod tests {
         for result in futures::future::join_all(writes).await {
             assert!(result.unwrap().is_committed());
         }
-        let records = store.shared.tree.scan_prefix([layout::REVS]).count();
+        let records = store.shared.tree().unwrap().scan_prefix([layout::REVS]).count();
         assert!(records < 400, "{records} revision records for 400 revisions: writes were not grouped");
         let mut all = Vec::new();
         let mut stream = store.watch(b"k/".to_vec(), 1).unwrap();

@@ -148,7 +148,7 @@ async fn a_sweep_cut_off_by_a_restart_finishes_and_reads_above_the_point_are_who
     let store = reopen(dir.path(), SledOptions::default()).await;
     assert_eq!(store.range(RangeRequest::prefix("").at(target)).await.unwrap().kvs, at_target.kvs);
     // Wait for the sweep to finish: only entries a read at or after the target needs remain.
-    let tree = store.shared.tree.clone();
+    let tree = store.shared.tree().unwrap();
     let mut swept = false;
     for _ in 0..100 {
         let entries = tree.scan_prefix([super::layout::HIST]).count();
@@ -182,7 +182,7 @@ async fn a_sweep_removes_deleted_keys_history_and_reads_never_see_it_come_back()
     assert!(expected.iter().all(|kv| !kv.key.starts_with(b"gone/")));
     store.compact(target - 1).await.unwrap();
     // While the sweep runs in steps, reads at the compaction point keep their answer.
-    let tree = store.shared.tree.clone();
+    let tree = store.shared.tree().unwrap();
     let history_of_gone = || tree.scan_prefix(&super::layout::hist_prefix(b"gone/")[..6]).count();
     for _ in 0..500 {
         let now = store.range(RangeRequest::prefix("").at(target - 1)).await.unwrap().kvs;

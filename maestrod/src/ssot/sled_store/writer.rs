@@ -17,6 +17,7 @@ use tracing::{debug, error};
 
 use super::checkpoint::Checkpoints;
 use super::compact::Sweep;
+use super::reopen::Reopen;
 use super::layout::{
     self, KvMeta, KvRecord, KvRecordRef, LeaseRecord, RevisionGroup, as_some, decode, delete_event, encode, meta,
 };
@@ -79,6 +80,10 @@ impl Group {
 /// diverge for an acknowledged request.
 pub(super) struct Writer {
     pub(super) shared: Arc<Shared>,
+    /// The writer's handle on the tree in `shared`; `None` only in the middle
+    /// of a reopen.
+    pub(super) tree: Option<sled::Tree>,
+    pub(super) reopen: Reopen,
     pub(super) wal: Wal,
     pub(super) revision: Revision,
     pub(super) compacted: Revision,
@@ -148,7 +153,7 @@ impl Writer {
                 self.sweep_step();
             }
         }
-        if let Err(error) = self.shared.tree.flush() {
+        if let Err(error) = self.tree().flush() {
             error!(%error, "flush on shutdown failed");
         }
         debug!("writer stopped");
@@ -199,7 +204,7 @@ impl Writer {
         if let Some(state) = group.overlay.get(key) {
             return Ok(*state);
         }
-        let state = match self.shared.tree.get(layout::cur(key))? {
+        let state = match self.tree().get(layout::cur(key))? {
             Some(raw) => Some(decode::<KvRecordRef<'_>>(&raw)?.meta()),
             None => None,
         };
@@ -209,7 +214,7 @@ impl Writer {
 
     fn keys_in_range(&self, group: &Group, start: &[u8], end: &[u8]) -> Result<BTreeSet<Vec<u8>>, StoreError> {
         let mut keys = BTreeSet::new();
-        for item in self.shared.tree.range(layout::cur(start)..layout::cur(end)) {
+        for item in self.tree().range(layout::cur(start)..layout::cur(end)) {
             let (raw_key, _) = item?;
             keys.insert(raw_key[1..].to_vec());
         }
@@ -346,7 +351,8 @@ impl Writer {
                 let mut batch = sled::Batch::default();
                 to_batch(&ops, &mut batch);
                 batch.insert(layout::meta(meta::LOG_SEQ), encode(&seq));
-                self.shared.tree.apply_batch(batch)?;
+                self.reopen.applied(ops.len() + 1);
+                self.tree().apply_batch(batch)?;
                 fail::fail_point!("store-after-apply", |_| super::crash());
                 Ok(())
             });
@@ -373,7 +379,15 @@ impl Writer {
             let _ = self.shared.events.send(revision);
         }
         let appended = self.wal.take_appended();
-        self.checkpoints.wrote(appended, self.wal.next_seq() - 1, &self.shared.tree);
-        true
+        let seq = self.wal.next_seq() - 1;
+        if let Some(tree) = &self.tree {
+            self.checkpoints.wrote(appended, seq, tree);
+        }
+        self.reopen_if_due()
+    }
+
+    /// The tree (open between groups: only a reopen lets go of it).
+    pub(super) fn tree(&self) -> &sled::Tree {
+        self.tree.as_ref().expect("the writer's tree is open between groups")
     }
 }

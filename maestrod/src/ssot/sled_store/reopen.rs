@@ -1,0 +1,299 @@
+//! Reopening sled, so that its recovery after a crash stays short.
+//!
+//! sled 0.34 writes the snapshot it recovers from (where each of its pages
+//! lives) only when it is opened. After a crash it starts from that snapshot
+//! and reads every log message written since, so a daemon that ran for a
+//! long time and was killed pays for its whole run at the next start (1.6 s
+//! after a million revisions). The writer therefore reopens sled once it has
+//! applied `SledOptions::reopen_after_ops` operations: it flushes and closes
+//! the tree and opens it again, which writes a new snapshot. What a crash
+//! recovery reads is then bounded by that many operations, however long the
+//! daemon ran.
+//!
+//! A reopen holds writes and reads up for the time sled takes to open (tens
+//! of milliseconds at a million revisions). The writer waits for a moment
+//! when no checkpoint copies the tree and no history read walks it; readers
+//! that still hold the old tree finish on it (nothing is written meanwhile,
+//! so they see the latest state), and sled opens again once they are done.
+//! The log is the source of durability throughout: a crash in the middle of a
+//! reopen is a crash like any other.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use super::writer::Writer;
+use super::{OpenError, Sled, SledOptions, open_sled};
+use crate::ssot::store::StoreError;
+
+/// Operations between reopens by default: sled then reads at most that many
+/// operations' messages when it recovers from a crash (about 40 ms here).
+pub(super) const DEFAULT_OPS: u64 = 100_000;
+
+/// How long a reopen waits for readers that still hold the old tree.
+const READERS_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The writer's count of operations since sled was last opened.
+pub(super) struct Reopen {
+    path: PathBuf,
+    options: SledOptions,
+    ops: u64,
+}
+
+impl Reopen {
+    pub(super) fn new(path: PathBuf, options: SledOptions) -> Self {
+        Self { path, options, ops: 0 }
+    }
+
+    /// Counts `ops` more operations applied to sled.
+    pub(super) fn applied(&mut self, ops: usize) {
+        self.ops = self.ops.saturating_add(ops as u64);
+    }
+
+    fn due(&self) -> bool {
+        self.options.reopen_after_ops > 0 && self.ops >= self.options.reopen_after_ops
+    }
+}
+
+impl Writer {
+    /// Reopens sled when enough has been applied since it was opened and
+    /// nothing walks the tree. Returns false when the store can no longer be
+    /// used (sled did not open again; the writer stops).
+    pub(super) fn reopen_if_due(&mut self) -> bool {
+        if !self.reopen.due()
+            || self.checkpoints.busy()
+            || self.shared.history_readers.load(Ordering::Acquire) > 0
+        {
+            return true;
+        }
+        let _span = tracing::info_span!("sled_reopen", ops = self.reopen.ops).entered();
+        let started = Instant::now();
+        match self.reopen() {
+            Ok(()) => {
+                info!(took = ?started.elapsed(), "sled reopened: a crash recovery reads its log from here");
+                self.reopen.ops = 0;
+                true
+            }
+            Err(error) => {
+                error!(%error, "reopening sled failed; the store stops (restart the daemon)");
+                false
+            }
+        }
+    }
+
+    fn reopen(&mut self) -> Result<(), StoreError> {
+        // New readers wait here until sled is open again.
+        let mut slot = self.shared.sled.write().expect("sled lock poisoned");
+        let Some(Sled { db, tree }) = slot.take() else {
+            return Err(StoreError::Backend("sled is not open".into()));
+        };
+        if let Err(error) = db.flush() {
+            *slot = Some(Sled { db, tree });
+            return Err(error.into());
+        }
+        // The writer's own handle goes too: sled closes once every handle is dropped.
+        self.tree = None;
+        drop(tree);
+        drop(db);
+        fail::fail_point!("sled-reopen-closed", |_| super::crash());
+        let db = open_when_released(&self.reopen.path, &self.reopen.options)?;
+        let tree = db.open_tree("ssot")?;
+        self.tree = Some(tree.clone());
+        *slot = Some(Sled { db, tree });
+        Ok(())
+    }
+}
+
+/// Opens sled at `path` once the handles of this process let go of it
+/// (readers that took the tree before a reopen finish on it first).
+fn open_when_released(path: &Path, options: &SledOptions) -> Result<sled::Db, StoreError> {
+    let started = Instant::now();
+    let mut warned = false;
+    loop {
+        match open_sled(path, options) {
+            Ok(db) => return Ok(db),
+            Err(OpenError::Fatal(error) | OpenError::Rebuild(error))
+                if started.elapsed() < READERS_DEADLINE && error.to_string().contains("could not acquire lock") =>
+            {
+                if !warned && started.elapsed() > Duration::from_secs(1) {
+                    warn!("waiting for reads of the old sled state to finish before reopening it");
+                    warned = true;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(OpenError::Fatal(error) | OpenError::Rebuild(error)) => return Err(error),
+        }
+    }
+}
+
+/// Removes the snapshots sled began but never finished (`snap.*.generating`).
+/// sled writes a snapshot under that name, syncs it and renames it, and only
+/// then removes the older ones; but it also reads a leftover one as if it
+/// were complete, and then refuses to open ("Read corrupted data"). Without
+/// it, sled recovers from the previous snapshot and its log.
+pub(super) fn remove_unfinished_snapshots(path: &Path) -> Result<(), StoreError> {
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(StoreError::Backend(format!("cannot read {}: {error}", path.display()))),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::Backend(format!("cannot read {}: {e}", path.display())))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            warn!(file = %entry.path().display(), "removing a snapshot sled did not finish writing");
+            std::fs::remove_file(entry.path())
+                .map_err(|e| StoreError::Backend(format!("cannot remove {}: {e}", entry.path().display())))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use futures::StreamExt;
+
+    use super::super::recovery_tests::reopen;
+    use super::super::{SledOptions, SledStore};
+    use crate::ssot::store::{EventKind, Op, RangeRequest, Store, Txn, TxnResponse};
+
+    /// The log position of sled's newest snapshot (`snap.<lsn in hex>`): what
+    /// a recovery after a crash reads from.
+    fn snapshot_lsn(store: &std::path::Path) -> u64 {
+        std::fs::read_dir(store)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|name| u64::from_str_radix(name.strip_prefix("snap.")?, 16).ok())
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn reopening(ops: u64) -> SledOptions {
+        SledOptions { reopen_after_ops: ops, ..SledOptions::default() }
+    }
+
+    /// Writers, point reads, scans and a watch all go on while the writer
+    /// reopens sled many times: nothing acknowledged is missing, a read never
+    /// goes back, the watch sees every revision once and in order, and sled's
+    /// snapshot (where a crash recovery starts) moves forward.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_writes_and_watches_go_on_across_reopens_and_the_recovery_point_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path(), reopening(300)).unwrap());
+        let first_snapshot = snapshot_lsn(&dir.path().join("store"));
+        let mut watch = store.watch(b"k/".to_vec(), 1).unwrap();
+        let writers = (0..4).map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                for n in 0..250 {
+                    let key = format!("k/{w}/{}", n % 20);
+                    let response = store.txn(Txn::new().then(Op::put(key.clone(), format!("{n}")))).await.unwrap();
+                    let TxnResponse::Committed { revision } = response else { panic!("{response:?}") };
+                    acknowledged.push((key, n, revision));
+                }
+                acknowledged
+            })
+        });
+        let writers: Vec<_> = writers.collect();
+        let reader = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut last = 0;
+                let mut reads = 0;
+                while store.status().revision < 1000 {
+                    let point = store.range(RangeRequest::key("k/0/0")).await.unwrap();
+                    let scan = store.range(RangeRequest::prefix("k/1/")).await.unwrap();
+                    assert!(point.revision >= last && scan.revision >= point.revision, "reads never go back");
+                    last = scan.revision;
+                    reads += 1;
+                    tokio::task::yield_now().await;
+                }
+                reads
+            })
+        };
+        let mut latest = BTreeMap::new();
+        for writer in writers {
+            for (key, n, revision) in writer.await.unwrap() {
+                let entry = latest.entry(key).or_insert((0, 0));
+                if revision > entry.1 {
+                    *entry = (n, revision);
+                }
+            }
+        }
+        assert!(reader.await.unwrap() > 0);
+        let mut seen = Vec::new();
+        while seen.len() < 1000 {
+            let batch = tokio::time::timeout(std::time::Duration::from_secs(10), watch.next())
+                .await
+                .expect("the watch delivers every event")
+                .unwrap()
+                .unwrap();
+            for event in batch.events {
+                assert_eq!(event.kind, EventKind::Put);
+                seen.push(event.kv.mod_revision);
+            }
+        }
+        assert_eq!(seen, (1..=1000).collect::<Vec<_>>(), "every revision once, in order");
+        for (key, (n, revision)) in &latest {
+            let read = store.range(RangeRequest::key(key.as_str())).await.unwrap();
+            assert_eq!((read.kvs[0].value.clone(), read.kvs[0].mod_revision), (n.to_string().into_bytes(), *revision));
+        }
+        assert!(
+            snapshot_lsn(&dir.path().join("store")) > first_snapshot,
+            "sled wrote a new snapshot while the store ran: a crash recovery reads from there"
+        );
+        store.close().await;
+        drop(store);
+        let store = reopen(dir.path(), reopening(300)).await;
+        assert_eq!(store.status().revision, 1000);
+        let all = store.range(RangeRequest::prefix("k/")).await.unwrap();
+        assert_eq!(all.kvs.len(), latest.len());
+    }
+
+    /// Without reopens sled keeps the snapshot of its first open: the test
+    /// above would fail if the writer did not reopen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_reopens_the_recovery_point_stays_where_sled_was_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), reopening(0)).unwrap();
+        let first_snapshot = snapshot_lsn(&dir.path().join("store"));
+        for n in 0..600 {
+            store.txn(Txn::new().then(Op::put(format!("k/{}", n % 30), "v"))).await.unwrap();
+        }
+        store.shared.tree().unwrap().flush().unwrap();
+        assert_eq!(snapshot_lsn(&dir.path().join("store")), first_snapshot);
+        store.close().await;
+    }
+
+    /// A snapshot sled began but did not finish (a crash while it wrote one)
+    /// made sled refuse to open; it is removed and sled recovers from the
+    /// previous snapshot and its log, without a rebuild.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unfinished_sled_snapshot_does_not_stop_the_store_from_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+        for n in 0..100 {
+            store.txn(Txn::new().then(Op::put(format!("k/{n}"), "v"))).await.unwrap();
+        }
+        store.close().await;
+        drop(store);
+        let unfinished = dir.path().join("store").join("snap.FFFFFFFFFFFF.generating");
+        std::fs::write(&unfinished, b"").unwrap();
+        let store = reopen(dir.path(), SledOptions::default()).await;
+        assert_eq!(store.status().revision, 100);
+        assert!(!unfinished.exists());
+        let rebuilt = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .any(|name| name.starts_with("store.broken-"));
+        assert!(!rebuilt, "sled opened as it was; nothing was rebuilt");
+        store.close().await;
+    }
+}
