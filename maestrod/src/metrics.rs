@@ -63,6 +63,7 @@ pub struct Metrics {
     pub model_tokens: Family<TokenLabels, Counter>,
     pub harness_denials: Family<RuleLabels, Counter>,
     pub store_write_seconds: Histogram,
+    pub store_reopen_seconds: Histogram,
     pub revision: Gauge,
     pub watchers: Gauge,
     pub loops: Family<StateLabels, Gauge>,
@@ -91,6 +92,12 @@ impl Metrics {
             "Time to make one write durable: a group commit of the sled store, a transaction on etcd",
             store_write_seconds.clone(),
         );
+        let store_reopen_seconds = latency_histogram();
+        registry.register(
+            "store_sled_reopen_duration_seconds",
+            "Pauses of the sled store while its writer reopens sled (which bounds a crash recovery)",
+            store_reopen_seconds.clone(),
+        );
         let revision = Gauge::default();
         registry.register("store_revision", "The store's current revision", revision.clone());
         let watchers = Gauge::default();
@@ -105,6 +112,7 @@ impl Metrics {
             model_tokens,
             harness_denials,
             store_write_seconds,
+            store_reopen_seconds,
             revision,
             watchers,
             loops,

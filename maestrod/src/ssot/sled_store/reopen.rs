@@ -10,13 +10,18 @@
 //! recovery reads is then bounded by that many operations, however long the
 //! daemon ran.
 //!
-//! A reopen holds writes and reads up for the time sled takes to open (tens
-//! of milliseconds at a million revisions). The writer waits for a moment
-//! when no checkpoint copies the tree and no history read walks it; readers
-//! that still hold the old tree finish on it (nothing is written meanwhile,
-//! so they see the latest state), and sled opens again once they are done.
-//! The log is the source of durability throughout: a crash in the middle of a
-//! reopen is a crash like any other.
+//! A reopen holds writes and reads up while sled closes and opens, which
+//! grows with what the tree holds (tens of milliseconds for a small store,
+//! about half a second with a million revisions of history retained). So the
+//! next reopen waits at least a hundred times as long as the last one took:
+//! reopens never hold the store up for more than 1% of the time, and under a
+//! sustained flood of writes a crash recovery reads more than
+//! `reopen_after_ops` operations. The writer reopens only when no checkpoint
+//! copies the tree and no history read walks it; readers that still hold the
+//! old tree finish on it (nothing is written meanwhile, so they see the
+//! latest state), and sled opens again once they are done. The log is the
+//! source of durability throughout: a crash in the middle of a reopen is a
+//! crash like any other.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -32,6 +37,9 @@ use crate::ssot::store::StoreError;
 /// operations' messages when it recovers from a crash (about 40 ms here).
 pub(super) const DEFAULT_OPS: u64 = 100_000;
 
+/// The time between two reopens by default, in lengths of the last one's pause.
+pub(super) const DEFAULT_SPACING: u32 = 100;
+
 /// How long a reopen waits for readers that still hold the old tree.
 const READERS_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -40,11 +48,13 @@ pub(super) struct Reopen {
     path: PathBuf,
     options: SledOptions,
     ops: u64,
+    /// When the last reopen ended and how long it held the store up.
+    last: Option<(Instant, Duration)>,
 }
 
 impl Reopen {
     pub(super) fn new(path: PathBuf, options: SledOptions) -> Self {
-        Self { path, options, ops: 0 }
+        Self { path, options, ops: 0, last: None }
     }
 
     /// Counts `ops` more operations applied to sled.
@@ -52,8 +62,13 @@ impl Reopen {
         self.ops = self.ops.saturating_add(ops as u64);
     }
 
+    /// Enough has been applied, and the last pause is `reopen_spacing` times
+    /// its own length ago: however fast writes come, reopens hold the store
+    /// up for less than 1% of the time (by default).
     fn due(&self) -> bool {
-        self.options.reopen_after_ops > 0 && self.ops >= self.options.reopen_after_ops
+        self.options.reopen_after_ops > 0
+            && self.ops >= self.options.reopen_after_ops
+            && self.last.is_none_or(|(ended, took)| ended.elapsed() >= took * self.options.reopen_spacing)
     }
 }
 
@@ -62,18 +77,23 @@ impl Writer {
     /// nothing walks the tree. Returns false when the store can no longer be
     /// used (sled did not open again; the writer stops).
     pub(super) fn reopen_if_due(&mut self) -> bool {
-        if !self.reopen.due()
-            || self.checkpoints.busy()
-            || self.shared.history_readers.load(Ordering::Acquire) > 0
-        {
+        if !self.reopen.due() || self.checkpoints.busy() || self.shared.history_readers.load(Ordering::Acquire) > 0 {
             return true;
         }
         let _span = tracing::info_span!("sled_reopen", ops = self.reopen.ops).entered();
-        let started = Instant::now();
         match self.reopen() {
-            Ok(()) => {
-                info!(took = ?started.elapsed(), "sled reopened: a crash recovery reads its log from here");
+            Ok(steps) => {
+                info!(
+                    took = ?steps.took(),
+                    flush = ?steps.flush,
+                    close = ?steps.close,
+                    open = ?steps.open,
+                    "sled reopened: a crash recovery reads its log from here"
+                );
                 self.reopen.ops = 0;
+                self.shared.reopens.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::get().store_reopen_seconds.observe(steps.took().as_secs_f64());
+                self.reopen.last = Some((Instant::now(), steps.took()));
                 true
             }
             Err(error) => {
@@ -83,7 +103,10 @@ impl Writer {
         }
     }
 
-    fn reopen(&mut self) -> Result<(), StoreError> {
+    fn reopen(&mut self) -> Result<Steps, StoreError> {
+        // Most of what sled holds unwritten goes out before readers are held up.
+        let started = Instant::now();
+        self.tree().flush()?;
         // New readers wait here until sled is open again.
         let mut slot = self.shared.sled.write().expect("sled lock poisoned");
         let Some(Sled { db, tree }) = slot.take() else {
@@ -93,27 +116,47 @@ impl Writer {
             *slot = Some(Sled { db, tree });
             return Err(error.into());
         }
+        let flushed = Instant::now();
         // The writer's own handle goes too: sled closes once every handle is dropped.
         self.tree = None;
         drop(tree);
         drop(db);
         fail::fail_point!("sled-reopen-closed", |_| super::crash());
-        let db = open_when_released(&self.reopen.path, &self.reopen.options)?;
+        let (db, closed) = open_when_released(&self.reopen.path, &self.reopen.options)?;
         let tree = db.open_tree("ssot")?;
         self.tree = Some(tree.clone());
         *slot = Some(Sled { db, tree });
-        Ok(())
+        let opened = Instant::now();
+        Ok(Steps { flush: flushed - started, close: closed - flushed, open: opened - closed })
+    }
+}
+
+/// How long each step of a reopen took.
+struct Steps {
+    /// Writing out what sled had not (before and after readers are held up).
+    flush: Duration,
+    /// Until the old handles let go of sled's files.
+    close: Duration,
+    /// sled's open: reading its snapshot and the log after it, writing a new snapshot.
+    open: Duration,
+}
+
+impl Steps {
+    fn took(&self) -> Duration {
+        self.flush + self.close + self.open
     }
 }
 
 /// Opens sled at `path` once the handles of this process let go of it
 /// (readers that took the tree before a reopen finish on it first).
-fn open_when_released(path: &Path, options: &SledOptions) -> Result<sled::Db, StoreError> {
+/// Returns it and when the old handles had let go (sled's open began).
+fn open_when_released(path: &Path, options: &SledOptions) -> Result<(sled::Db, Instant), StoreError> {
     let started = Instant::now();
     let mut warned = false;
     loop {
+        let attempt = Instant::now();
         match open_sled(path, options) {
-            Ok(db) => return Ok(db),
+            Ok(db) => return Ok((db, attempt)),
             Err(OpenError::Fatal(error) | OpenError::Rebuild(error))
                 if started.elapsed() < READERS_DEADLINE && error.to_string().contains("could not acquire lock") =>
             {
@@ -156,11 +199,13 @@ pub(super) fn remove_unfinished_snapshots(path: &Path) -> Result<(), StoreError>
 mod tests {
     use std::collections::BTreeMap;
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
     use futures::StreamExt;
 
     use super::super::recovery_tests::reopen;
     use super::super::{SledOptions, SledStore};
+    use super::Reopen;
     use crate::ssot::store::{EventKind, Op, RangeRequest, Store, Txn, TxnResponse};
 
     /// The log position of sled's newest snapshot (`snap.<lsn in hex>`): what
@@ -174,8 +219,28 @@ mod tests {
             .unwrap_or(0)
     }
 
+    /// A reopen is due after `reopen_after_ops` operations, and not before a
+    /// hundred times the last one's pause has passed.
+    #[test]
+    fn reopens_wait_for_enough_operations_and_space_out_their_pauses() {
+        let options = SledOptions { reopen_after_ops: 10, ..SledOptions::default() };
+        let mut reopen = Reopen::new("unused".into(), options);
+        reopen.applied(9);
+        assert!(!reopen.due());
+        reopen.applied(1);
+        assert!(reopen.due(), "the first one comes after the operations alone");
+        reopen.last = Some((Instant::now(), Duration::from_secs(1)));
+        assert!(!reopen.due(), "a 1 s pause that just ended: the next waits 100 s");
+        reopen.last = Some((Instant::now() - Duration::from_secs(101), Duration::from_secs(1)));
+        assert!(reopen.due());
+        assert!(!Reopen::new("unused".into(), reopening(0)).due(), "0: never");
+        reopen.options.reopen_spacing = 1;
+        reopen.last = Some((Instant::now() - Duration::from_secs(2), Duration::from_secs(1)));
+        assert!(reopen.due(), "spacing 1: one pause's length");
+    }
+
     fn reopening(ops: u64) -> SledOptions {
-        SledOptions { reopen_after_ops: ops, ..SledOptions::default() }
+        SledOptions { reopen_after_ops: ops, reopen_spacing: 1, ..SledOptions::default() }
     }
 
     /// Writers, point reads, scans and a watch all go on while the writer
@@ -245,6 +310,8 @@ mod tests {
             let read = store.range(RangeRequest::key(key.as_str())).await.unwrap();
             assert_eq!((read.kvs[0].value.clone(), read.kvs[0].mod_revision), (n.to_string().into_bytes(), *revision));
         }
+        let reopens = store.shared.reopens.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(reopens >= 3, "sled was reopened {reopens} times");
         assert!(
             snapshot_lsn(&dir.path().join("store")) > first_snapshot,
             "sled wrote a new snapshot while the store ran: a crash recovery reads from there"

@@ -17,10 +17,10 @@ use tracing::{debug, error};
 
 use super::checkpoint::Checkpoints;
 use super::compact::Sweep;
-use super::reopen::Reopen;
 use super::layout::{
     self, KvMeta, KvRecord, KvRecordRef, LeaseRecord, RevisionGroup, as_some, decode, delete_event, encode, meta,
 };
+use super::reopen::Reopen;
 use super::wal::{Wal, WalOp, to_batch};
 use super::{MAX_GROUP, RevisionEvents, Shared};
 use crate::ssot::clock::now_ms;
