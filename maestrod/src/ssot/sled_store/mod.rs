@@ -134,20 +134,31 @@ struct Shared {
     history_readers: std::sync::atomic::AtomicUsize,
     /// Times the writer has reopened sled.
     reopens: AtomicU64,
+    /// Reads under way that may walk many records (scans, past revisions,
+    /// watch history): a reopen waits until there are none.
+    walks: std::sync::atomic::AtomicUsize,
     events: broadcast::Sender<Arc<RevisionEvents>>,
 }
 
 impl Shared {
+    /// The tree, unless the writer is reopening sled right now.
+    fn try_tree(&self) -> Option<Result<sled::Tree, StoreError>> {
+        match self.sled.try_read() {
+            Ok(sled) => Some(sled.as_ref().map(|sled| sled.tree.clone()).ok_or_else(stopped)),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+            Err(std::sync::TryLockError::Poisoned(_)) => panic!("sled lock poisoned"),
+        }
+    }
+
     /// The tree as it is now. A clone: the writer reopens sled only once every
     /// clone of the old tree is gone, so a read never sees half of a change.
     fn tree(&self) -> Result<sled::Tree, StoreError> {
-        match &*self.sled.read().expect("sled lock poisoned") {
-            Some(sled) => Ok(sled.tree.clone()),
-            None => Err(StoreError::Backend(
-                "the store stopped: reopening its sled state failed (see the daemon's log)".into(),
-            )),
-        }
+        self.sled.read().expect("sled lock poisoned").as_ref().map(|sled| sled.tree.clone()).ok_or_else(stopped)
     }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Backend("the store stopped: reopening its sled state failed (see the daemon's log)".into())
 }
 
 /// Where the parts of a data directory live.
@@ -507,6 +518,7 @@ impl SledStore {
             sweeps: AtomicU64::new(0),
             history_readers: std::sync::atomic::AtomicUsize::new(0),
             reopens: AtomicU64::new(0),
+            walks: std::sync::atomic::AtomicUsize::new(0),
             events,
         });
         let leases = Arc::new(Mutex::new(leases));
@@ -598,8 +610,10 @@ impl Store for SledStore {
         // A point read of the current state is a lookup in sled's cache: handing it to a
         // blocking thread costs more than the read (on two cores, 45% of the no-op rate
         // instead of 78%). Scans and past revisions, which may walk the disk, go there.
-        if request.end.is_empty() && request.revision == 0 {
-            let result = read::range(&self.shared, &request);
+        if request.end.is_empty()
+            && request.revision == 0
+            && let Some(result) = read::point_now(&self.shared, &request)
+        {
             return async move { result }.boxed();
         }
         let shared = self.shared.clone();

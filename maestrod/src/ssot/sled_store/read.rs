@@ -11,14 +11,25 @@ use super::Shared;
 use super::layout::{self, KvRecord, RevisionGroup, decode, history_event};
 use crate::ssot::store::{Event, RangeRequest, RangeResponse, Revision, StoreError, prefix_end};
 
+/// A point read of the current state on the caller's task, when sled is
+/// open right now; `None` while the writer reopens it (the caller reads on
+/// a blocking thread instead of holding a runtime worker up).
+pub(super) fn point_now(shared: &Shared, request: &RangeRequest) -> Option<Result<RangeResponse, StoreError>> {
+    let tree = shared.try_tree()?;
+    Some(tree.and_then(|tree| range_current(shared, &tree, request)))
+}
+
 /// A range read; each record names its author.
 pub(super) fn range(shared: &Shared, request: &RangeRequest) -> Result<RangeResponse, StoreError> {
+    // A read that may walk many records holds a reopen of sled off rather than
+    // have it wait, with every other read and write, for the walk to end.
+    let _walk = (!request.end.is_empty() || request.revision != 0).then(|| Walk::start(shared));
     let current = shared.committed.load(Ordering::Acquire);
     if request.revision == 0 || request.revision >= current {
         if request.revision > current {
             return Err(StoreError::FutureRevision { requested: request.revision, current });
         }
-        return range_current(shared, request, current);
+        return range_current(shared, &shared.tree()?, request);
     }
     let compacted = shared.compacted.load(Ordering::Acquire);
     if request.revision < compacted {
@@ -44,6 +55,24 @@ pub(super) fn range(shared: &Shared, request: &RangeRequest) -> Result<RangeResp
     Ok(response)
 }
 
+/// Holds a reopen of sled off for as long as it lives.
+pub(super) struct Walk<'a>(&'a Shared);
+
+impl<'a> Walk<'a> {
+    pub(super) fn start(shared: &'a Shared) -> Self {
+        // Counted before the tree is taken: a reopen that finds no walk under way
+        // holds the lock every later walk takes its tree under.
+        shared.walks.fetch_add(1, Ordering::AcqRel);
+        Walk(shared)
+    }
+}
+
+impl Drop for Walk<'_> {
+    fn drop(&mut self) {
+        self.0.walks.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Holds the sweep off for as long as it lives.
 struct HistoryRead<'a>(&'a Shared);
 
@@ -60,9 +89,28 @@ impl Drop for HistoryRead<'_> {
     }
 }
 
-fn range_current(shared: &Shared, request: &RangeRequest, revision: Revision) -> Result<RangeResponse, StoreError> {
-    let mut response = RangeResponse { revision, ..RangeResponse::default() };
-    let tree = shared.tree()?;
+/// The current state. The writer applies a group to sled (once it is in the
+/// log) a moment before it publishes the group's revision: the header is
+/// taken after the read, once the revisions the read saw are published (a
+/// few instructions later), so it is never below one of them and a watch
+/// from the header's next revision can start at once.
+fn range_current(shared: &Shared, tree: &sled::Tree, request: &RangeRequest) -> Result<RangeResponse, StoreError> {
+    let mut response = read_current(tree, request)?;
+    let seen = response.kvs.iter().map(|kv| kv.mod_revision).max().unwrap_or(0);
+    let mut committed = shared.committed.load(Ordering::Acquire);
+    for _ in 0..1000 {
+        if committed >= seen {
+            break;
+        }
+        std::thread::yield_now();
+        committed = shared.committed.load(Ordering::Acquire);
+    }
+    response.revision = committed.max(seen);
+    Ok(response)
+}
+
+fn read_current(tree: &sled::Tree, request: &RangeRequest) -> Result<RangeResponse, StoreError> {
+    let mut response = RangeResponse::default();
     if request.end.is_empty() {
         if let Some(raw) = tree.get(layout::cur(&request.start))? {
             response.kvs.push(decode::<KvRecord>(&raw)?.into_kv(request.start.clone()));
@@ -144,6 +192,7 @@ pub(super) fn history(
     }
     let mut events = Vec::new();
     let mut covered = from - 1;
+    let _walk = Walk::start(shared);
     let tree = shared.tree()?;
     // Records are keyed by their group's last revision: the first one at or
     // after `from` holds `from` (or the revision after it).

@@ -19,7 +19,11 @@
 //! `reopen_after_ops` operations. The writer reopens only when no checkpoint
 //! copies the tree and no history read walks it; readers that still hold the
 //! old tree finish on it (nothing is written meanwhile, so they see the
-//! latest state), and sled opens again once they are done. The log is the
+//! latest state), and sled opens again once they are done; a read that may
+//! walk many records (a scan, a past revision, a watch's history) makes the
+//! reopen wait for a later turn instead. Point reads on the runtime's
+//! workers go to a blocking thread while a reopen holds sled. sled must come
+//! back at the writer's log record and revision, or the store stops. The log is the
 //! source of durability throughout: a crash in the middle of a reopen is a
 //! crash like any other.
 
@@ -29,8 +33,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
+use super::layout::meta;
 use super::writer::Writer;
-use super::{OpenError, Sled, SledOptions, open_sled};
+use super::{OpenError, Sled, SledOptions, open_sled, read_u64};
 use crate::ssot::store::StoreError;
 
 /// Operations between reopens by default: sled then reads at most that many
@@ -39,6 +44,9 @@ pub(super) const DEFAULT_OPS: u64 = 100_000;
 
 /// The time between two reopens by default, in lengths of the last one's pause.
 pub(super) const DEFAULT_SPACING: u32 = 100;
+
+/// How long a reopen that found a walk under way waits before trying again.
+const POSTPONED: Duration = Duration::from_millis(50);
 
 /// How long a reopen waits for readers that still hold the old tree.
 const READERS_DEADLINE: Duration = Duration::from_secs(60);
@@ -50,11 +58,13 @@ pub(super) struct Reopen {
     ops: u64,
     /// When the last reopen ended and how long it held the store up.
     last: Option<(Instant, Duration)>,
+    /// A reopen that found a walk under way tries again after this.
+    not_before: Option<Instant>,
 }
 
 impl Reopen {
     pub(super) fn new(path: PathBuf, options: SledOptions) -> Self {
-        Self { path, options, ops: 0, last: None }
+        Self { path, options, ops: 0, last: None, not_before: None }
     }
 
     /// Counts `ops` more operations applied to sled.
@@ -69,6 +79,7 @@ impl Reopen {
         self.options.reopen_after_ops > 0
             && self.ops >= self.options.reopen_after_ops
             && self.last.is_none_or(|(ended, took)| ended.elapsed() >= took * self.options.reopen_spacing)
+            && self.not_before.is_none_or(|at| Instant::now() >= at)
     }
 }
 
@@ -77,14 +88,18 @@ impl Writer {
     /// nothing walks the tree. Returns false when the store can no longer be
     /// used (sled did not open again; the writer stops).
     pub(super) fn reopen_if_due(&mut self) -> bool {
-        if !self.reopen.due() || self.checkpoints.busy() || self.shared.history_readers.load(Ordering::Acquire) > 0 {
+        if !self.reopen.due() || self.checkpoints.busy() || self.shared.walks.load(Ordering::Acquire) > 0 {
             return true;
         }
         let _span = tracing::info_span!("sled_reopen", ops = self.reopen.ops).entered();
         match self.reopen() {
-            Ok(steps) => {
+            Ok(None) => {
+                self.reopen.not_before = Some(Instant::now() + POSTPONED);
+                true
+            }
+            Ok(Some(steps)) => {
                 info!(
-                    took = ?steps.took(),
+                    pause = ?steps.pause(),
                     flush = ?steps.flush,
                     close = ?steps.close,
                     open = ?steps.open,
@@ -92,8 +107,8 @@ impl Writer {
                 );
                 self.reopen.ops = 0;
                 self.shared.reopens.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::get().store_reopen_seconds.observe(steps.took().as_secs_f64());
-                self.reopen.last = Some((Instant::now(), steps.took()));
+                crate::metrics::get().store_reopen_seconds.observe(steps.pause().as_secs_f64());
+                self.reopen.last = Some((Instant::now(), steps.pause()));
                 true
             }
             Err(error) => {
@@ -103,12 +118,18 @@ impl Writer {
         }
     }
 
-    fn reopen(&mut self) -> Result<Steps, StoreError> {
-        // Most of what sled holds unwritten goes out before readers are held up.
+    /// Reopens sled; `None` when a walk began meanwhile (tried again later).
+    fn reopen(&mut self) -> Result<Option<Steps>, StoreError> {
+        // What sled holds unwritten goes out before anyone is held up.
         let started = Instant::now();
         self.tree().flush()?;
+        let flushed = Instant::now();
         // New readers wait here until sled is open again.
         let mut slot = self.shared.sled.write().expect("sled lock poisoned");
+        let paused = Instant::now();
+        if self.shared.walks.load(Ordering::Acquire) > 0 {
+            return Ok(None);
+        }
         let Some(Sled { db, tree }) = slot.take() else {
             return Err(StoreError::Backend("sled is not open".into()));
         };
@@ -116,18 +137,32 @@ impl Writer {
             *slot = Some(Sled { db, tree });
             return Err(error.into());
         }
-        let flushed = Instant::now();
+        let closing = Instant::now();
         // The writer's own handle goes too: sled closes once every handle is dropped.
         self.tree = None;
         drop(tree);
         drop(db);
         fail::fail_point!("sled-reopen-closed", |_| super::crash());
-        let (db, closed) = open_when_released(&self.reopen.path, &self.reopen.options)?;
+        let (db, opening) = open_when_released(&self.reopen.path, &self.reopen.options)?;
         let tree = db.open_tree("ssot")?;
+        // sled must come back with every group the writer has applied.
+        let (seq, revision) = (read_u64(&tree, meta::LOG_SEQ)?, read_u64(&tree, meta::REVISION)?);
+        let expected = self.wal.next_seq() - 1;
+        if seq != expected || revision != self.revision {
+            return Err(StoreError::Backend(format!(
+                "sled reopened at log record {seq} and revision {revision}, behind the writer's {expected} and {}",
+                self.revision
+            )));
+        }
         self.tree = Some(tree.clone());
         *slot = Some(Sled { db, tree });
         let opened = Instant::now();
-        Ok(Steps { flush: flushed - started, close: closed - flushed, open: opened - closed })
+        Ok(Some(Steps {
+            flush: flushed - started + (closing - paused),
+            locked_flush: closing - paused,
+            close: opening - closing,
+            open: opened - opening,
+        }))
     }
 }
 
@@ -135,6 +170,8 @@ impl Writer {
 struct Steps {
     /// Writing out what sled had not (before and after readers are held up).
     flush: Duration,
+    /// The part of `flush` after readers are held up.
+    locked_flush: Duration,
     /// Until the old handles let go of sled's files.
     close: Duration,
     /// sled's open: reading its snapshot and the log after it, writing a new snapshot.
@@ -142,8 +179,9 @@ struct Steps {
 }
 
 impl Steps {
-    fn took(&self) -> Duration {
-        self.flush + self.close + self.open
+    /// How long reads and writes were held up.
+    fn pause(&self) -> Duration {
+        self.locked_flush + self.close + self.open
     }
 }
 
@@ -229,14 +267,17 @@ mod tests {
         assert!(!reopen.due());
         reopen.applied(1);
         assert!(reopen.due(), "the first one comes after the operations alone");
-        reopen.last = Some((Instant::now(), Duration::from_secs(1)));
-        assert!(!reopen.due(), "a 1 s pause that just ended: the next waits 100 s");
-        reopen.last = Some((Instant::now() - Duration::from_secs(101), Duration::from_secs(1)));
+        reopen.last = Some((Instant::now(), Duration::from_millis(1)));
+        assert!(!reopen.due(), "a 1 ms pause that just ended: the next waits 100 ms");
+        std::thread::sleep(Duration::from_millis(110));
         assert!(reopen.due());
+        reopen.not_before = Some(Instant::now() + Duration::from_secs(60));
+        assert!(!reopen.due(), "postponed after it found a walk under way");
+        reopen.not_before = None;
         assert!(!Reopen::new("unused".into(), reopening(0)).due(), "0: never");
         reopen.options.reopen_spacing = 1;
-        reopen.last = Some((Instant::now() - Duration::from_secs(2), Duration::from_secs(1)));
-        assert!(reopen.due(), "spacing 1: one pause's length");
+        reopen.last = Some((Instant::now(), Duration::from_secs(1)));
+        assert!(!reopen.due(), "spacing 1: one pause's length");
     }
 
     fn reopening(ops: u64) -> SledOptions {
@@ -270,22 +311,31 @@ mod tests {
         let reader = {
             let store = store.clone();
             tokio::spawn(async move {
-                let mut last = 0;
-                let mut reads = 0;
+                let (mut last, mut last_value, mut reads) = (0, -1i64, 0);
                 while store.status().revision < 1000 {
+                    // Writer 0 puts 0, 20, 40, … under k/0/0: what a read sees only grows.
                     let point = store.range(RangeRequest::key("k/0/0")).await.unwrap();
+                    if let Some(kv) = point.kvs.first() {
+                        let value: i64 = String::from_utf8(kv.value.clone()).unwrap().parse().unwrap();
+                        assert!(value >= last_value && kv.mod_revision <= point.revision, "reads never go back");
+                        last_value = value;
+                    }
                     let scan = store.range(RangeRequest::prefix("k/1/")).await.unwrap();
                     assert!(point.revision >= last && scan.revision >= point.revision, "reads never go back");
+                    assert!(scan.kvs.iter().all(|kv| kv.mod_revision <= scan.revision));
                     last = scan.revision;
                     reads += 1;
-                    tokio::task::yield_now().await;
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 }
                 reads
             })
         };
         let mut latest = BTreeMap::new();
+        let mut all_writes = Vec::new();
         for writer in writers {
-            for (key, n, revision) in writer.await.unwrap() {
+            let acknowledged = writer.await.unwrap();
+            all_writes.extend(acknowledged.iter().cloned());
+            for (key, n, revision) in acknowledged {
                 let entry = latest.entry(key).or_insert((0, 0));
                 if revision > entry.1 {
                     *entry = (n, revision);
@@ -306,6 +356,17 @@ mod tests {
             }
         }
         assert_eq!(seen, (1..=1000).collect::<Vec<_>>(), "every revision once, in order");
+        // A watch from the start now replays the history sled kept across its reopens.
+        let mut replay = store.watch(b"k/".to_vec(), 1).unwrap();
+        let mut replayed = Vec::new();
+        while replayed.len() < 1000 {
+            let batch = replay.next().await.unwrap().unwrap();
+            replayed.extend(batch.events.into_iter().map(|e| (e.kv.key, e.kv.value, e.kv.mod_revision)));
+        }
+        let mut expected: Vec<_> =
+            all_writes.iter().map(|(k, n, r)| (k.clone().into_bytes(), n.to_string().into_bytes(), *r)).collect();
+        expected.sort_by_key(|(_, _, revision)| *revision);
+        assert_eq!(replayed, expected, "history holds every acknowledged write at its revision");
         for (key, (n, revision)) in &latest {
             let read = store.range(RangeRequest::key(key.as_str())).await.unwrap();
             assert_eq!((read.kvs[0].value.clone(), read.kvs[0].mod_revision), (n.to_string().into_bytes(), *revision));
@@ -322,6 +383,27 @@ mod tests {
         assert_eq!(store.status().revision, 1000);
         let all = store.range(RangeRequest::prefix("k/")).await.unwrap();
         assert_eq!(all.kvs.len(), latest.len());
+    }
+
+    /// A read that walks the tree puts reopens off (rather than have every
+    /// read and write wait behind it); they come once it ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_walk_under_way_puts_reopens_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), reopening(50)).unwrap();
+        let reopens = || store.shared.reopens.load(std::sync::atomic::Ordering::Relaxed);
+        let walk = super::super::read::Walk::start(&store.shared);
+        for n in 0..200 {
+            store.txn(Txn::new().then(Op::put(format!("k/{}", n % 30), "v"))).await.unwrap();
+        }
+        assert_eq!(reopens(), 0, "no reopen while the walk is under way");
+        drop(walk);
+        for n in 0..200 {
+            store.txn(Txn::new().then(Op::put(format!("k/{}", n % 30), "w"))).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert!(reopens() > 0, "reopened once the walk ended");
+        store.close().await;
     }
 
     /// Without reopens sled keeps the snapshot of its first open: the test
@@ -351,7 +433,7 @@ mod tests {
         }
         store.close().await;
         drop(store);
-        let unfinished = dir.path().join("store").join("snap.FFFFFFFFFFFF.generating");
+        let unfinished = dir.path().join("store").join("snap.FFFFFFFFFFFFFFFF.generating");
         std::fs::write(&unfinished, b"").unwrap();
         let store = reopen(dir.path(), SledOptions::default()).await;
         assert_eq!(store.status().revision, 100);
