@@ -236,6 +236,60 @@ async fn acknowledged_writes_survive_kill_9_at_random_moments_and_a_torn_log_tai
     assert!(expected.acknowledged > 50, "{} writes acknowledged in all", expected.acknowledged);
 }
 
+/// A power cut loses what was not synced. The log's acknowledged records are
+/// synced; sled's writes are not promised to be (its flush does not sync).
+/// Emulated: an image of sled's directory copied while the daemon writes
+/// (sled as it stood at some moment, possibly in the middle of a write)
+/// replaces the directory after a `kill -9`, so sled comes back behind the
+/// log, behind the oldest log segment, or damaged. Every acknowledged write is
+/// there after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sled_losing_what_it_had_not_synced() {
+    let mut daemon = start();
+    let mut expected = Expected::default();
+    let mut behind = 0;
+    // How long writes go on before the image is taken, then after it until the kill.
+    for (round, (before, after)) in [(300, 400), (150, 1500), (600, 100), (200, 3000)].into_iter().enumerate() {
+        let writing = write(&daemon, round as u64 + 1, None);
+        let pid = nix::unistd::Pid::from_raw(daemon.pid().unwrap() as i32);
+        let (store, image) = (daemon.data_dir().join("store"), daemon.data_dir().join("store.image"));
+        let imaging = async {
+            tokio::time::sleep(Duration::from_millis(before)).await;
+            let (store, image) = (store.clone(), image.clone());
+            tokio::task::spawn_blocking(move || copy_dir(&store, &image)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(after)).await;
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        };
+        let (ledgers, ()) = tokio::join!(writing, imaging);
+        expected.record(ledgers);
+        daemon.wait_for_exit(Duration::from_secs(10)).expect("killed");
+        std::fs::remove_dir_all(&store).unwrap();
+        std::fs::rename(&image, &store).unwrap();
+        let log_before = daemon.log().len();
+        restart_with(&mut daemon, "").unwrap();
+        let log = daemon.log()[log_before..].to_string();
+        if log.contains("replayed the write-ahead log into the store") || log.contains("rebuilding it from") {
+            behind += 1;
+        }
+        expected.verify(&daemon, &format!("sled's image {before} ms in, killed {after} ms later")).await;
+    }
+    assert!(behind >= 3, "sled came back behind the log in {behind} of 4 rounds");
+    assert!(expected.acknowledged > 100, "{} writes acknowledged in all", expected.acknowledged);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            // A file sled removed meanwhile is one the image did not need.
+            let _ = std::fs::copy(entry.path(), &target);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_sled_directory_is_rebuilt_at_start_and_by_maestrod_repair() {
     let mut daemon = start();

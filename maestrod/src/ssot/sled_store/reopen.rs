@@ -17,7 +17,7 @@
 //! reopens never hold the store up for more than 1% of the time, and under a
 //! sustained flood of writes a crash recovery reads more than
 //! `reopen_after_ops` operations. The writer reopens only when no checkpoint
-//! copies the tree and no history read walks it; readers that still hold the
+//! copies the tree, no compaction sweep is under way, and no read walks it; readers that still hold the
 //! old tree finish on it (nothing is written meanwhile, so they see the
 //! latest state), and sled opens again once they are done; a read that may
 //! walk many records (a scan, a past revision, a watch's history) makes the
@@ -88,7 +88,13 @@ impl Writer {
     /// nothing walks the tree. Returns false when the store can no longer be
     /// used (sled did not open again; the writer stops).
     pub(super) fn reopen_if_due(&mut self) -> bool {
-        if !self.reopen.due() || self.checkpoints.busy() || self.shared.walks.load(Ordering::Acquire) > 0 {
+        // Not while a sweep removes old history either: the tree is about to shrink, and
+        // the pause with it; writes during a compaction are not held up.
+        if !self.reopen.due()
+            || self.sweep.is_some()
+            || self.checkpoints.busy()
+            || self.shared.walks.load(Ordering::Acquire) > 0
+        {
             return true;
         }
         let _span = tracing::info_span!("sled_reopen", ops = self.reopen.ops).entered();
