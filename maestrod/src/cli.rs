@@ -106,9 +106,10 @@ pub struct Args {
     /// checkpoints are larger). Checkpoints let the log be trimmed and a damaged store be rebuilt.
     #[arg(long, env = "MAESTRO_CHECKPOINT_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
     checkpoint_bytes: u64,
-    /// sled operations after which the store reopens sled (a pause of tens of milliseconds), which
-    /// bounds what sled reads to recover after a crash; 0 never reopens (a start after a crash then
-    /// reads everything written since the last start).
+    /// sled operations after which the store reopens sled, which bounds what sled reads to recover
+    /// after a crash; the pause grows with the history kept (tens of milliseconds for a small store)
+    /// and the next reopen waits a hundred times as long. 0 never reopens (a start after a crash
+    /// then reads everything written since the last start).
     #[arg(long, env = "MAESTRO_SLED_REOPEN_OPS", default_value_t = 100_000)]
     sled_reopen_ops: u64,
     /// TTL of the lease this daemon owns its loops on (seconds): when the daemon dies, or is cut off
