@@ -90,22 +90,26 @@ impl Drop for HistoryRead<'_> {
 }
 
 /// The current state. The writer applies a group to sled (once it is in the
-/// log) a moment before it publishes the group's revision: the header is
-/// taken after the read, once the revisions the read saw are published (a
-/// few instructions later), so it is never below one of them and a watch
-/// from the header's next revision can start at once.
+/// log) a moment before it publishes the group's revision, so a read may see
+/// a group not yet published. The header is the revision published before
+/// the read began (everything up to it is in what the read saw), or the
+/// highest revision the read saw if that is above it (a group is applied at
+/// once, with every earlier one before it): never above what the read saw,
+/// which would make a watch from the next revision miss a change, and never
+/// below a `mod_revision` in the answer. The read then waits (a few
+/// instructions) until that revision is published, so such a watch can start
+/// at once.
 fn range_current(shared: &Shared, tree: &sled::Tree, request: &RangeRequest) -> Result<RangeResponse, StoreError> {
+    let before = shared.committed.load(Ordering::Acquire);
     let mut response = read_current(tree, request)?;
     let seen = response.kvs.iter().map(|kv| kv.mod_revision).max().unwrap_or(0);
-    let mut committed = shared.committed.load(Ordering::Acquire);
     for _ in 0..1000 {
-        if committed >= seen {
+        if shared.committed.load(Ordering::Acquire) >= seen {
             break;
         }
         std::thread::yield_now();
-        committed = shared.committed.load(Ordering::Acquire);
     }
-    response.revision = committed.max(seen);
+    response.revision = before.max(seen);
     Ok(response)
 }
 

@@ -317,7 +317,7 @@ mod tests {
         let reader = {
             let store = store.clone();
             tokio::spawn(async move {
-                let (mut last, mut last_value, mut reads) = (0, -1i64, 0);
+                let (mut last, mut last_value, mut samples) = (0, -1i64, Vec::new());
                 while store.status().revision < 1000 {
                     // Writer 0 puts 0, 20, 40, … under k/0/0: what a read sees only grows.
                     let point = store.range(RangeRequest::key("k/0/0")).await.unwrap();
@@ -325,15 +325,15 @@ mod tests {
                         let value: i64 = String::from_utf8(kv.value.clone()).unwrap().parse().unwrap();
                         assert!(value >= last_value && kv.mod_revision <= point.revision, "reads never go back");
                         last_value = value;
+                        samples.push((point.revision, kv.mod_revision));
                     }
                     let scan = store.range(RangeRequest::prefix("k/1/")).await.unwrap();
                     assert!(point.revision >= last && scan.revision >= point.revision, "reads never go back");
                     assert!(scan.kvs.iter().all(|kv| kv.mod_revision <= scan.revision));
                     last = scan.revision;
-                    reads += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 }
-                reads
+                samples
             })
         };
         let mut latest = BTreeMap::new();
@@ -348,7 +348,18 @@ mod tests {
                 }
             }
         }
-        assert!(reader.await.unwrap() > 0);
+        // A read's header claims the state at that revision: the value it read is the
+        // last write at or below it (a header ahead of the read would make a watch
+        // from the next revision miss a change).
+        let samples = reader.await.unwrap();
+        assert!(!samples.is_empty());
+        let mut writes_of_k00: Vec<u64> =
+            all_writes.iter().filter(|(key, _, _)| key == "k/0/0").map(|(_, _, revision)| *revision).collect();
+        writes_of_k00.sort_unstable();
+        for (header, mod_revision) in samples {
+            let at_header = writes_of_k00.iter().copied().filter(|r| *r <= header).max();
+            assert_eq!(at_header, Some(mod_revision), "a read at header {header} saw revision {mod_revision}");
+        }
         let mut seen = Vec::new();
         while seen.len() < 1000 {
             let batch = tokio::time::timeout(std::time::Duration::from_secs(10), watch.next())
@@ -389,6 +400,48 @@ mod tests {
         assert_eq!(store.status().revision, 1000);
         let all = store.range(RangeRequest::prefix("k/")).await.unwrap();
         assert_eq!(all.kvs.len(), latest.len());
+    }
+
+    /// With one key written over and over, every revision is a write of it: a
+    /// read's header must be exactly the revision of the value it read. A
+    /// header taken after the read could claim a write the read missed (and a
+    /// watch from the next revision would never deliver it). A race: with that
+    /// defect this fails in about half the runs, never without it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_header_never_claims_a_write_the_read_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path(), SledOptions::default()).unwrap());
+        store.txn(Txn::new().then(Op::put("hot", "0"))).await.unwrap();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (store, done) = (store.clone(), done.clone());
+            std::thread::spawn(move || {
+                let request = RangeRequest::key("hot");
+                let mut reads = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let read = super::super::read::point_now(&store.shared, &request).unwrap().unwrap();
+                    assert_eq!(read.revision, read.kvs[0].mod_revision, "the header is the state the read saw");
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for n in 0..1500 {
+                        store.txn(Txn::new().then(Op::put("hot", format!("{w}-{n}")))).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 1000);
+        store.close().await;
     }
 
     /// A read that walks the tree puts reopens off (rather than have every
