@@ -89,28 +89,48 @@ impl Drop for HistoryRead<'_> {
     }
 }
 
+/// Attempts at a scan of the current state that saw no unpublished group.
+const SCAN_ATTEMPTS: usize = 4;
+
 /// The current state. The writer applies a group to sled (once it is in the
 /// log) a moment before it publishes the group's revision, so a read may see
-/// a group not yet published. The header is the revision published before
-/// the read began (everything up to it is in what the read saw), or the
-/// highest revision the read saw if that is above it (a group is applied at
-/// once, with every earlier one before it): never above what the read saw,
-/// which would make a watch from the next revision miss a change, and never
-/// below a `mod_revision` in the answer. The read then waits (a few
-/// instructions) until that revision is published, so such a watch can start
-/// at once.
+/// a group not yet published. The header is never above what the read saw
+/// (a watch from the next revision would miss a change) and, but in the last
+/// resort below, never below a `mod_revision` in the answer:
+/// - a point read (one lookup, atomic) answers the revision published before
+///   it began, or the revision it saw if that is above (a group is applied at
+///   once, with every earlier one before it), and returns once that revision
+///   is published (a few instructions later), so such a watch starts at once;
+/// - a scan is not a snapshot in sled (a group applied while it walks may be
+///   half in it): one that saw an unpublished revision is done again; after
+///   `SCAN_ATTEMPTS` it answers the revision published before it began, and a
+///   watch from the next one delivers what it saw again.
 fn range_current(shared: &Shared, tree: &sled::Tree, request: &RangeRequest) -> Result<RangeResponse, StoreError> {
-    let before = shared.committed.load(Ordering::Acquire);
-    let mut response = read_current(tree, request)?;
-    let seen = response.kvs.iter().map(|kv| kv.mod_revision).max().unwrap_or(0);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let before = shared.committed.load(Ordering::Acquire);
+        let mut response = read_current(tree, request)?;
+        let seen = response.kvs.iter().map(|kv| kv.mod_revision).max().unwrap_or(0);
+        if seen > before {
+            wait_published(shared, seen);
+            if !request.end.is_empty() && attempt < SCAN_ATTEMPTS {
+                continue;
+            }
+        }
+        response.revision = if request.end.is_empty() { before.max(seen) } else { before };
+        return Ok(response);
+    }
+}
+
+/// Waits until the writer has published `revision`, which it has applied.
+fn wait_published(shared: &Shared, revision: Revision) {
     for _ in 0..1000 {
-        if shared.committed.load(Ordering::Acquire) >= seen {
-            break;
+        if shared.committed.load(Ordering::Acquire) >= revision {
+            return;
         }
         std::thread::yield_now();
     }
-    response.revision = before.max(seen);
-    Ok(response)
 }
 
 fn read_current(tree: &sled::Tree, request: &RangeRequest) -> Result<RangeResponse, StoreError> {

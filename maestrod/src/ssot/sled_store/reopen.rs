@@ -60,11 +60,27 @@ pub(super) struct Reopen {
     last: Option<(Instant, Duration)>,
     /// A reopen that found a walk under way tries again after this.
     not_before: Option<Instant>,
+    /// When a reopen held off for long was last said in the log.
+    warned: Option<Instant>,
 }
 
 impl Reopen {
     pub(super) fn new(path: PathBuf, options: SledOptions) -> Self {
-        Self { path, options, ops: 0, last: None, not_before: None }
+        Self { path, options, ops: 0, last: None, not_before: None, warned: None }
+    }
+
+    /// A due reopen waited for `what`: said in the log (once a minute at most)
+    /// when that has gone on for four times the operations it was due after.
+    fn held_off(&mut self, what: &str) {
+        let long = self.ops >= self.options.reopen_after_ops.saturating_mul(4);
+        if long && self.warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+            warn!(
+                ops = self.ops,
+                held_by = what,
+                "sled has not been reopened for long: a start after a crash will read more of its log"
+            );
+            self.warned = Some(Instant::now());
+        }
     }
 
     /// Counts `ops` more operations applied to sled.
@@ -88,19 +104,29 @@ impl Writer {
     /// nothing walks the tree. Returns false when the store can no longer be
     /// used (sled did not open again; the writer stops).
     pub(super) fn reopen_if_due(&mut self) -> bool {
+        if !self.reopen.due() {
+            return true;
+        }
         // Not while a sweep removes old history either: the tree is about to shrink, and
         // the pause with it; writes during a compaction are not held up.
-        if !self.reopen.due()
-            || self.sweep.is_some()
-            || self.checkpoints.busy()
-            || self.shared.walks.load(Ordering::Acquire) > 0
-        {
+        let held_by = if self.sweep.is_some() {
+            Some("a compaction sweep")
+        } else if self.checkpoints.busy() {
+            Some("a checkpoint")
+        } else if self.shared.walks.load(Ordering::Acquire) > 0 {
+            Some("reads that walk the tree")
+        } else {
+            None
+        };
+        if let Some(held_by) = held_by {
+            self.reopen.held_off(held_by);
             return true;
         }
         let _span = tracing::info_span!("sled_reopen", ops = self.reopen.ops).entered();
         match self.reopen() {
             Ok(None) => {
                 self.reopen.not_before = Some(Instant::now() + POSTPONED);
+                self.reopen.held_off("reads that walk the tree, or a failed flush");
                 true
             }
             Ok(Some(steps)) => {
@@ -128,7 +154,11 @@ impl Writer {
     fn reopen(&mut self) -> Result<Option<Steps>, StoreError> {
         // What sled holds unwritten goes out before anyone is held up.
         let started = Instant::now();
-        self.tree().flush()?;
+        if let Err(error) = self.tree().flush() {
+            // sled is still open and the log has everything: try again later.
+            warn!(%error, "flushing sled before a reopen failed; the reopen is put off");
+            return Ok(None);
+        }
         let flushed = Instant::now();
         // New readers wait here until sled is open again.
         let mut slot = self.shared.sled.write().expect("sled lock poisoned");
@@ -141,7 +171,8 @@ impl Writer {
         };
         if let Err(error) = db.flush() {
             *slot = Some(Sled { db, tree });
-            return Err(error.into());
+            warn!(%error, "flushing sled before a reopen failed; the reopen is put off");
+            return Ok(None);
         }
         let closing = Instant::now();
         // The writer's own handle goes too: sled closes once every handle is dropped.
@@ -201,14 +232,15 @@ fn open_when_released(path: &Path, options: &SledOptions) -> Result<(sled::Db, I
         let attempt = Instant::now();
         match open_sled(path, options) {
             Ok(db) => return Ok((db, attempt)),
-            Err(OpenError::Fatal(error) | OpenError::Rebuild(error))
-                if started.elapsed() < READERS_DEADLINE && error.to_string().contains("could not acquire lock") =>
-            {
-                if !warned && started.elapsed() > Duration::from_secs(1) {
-                    warn!("waiting for reads of the old sled state to finish before reopening it");
+            Err(OpenError::Fatal(error) | OpenError::Rebuild(error)) if started.elapsed() < READERS_DEADLINE => {
+                // Readers of the old tree still hold sled's lock; anything else (too many
+                // open files, say) may pass too: sled is closed and the store waits for it.
+                let locked = error.to_string().contains("could not acquire lock");
+                if !warned && (!locked || started.elapsed() > Duration::from_secs(1)) {
+                    warn!(%error, "sled does not open again yet; retrying");
                     warned = true;
                 }
-                std::thread::sleep(Duration::from_millis(1));
+                std::thread::sleep(Duration::from_millis(if locked { 1 } else { 100 }));
             }
             Err(OpenError::Fatal(error) | OpenError::Rebuild(error)) => return Err(error),
         }

@@ -379,11 +379,14 @@ impl Writer {
             let _ = self.shared.events.send(revision);
         }
         let appended = self.wal.take_appended();
-        let seq = self.wal.next_seq() - 1;
-        if let Some(tree) = &self.tree {
-            self.checkpoints.wrote(appended, seq, tree);
+        // A reopen comes first: a checkpoint started now would hold it off.
+        if !self.reopen_if_due() {
+            return false;
         }
-        self.reopen_if_due()
+        let seq = self.wal.next_seq() - 1;
+        let tree = self.tree.as_ref().expect("the writer's tree is open between groups");
+        self.checkpoints.wrote(appended, seq, tree);
+        true
     }
 
     /// The tree (open between groups: only a reopen lets go of it).
