@@ -16,16 +16,17 @@
 //! next reopen waits at least a hundred times as long as the last one took:
 //! reopens never hold the store up for more than 1% of the time, and under a
 //! sustained flood of writes a crash recovery reads more than
-//! `reopen_after_ops` operations. The writer reopens only when no checkpoint
-//! copies the tree, no compaction sweep is under way, and no read walks it; readers that still hold the
-//! old tree finish on it (nothing is written meanwhile, so they see the
-//! latest state), and sled opens again once they are done; a read that may
-//! walk many records (a scan, a past revision, a watch's history) makes the
-//! reopen wait for a later turn instead. Point reads on the runtime's
-//! workers go to a blocking thread while a reopen holds sled. sled must come
-//! back at the writer's log record and revision, or the store stops. The log is the
-//! source of durability throughout: a crash in the middle of a reopen is a
-//! crash like any other.
+//! `reopen_after_ops` operations.
+//!
+//! The writer reopens only when no checkpoint copies the tree, no compaction
+//! sweep is under way, and no read walks it (a scan, a past revision, a
+//! watch's history: such a read makes the reopen wait for a later turn).
+//! Readers that still hold the old tree finish on it (nothing is written
+//! meanwhile, so they see the latest state), and sled opens again once they
+//! are done. Point reads on the runtime's workers go to a blocking thread
+//! while a reopen holds sled. sled must come back at the writer's log record
+//! and revision, or the store stops. The log is the source of durability
+//! throughout: a crash in the middle of a reopen is a crash like any other.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
