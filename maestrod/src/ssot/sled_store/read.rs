@@ -90,7 +90,7 @@ impl Drop for HistoryRead<'_> {
 }
 
 /// Attempts at a scan of the current state that saw no unpublished group.
-const SCAN_ATTEMPTS: usize = 4;
+const SCAN_ATTEMPTS: usize = 8;
 
 /// The current state. The writer applies a group to sled (once it is in the
 /// log) a moment before it publishes the group's revision, so a read may see
@@ -123,13 +123,19 @@ fn range_current(shared: &Shared, tree: &sled::Tree, request: &RangeRequest) -> 
     }
 }
 
-/// Waits until the writer has published `revision`, which it has applied.
+/// Waits until the writer has published `revision`, which it has applied
+/// (a few instructions later, unless the writer thread is descheduled in
+/// between: then up to a second).
 fn wait_published(shared: &Shared, revision: Revision) {
-    for _ in 0..1000 {
+    for spin in 0..1100 {
         if shared.committed.load(Ordering::Acquire) >= revision {
             return;
         }
-        std::thread::yield_now();
+        if spin < 100 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 }
 

@@ -350,7 +350,7 @@ mod tests {
         let reader = {
             let store = store.clone();
             tokio::spawn(async move {
-                let (mut last, mut last_value, mut samples) = (0, -1i64, Vec::new());
+                let (mut last, mut last_value, mut samples, mut scans) = (0, -1i64, Vec::new(), Vec::new());
                 while store.status().revision < 1000 {
                     // Writer 0 puts 0, 20, 40, … under k/0/0: what a read sees only grows.
                     let point = store.range(RangeRequest::key("k/0/0")).await.unwrap();
@@ -362,11 +362,13 @@ mod tests {
                     }
                     let scan = store.range(RangeRequest::prefix("k/1/")).await.unwrap();
                     assert!(point.revision >= last && scan.revision >= point.revision, "reads never go back");
-                    assert!(scan.kvs.iter().all(|kv| kv.mod_revision <= scan.revision));
+                    let listed =
+                        scan.kvs.iter().map(|kv| (String::from_utf8(kv.key.clone()).unwrap(), kv.mod_revision));
+                    scans.push((scan.revision, listed.collect::<Vec<_>>()));
                     last = scan.revision;
                     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 }
-                samples
+                (samples, scans)
             })
         };
         let mut latest = BTreeMap::new();
@@ -384,8 +386,16 @@ mod tests {
         // A read's header claims the state at that revision: the value it read is the
         // last write at or below it (a header ahead of the read would make a watch
         // from the next revision miss a change).
-        let samples = reader.await.unwrap();
+        let (samples, scans) = reader.await.unwrap();
         assert!(!samples.is_empty());
+        // A scan misses no write at or below its header.
+        for (header, listed) in scans {
+            for (key, mod_revision) in listed {
+                let at_header =
+                    all_writes.iter().filter(|(k, _, r)| *k == key && *r <= header).map(|(_, _, r)| *r).max();
+                assert!(at_header <= Some(mod_revision), "a scan at header {header} saw {key} at {mod_revision}");
+            }
+        }
         let mut writes_of_k00: Vec<u64> =
             all_writes.iter().filter(|(key, _, _)| key == "k/0/0").map(|(_, _, revision)| *revision).collect();
         writes_of_k00.sort_unstable();
