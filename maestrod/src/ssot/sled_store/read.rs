@@ -112,22 +112,26 @@ fn range_current(shared: &Shared, tree: &sled::Tree, request: &RangeRequest) -> 
         let before = shared.committed.load(Ordering::Acquire);
         let mut response = read_current(tree, request)?;
         let seen = response.kvs.iter().map(|kv| kv.mod_revision).max().unwrap_or(0);
+        let scan = !request.end.is_empty();
         if seen > before {
-            wait_published(shared, seen);
-            if !request.end.is_empty() && attempt < SCAN_ATTEMPTS {
+            // A point read may run on a runtime worker: it yields, never sleeps.
+            wait_published(shared, seen, scan);
+            if scan && attempt < SCAN_ATTEMPTS {
                 continue;
             }
         }
-        response.revision = if request.end.is_empty() { before.max(seen) } else { before };
+        response.revision = if scan { before } else { before.max(seen) };
         return Ok(response);
     }
 }
 
-/// Waits until the writer has published `revision`, which it has applied
-/// (a few instructions later, unless the writer thread is descheduled in
-/// between: then up to a second).
-fn wait_published(shared: &Shared, revision: Revision) {
-    for spin in 0..1100 {
+/// Waits until the writer has published `revision`, which it has applied (a
+/// few instructions later, unless the writer thread is descheduled in
+/// between). Yields up to 100 times; then, if `patient` (on a blocking
+/// thread), sleeps for up to a second.
+fn wait_published(shared: &Shared, revision: Revision, patient: bool) {
+    let spins = if patient { 1100 } else { 100 };
+    for spin in 0..spins {
         if shared.committed.load(Ordering::Acquire) >= revision {
             return;
         }
