@@ -354,10 +354,10 @@ async fn a_damaged_sled_directory_is_rebuilt_at_start_and_by_maestrod_repair() {
     assert!(projects.projects.iter().any(|p| p.id == "crash"));
 }
 
-/// A store in the old format (2) is upgraded at start, through a crash in the
+/// A store in the old format (3) is upgraded at start, through a crash in the
 /// middle of the upgrade, and keeps every acknowledged write and its author.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_format_2_store_is_upgraded_at_start_even_through_a_crash_in_the_middle() {
+async fn a_format_3_store_is_upgraded_at_start_even_through_a_crash_in_the_middle() {
     let mut daemon = start();
     let mut expected = Expected::default();
     let ledgers = write(&daemon, 1, Some(200)).await;
@@ -365,19 +365,20 @@ async fn a_format_2_store_is_upgraded_at_start_even_through_a_crash_in_the_middl
     let written_by = author(&daemon).await;
     assert!(!written_by.is_empty());
     daemon.terminate().unwrap();
-    maestrod::ssot::sled_store::downgrade_to_format_2(daemon.data_dir()).unwrap();
+    maestrod::ssot::sled_store::downgrade_to_format(daemon.data_dir(), 3).unwrap();
 
     // Killed with the converted copy built and checkpointed, not yet in place.
     let data = daemon.data_dir().to_path_buf();
     assert!(restart_with(&mut daemon, "upgrade-before-swap=return").is_err(), "died while upgrading");
-    assert!(data.join("store.upgraded").is_dir() && data.join("store").is_dir(), "the old store is still in place");
-    assert!(data.join("checkpoints.format-2").is_dir(), "the old checkpoints are kept aside");
+    let built = data.join("store.upgraded-from-3");
+    assert!(built.is_dir() && data.join("store").is_dir(), "the old store is still in place");
+    assert!(data.join("checkpoints.format-3").is_dir(), "the old checkpoints are kept aside");
     // Killed again between the renames of the swap, which the next start resumes: no store in place.
     assert!(restart_with(&mut daemon, "upgrade-between-renames=return").is_err(), "died while swapping");
-    assert!(!data.join("store").exists() && data.join("store.upgraded").is_dir());
+    assert!(!data.join("store").exists() && built.is_dir());
     restart_with(&mut daemon, "").unwrap();
-    assert!(daemon.log().contains("store format 2 upgraded to 3"), "{}", daemon.log());
-    assert!(daemon.data_dir().join("store.format-2").is_dir());
+    assert!(daemon.log().contains("store format 3 upgraded to 4"), "{}", daemon.log());
+    assert!(daemon.data_dir().join("store.format-3").is_dir());
     expected.verify(&daemon, "upgraded store").await;
     assert_eq!(author(&daemon).await, written_by, "authors survive the upgrade");
 

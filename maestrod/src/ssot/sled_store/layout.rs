@@ -6,16 +6,26 @@
 //! | prefix | key                     | value                                        |
 //! |--------|-------------------------|----------------------------------------------|
 //! | `m`    | meta name               | schema, revision, compaction, log position   |
-//! | `k`    | user key                | current `KvRecord` (with its author)         |
+//! | `k`    | user key                | `KvMeta` of the current value (no value)     |
 //! | `h`    | user key, 0, rev (BE)   | `Option<KvRecord>` after that revision       |
+//! |        |                         | (value and author; `None`: a delete)         |
 //! | `r`    | last rev of a group (BE)| `RevisionGroup`: per revision of one group   |
 //! |        |                         | commit, the keys it changed, in order        |
 //! | `l`    | lease id (BE)           | `LeaseRecord` (TTL and wall-clock deadline)  |
 //! | `o`    | lease id (BE), user key | empty: the key is attached to the lease      |
 //!
-//! A write of one key is two inserts (`k` and `h`), and a group commit adds
-//! one `r` record for all its revisions. Format 2 had an `r` record and an
-//! `a` (author) record per revision; it is converted at open (`upgrade`).
+//! A write of one key is two inserts, and its value is stored once: in its
+//! `h` entry (etcd's design: the value lives in the revision-keyed store, the
+//! key index points at its revision). `k` holds what the writer compares and
+//! a read needs to find the value: `mod_revision` names the `h` entry. A
+//! group commit adds one `r` record for all its revisions. The current value's
+//! `h` entry is never swept (a compaction keeps each key's newest entry), but
+//! a read that found an older `k` may meet its entry swept after a newer
+//! write: it reads `k` again (`read::current_record`).
+//!
+//! Format 2 had an `r` record and an `a` (author) record per revision, and
+//! format 3 the whole record (value and author) in `k` too; both are
+//! converted at open (`upgrade`).
 
 use std::time::Duration;
 
@@ -26,8 +36,9 @@ use crate::ssot::store::{Event, EventKind, KeyValue, LeaseId, LeaseInfo, Revisio
 /// Bumped whenever the on-disk layout changes; checked on open. 2 added the
 /// lease-owner index (`o`), built from the current keys when a version 1
 /// store is opened; 3 moved the author into the records and made the
-/// revision record one per group commit.
-pub(super) const SCHEMA_VERSION: u32 = 3;
+/// revision record one per group commit; 4 keeps the value only in history
+/// (`k` holds a `KvMeta`).
+pub(super) const SCHEMA_VERSION: u32 = 4;
 
 pub(super) const META: u8 = b'm';
 pub(super) const CUR: u8 = b'k';
@@ -144,9 +155,9 @@ impl KvRecord {
 /// changed (in the order of its events).
 pub(super) type RevisionGroup = Vec<(Revision, Vec<serde_bytes::ByteBuf>)>;
 
-/// A stored record without its value: what the writer needs to know about a
-/// key's current state.
-#[derive(Debug, Clone, Copy)]
+/// A key's current state without its value (the `k` record): what the
+/// writer compares and a read needs to find the value in history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct KvMeta {
     pub(super) create_revision: Revision,
     pub(super) mod_revision: Revision,
@@ -154,19 +165,7 @@ pub(super) struct KvMeta {
     pub(super) lease: LeaseId,
 }
 
-/// `KvRecord` decoded without copying the value.
-#[derive(Deserialize)]
-pub(super) struct KvRecordRef<'a> {
-    #[serde(borrow)]
-    _value: &'a serde_bytes::Bytes,
-    pub(super) create_revision: Revision,
-    pub(super) mod_revision: Revision,
-    pub(super) version: u64,
-    pub(super) lease: LeaseId,
-    _actor: &'a str,
-}
-
-impl KvRecordRef<'_> {
+impl KvRecord {
     pub(super) fn meta(&self) -> KvMeta {
         KvMeta {
             create_revision: self.create_revision,
@@ -245,7 +244,7 @@ mod tests {
         };
         let encoded = encode(&record);
         assert_eq!(as_some(&encoded), encode(&Some(&record)), "history entries are Some(record)");
-        let meta: KvRecordRef<'_> = decode(&encoded).unwrap();
+        let meta: KvMeta = decode(&encode(&record.meta())).unwrap();
         assert_eq!((meta.create_revision, meta.mod_revision, meta.version, meta.lease), (3, 9, 4, 7));
         let round: Option<KvRecord> = decode(&as_some(&encoded)).unwrap();
         let round = round.unwrap();

@@ -64,7 +64,7 @@ use super::store::{
 const MAX_GROUP: usize = 1024;
 pub use crate::ssot::store::{MAX_KEY_LEN, MAX_LEASE_TTL, MAX_VALUE_LEN};
 #[cfg(any(test, feature = "failpoints"))]
-pub use upgrade::downgrade_to_format_2;
+pub use upgrade::downgrade_to_format;
 
 /// Ends the process at once, as `kill -9` would (the crash tests' failpoints).
 #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
@@ -310,7 +310,7 @@ fn open_state(dir: &Path, options: &SledOptions) -> Result<Opened, OpenError> {
         schema = 2;
     }
     match schema {
-        2 | layout::SCHEMA_VERSION => {}
+        2 | 3 | layout::SCHEMA_VERSION => {}
         found => {
             return Err(OpenError::Fatal(StoreError::Schema {
                 path: dir.display().to_string(),
@@ -338,14 +338,15 @@ fn open_state(dir: &Path, options: &SledOptions) -> Result<Opened, OpenError> {
         info!(records = replayed, took = ?started.elapsed(), "replayed the write-ahead log into the store");
     }
     let mut checkpoints = checkpoints;
-    if schema == 2 {
-        // The log's records were written in format 2 too: the conversion comes after them.
+    if schema < layout::SCHEMA_VERSION {
+        // The log's records were written in the old format too: the conversion comes after them.
         let started = std::time::Instant::now();
-        let converted = upgrade::convert_to_3(dir, &tree, wal.next_seq() - 1, options).map_err(OpenError::Fatal)?;
+        let seq = wal.next_seq() - 1;
+        let converted = upgrade::convert_from(dir, &tree, schema, seq, options).map_err(OpenError::Fatal)?;
         drop(tree);
         drop(db);
         upgrade::swap_in(dir).map_err(OpenError::Fatal)?;
-        info!(records = converted, took = ?started.elapsed(), "store converted to format 3");
+        info!(records = converted, took = ?started.elapsed(), "store converted to format {}", layout::SCHEMA_VERSION);
         db = open_sled_again(&paths.store, options)?;
         tree = db.open_tree("ssot")?;
         checkpoints = checkpoint::list(&paths.checkpoints).map_err(OpenError::Fatal)?;

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use serde_bytes::ByteBuf;
 
 use super::Shared;
-use super::layout::{self, KvRecord, RevisionGroup, decode, history_event};
+use super::layout::{self, KvMeta, KvRecord, RevisionGroup, decode, history_event};
 use crate::ssot::store::{Event, RangeRequest, RangeResponse, Revision, StoreError, prefix_end};
 
 /// A point read of the current state on the caller's task, when sled is
@@ -147,7 +147,10 @@ fn read_current(tree: &sled::Tree, request: &RangeRequest) -> Result<RangeRespon
     let mut response = RangeResponse::default();
     if request.end.is_empty() {
         if let Some(raw) = tree.get(layout::cur(&request.start))? {
-            response.kvs.push(decode::<KvRecord>(&raw)?.into_kv(request.start.clone()));
+            let meta = decode::<KvMeta>(&raw)?;
+            if let Some(record) = current_record(tree, &request.start, meta)? {
+                response.kvs.push(record.into_kv(request.start.clone()));
+            }
         }
         return Ok(response);
     }
@@ -157,9 +160,49 @@ fn read_current(tree: &sled::Tree, request: &RangeRequest) -> Result<RangeRespon
             response.more = true;
             break;
         }
-        response.kvs.push(decode::<KvRecord>(&raw)?.into_kv(raw_key[1..].to_vec()));
+        let key = &raw_key[1..];
+        if let Some(record) = current_record(tree, key, decode::<KvMeta>(&raw)?)? {
+            response.kvs.push(record.into_kv(key.to_vec()));
+        }
     }
     Ok(response)
+}
+
+/// Times a read looks for a key's current value before it gives up.
+const RECORD_ATTEMPTS: usize = 16;
+
+/// The value `meta` (read from `k`) points at, in history. A compaction keeps
+/// the current value's entry, but the writer may have replaced the value since
+/// `k` was read and a sweep removed the old entry: then `k` is read again
+/// (`None`: the key was deleted since).
+pub(super) fn current_record(tree: &sled::Tree, key: &[u8], mut meta: KvMeta) -> Result<Option<KvRecord>, StoreError> {
+    for _ in 0..RECORD_ATTEMPTS {
+        if let Some(raw) = tree.get(layout::hist(key, meta.mod_revision))? {
+            return match decode::<Option<KvRecord>>(&raw)? {
+                Some(record) => Ok(Some(record)),
+                None => Err(StoreError::Backend(format!(
+                    "the current value of {} is recorded as deleted at revision {}",
+                    String::from_utf8_lossy(key),
+                    meta.mod_revision
+                ))),
+            };
+        }
+        match tree.get(layout::cur(key))? {
+            Some(raw) => {
+                let now = decode::<KvMeta>(&raw)?;
+                if now.mod_revision == meta.mod_revision {
+                    break;
+                }
+                meta = now;
+            }
+            None => return Ok(None),
+        }
+    }
+    Err(StoreError::Backend(format!(
+        "the value of {} at revision {} is missing from history",
+        String::from_utf8_lossy(key),
+        meta.mod_revision
+    )))
 }
 
 fn range_history(shared: &Shared, request: &RangeRequest) -> Result<RangeResponse, StoreError> {
@@ -274,7 +317,7 @@ mod tests {
 
     use super::super::{SledOptions, SledStore};
     use super::*;
-    use crate::ssot::store::{Op, Store, Txn};
+    use crate::ssot::store::{Op, Store, Txn, TxnResponse};
 
     /// Writes that arrive together share a group commit and one revision
     /// record, and a watch may start at any revision inside a group.
@@ -309,6 +352,86 @@ mod tests {
         }
         let kvs = store.range(RangeRequest::prefix("k/")).await.unwrap().kvs;
         assert!(kvs.iter().all(|kv| kv.modified_by.starts_with("agent-")), "every record names its author");
+        store.close().await;
+    }
+
+    /// Each value is stored once: a write's value is in its history entry
+    /// only, the key's current record points at it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_value_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+        let value = |n: usize| format!("{n:04}:{}", "x".repeat(4000)).into_bytes();
+        for n in 0..60 {
+            let txn = Txn::new().then(Op::put(format!("k/{}", n % 7), value(n)));
+            assert!(store.txn(txn).await.unwrap().is_committed());
+        }
+        store.close().await;
+        let tree = store.shared.tree().unwrap();
+        let mut copies = vec![0; 60];
+        for item in tree.iter() {
+            let (_, raw) = item.unwrap();
+            for (n, count) in copies.iter_mut().enumerate() {
+                *count += raw.windows(4005).filter(|w| *w == &value(n)[..4005]).count();
+            }
+        }
+        assert_eq!(copies, vec![1; 60], "stored copies of each value");
+        drop(tree);
+        drop(store);
+        // And reads still find them, now and in the past.
+        let store = super::super::recovery_tests::reopen(dir.path(), SledOptions::default()).await;
+        let now = store.range(RangeRequest::prefix("k/")).await.unwrap();
+        let last: Vec<_> = [56, 57, 58, 59, 53, 54, 55].into_iter().map(value).collect();
+        assert_eq!(now.kvs.iter().map(|kv| kv.value.clone()).collect::<Vec<_>>(), last, "k/0..k/6");
+        let one = store.range(RangeRequest::key("k/3")).await.unwrap();
+        assert_eq!(one.kvs[0].value, value(59), "k/3 was last written by write 59");
+        let then = store.range(RangeRequest::key("k/3").at(4)).await.unwrap();
+        assert_eq!(then.kvs[0].value, value(3));
+        store.close().await;
+    }
+
+    /// A read that found a key's record meets the value it points at swept
+    /// after a newer write and a compaction: it reads the key again, never
+    /// fails and never answers an older value than it saw before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_find_the_current_value_while_writes_and_compactions_sweep_old_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SledStore::open(dir.path(), SledOptions::default()).unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = |scan: bool| {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut reads, mut last) = (0u64, 0u64);
+                while !stop.load(Ordering::Acquire) {
+                    let request = if scan { RangeRequest::prefix("hot") } else { RangeRequest::key("hot") };
+                    let response = store.range(request).await.expect("a read of the current state");
+                    if let Some(kv) = response.kvs.first() {
+                        let n: u64 = String::from_utf8_lossy(&kv.value).parse().unwrap();
+                        assert!(n >= last, "read {n} after {last}");
+                        assert_eq!(kv.mod_revision, n, "the value written at its revision");
+                        last = n;
+                    }
+                    reads += 1;
+                    // A point read may finish without a pause: let the other tasks run.
+                    tokio::task::yield_now().await;
+                }
+                reads
+            })
+        };
+        let readers = [reader(false), reader(false), reader(true)];
+        for n in 1..=3000u64 {
+            let txn = Txn::new().then(Op::put("hot", n.to_string()));
+            assert_eq!(store.txn(txn).await.unwrap(), TxnResponse::Committed { revision: n });
+            if n % 10 == 0 {
+                store.compact(n).await.unwrap();
+            }
+        }
+        stop.store(true, Ordering::Release);
+        for reader in readers {
+            assert!(reader.await.unwrap() > 0);
+        }
+        let now = store.range(RangeRequest::key("hot")).await.unwrap();
+        assert_eq!(now.kvs[0].value, b"3000");
         store.close().await;
     }
 }

@@ -44,7 +44,7 @@ async fn everything(store: &SledStore) -> Vec<(Vec<u8>, Vec<u8>, u64)> {
 async fn a_lost_or_damaged_store_is_rebuilt_from_the_checkpoint_and_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), small()).unwrap();
-    write(&store, 0, 600).await;
+    write(&store, 0, 1_000).await;
     let before = everything(&store).await;
     let status = store.status();
     store.close().await;
@@ -59,7 +59,7 @@ async fn a_lost_or_damaged_store_is_rebuilt_from_the_checkpoint_and_the_log() {
     let store = reopen(dir.path(), small()).await;
     assert_eq!(everything(&store).await, before);
     assert_eq!(store.status(), status);
-    write(&store, 600, 650).await;
+    write(&store, 1_000, 1_050).await;
     let before = everything(&store).await;
     store.close().await;
     drop(store);

@@ -2,15 +2,18 @@
 //!
 //! - Format 1 had no lease-owner index: it is built in place.
 //! - Format 2 kept the author of each revision in an `a rev` record and one
-//!   `r rev` record per revision. Format 3 keeps the author in each record
-//!   and one `r` record per group commit. The conversion is written into a
-//!   new sled directory beside the old one, a checkpoint of it replaces the
-//!   old checkpoints (a later rebuild never mixes formats), and only then
-//!   are the directories swapped. A crash before the copy is complete leaves
-//!   the old store, converted again at the next start; a crash after it
-//!   leaves a complete copy, and the next start finishes the swap. The old
-//!   directory is kept as `store.format-2` and the old checkpoints in
-//!   `checkpoints.format-2` (delete them once satisfied).
+//!   `r rev` record per revision; format 3 the author in each record and one
+//!   `r` record per group commit, but the whole record (value included) in
+//!   both `k` and `h`. Format 4 keeps the value once, in `h`, and only the
+//!   key's revisions and lease in `k`.
+//! - Formats 2 and 3 are converted into a new sled directory beside the old
+//!   one, a checkpoint of it replaces the old checkpoints (a later rebuild
+//!   never mixes formats), and only then are the directories swapped. A
+//!   crash before the copy is complete leaves the old store, converted again
+//!   at the next start; a crash after it leaves a complete copy, and the next
+//!   start finishes the swap. The old directory is kept as `store.format-N`
+//!   and the old checkpoints in `checkpoints.format-N` (delete them once
+//!   satisfied).
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +21,7 @@ use serde::Deserialize;
 use serde_bytes::ByteBuf;
 use tracing::info;
 
-use super::layout::{self, KvRecord, RevisionGroup, decode, encode, meta};
+use super::layout::{self, KvMeta, KvRecord, RevisionGroup, decode, encode, meta};
 use super::{OpenError, Paths, SledOptions, checkpoint, open_sled, wal};
 use crate::ssot::store::{LeaseId, Revision, StoreError};
 
@@ -58,9 +61,15 @@ struct RecordV2 {
 /// Format 2's author records.
 const ACTOR_V2: u8 = b'a';
 
-/// Where a conversion is built, and its name once complete.
+/// Where a conversion is built.
 const BUILDING: &str = "store.upgrading";
-const BUILT: &str = "store.upgraded";
+
+/// The name of a complete conversion of a format `from` store. Format 2
+/// stores converted by the maestrod before format 4 used `store.upgraded`.
+fn built(from: u32) -> String {
+    format!("store.upgraded-from-{from}")
+}
+const BUILT_BY_FORMAT_3: &str = "store.upgraded";
 
 fn backend(what: String) -> StoreError {
     StoreError::Backend(what)
@@ -70,26 +79,33 @@ fn rename(from: &Path, to: &Path) -> Result<(), StoreError> {
     std::fs::rename(from, to).map_err(|e| backend(format!("cannot rename {} to {}: {e}", from.display(), to.display())))
 }
 
-/// Format 2 to 3, first half, with the old store still open: converts `old`
-/// (every log record up to `seq` applied) into `store.upgrading/`, writes a
-/// checkpoint of it, moves the format 2 checkpoints to `checkpoints.format-2/`
-/// (a rebuild never replays format 3 records over a format 2 copy), and names
-/// the copy `store.upgraded`: complete. Errors here are the new copy's, never
-/// a reason to move the old store aside; a partial copy is removed.
-pub(super) fn convert_to_3(dir: &Path, old: &sled::Tree, seq: u64, options: &SledOptions) -> Result<u64, StoreError> {
+/// Format 2 or 3 to the current one, first half, with the old store still
+/// open: converts `old` (every log record up to `seq` applied) into
+/// `store.upgrading/`, writes a checkpoint of it, moves the old checkpoints to
+/// `checkpoints.format-N/` (a rebuild never replays new records over an old
+/// copy), and names the copy `store.upgraded-from-N`: complete. Errors here
+/// are the new copy's, never a reason to move the old store aside; a partial
+/// copy is removed.
+pub(super) fn convert_from(
+    dir: &Path,
+    old: &sled::Tree,
+    from: u32,
+    seq: u64,
+    options: &SledOptions,
+) -> Result<u64, StoreError> {
     let paths = Paths::of(dir);
     let building = dir.join(BUILDING);
-    for stale in [&building, &dir.join(BUILT)] {
+    for stale in [building.clone(), dir.join(built(from))] {
         if stale.exists() {
-            std::fs::remove_dir_all(stale).map_err(|e| backend(format!("cannot clear {}: {e}", stale.display())))?;
+            std::fs::remove_dir_all(&stale).map_err(|e| backend(format!("cannot clear {}: {e}", stale.display())))?;
         }
     }
     let build = || -> Result<u64, StoreError> {
         let db = open_sled(&building, options).map_err(OpenError::into_error)?;
         let tree = db.open_tree("ssot")?;
-        let converted = convert(old, &tree)?;
+        let converted = convert(old, from, &tree)?;
         tree.flush()?;
-        let kept = dir.join("checkpoints.format-2");
+        let kept = dir.join(format!("checkpoints.format-{from}"));
         for (_, path) in checkpoint::list(&paths.checkpoints)? {
             wal::create_durably(&kept)?;
             rename(&path, &kept.join(path.file_name().unwrap_or_default()))?;
@@ -99,7 +115,7 @@ pub(super) fn convert_to_3(dir: &Path, old: &sled::Tree, seq: u64, options: &Sle
     };
     match build() {
         Ok(converted) => {
-            rename(&building, &dir.join(BUILT))?;
+            rename(&building, &dir.join(built(from)))?;
             wal::sync_dir(dir)?;
             Ok(converted)
         }
@@ -111,23 +127,26 @@ pub(super) fn convert_to_3(dir: &Path, old: &sled::Tree, seq: u64, options: &Sle
 }
 
 /// Second half, with the old store closed (and at every open: a swap cut off
-/// by a crash is finished): a complete `store.upgraded/` takes the place of
-/// `store/`, which is kept as `store.format-2`. Returns where the old store
-/// went (None: nothing to do, or `store/` was already moved).
+/// by a crash is finished): a complete `store.upgraded-from-N/` takes the
+/// place of `store/`, which is kept as `store.format-N`. Returns where the
+/// old store went (None: nothing to do, or `store/` was already moved).
 pub(super) fn swap_in(dir: &Path) -> Result<Option<PathBuf>, StoreError> {
-    let (built, store) = (dir.join(BUILT), Paths::of(dir).store);
-    if !built.exists() {
+    let store = Paths::of(dir).store;
+    let Some((built, from)) = [(dir.join(built(2)), 2), (dir.join(BUILT_BY_FORMAT_3), 2), (dir.join(built(3)), 3)]
+        .into_iter()
+        .find(|(path, _)| path.exists())
+    else {
         return Ok(None);
-    }
+    };
     fail::fail_point!("upgrade-before-swap", |_| super::crash());
     let mut aside = None;
     if store.exists() {
-        let mut old = dir.join("store.format-2");
+        let mut old = dir.join(format!("store.format-{from}"));
         for n in 1.. {
             if !old.exists() {
                 break;
             }
-            old = dir.join(format!("store.format-2-{n}"));
+            old = dir.join(format!("store.format-{from}-{n}"));
         }
         rename(&store, &old)?;
         aside = Some(old);
@@ -135,15 +154,18 @@ pub(super) fn swap_in(dir: &Path) -> Result<Option<PathBuf>, StoreError> {
     }
     rename(&built, &store)?;
     wal::sync_dir(dir)?;
+    // A copy built by the maestrod before format 4 is in format 3: converted again at this open.
+    let to = if built.ends_with(BUILT_BY_FORMAT_3) { 3 } else { layout::SCHEMA_VERSION };
     info!(
-        old = %aside.as_ref().map_or_else(|| "store.format-2".into(), |p| p.display().to_string()),
-        "store format 2 upgraded to 3; the old sled directory and checkpoints were kept aside (delete them once satisfied)"
+        old = %aside.as_ref().map_or_else(|| format!("store.format-{from}"), |p| p.display().to_string()),
+        "store format {from} upgraded to {to}; the old sled directory and checkpoints were kept aside (delete them once satisfied)"
     );
     Ok(aside)
 }
 
-/// Copies `old` into the empty `new` in format 3; returns the records written.
-fn convert(old: &sled::Tree, new: &sled::Tree) -> Result<u64, StoreError> {
+/// Copies `old`, in format `from` (2 or 3), into the empty `new` in the
+/// current format; returns the records written.
+fn convert(old: &sled::Tree, from: u32, new: &sled::Tree) -> Result<u64, StoreError> {
     let actor_of = |revision: Revision| -> Result<String, StoreError> {
         let raw = old.get(layout::prefixed(ACTOR_V2, &revision.to_be_bytes()))?;
         Ok(raw.map(|raw| String::from_utf8_lossy(&raw).into_owned()).unwrap_or_default())
@@ -158,20 +180,27 @@ fn convert(old: &sled::Tree, new: &sled::Tree) -> Result<u64, StoreError> {
             lease: record.lease,
         })
     };
+    let meta_of = |record: RecordV2| KvMeta {
+        create_revision: record.create_revision,
+        mod_revision: record.mod_revision,
+        version: record.version,
+        lease: record.lease,
+    };
     let mut batch = sled::Batch::default();
     let (mut pending, mut written) = (0, 0u64);
     for item in old.iter() {
         let (raw_key, raw) = item?;
-        let value = match raw_key.first().copied() {
-            Some(layout::CUR) => encode(&upgrade(decode::<RecordV2>(&raw)?)?),
-            Some(layout::HIST) => encode(&decode::<Option<RecordV2>>(&raw)?.map(upgrade).transpose()?),
-            Some(layout::REVS) => {
+        let value = match (raw_key.first().copied(), from) {
+            (Some(layout::CUR), 2) => encode(&meta_of(decode::<RecordV2>(&raw)?)),
+            (Some(layout::CUR), _) => encode(&decode::<KvRecord>(&raw)?.meta()),
+            (Some(layout::HIST), 2) => encode(&decode::<Option<RecordV2>>(&raw)?.map(upgrade).transpose()?),
+            (Some(layout::REVS), 2) => {
                 let revision = layout::parse_rev(&raw_key)
                     .ok_or_else(|| StoreError::Backend("corrupt revision key in a format 2 store".into()))?;
                 let group: RevisionGroup = vec![(revision, decode::<Vec<ByteBuf>>(&raw)?)];
                 encode(&group)
             }
-            Some(ACTOR_V2) => continue,
+            (Some(ACTOR_V2), 2) => continue,
             _ => raw.to_vec(),
         };
         batch.insert(raw_key, value);
@@ -187,7 +216,7 @@ fn convert(old: &sled::Tree, new: &sled::Tree) -> Result<u64, StoreError> {
     Ok(written)
 }
 
-/// A format 2 record, as written (for [`downgrade_to_format_2`]).
+/// A format 2 record, as written (for [`downgrade_to_format`]).
 #[cfg(any(test, feature = "failpoints"))]
 #[derive(serde::Serialize)]
 struct WrittenV2<'a> {
@@ -212,12 +241,14 @@ impl<'a> From<&'a KvRecord> for WrittenV2<'a> {
     }
 }
 
-/// Test fixture: rewrites the closed, flushed format 3 store in `dir` as
-/// format 2 kept it (authors in `a rev`, one `r` record per revision, a format
-/// 2 checkpoint), so the upgrade can be tried on a store the daemon wrote.
-/// The author of a delete is not kept by format 3 and is left out.
+/// Test fixture: rewrites the closed, flushed store in `dir` as format
+/// `format` (2 or 3) kept it, with a checkpoint in that format, so the
+/// upgrade can be tried on a store the daemon wrote. Format 2 keeps authors
+/// in `a rev` and one `r` record per revision, and not the author of a
+/// delete; format 3 the whole record in `k`.
 #[cfg(any(test, feature = "failpoints"))]
-pub fn downgrade_to_format_2(dir: &Path) -> Result<(), StoreError> {
+pub fn downgrade_to_format(dir: &Path, format: u32) -> Result<(), StoreError> {
+    assert!(matches!(format, 2 | 3), "format {format} is not one the upgrade converts");
     let paths = Paths::of(dir);
     let db = super::open_sled_again(&paths.store, &SledOptions::default()).map_err(OpenError::into_error)?;
     let tree = db.open_tree("ssot")?;
@@ -225,8 +256,16 @@ pub fn downgrade_to_format_2(dir: &Path) -> Result<(), StoreError> {
     for item in tree.iter() {
         let (raw_key, raw) = item?;
         match raw_key.first().copied() {
-            Some(layout::CUR) => batch.insert(raw_key, encode(&WrittenV2::from(&decode::<KvRecord>(&raw)?))),
-            Some(layout::HIST) => {
+            Some(layout::CUR) => {
+                let meta: KvMeta = decode(&raw)?;
+                let record = super::read::current_record(&tree, &raw_key[1..], meta)?
+                    .ok_or_else(|| StoreError::Backend("a current value is missing".into()))?;
+                match format {
+                    2 => batch.insert(raw_key, encode(&WrittenV2::from(&record))),
+                    _ => batch.insert(raw_key, encode(&record)),
+                }
+            }
+            Some(layout::HIST) if format == 2 => {
                 let record: Option<KvRecord> = decode(&raw)?;
                 if let Some(record) = &record {
                     let actor = layout::prefixed(ACTOR_V2, &record.mod_revision.to_be_bytes());
@@ -234,7 +273,7 @@ pub fn downgrade_to_format_2(dir: &Path) -> Result<(), StoreError> {
                 }
                 batch.insert(raw_key, encode(&record.as_ref().map(WrittenV2::from)));
             }
-            Some(layout::REVS) => {
+            Some(layout::REVS) if format == 2 => {
                 batch.remove(raw_key);
                 for (revision, keys) in decode::<RevisionGroup>(&raw)? {
                     batch.insert(layout::rev(revision), encode(&keys));
@@ -243,7 +282,7 @@ pub fn downgrade_to_format_2(dir: &Path) -> Result<(), StoreError> {
             _ => {}
         }
     }
-    batch.insert(layout::meta(meta::SCHEMA), encode(&2u32));
+    batch.insert(layout::meta(meta::SCHEMA), encode(&format));
     tree.apply_batch(batch)?;
     tree.flush()?;
     let seq = super::read_u64(&tree, meta::LOG_SEQ)?;
@@ -376,33 +415,79 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_store_the_daemon_wrote_reads_the_same_after_a_round_trip_through_format_2() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
-        // Concurrent writes share group commits; every fifth deletes a key.
-        let writes = (0..300).map(|n| {
-            let key = format!("k/{}", n % 23);
-            let mut txn = Txn::new().then(if n % 5 == 4 { Op::delete(key) } else { Op::put(key, format!("v{n}")) });
-            txn.actor = Some(format!("agent-{}", n % 4));
-            store.txn(txn)
-        });
-        futures::future::join_all(writes).await;
-        let revision = store.range(RangeRequest::prefix("")).await.unwrap().revision;
-        let mut filler = 0;
-        while store.range(RangeRequest::prefix("")).await.unwrap().revision < 300 {
-            let txn = Txn::new().then(Op::put(format!("z/{filler}"), "x"));
-            assert!(store.txn(txn).await.unwrap().is_committed());
-            filler += 1;
+    async fn a_store_the_daemon_wrote_reads_the_same_after_a_round_trip_through_formats_2_and_3() {
+        for format in [2, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+            // Concurrent writes share group commits; every fifth deletes a key.
+            let writes = (0..300).map(|n| {
+                let key = format!("k/{}", n % 23);
+                let mut txn = Txn::new().then(if n % 5 == 4 { Op::delete(key) } else { Op::put(key, format!("v{n}")) });
+                txn.actor = Some(format!("agent-{}", n % 4));
+                store.txn(txn)
+            });
+            futures::future::join_all(writes).await;
+            let revision = store.range(RangeRequest::prefix("")).await.unwrap().revision;
+            let mut filler = 0;
+            while store.range(RangeRequest::prefix("")).await.unwrap().revision < 300 {
+                let txn = Txn::new().then(Op::put(format!("z/{filler}"), "x"));
+                assert!(store.txn(txn).await.unwrap().is_committed());
+                filler += 1;
+            }
+            assert!(revision > 200, "most writes changed something ({revision})");
+            let before = readable(&store).await;
+            store.close().await;
+            drop(store);
+
+            downgrade_to_format(dir.path(), format).unwrap();
+            let store = reopen(dir.path(), SledOptions::default()).await;
+            assert_eq!(readable(&store).await, before, "after an upgrade from format {format}");
+            assert!(dir.path().join(format!("store.format-{format}")).is_dir());
+            assert!(dir.path().join(format!("checkpoints.format-{format}")).is_dir());
+            assert_eq!(stored_values(&store, b"v"), 0, "no current record holds its value after the upgrade");
+            store.close().await;
+            drop(store);
+
+            // The converted store is rebuilt from its own checkpoint and log, in the current format.
+            std::fs::remove_dir_all(dir.path().join("store")).unwrap();
+            let store = reopen(dir.path(), SledOptions::default()).await;
+            assert_eq!(readable(&store).await, before, "rebuilt after an upgrade from format {format}");
+            store.close().await;
         }
-        assert!(revision > 200, "most writes changed something ({revision})");
-        let before = readable(&store).await;
+    }
+
+    /// The `k` records that hold a value starting with `value` (none should).
+    fn stored_values(store: &SledStore, value: &[u8]) -> usize {
+        let tree = store.shared.tree().unwrap();
+        tree.scan_prefix([layout::CUR])
+            .filter(|item| item.as_ref().unwrap().1.windows(value.len()).any(|w| w == value))
+            .count()
+    }
+
+    /// A store as the maestrod before format 4 wrote it, with a swap cut off
+    /// by a crash: its converted copy (`store.upgraded`, format 3) is put in
+    /// place and converted again.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_format_3_copy_left_by_the_previous_upgrade_is_swapped_in_and_converted() {
+        let dir = tempfile::tempdir().unwrap();
+        write_format_2(dir.path());
+        let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+        let before = readable_few(&store).await;
         store.close().await;
         drop(store);
-
-        downgrade_to_format_2(dir.path()).unwrap();
-        let store = reopen(dir.path(), SledOptions::default()).await;
-        assert_eq!(readable(&store).await, before);
-        assert!(dir.path().join("store.format-2").is_dir());
+        downgrade_to_format(dir.path(), 3).unwrap();
+        std::fs::rename(dir.path().join("store"), dir.path().join(BUILT_BY_FORMAT_3)).unwrap();
+        write_format_2(dir.path());
+        let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+        assert_eq!(readable_few(&store).await, before);
+        for aside in ["store.format-2-1", "store.format-3"] {
+            assert!(dir.path().join(aside).is_dir(), "{aside} kept");
+        }
         store.close().await;
+    }
+
+    async fn readable_few(store: &SledStore) -> (Vec<(String, String, String)>, Vec<(EventKind, String, Revision)>) {
+        let now = store.range(RangeRequest::prefix("")).await.unwrap();
+        (authored(&now.kvs), events(store, 4).await)
     }
 }

@@ -17,9 +17,7 @@ use tracing::{debug, error};
 
 use super::checkpoint::Checkpoints;
 use super::compact::Sweep;
-use super::layout::{
-    self, KvMeta, KvRecord, KvRecordRef, LeaseRecord, RevisionGroup, as_some, decode, delete_event, encode, meta,
-};
+use super::layout::{self, KvMeta, KvRecord, LeaseRecord, RevisionGroup, as_some, decode, delete_event, encode, meta};
 use super::reopen::Reopen;
 use super::wal::{Wal, WalOp, to_batch};
 use super::{MAX_GROUP, RevisionEvents, Shared};
@@ -205,7 +203,7 @@ impl Writer {
             return Ok(*state);
         }
         let state = match self.tree().get(layout::cur(key))? {
-            Some(raw) => Some(decode::<KvRecordRef<'_>>(&raw)?.meta()),
+            Some(raw) => Some(decode::<KvMeta>(&raw)?),
             None => None,
         };
         group.overlay.insert(key.to_vec(), state);
@@ -303,15 +301,10 @@ impl Writer {
                         self.detach(group, previous_lease, &key);
                         self.attach(group, lease, &key);
                     }
-                    let current = encode(&record);
-                    group.ops.push(WalOp::put(layout::hist(&key, revision), as_some(&current)));
-                    group.ops.push(WalOp::put(layout::cur(&key), current));
-                    let meta = KvMeta {
-                        create_revision: record.create_revision,
-                        mod_revision: revision,
-                        version: record.version,
-                        lease,
-                    };
+                    // The value goes to history only; `k` points at it.
+                    let meta = record.meta();
+                    group.ops.push(WalOp::put(layout::hist(&key, revision), as_some(&encode(&record))));
+                    group.ops.push(WalOp::put(layout::cur(&key), encode(&meta)));
                     group.overlay.insert(key.clone(), Some(meta));
                     events.push(Event { kind: EventKind::Put, kv: record.into_kv(key.clone()) });
                     keys.push(key);
