@@ -372,10 +372,12 @@ async fn a_format_3_store_is_upgraded_at_start_even_through_a_crash_in_the_middl
     assert!(restart_with(&mut daemon, "upgrade-before-swap=return").is_err(), "died while upgrading");
     let built = data.join("store.upgraded-from-3");
     assert!(built.is_dir() && data.join("store").is_dir(), "the old store is still in place");
-    assert!(data.join("checkpoints.format-3").is_dir(), "the old checkpoints are kept aside");
+    assert!(data.join("checkpoints.upgrading").is_dir(), "the copy's checkpoint is made beside the old ones");
+    assert!(!data.join("checkpoints.format-3").exists(), "the old checkpoints stay until the swap");
     // Killed again between the renames of the swap, which the next start resumes: no store in place.
     assert!(restart_with(&mut daemon, "upgrade-between-renames=return").is_err(), "died while swapping");
     assert!(!data.join("store").exists() && built.is_dir());
+    assert!(data.join("checkpoints.format-3").is_dir(), "the old checkpoints are kept aside");
     restart_with(&mut daemon, "").unwrap();
     assert!(daemon.log().contains("store format 3 upgraded to 4"), "{}", daemon.log());
     assert!(daemon.data_dir().join("store.format-3").is_dir());

@@ -21,7 +21,7 @@
 //! group commit adds one `r` record for all its revisions. The current value's
 //! `h` entry is never swept (a compaction keeps each key's newest entry), but
 //! a read that found an older `k` may meet its entry swept after a newer
-//! write: it reads `k` again (`read::current_record`).
+//! write: it starts over (`read::range_current`).
 //!
 //! Format 2 had an `r` record and an `a` (author) record per revision, and
 //! format 3 the whole record (value and author) in `k` too; both are

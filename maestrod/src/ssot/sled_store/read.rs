@@ -106,11 +106,25 @@ const SCAN_ATTEMPTS: usize = 8;
 ///   `SCAN_ATTEMPTS` it answers the revision published before it began, and a
 ///   watch from the next one delivers what it saw again.
 fn range_current(shared: &Shared, tree: &sled::Tree, request: &RangeRequest) -> Result<RangeResponse, StoreError> {
-    let mut attempt = 0;
+    let (mut attempt, mut replaced) = (0, 0);
     loop {
-        attempt += 1;
         let before = shared.committed.load(Ordering::Acquire);
-        let mut response = read_current(tree, request)?;
+        let mut response = match read_current(tree, request)? {
+            Current::Read(response) => response,
+            Current::Replaced { key, revision } => {
+                // Everything the sweep depended on was published before it ran:
+                // the next attempt's header covers the change that replaced it.
+                replaced += 1;
+                if replaced == RECORD_ATTEMPTS {
+                    return Err(StoreError::Backend(format!(
+                        "the value of {} at revision {revision} is missing from history",
+                        String::from_utf8_lossy(&key)
+                    )));
+                }
+                continue;
+            }
+        };
+        attempt += 1;
         let seen = response.kvs.iter().map(|kv| kv.mod_revision).max().unwrap_or(0);
         let scan = !request.end.is_empty();
         if seen > before {
@@ -143,16 +157,28 @@ fn wait_published(shared: &Shared, revision: Revision, patient: bool) {
     }
 }
 
-fn read_current(tree: &sled::Tree, request: &RangeRequest) -> Result<RangeResponse, StoreError> {
+/// What a read of the current state found.
+enum Current {
+    Read(RangeResponse),
+    /// The history entry `k` named for `key` is gone: the key was written
+    /// again (or deleted) and a sweep removed it since. The read starts over.
+    Replaced {
+        key: Vec<u8>,
+        revision: Revision,
+    },
+}
+
+fn read_current(tree: &sled::Tree, request: &RangeRequest) -> Result<Current, StoreError> {
     let mut response = RangeResponse::default();
     if request.end.is_empty() {
         if let Some(raw) = tree.get(layout::cur(&request.start))? {
             let meta = decode::<KvMeta>(&raw)?;
-            if let Some(record) = current_record(tree, &request.start, meta)? {
-                response.kvs.push(record.into_kv(request.start.clone()));
+            match current_record(tree, &request.start, meta)? {
+                Some(record) => response.kvs.push(record.into_kv(request.start.clone())),
+                None => return Ok(Current::Replaced { key: request.start.clone(), revision: meta.mod_revision }),
             }
         }
-        return Ok(response);
+        return Ok(Current::Read(response));
     }
     for item in tree.range(layout::cur(&request.start)..layout::cur(&request.end)) {
         let (raw_key, raw) = item?;
@@ -161,48 +187,34 @@ fn read_current(tree: &sled::Tree, request: &RangeRequest) -> Result<RangeRespon
             break;
         }
         let key = &raw_key[1..];
-        if let Some(record) = current_record(tree, key, decode::<KvMeta>(&raw)?)? {
-            response.kvs.push(record.into_kv(key.to_vec()));
+        let meta = decode::<KvMeta>(&raw)?;
+        match current_record(tree, key, meta)? {
+            Some(record) => response.kvs.push(record.into_kv(key.to_vec())),
+            None => return Ok(Current::Replaced { key: key.to_vec(), revision: meta.mod_revision }),
         }
     }
-    Ok(response)
+    Ok(Current::Read(response))
 }
 
-/// Times a read looks for a key's current value before it gives up.
+/// Times a read of the current state starts over because a value it found
+/// was replaced and swept, before it gives up (only damage repeats it).
 const RECORD_ATTEMPTS: usize = 16;
 
-/// The value `meta` (read from `k`) points at, in history. A compaction keeps
-/// the current value's entry, but the writer may have replaced the value since
-/// `k` was read and a sweep removed the old entry: then `k` is read again
-/// (`None`: the key was deleted since).
-pub(super) fn current_record(tree: &sled::Tree, key: &[u8], mut meta: KvMeta) -> Result<Option<KvRecord>, StoreError> {
-    for _ in 0..RECORD_ATTEMPTS {
-        if let Some(raw) = tree.get(layout::hist(key, meta.mod_revision))? {
-            return match decode::<Option<KvRecord>>(&raw)? {
-                Some(record) => Ok(Some(record)),
-                None => Err(StoreError::Backend(format!(
-                    "the current value of {} is recorded as deleted at revision {}",
-                    String::from_utf8_lossy(key),
-                    meta.mod_revision
-                ))),
-            };
-        }
-        match tree.get(layout::cur(key))? {
-            Some(raw) => {
-                let now = decode::<KvMeta>(&raw)?;
-                if now.mod_revision == meta.mod_revision {
-                    break;
-                }
-                meta = now;
-            }
-            None => return Ok(None),
-        }
+/// The record `meta` (read from `k`) names, from history; `None` if that
+/// entry is gone (a sweep keeps each key's newest entry, so the key was
+/// written again or deleted since `k` was read).
+pub(super) fn current_record(tree: &sled::Tree, key: &[u8], meta: KvMeta) -> Result<Option<KvRecord>, StoreError> {
+    let Some(raw) = tree.get(layout::hist(key, meta.mod_revision))? else {
+        return Ok(None);
+    };
+    match decode::<Option<KvRecord>>(&raw)? {
+        Some(record) => Ok(Some(record)),
+        None => Err(StoreError::Backend(format!(
+            "the current value of {} is recorded as deleted at revision {}",
+            String::from_utf8_lossy(key),
+            meta.mod_revision
+        ))),
     }
-    Err(StoreError::Backend(format!(
-        "the value of {} at revision {} is missing from history",
-        String::from_utf8_lossy(key),
-        meta.mod_revision
-    )))
 }
 
 fn range_history(shared: &Shared, request: &RangeRequest) -> Result<RangeResponse, StoreError> {
@@ -432,6 +444,44 @@ mod tests {
         }
         let now = store.range(RangeRequest::key("hot")).await.unwrap();
         assert_eq!(now.kvs[0].value, b"3000");
+        store.close().await;
+    }
+
+    /// A read that meets the entry its `k` named swept starts over; one that
+    /// keeps meeting it (damage) fails with the key named instead of looping.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_whose_value_was_swept_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+        for (key, value) in [("a", "1"), ("a", "2"), ("b", "3")] {
+            assert!(store.txn(Txn::new().then(Op::put(key, value))).await.unwrap().is_committed());
+        }
+        store.compact(3).await.unwrap();
+        let tree = store.shared.tree().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tree.get(layout::hist(b"a", 1)).unwrap().is_some() {
+            assert!(std::time::Instant::now() < deadline, "the sweep did not remove revision 1");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stale = KvMeta { create_revision: 1, mod_revision: 1, version: 1, lease: 0 };
+        assert!(current_record(&tree, b"a", stale).unwrap().is_none(), "revision 1 is gone");
+        let now = KvMeta { mod_revision: 2, version: 2, ..stale };
+        assert_eq!(current_record(&tree, b"a", now).unwrap().unwrap().value, b"2");
+
+        // `k` as a read that began before the second write found it.
+        tree.insert(layout::cur(b"a"), layout::encode(&stale)).unwrap();
+        for request in [RangeRequest::key("a"), RangeRequest::prefix("")] {
+            match read_current(&tree, &request).unwrap() {
+                Current::Replaced { key, revision } => assert_eq!((key.as_slice(), revision), (&b"a"[..], 1)),
+                Current::Read(response) => panic!("answered {response:?} from a swept entry"),
+            }
+            let error = range_current(&store.shared, &tree, &request).unwrap_err();
+            assert!(error.to_string().contains("value of a at revision 1 is missing"), "{error}");
+        }
+        tree.insert(layout::cur(b"a"), layout::encode(&now)).unwrap();
+        let read = store.range(RangeRequest::prefix("")).await.unwrap();
+        assert_eq!(read.kvs.iter().map(|kv| kv.value.as_slice()).collect::<Vec<_>>(), [&b"2"[..], b"3"]);
+        drop(tree);
         store.close().await;
     }
 }

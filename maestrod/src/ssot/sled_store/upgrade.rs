@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_bytes::ByteBuf;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::layout::{self, KvMeta, KvRecord, RevisionGroup, decode, encode, meta};
 use super::{OpenError, Paths, SledOptions, checkpoint, open_sled, wal};
@@ -79,13 +79,18 @@ fn rename(from: &Path, to: &Path) -> Result<(), StoreError> {
     std::fs::rename(from, to).map_err(|e| backend(format!("cannot rename {} to {}: {e}", from.display(), to.display())))
 }
 
+/// Where the checkpoint of a conversion is written; it takes the place of
+/// `checkpoints/` in the swap.
+const CHECKPOINTS_BUILT: &str = "checkpoints.upgrading";
+
 /// Format 2 or 3 to the current one, first half, with the old store still
 /// open: converts `old` (every log record up to `seq` applied) into
-/// `store.upgrading/`, writes a checkpoint of it, moves the old checkpoints to
-/// `checkpoints.format-N/` (a rebuild never replays new records over an old
-/// copy), and names the copy `store.upgraded-from-N`: complete. Errors here
-/// are the new copy's, never a reason to move the old store aside; a partial
-/// copy is removed.
+/// `store.upgrading/`, writes a checkpoint of it into
+/// `checkpoints.upgrading/`, and names the copy `store.upgraded-from-N`:
+/// complete. The old store and its checkpoints are untouched (a rebuild of
+/// the old store before the swap uses its own). Errors here are the new
+/// copy's, never a reason to move the old store aside; a partial copy is
+/// removed.
 pub(super) fn convert_from(
     dir: &Path,
     old: &sled::Tree,
@@ -93,24 +98,23 @@ pub(super) fn convert_from(
     seq: u64,
     options: &SledOptions,
 ) -> Result<u64, StoreError> {
-    let paths = Paths::of(dir);
     let building = dir.join(BUILDING);
-    for stale in [building.clone(), dir.join(built(from))] {
+    let checkpoints = dir.join(CHECKPOINTS_BUILT);
+    let clear = |stale: &Path| -> Result<(), StoreError> {
         if stale.exists() {
-            std::fs::remove_dir_all(&stale).map_err(|e| backend(format!("cannot clear {}: {e}", stale.display())))?;
+            std::fs::remove_dir_all(stale).map_err(|e| backend(format!("cannot clear {}: {e}", stale.display())))?;
         }
+        Ok(())
+    };
+    for stale in [&building, &checkpoints, &dir.join(built(from))] {
+        clear(stale)?;
     }
     let build = || -> Result<u64, StoreError> {
         let db = open_sled(&building, options).map_err(OpenError::into_error)?;
         let tree = db.open_tree("ssot")?;
         let converted = convert(old, from, &tree)?;
         tree.flush()?;
-        let kept = dir.join(format!("checkpoints.format-{from}"));
-        for (_, path) in checkpoint::list(&paths.checkpoints)? {
-            wal::create_durably(&kept)?;
-            rename(&path, &kept.join(path.file_name().unwrap_or_default()))?;
-        }
-        checkpoint::write(&paths.checkpoints, &tree, seq)?;
+        checkpoint::write(&checkpoints, &tree, seq)?;
         Ok(converted)
     };
     match build() {
@@ -120,47 +124,84 @@ pub(super) fn convert_from(
             Ok(converted)
         }
         Err(error) => {
-            let _ = std::fs::remove_dir_all(&building);
+            let _ = clear(&building);
+            let _ = clear(&checkpoints);
             Err(error)
         }
     }
 }
 
+/// The first free name of `name.format-N`, `name.format-N-1`, … in `dir`.
+fn aside(dir: &Path, name: &str, from: u32) -> PathBuf {
+    let mut path = dir.join(format!("{name}.format-{from}"));
+    for n in 1.. {
+        if !path.exists() {
+            break;
+        }
+        path = dir.join(format!("{name}.format-{from}-{n}"));
+    }
+    path
+}
+
 /// Second half, with the old store closed (and at every open: a swap cut off
-/// by a crash is finished): a complete `store.upgraded-from-N/` takes the
-/// place of `store/`, which is kept as `store.format-N`. Returns where the
-/// old store went (None: nothing to do, or `store/` was already moved).
+/// by a crash is finished, each step once): `checkpoints/` is kept as
+/// `checkpoints.format-N` and `checkpoints.upgrading/` takes its place, then
+/// `store/` is kept as `store.format-N` and `store.upgraded-from-N/` takes
+/// its place. A copy the old store has moved past since it was made (an older
+/// maestrod ran on the directory after a crash in the upgrade) is dropped
+/// instead, and the store converted again. Returns where the old store went
+/// (None: nothing to do, or `store/` was already moved).
 pub(super) fn swap_in(dir: &Path) -> Result<Option<PathBuf>, StoreError> {
-    let store = Paths::of(dir).store;
+    let paths = Paths::of(dir);
     let Some((built, from)) = [(dir.join(built(2)), 2), (dir.join(BUILT_BY_FORMAT_3), 2), (dir.join(built(3)), 3)]
         .into_iter()
         .find(|(path, _)| path.exists())
     else {
         return Ok(None);
     };
-    fail::fail_point!("upgrade-before-swap", |_| super::crash());
-    let mut aside = None;
-    if store.exists() {
-        let mut old = dir.join(format!("store.format-{from}"));
-        for n in 1.. {
-            if !old.exists() {
-                break;
+    let checkpoints = dir.join(CHECKPOINTS_BUILT);
+    if checkpoints.exists() {
+        let made_at = checkpoint::list(&checkpoints)?.last().map(|&(seq, _)| seq);
+        let log_at = wal::last_seq(&paths.wal)?;
+        if let (Some(made_at), Some(log_at)) = (made_at, log_at)
+            && log_at > made_at
+        {
+            warn!(
+                copy = made_at,
+                log = log_at,
+                "the converted copy of the store is older than its log (an older maestrod wrote to it since); converting again"
+            );
+            for stale in [&built, &checkpoints] {
+                std::fs::remove_dir_all(stale)
+                    .map_err(|e| backend(format!("cannot remove {}: {e}", stale.display())))?;
             }
-            old = dir.join(format!("store.format-{from}-{n}"));
+            return Ok(None);
         }
-        rename(&store, &old)?;
-        aside = Some(old);
+    }
+    fail::fail_point!("upgrade-before-swap", |_| super::crash());
+    if checkpoints.exists() {
+        if paths.checkpoints.exists() {
+            rename(&paths.checkpoints, &aside(dir, "checkpoints", from))?;
+        }
+        rename(&checkpoints, &paths.checkpoints)?;
+        wal::sync_dir(dir)?;
+    }
+    let mut moved = None;
+    if paths.store.exists() {
+        let old = aside(dir, "store", from);
+        rename(&paths.store, &old)?;
+        moved = Some(old);
         fail::fail_point!("upgrade-between-renames", |_| super::crash());
     }
-    rename(&built, &store)?;
+    rename(&built, &paths.store)?;
     wal::sync_dir(dir)?;
     // A copy built by the maestrod before format 4 is in format 3: converted again at this open.
     let to = if built.ends_with(BUILT_BY_FORMAT_3) { 3 } else { layout::SCHEMA_VERSION };
     info!(
-        old = %aside.as_ref().map_or_else(|| format!("store.format-{from}"), |p| p.display().to_string()),
+        old = %moved.as_ref().map_or_else(|| format!("store.format-{from}"), |p| p.display().to_string()),
         "store format {from} upgraded to {to}; the old sled directory and checkpoints were kept aside (delete them once satisfied)"
     );
-    Ok(aside)
+    Ok(moved)
 }
 
 /// Copies `old`, in format `from` (2 or 3), into the empty `new` in the
@@ -180,19 +221,25 @@ fn convert(old: &sled::Tree, from: u32, new: &sled::Tree) -> Result<u64, StoreEr
             lease: record.lease,
         })
     };
-    let meta_of = |record: RecordV2| KvMeta {
-        create_revision: record.create_revision,
-        mod_revision: record.mod_revision,
-        version: record.version,
-        lease: record.lease,
-    };
     let mut batch = sled::Batch::default();
-    let (mut pending, mut written) = (0, 0u64);
+    let (mut pending, mut written, mut restored) = (0, 0u64, 0u64);
     for item in old.iter() {
         let (raw_key, raw) = item?;
         let value = match (raw_key.first().copied(), from) {
-            (Some(layout::CUR), 2) => encode(&meta_of(decode::<RecordV2>(&raw)?)),
-            (Some(layout::CUR), _) => encode(&decode::<KvRecord>(&raw)?.meta()),
+            (Some(layout::CUR), _) => {
+                // The value now lives only in history: an entry the old format did
+                // not need (none is known to be missing) is written from `k`.
+                let record = match from {
+                    2 => upgrade(decode::<RecordV2>(&raw)?)?,
+                    _ => decode::<KvRecord>(&raw)?,
+                };
+                let entry = layout::hist(&raw_key[1..], record.mod_revision);
+                if old.get(&entry)?.is_none() {
+                    batch.insert(entry, layout::as_some(&encode(&record)));
+                    restored += 1;
+                }
+                encode(&record.meta())
+            }
             (Some(layout::HIST), 2) => encode(&decode::<Option<RecordV2>>(&raw)?.map(upgrade).transpose()?),
             (Some(layout::REVS), 2) => {
                 let revision = layout::parse_rev(&raw_key)
@@ -213,6 +260,9 @@ fn convert(old: &sled::Tree, from: u32, new: &sled::Tree) -> Result<u64, StoreEr
     }
     batch.insert(layout::meta(meta::SCHEMA), encode(&layout::SCHEMA_VERSION));
     new.apply_batch(batch)?;
+    if restored > 0 {
+        warn!(restored, "history entries of current values were missing and were written from the current records");
+    }
     Ok(written)
 }
 
@@ -440,11 +490,15 @@ mod tests {
             drop(store);
 
             downgrade_to_format(dir.path(), format).unwrap();
+            if format == 3 {
+                // Format 3 never read it; format 4 keeps the value there only.
+                lose_a_current_history_entry(dir.path());
+            }
             let store = reopen(dir.path(), SledOptions::default()).await;
             assert_eq!(readable(&store).await, before, "after an upgrade from format {format}");
             assert!(dir.path().join(format!("store.format-{format}")).is_dir());
             assert!(dir.path().join(format!("checkpoints.format-{format}")).is_dir());
-            assert_eq!(stored_values(&store, b"v"), 0, "no current record holds its value after the upgrade");
+            assert!(current_records_hold_no_value(&store), "no current record holds its value after the upgrade");
             store.close().await;
             drop(store);
 
@@ -456,12 +510,26 @@ mod tests {
         }
     }
 
-    /// The `k` records that hold a value starting with `value` (none should).
-    fn stored_values(store: &SledStore, value: &[u8]) -> usize {
+    /// Whether every `k` record is a `KvMeta` and nothing more (no value).
+    fn current_records_hold_no_value(store: &SledStore) -> bool {
         let tree = store.shared.tree().unwrap();
-        tree.scan_prefix([layout::CUR])
-            .filter(|item| item.as_ref().unwrap().1.windows(value.len()).any(|w| w == value))
-            .count()
+        tree.scan_prefix([layout::CUR]).all(|item| {
+            let (_, raw) = item.unwrap();
+            decode::<KvMeta>(&raw).is_ok_and(|meta| encode(&meta) == raw.as_ref())
+        })
+    }
+
+    /// Removes the history entry of the first current key of the closed
+    /// format 3 store in `dir` (the value is still in its `k` record).
+    fn lose_a_current_history_entry(dir: &Path) {
+        let db = super::super::open_sled_again(&Paths::of(dir).store, &SledOptions::default())
+            .map_err(OpenError::into_error)
+            .unwrap();
+        let tree = db.open_tree("ssot").unwrap();
+        let (raw_key, raw) = tree.scan_prefix([layout::CUR]).next().unwrap().unwrap();
+        let record: KvRecord = decode(&raw).unwrap();
+        tree.remove(layout::hist(&raw_key[1..], record.mod_revision)).unwrap().expect("the entry was there");
+        tree.flush().unwrap();
     }
 
     /// A store as the maestrod before format 4 wrote it, with a swap cut off
@@ -489,5 +557,56 @@ mod tests {
     async fn readable_few(store: &SledStore) -> (Vec<(String, String, String)>, Vec<(EventKind, String, Revision)>) {
         let now = store.range(RangeRequest::prefix("")).await.unwrap();
         (authored(&now.kvs), events(store, 4).await)
+    }
+
+    /// A copy made by an upgrade cut off by a crash, after which an older
+    /// maestrod wrote to the old store: the copy is dropped (swapping it in
+    /// would lose that write) and the store converted again.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_copy_the_log_has_moved_past_is_dropped_and_the_store_converted_again() {
+        use super::super::wal::{Wal, WalOp};
+        let dir = tempfile::tempdir().unwrap();
+        write_format_2(dir.path());
+        let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+        store.close().await;
+        drop(store);
+        downgrade_to_format(dir.path(), 3).unwrap();
+        let paths = Paths::of(dir.path());
+        {
+            let options = SledOptions::default();
+            let db = super::super::open_sled_again(&paths.store, &options).map_err(OpenError::into_error).unwrap();
+            let tree = db.open_tree("ssot").unwrap();
+            let seq = super::super::read_u64(&tree, meta::LOG_SEQ).unwrap();
+            convert_from(dir.path(), &tree, 3, seq, &options).unwrap();
+            // The older maestrod (format 3: the whole record in `k`) writes on; only its log has it.
+            let mut wal = Wal::open(&paths.wal, seq + 1, options.wal_segment_bytes, |_, _| Ok(())).unwrap();
+            let revision = super::super::read_u64(&tree, meta::REVISION).unwrap() + 1;
+            let record = KvRecord {
+                value: b"late".to_vec(),
+                create_revision: revision,
+                mod_revision: revision,
+                version: 1,
+                lease: 0,
+                actor: "frank".into(),
+            };
+            let group: RevisionGroup = vec![(revision, vec![ByteBuf::from(b"late".to_vec())])];
+            let ops = [
+                WalOp::put(layout::hist(b"late", revision), layout::as_some(&encode(&record))),
+                WalOp::put(layout::cur(b"late"), encode(&record)),
+                WalOp::put(layout::rev(revision), encode(&group)),
+                WalOp::put(layout::meta(meta::REVISION), encode(&revision)),
+            ];
+            assert_eq!(wal.append(&ops).unwrap(), seq + 1);
+        }
+        assert!(dir.path().join(built(3)).is_dir() && dir.path().join(CHECKPOINTS_BUILT).is_dir());
+        let store = reopen(dir.path(), SledOptions::default()).await;
+        let now = store.range(RangeRequest::prefix("")).await.unwrap();
+        assert_eq!(
+            authored(&now.kvs),
+            [("a".into(), "a3".into(), "carol".into()), ("late".into(), "late".into(), "frank".into())]
+        );
+        assert_eq!(now.revision, 5);
+        assert!(!dir.path().join(built(3)).exists() && dir.path().join("store.format-3").is_dir());
+        store.close().await;
     }
 }

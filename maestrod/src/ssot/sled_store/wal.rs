@@ -116,6 +116,17 @@ pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("sync", dir, e))
 }
 
+/// The sequence number of the last intact record of the log in `dir`
+/// (`None`: there is no log).
+pub(super) fn last_seq(dir: &Path) -> Result<Option<u64>, StoreError> {
+    let Some((first, path)) = segments(dir)?.pop() else {
+        return Ok(None);
+    };
+    let bytes = std::fs::read(&path).map_err(|e| io("read", &path, e))?;
+    let (frames, _) = read_segment(&bytes);
+    Ok(Some(frames.last().map_or(first.saturating_sub(1), |&(_, seq, _)| seq)))
+}
+
 /// A frame found in a segment: its offset, sequence number and encoded operations.
 type RawFrame<'a> = (usize, u64, &'a [u8]);
 
