@@ -10,6 +10,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+
+pub mod lossy_fs;
 pub use maestro_shared::{Bearer, Conn};
 use tonic::transport::Endpoint;
 
@@ -80,6 +82,12 @@ impl Daemon {
     /// daemon keeps its SSOT on that cluster under a prefix of its own, kept
     /// across restarts: the same tests then run against the etcd backend.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Daemon> {
+        Self::start_in(None, args, env)
+    }
+
+    /// Starts a daemon on `data_dir` (one the caller set up: a mount, say),
+    /// or on a fresh temporary one.
+    pub fn start_in(data_dir: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Daemon> {
         let temp = tempfile::tempdir().context("creating a temporary data directory")?;
         let mut extra_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         if let Some(store) = e2e_store()
@@ -90,7 +98,7 @@ impl Daemon {
         let mut daemon = Daemon {
             child: None,
             addr: String::new(),
-            data_dir: temp.path().join("data"),
+            data_dir: data_dir.map_or_else(|| temp.path().join("data"), Path::to_path_buf),
             log: temp.path().join("maestrod.log"),
             extra_args,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),

@@ -258,10 +258,31 @@ fn open_sled(path: &Path, options: &SledOptions) -> Result<sled::Db, OpenError> 
         .cache_capacity(options.cache_capacity)
         .flush_every_ms(Some(u64::try_from(options.flush_every.as_millis()).unwrap_or(500).max(1)));
     // sled panics on some damage instead of returning an error.
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
-        Ok(opened) => Ok(opened?),
-        Err(_) => Err(OpenError::Rebuild(StoreError::Backend("sled panicked while opening".into()))),
+    let db = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
+        Ok(opened) => opened?,
+        Err(_) => return Err(OpenError::Rebuild(StoreError::Backend("sled panicked while opening".into()))),
+    };
+    sync_sled_files(path).map_err(OpenError::Fatal)?;
+    Ok(db)
+}
+
+/// sled syncs neither its configuration file nor a directory: after a power
+/// cut its files (or their names) could be gone or empty, and the next start
+/// would rebuild the store from a checkpoint. Once open, sled's files and
+/// names are made durable as they stand (what sled writes later is covered by
+/// the log, replayed after a crash).
+fn sync_sled_files(path: &Path) -> Result<(), StoreError> {
+    let entries = std::fs::read_dir(path).map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            let file = File::open(entry.path()).and_then(|f| f.sync_all());
+            file.map_err(|e| StoreError::Backend(format!("cannot sync {}: {e}", entry.path().display())))?;
+        }
     }
+    for dir in [Some(path), path.parent()].into_iter().flatten() {
+        wal::sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// `open_sled` of a directory this process has just closed: sled's threads
